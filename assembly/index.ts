@@ -1,0 +1,5 @@
+// Entry point of the kernel module: every export here is a kernel the runtime can call.
+export { SCRATCH_BYTES } from "./simd";
+export * from "./matmul";
+export * from "./elementwise";
+export * from "./attention";

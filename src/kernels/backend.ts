@@ -1,0 +1,143 @@
+// The kernel interface. Models are written against it and nothing else; the WebAssembly backend
+// implements it today, and a WebGPU or native backend can implement it later.
+//
+// Values live on the backend (for wasm: in an arena's shared memory). The handles below describe
+// them; only the backend that made a handle can use it.
+
+/** Storage dtypes of weights. Activations are always f32. */
+export type WeightDType = 'f32' | 'f16' | 'bf16';
+
+export const WEIGHT_DTYPE_BYTES: Record<WeightDType, number> = { f32: 4, f16: 2, bf16: 2 };
+
+/** An f32 matrix [rows][cols] with a row stride (`ld` >= cols, in elements). */
+export interface Matrix {
+  readonly rows: number;
+  readonly cols: number;
+  readonly ld: number;
+  /** Rows [r0, r0 + n) and columns [c0, c0 + nc) of this matrix, sharing its memory. */
+  view(r0: number, n: number, c0?: number, nc?: number): Matrix;
+}
+
+/** A vector of i32 (token ids, positions, key indices). */
+export interface IntVector {
+  readonly length: number;
+}
+
+/** A linear layer's weight W [outFeatures][inFeatures], held in its storage dtype. */
+export interface LinearWeight {
+  readonly outFeatures: number;
+  readonly inFeatures: number;
+  readonly dtype: WeightDType;
+  /** Bytes the weight occupies on the backend. */
+  readonly byteLength: number;
+}
+
+/** An embedding table [rows][dim] in its storage dtype. */
+export interface EmbeddingTable {
+  readonly rows: number;
+  readonly dim: number;
+  readonly dtype: WeightDType;
+}
+
+/** An f32 vector of parameters (norm weights, biases). */
+export interface ParamVector {
+  readonly length: number;
+}
+
+/** Rotary tables: cos and sin of position * inv_freq, for positions [0, maxPositions). */
+export interface RopeTable {
+  readonly rotaryDim: number;
+  readonly maxPositions: number;
+}
+
+/**
+ * A KV cache: for each layer and KV head, K and V rows of `headDim` f32 per token slot. It grows
+ * in blocks of `blockSize` slots without moving what is already stored, and can be truncated.
+ */
+export interface KVCache {
+  readonly layers: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly blockSize: number;
+  /** Slots in use (the same for every layer once a forward pass is complete). */
+  readonly length: number;
+}
+
+export type Activation = 'gelu' | 'gelu_pytorch_tanh' | 'quick_gelu' | 'silu' | 'identity';
+
+/** Which keys an attention call reads. */
+export interface AttentionKeys {
+  /** Keys are cache slots [0, count). */
+  count: number;
+  /**
+   * Decode only: attend to these cache slots instead (one list per KV head of `count` entries each
+   * when `perKvHead`, else one list shared by every head). K/V rows are read in place.
+   */
+  indices?: IntVector;
+  perKvHead?: boolean;
+}
+
+export interface AttentionOptions {
+  /** Number of query heads (q.cols = heads * headDim). */
+  heads: number;
+  /** Cache slot of the first query row (its own K/V must already be written). */
+  qSlot0: number;
+  causal: boolean;
+  /** Softmax scale, usually 1 / sqrt(headDim). */
+  scale: number;
+  keys: AttentionKeys;
+}
+
+export interface KernelBackend {
+  readonly name: string;
+  readonly threads: number;
+
+  // ---- memory ----
+  /** A new f32 matrix (contents undefined). `place` selects the memory region (see arenas). */
+  matrix(rows: number, cols: number, place?: number): Matrix;
+  ints(length: number, place?: number): IntVector;
+  write(m: Matrix, data: Float32Array): void;
+  read(m: Matrix): Float32Array;
+  writeInts(v: IntVector, data: Int32Array | readonly number[]): void;
+  readInts(v: IntVector): Int32Array;
+  /** Copies src into dst (same shape; may be in different regions). */
+  copy(dst: Matrix, src: Matrix): void;
+  free(x: Matrix | IntVector | LinearWeight | EmbeddingTable | ParamVector | KVCache | RopeTable): void;
+
+  // ---- parameters ----
+  /**
+   * A linear weight from its raw little-endian bytes in storage dtype, row-major [out][in] (as in a
+   * safetensors file). `fill` receives a staging area on the backend to write those bytes into, so
+   * the weight never exists as f32.
+   */
+  linear(outFeatures: number, inFeatures: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): LinearWeight;
+  embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): EmbeddingTable;
+  params(data: Float32Array, place?: number): ParamVector;
+  ropeTable(rotaryDim: number, theta: number, maxPositions: number, place?: number): RopeTable;
+  kvCache(layers: number, kvHeads: number, headDim: number, opts?: { blockSize?: number; place?: number }): KVCache;
+
+  // ---- compute ----
+  /** out = x W^T (+ bias). One-row inputs take the weight-streaming path, others the blocked GEMM. */
+  matmul(out: Matrix, x: Matrix, w: LinearWeight, bias?: ParamVector): void;
+  /** out[r] = table[ids[r]] */
+  embed(out: Matrix, table: EmbeddingTable, ids: IntVector): void;
+  /** out[r] = row ids[r] of a linear weight (embedding lookup through a tied lm_head). */
+  embedFromLinear(out: Matrix, w: LinearWeight, ids: IntVector): void;
+  rmsNorm(out: Matrix, x: Matrix, weight: ParamVector, eps: number): void;
+  layerNorm(out: Matrix, x: Matrix, weight: ParamVector, bias: ParamVector, eps: number): void;
+  activation(out: Matrix, x: Matrix, act: Activation): void;
+  /** out = act(a) * b */
+  gatedActivation(out: Matrix, a: Matrix, b: Matrix, act: Activation): void;
+  add(out: Matrix, a: Matrix, b: Matrix): void;
+  mul(out: Matrix, a: Matrix, b: Matrix): void;
+  softmax(out: Matrix, x: Matrix): void;
+  /** Rotates x in place: x.cols = heads * headDim, the first table.rotaryDim dims of each head. */
+  rope(x: Matrix, heads: number, headDim: number, positions: IntVector, table: RopeTable): void;
+  /** Ensures the cache has slots for [0, length) and sets its length. */
+  kvReserve(cache: KVCache, length: number): void;
+  /** Writes K and V rows [n][kvHeads * headDim] of `layer` into slots [slot0, slot0 + n). */
+  kvWrite(cache: KVCache, layer: number, k: Matrix, v: Matrix, slot0: number): void;
+  /** Drops slots past `length` (their blocks are returned). */
+  kvTruncate(cache: KVCache, length: number): void;
+  attention(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: AttentionOptions): void;
+}

@@ -1,0 +1,118 @@
+// The worker pool: threads-1 workers plus the calling thread run each parallel kernel call
+// together over shared wasm memory. Hand-off is a spin on an atomic counter (about a microsecond),
+// so even calls of a few tens of microseconds gain from the second thread.
+import { Arena } from './arena.js';
+import { ARGS_OFFSET, CTRL_BYTES, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, MAX_ARGS, runChunks } from './job.js';
+import { KernelModule } from './kernel-module.js';
+import { WorkerLike, startWorker } from './platform.js';
+
+export class KernelError extends Error {}
+
+export class ThreadPool {
+  readonly threads: number;
+  private readonly ctrl: Int32Array;
+  private readonly args: Float64Array;
+  private readonly workers: WorkerLike[] = [];
+  private readonly kernelIndex = new Map<string, number>();
+  private readonly mainTables: KernelFn[][] = [];
+  private workerErrors: string[] = [];
+  private pendingAcks = new Map<string, () => void>();
+  private closed = false;
+
+  private constructor(readonly kernels: KernelModule, threads: number) {
+    this.threads = Math.max(1, Math.floor(threads));
+    const sab = new SharedArrayBuffer(CTRL_BYTES);
+    this.ctrl = new Int32Array(sab, 0, ARGS_OFFSET / 4);
+    this.args = new Float64Array(sab, ARGS_OFFSET, MAX_ARGS);
+    kernels.kernelNames.forEach((n, i) => this.kernelIndex.set(n, i));
+  }
+
+  /** Starts `threads - 1` workers (the calling thread is the last one). */
+  static async create(kernels: KernelModule, threads: number): Promise<ThreadPool> {
+    const pool = new ThreadPool(kernels, threads);
+    const ready: Promise<void>[] = [];
+    for (let t = 1; t < pool.threads; t++) {
+      const w = startWorker(new URL('./worker.js', import.meta.url));
+      w.unref();
+      ready.push(new Promise<void>((resolve, reject) => {
+        w.onError(reject);
+        w.onMessage((m) => pool.onWorkerMessage(t, m as { type: string; arena?: number; message?: string }, resolve));
+      }));
+      w.post({ type: 'init', module: kernels.module, ctrl: pool.ctrl.buffer, tid: t, kernelNames: kernels.kernelNames });
+      pool.workers.push(w);
+    }
+    await Promise.all(ready);
+    return pool;
+  }
+
+  private onWorkerMessage(tid: number, m: { type: string; arena?: number; message?: string }, ready: () => void): void {
+    if (m.type === 'ready') ready();
+    else if (m.type === 'attached') this.pendingAcks.get(`${tid}:${m.arena}`)?.();
+    else if (m.type === 'error') this.workerErrors.push(`thread ${tid}: ${m.message}`);
+  }
+
+  /** Makes an arena usable by every thread of the pool. */
+  async attach(arena: Arena): Promise<void> {
+    this.mainTables[arena.id] = this.kernels.kernelNames.map((n) => arena.exports[n] as KernelFn);
+    const acks = this.workers.map((w, i) => new Promise<void>((resolve) => {
+      this.pendingAcks.set(`${i + 1}:${arena.id}`, resolve);
+      w.post({ type: 'attach', arena: arena.id, memory: arena.memory });
+    }));
+    // Workers spinning for jobs do not read messages: send them back to their event loop.
+    this.dispatch(JOB_YIELD, 0, 0, 0, []);
+    await Promise.all(acks);
+  }
+
+  /**
+   * Runs kernel `name` over `units` work units in chunks of `grain` on all threads, and returns
+   * when every chunk is done. Each call is fn(tid, begin, end, ...args).
+   */
+  run(arena: Arena, name: string, units: number, grain: number, args: readonly number[]): void {
+    const k = this.kernelIndex.get(name);
+    if (k === undefined) throw new KernelError(`unknown kernel ${name}`);
+    const table = this.mainTables[arena.id];
+    if (!table) throw new KernelError(`arena ${arena.id} is not attached to the thread pool`);
+    if (units <= 0) return;
+    grain = Math.max(1, Math.floor(grain));
+    if (this.threads === 1 || units <= grain) {
+      (table[k] as (...a: number[]) => void)(0, 0, units, ...args);
+      return;
+    }
+    this.dispatch(k, arena.id, units, grain, args, table[k]);
+  }
+
+  private dispatch(kernel: number, arenaId: number, units: number, grain: number, args: readonly number[], fn?: KernelFn): void {
+    if (this.closed) throw new KernelError('thread pool is closed');
+    if (args.length > MAX_ARGS) throw new KernelError(`at most ${MAX_ARGS} kernel arguments`);
+    const c = this.ctrl;
+    for (let i = 0; i < MAX_ARGS; i++) this.args[i] = i < args.length ? args[i] : 0;
+    c[Ctrl.KERNEL] = kernel;
+    c[Ctrl.ARENA] = arenaId;
+    c[Ctrl.UNITS] = units;
+    c[Ctrl.GRAIN] = grain;
+    c[Ctrl.NCHUNKS] = grain > 0 ? Math.ceil(units / grain) : 0;
+    Atomics.store(c, Ctrl.NEXT, 0);
+    Atomics.store(c, Ctrl.DONE, 0);
+    Atomics.store(c, Ctrl.ERR, 0);
+    Atomics.add(c, Ctrl.GEN, 1);
+    if (Atomics.load(c, Ctrl.SLEEPERS) > 0) Atomics.notify(c, Ctrl.GEN);
+    let mainError: unknown = null;
+    if (fn) {
+      try { runChunks(c, this.args, fn, 0); } catch (e) { mainError = e; }
+    }
+    const n = this.workers.length;
+    while (Atomics.load(c, Ctrl.DONE) < n) { /* spin: the workers finish their last chunks */ }
+    if (mainError) throw mainError;
+    if (Atomics.load(c, Ctrl.ERR) !== 0) {
+      const name = this.kernels.kernelNames[kernel];
+      throw new KernelError(`kernel ${name} failed in worker thread ${Atomics.load(c, Ctrl.ERR)}${this.workerErrors.length ? ': ' + this.workerErrors.join('; ') : ''}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.dispatch(JOB_EXIT, 0, 0, 0, []);
+    this.closed = true;
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
