@@ -3,3 +3,4 @@ export { SCRATCH_BYTES } from "./simd";
 export * from "./matmul";
 export * from "./elementwise";
 export * from "./attention";
+export * from "./bench";

@@ -102,6 +102,41 @@ export class WasmBackend implements KernelBackend {
 
   async close(): Promise<void> { await this.pool.close(); }
 
+  // ---- machine probes (for benchmarks: the limits each figure is compared with) -------------------
+
+  /** Read bandwidth of plain SIMD loads over `bytes` of memory on all threads, GB/s (best of reps). */
+  probeReadBandwidth(bytes = 512 * 2 ** 20, reps = 7): number {
+    const a = this.arena(0);
+    const chunk = 1 << 20;
+    const units = Math.ceil(bytes / chunk);
+    const ptr = a.alloc(units * chunk);
+    try {
+      a.u8.fill(1, ptr, ptr + units * chunk);
+      let best = Infinity;
+      for (let r = 0; r < reps; r++) {
+        const t0 = performance.now();
+        this.pool.run(a, 'probe_read', units, this.grain(units, 8), [ptr, chunk, this.scratch.get(a)!]);
+        best = Math.min(best, performance.now() - t0);
+      }
+      return (units * chunk) / best / 1e6;
+    } finally {
+      a.release(ptr);
+    }
+  }
+
+  /** f32 SIMD multiply-add throughput on all threads (register-only chains), GFLOPS (best of reps). */
+  probePeakFlops(reps = 5): number {
+    const a = this.arena(0);
+    const units = this.threads * 8, iters = 200_000;
+    let best = Infinity;
+    for (let r = 0; r < reps; r++) {
+      const t0 = performance.now();
+      this.pool.run(a, 'probe_fma', units, 1, [iters, this.scratch.get(a)!]);
+      best = Math.min(best, performance.now() - t0);
+    }
+    return (units * iters * 80) / best / 1e6;
+  }
+
   // ---- memory ------------------------------------------------------------------------------------
 
   private arena(place = 0): Arena {

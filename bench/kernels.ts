@@ -1,0 +1,114 @@
+// npm run bench:kernels: matmul GFLOPS at a prefill shape and weight GB/s at a decode shape for
+// f32/f16/bf16 weights, attention times, with 1 and 2 threads, each next to the machine limit
+// measured in the same run. Writes its section of docs/BENCHMARKS.md.
+import { KernelBackend, WeightDType, WEIGHT_DTYPE_BYTES } from '../src/kernels/backend.js';
+import { WasmBackend } from '../src/kernels/wasm-backend.js';
+import { machineDescription, markdownTable, time, writeSection } from './report.js';
+
+const PREFILL = { M: 512, K: 2560, N: 6912 };
+const DECODE = { M: 1, K: 2560, N: 6912 };
+const DTYPES: WeightDType[] = ['f32', 'f16', 'bf16'];
+
+/** Deterministic finite weights in the storage dtype (speed does not depend on the values). */
+function fillWeights(dest: Uint8Array, dtype: WeightDType): void {
+  let s = 0x12345678;
+  const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0);
+  if (dtype === 'f32') {
+    const f = new Float32Array(dest.buffer, dest.byteOffset, dest.byteLength / 4);
+    for (let i = 0; i < f.length; i++) f[i] = (next() / 2 ** 32 - 0.5) * 0.1;
+    return;
+  }
+  const u = new Uint16Array(dest.buffer, dest.byteOffset, dest.byteLength / 2);
+  // Small normal numbers with a random sign: exponent fields 0x3c..0x3f (bf16) / 0x28..0x2f (f16).
+  for (let i = 0; i < u.length; i++) {
+    const r = next();
+    u[i] = dtype === 'bf16' ? (r & 0x80ff) | 0x3c00 | ((r >>> 8) & 0x0300) : (r & 0x83ff) | 0x2800 | ((r >>> 10) & 0x1c00);
+  }
+}
+
+interface Row { dtype: WeightDType; threads: number; prefillGflops: number; decodeGBs: number; decodeMs: number }
+
+function benchMatmul(be: KernelBackend, dtype: WeightDType, threads: number): Row {
+  const wp = be.linear(PREFILL.N, PREFILL.K, dtype, (d) => fillWeights(d, dtype));
+  const x = be.matrix(PREFILL.M, PREFILL.K), y = be.matrix(PREFILL.M, PREFILL.N);
+  be.write(x, new Float32Array(PREFILL.M * PREFILL.K).map((_, i) => ((i * 7919) % 1000) / 1000 - 0.5));
+  const tp = time(() => be.matmul(y, x, wp), 5);
+  const prefillGflops = (2 * PREFILL.M * PREFILL.K * PREFILL.N) / tp.median / 1e6;
+  const x1 = x.view(0, 1), y1 = be.matrix(1, DECODE.N);
+  const td = time(() => be.matmul(y1, x1, wp), 60, 5);
+  const weightBytes = DECODE.N * DECODE.K * WEIGHT_DTYPE_BYTES[dtype];
+  const decodeGBs = weightBytes / td.median / 1e6;
+  be.free(wp); be.free(x); be.free(y); be.free(y1);
+  return { dtype, threads, prefillGflops, decodeGBs, decodeMs: td.median };
+}
+
+interface AttnShape { name: string; heads: number; kvHeads: number; headDim: number }
+const ATTN_SHAPES: AttnShape[] = [
+  { name: 'VILA1.5-3B LLM (20 heads, 20 KV heads, d 128)', heads: 20, kvHeads: 20, headDim: 128 },
+  { name: 'SmolVLM-256M text (9 heads, 3 KV heads, d 64)', heads: 9, kvHeads: 3, headDim: 64 },
+];
+
+function benchAttention(be: KernelBackend, s: AttnShape): { decodeMs: number; prefillMs: number } {
+  const kvw = s.kvHeads * s.headDim, qw = s.heads * s.headDim;
+  const cache = be.kvCache(1, s.kvHeads, s.headDim);
+  const keys = 4096;
+  const k = be.matrix(keys, kvw), v = be.matrix(keys, kvw);
+  const rnd = new Float32Array(keys * kvw).map((_, i) => Math.sin(i * 0.37));
+  be.write(k, rnd); be.write(v, rnd);
+  be.kvWrite(cache, 0, k, v, 0);
+  const q = be.matrix(1024, qw), o = be.matrix(1024, qw);
+  be.write(q, new Float32Array(1024 * qw).map((_, i) => Math.cos(i * 0.11)));
+  const scale = 1 / Math.sqrt(s.headDim);
+  const q1 = q.view(0, 1), o1 = o.view(0, 1);
+  const dec = time(() => be.attention(o1, q1, cache, 0, { heads: s.heads, qSlot0: keys - 1, causal: true, scale, keys: { count: keys } }), 30, 3);
+  const pre = time(() => be.attention(o, q, cache, 0, { heads: s.heads, qSlot0: 0, causal: true, scale, keys: { count: 1024 } }), 3, 1);
+  be.free(cache); be.free(k); be.free(v); be.free(q); be.free(o);
+  return { decodeMs: dec.median, prefillMs: pre.median };
+}
+
+const simd = (process.env.SPARSEVILA_SIMD as 'simd' | 'relaxed' | undefined) ?? 'auto';
+const rows: Row[] = [];
+const limits = new Map<number, { readGBs: number; peakGflops: number }>();
+const attn: { shape: string; threads: number; decodeMs: number; prefillMs: number }[] = [];
+let level = '';
+for (const threads of [1, 2]) {
+  const be = await WasmBackend.create({ threads, simd });
+  level = be.simdLevel;
+  const lim = { readGBs: be.probeReadBandwidth(), peakGflops: be.probePeakFlops() };
+  limits.set(threads, lim);
+  console.log(`threads ${threads} (${be.name}): machine read ${lim.readGBs.toFixed(1)} GB/s, SIMD peak ${lim.peakGflops.toFixed(1)} GFLOPS`);
+  for (const dtype of DTYPES) {
+    const r = benchMatmul(be, dtype, threads);
+    rows.push(r);
+    console.log(`  ${dtype.padEnd(4)} prefill ${PREFILL.M}x${PREFILL.K}x${PREFILL.N}: ${r.prefillGflops.toFixed(1)} GFLOPS (${(100 * r.prefillGflops / lim.peakGflops).toFixed(0)}% of peak) | ` +
+      `decode 1x${DECODE.K}x${DECODE.N}: ${r.decodeGBs.toFixed(1)} GB/s of weights (${(100 * r.decodeGBs / lim.readGBs).toFixed(0)}% of read), ${r.decodeMs.toFixed(3)} ms`);
+  }
+  for (const s of ATTN_SHAPES) {
+    const a = benchAttention(be, s);
+    attn.push({ shape: s.name, threads, ...a });
+    console.log(`  attention ${s.name}: 1 query x 4096 keys ${a.decodeMs.toFixed(3)} ms; 1024 x 1024 causal ${a.prefillMs.toFixed(1)} ms`);
+  }
+  await be.close();
+}
+
+const f1 = (x: number) => x.toFixed(1);
+const body = [
+  '## Kernels (`npm run bench:kernels`)',
+  '',
+  `Machine: ${machineDescription([`kernel build: ${level}`])}. Run on ${new Date().toISOString().slice(0, 10)}.`,
+  '',
+  'Limits measured in the same run: "read" is a plain SIMD read of a 512 MiB buffer, "peak" is f32 SIMD multiply-adds in registers (both on the same number of threads).',
+  '',
+  markdownTable(['threads', 'read GB/s', 'peak GFLOPS'], [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops)])),
+  '',
+  `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median of 5) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median of 60).`,
+  '',
+  markdownTable(['weights', 'threads', 'prefill GFLOPS', '% of peak', 'decode GB/s', '% of read', 'decode ms'],
+    rows.map((r) => [r.dtype, r.threads, f1(r.prefillGflops), (100 * r.prefillGflops / limits.get(r.threads)!.peakGflops).toFixed(0),
+      f1(r.decodeGBs), (100 * r.decodeGBs / limits.get(r.threads)!.readGBs).toFixed(0), r.decodeMs.toFixed(3)])),
+  '',
+  'Attention, one layer, f32 KV cache: decode = 1 query over 4096 cached keys; prefill = 1024 queries over 1024 keys, causal (ms, median).',
+  '',
+  markdownTable(['shape', 'threads', '1 × 4096 ms', '1024 × 1024 ms'], attn.map((a) => [a.shape, a.threads, a.decodeMs.toFixed(3), f1(a.prefillMs)])),
+].join('\n');
+console.log(`wrote ${writeSection('kernels', body)}`);

@@ -1,0 +1,54 @@
+// End-to-end tests of the `sparsevila` command line (run as a child process, as a user would).
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const fixture = (name: string) => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
+const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+
+describe('sparsevila CLI', () => {
+  it('--version prints the package version', () => {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    assert.equal(execFileSync(process.execPath, [cli, '--version'], { encoding: 'utf8' }).trim(), pkg.version);
+  });
+
+  it('--help lists the commands', () => {
+    const out = execFileSync(process.execPath, [cli, '--help'], { encoding: 'utf8' });
+    assert.match(out, /Usage: sparsevila/);
+    assert.match(out, /inspect/);
+    assert.match(out, /info/);
+  });
+
+  it('inspect summarises a llava checkpoint', () => {
+    const r = run('inspect', fixture('llava-tiny'), '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as { modelType: string; tensors: number; dtypes: Record<string, { tensors: number }>; config: { text: { numKeyValueHeads: number } } };
+    assert.equal(j.modelType, 'llava');
+    assert.equal(j.config.text.numKeyValueHeads, 2);
+    assert.ok(j.tensors > 50);
+    assert.deepEqual(Object.keys(j.dtypes), ['F16']);
+  });
+
+  it('inspect of a folder without config.json fails with a clear message and exit code 1', () => {
+    const r = run('inspect', fixture('does-not-exist'));
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /does-not-exist\/config\.json: cannot read config/);
+  });
+
+  it('inspect of an unsupported architecture names it', () => {
+    const r = run('inspect', fixture('smolvlm-tiny'));
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /idefics3/);
+  });
+
+  it('info reports the kernel build and threads', () => {
+    const r = run('info', '--threads', '2', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as { backend: string; threads: number; relaxedSimd: boolean };
+    assert.equal(j.threads, 2);
+    assert.equal(j.backend, j.relaxedSimd ? 'wasm-relaxed' : 'wasm-simd');
+  });
+});
