@@ -105,7 +105,7 @@ export class WasmBackend implements KernelBackend {
   // ---- machine probes (for benchmarks: the limits each figure is compared with) -------------------
 
   /** Read bandwidth of plain SIMD loads over `bytes` of memory on all threads, GB/s (best of reps). */
-  probeReadBandwidth(bytes = 512 * 2 ** 20, reps = 7): number {
+  probeReadBandwidth(bytes = 256 * 2 ** 20, reps = 7): number {
     const a = this.arena(0);
     const chunk = 1 << 20;
     const units = Math.ceil(bytes / chunk);
@@ -323,7 +323,7 @@ export class WasmBackend implements KernelBackend {
     const slices = Math.ceil(M / 4);
     const ap = this.workspace(arena, 'packA', slices * K * 16);
     this.pool.run(arena, 'pack_a4', slices, this.grain(slices, 2), [a.ptr, a.ld, M, K, ap]);
-    this.pool.run(arena, `gemm_${W.dtype}`, panels, this.grain(panels, 4), [ap, M, K, W.ptr, N, o.ptr, o.ld, b ? b.ptr : 0, this.scratch.get(arena)!]);
+    this.pool.run(arena, `gemm_${W.dtype}`, panels, this.grain(panels, 16), [ap, M, K, W.ptr, N, o.ptr, o.ld, b ? b.ptr : 0, this.scratch.get(arena)!]);
   }
 
   embed(out: Matrix, table: EmbeddingTable, ids: IntVector): void {
