@@ -84,6 +84,7 @@ const rows: Row[] = [];
 const limits = new Map<number, { readGBs: number; peakGflops: number }>();
 const attn: { shape: string; threads: number; decodeMs: number; prefillMs: number }[] = [];
 let level = '';
+const stalls = new Map<number, number>();
 for (const threads of [1, 2]) {
   const be = await WasmBackend.create({ threads, simd });
   level = be.simdLevel;
@@ -101,6 +102,8 @@ for (const threads of [1, 2]) {
     attn.push({ shape: s.name, threads, ...a });
     console.log(`  attention ${s.name}: 1 query x 4096 keys ${a.decodeMs.toFixed(3)} ms; 1024 x 1024 causal ${a.prefillMs.toFixed(1)} ms`);
   }
+  if (be.stalls > 0) console.log(`  note: ${be.stalls} parallel calls were stalled by a descheduled worker (another process holds a core?)`);
+  stalls.set(threads, be.stalls);
   await be.close();
 }
 
@@ -112,7 +115,7 @@ const body = [
   '',
   'Limits measured in the same run: "read" is a plain SIMD read of a 256 MiB buffer (far larger than the caches), "peak" is f32 SIMD multiply-adds in registers (both on the same number of threads).',
   '',
-  markdownTable(['threads', 'read GB/s', 'peak GFLOPS'], [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops)])),
+  markdownTable(['threads', 'read GB/s', 'peak GFLOPS', 'stalled calls'], [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops), stalls.get(t) ?? 0])),
   '',
   `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median of 7, including the packing of the activations) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median). "decode" repeats one weight matrix, as the issue's shape asks; at 35 MB (bf16) it partly stays in this machine's last-level caches, so it can exceed the DRAM read probe. "streamed" rotates over distinct weights of more than 256 MiB in all, as a real decode step reads a model's layers one after another: that figure is the one to compare with "read".`,
   '',

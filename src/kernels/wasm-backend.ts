@@ -81,6 +81,8 @@ export class WasmBackend implements KernelBackend {
   }
 
   get threads(): number { return this.pool.threads; }
+  /** Parallel calls so far in which a descheduled worker held the caller up (see ThreadPool). */
+  get stalls(): number { return this.pool.stalls; }
   get simdLevel(): SimdLevel { return this.kernels.level; }
   /** Number of memory regions (arenas); `place` arguments index them. */
   get places(): number { return this.arenas.length; }

@@ -20,14 +20,17 @@ export const SPIN_MS = 20;
 
 export type KernelFn = (tid: number, begin: number, end: number, ...args: number[]) => void;
 
-/** Runs chunks of the current job until none is left. Shared by the main thread and workers. */
-export function runChunks(ctrl: Int32Array, args: Float64Array, fn: KernelFn, tid: number): void {
+/**
+ * Runs chunks of the current job until none is left; returns how many this thread ran. Shared by
+ * the main thread and workers.
+ */
+export function runChunks(ctrl: Int32Array, args: Float64Array, fn: KernelFn, tid: number): number {
   const nChunks = ctrl[Ctrl.NCHUNKS], units = ctrl[Ctrl.UNITS], grain = ctrl[Ctrl.GRAIN];
   const a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4], a5 = args[5], a6 = args[6], a7 = args[7];
   const a8 = args[8], a9 = args[9], a10 = args[10], a11 = args[11], a12 = args[12], a13 = args[13], a14 = args[14], a15 = args[15];
-  for (;;) {
+  for (let done = 0; ; done++) {
     const c = Atomics.add(ctrl, Ctrl.NEXT, 1);
-    if (c >= nChunks) return;
+    if (c >= nChunks) return done;
     const begin = c * grain;
     const end = Math.min(units, begin + grain);
     fn(tid, begin, end, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);

@@ -8,6 +8,9 @@ import { WorkerLike, startWorker } from './platform.js';
 
 export class KernelError extends Error {}
 
+/** How long jobs stay on the calling thread after the workers stalled a call (ms). */
+const SOLO_MS = 250;
+
 export class ThreadPool {
   readonly threads: number;
   private readonly ctrl: Int32Array;
@@ -18,6 +21,10 @@ export class ThreadPool {
   private workerErrors: string[] = [];
   private pendingAcks = new Map<string, () => void>();
   private closed = false;
+  /** Until this time (performance.now() ms) jobs run on the calling thread alone. */
+  private soloUntil = 0;
+  /** Parallel calls in which the workers held the caller up (see dispatch). */
+  stalls = 0;
 
   private constructor(readonly kernels: KernelModule, threads: number) {
     this.threads = Math.max(1, Math.floor(threads));
@@ -74,7 +81,7 @@ export class ThreadPool {
     if (!table) throw new KernelError(`arena ${arena.id} is not attached to the thread pool`);
     if (units <= 0) return;
     grain = Math.max(1, Math.floor(grain));
-    if (this.threads === 1 || units <= grain) {
+    if (this.threads === 1 || units <= grain || performance.now() < this.soloUntil) {
       (table[k] as (...a: number[]) => void)(0, 0, units, ...args);
       return;
     }
@@ -96,12 +103,28 @@ export class ThreadPool {
     Atomics.store(c, Ctrl.ERR, 0);
     Atomics.add(c, Ctrl.GEN, 1);
     if (Atomics.load(c, Ctrl.SLEEPERS) > 0) Atomics.notify(c, Ctrl.GEN);
+    const asleep = Atomics.load(c, Ctrl.SLEEPERS) > 0;
     let mainError: unknown = null;
+    let ownChunks = 0;
+    const t0 = performance.now();
     if (fn) {
-      try { runChunks(c, this.args, fn, 0); } catch (e) { mainError = e; }
+      try { ownChunks = runChunks(c, this.args, fn, 0); } catch (e) { mainError = e; }
     }
+    const t1 = performance.now();
     const n = this.workers.length;
     while (Atomics.load(c, Ctrl.DONE) < n) { /* spin: the workers finish their last chunks */ }
+    // Another process may hold a core: then a worker is descheduled in the middle of a chunk and
+    // the caller waits for it far longer than the whole job would take on one thread (fork/join
+    // collapse). A worker that runs normally finishes within about one chunk of the caller; when
+    // the wait is much longer than the caller's own chunks took, run jobs on the calling thread
+    // alone for a while, then try the workers again. A wake-up from sleep is not counted.
+    if (fn && !asleep && ownChunks > 0) {
+      const wait = performance.now() - t1;
+      if (wait > 0.05 && wait > 3 * ((t1 - t0) / ownChunks)) {
+        this.stalls++;
+        this.soloUntil = performance.now() + SOLO_MS;
+      }
+    }
     if (mainError) throw mainError;
     if (Atomics.load(c, Ctrl.ERR) !== 0) {
       const name = this.kernels.kernelNames[kernel];
