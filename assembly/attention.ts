@@ -11,7 +11,7 @@
 
 import { fma, hsum, hmax, expV, expS, SCRATCH_BYTES } from "./simd";
 
-/** Keys per tile; block sizes must be multiples of it. */
+/** Keys per tile (a tile may span blocks: each key row is looked up on its own). */
 const TILE: i32 = 64;
 /** Masked score / empty running max. exp(NEG - anything finite) is 0 after the clamp in expV. */
 const NEG: f32 = -3.0e38;

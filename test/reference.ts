@@ -114,10 +114,10 @@ export function ropeAngles(rotDim: number, theta: number, pos: number, mode: 'ex
   const a = new Float64Array(half);
   for (let i = 0; i < half; i++) {
     if (mode === 'exact') {
-      a[i] = pos * theta ** (-(2 * i) / rotDim);
+      a[i] = pos * Math.pow(theta, -(2 * i) / rotDim);
     } else {
       const f = Math.fround;
-      const inv = f(1 / f(theta ** f((2 * i) / rotDim)));
+      const inv = f(1 / f(Math.pow(theta, f((2 * i) / rotDim))));
       a[i] = f(pos * inv);
     }
   }

@@ -219,9 +219,11 @@ export class WasmBackend implements KernelBackend {
     } else if (x instanceof WKVCache) {
       for (let l = 0; l < x.layers; l++) {
         for (const b of x.blocks[l]) x.arena.release(b);
+        x.blocks[l].length = 0;
         if (x.pageTables[l]) x.arena.release(x.pageTables[l]);
+        x.pageTables[l] = 0;
       }
-      x.blocks.forEach((b) => (b.length = 0));
+      x.pageCapacity = 0;
       x.length = 0;
     } else {
       throw new BackendError('free: not a handle of this backend');
