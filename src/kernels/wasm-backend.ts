@@ -327,7 +327,7 @@ export class WasmBackend implements KernelBackend {
     const slices = Math.ceil(M / 4);
     const ap = this.workspace(arena, 'packA', slices * K * 16);
     this.pool.run(arena, 'pack_a4', slices, this.grain(slices, 2), [a.ptr, a.ld, M, K, ap]);
-    this.pool.run(arena, `gemm_${W.dtype}`, panels, this.grain(panels, 16), [ap, M, K, W.ptr, N, o.ptr, o.ld, b ? b.ptr : 0, this.scratch.get(arena)!]);
+    this.pool.run(arena, `gemm_${W.dtype}`, panels, this.grain(panels, 8), [ap, M, K, W.ptr, N, o.ptr, o.ld, b ? b.ptr : 0, this.scratch.get(arena)!]);
   }
 
   embed(out: Matrix, table: EmbeddingTable, ids: IntVector): void {

@@ -8,8 +8,12 @@ import { WorkerLike, startWorker } from './platform.js';
 
 export class KernelError extends Error {}
 
-/** How long jobs stay on the calling thread after the workers stalled a call (ms). */
-const SOLO_MS = 250;
+/**
+ * How long jobs stay on the calling thread after the workers stalled a call (ms): doubled while
+ * stalls keep coming back, reset by a parallel call that ran clean.
+ */
+const SOLO_MIN_MS = 20;
+const SOLO_MAX_MS = 1000;
 
 export class ThreadPool {
   readonly threads: number;
@@ -23,6 +27,7 @@ export class ThreadPool {
   private closed = false;
   /** Until this time (performance.now() ms) jobs run on the calling thread alone. */
   private soloUntil = 0;
+  private soloMs = SOLO_MIN_MS;
   /** Parallel calls in which the workers held the caller up (see dispatch). */
   stalls = 0;
 
@@ -122,7 +127,10 @@ export class ThreadPool {
       const wait = performance.now() - t1;
       if (wait > 0.05 && wait > 3 * ((t1 - t0) / ownChunks)) {
         this.stalls++;
-        this.soloUntil = performance.now() + SOLO_MS;
+        this.soloUntil = performance.now() + this.soloMs;
+        this.soloMs = Math.min(SOLO_MAX_MS, this.soloMs * 2);
+      } else {
+        this.soloMs = SOLO_MIN_MS;
       }
     }
     if (mainError) throw mainError;
