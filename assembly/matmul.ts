@@ -197,7 +197,7 @@ export function gemv_f16(tid: i32, begin: i32, end: i32, x: usize, w: usize, bia
 // ---- GEMM: many activation rows -------------------------------------------------------------
 
 /** Block sizes of the GEMM loop nest: K block (k steps) and M block (4-row slices). */
-const KB: i32 = 256;
+const KB: i32 = 1024;
 const MB_SLICES: i32 = 32;
 
 /**

@@ -1,6 +1,6 @@
 // Kernel unit tests: every kernel of the wasm backend against the float64 reference in
 // reference.ts, on odd shapes (sizes that are not multiples of the SIMD width 4, the weight panel
-// width 8, the 4-row GEMM slice, the GEMM K block 256 or the attention key tile 64), under four
+// width 8, the 4-row GEMM slice, the GEMM K block 1024 or the attention key tile 64), under four
 // configurations: 1 and 2 threads x plain SIMD128 and relaxed SIMD (FMA).
 //
 // Tolerances. u = 2^-24 is the f32 unit roundoff. Inputs are f32 and weights are exactly the
@@ -342,6 +342,8 @@ describe('memory', () => {
 const MATMUL_SHAPES: [number, number, number][] = [
   [1, 37, 19], [1, 300, 70], [1, 520, 41], [1, 1, 1], [1, 8, 16], [1, 257, 9],
   [2, 4, 8], [4, 16, 8], [6, 3, 1], [3, 37, 19], [5, 257, 9], [13, 300, 70], [33, 520, 41], [7, 513, 17], [131, 40, 13],
+  // K spanning several GEMM K blocks (1024), with odd M, K and N.
+  [1, 2100, 11], [9, 2100, 11],
 ];
 
 const matmulTol = (absSum: Float64Array, K: number) => (i: number): number => LAMBDA * Math.sqrt(K + 1) * U * absSum[i];
