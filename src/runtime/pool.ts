@@ -14,6 +14,11 @@ export class KernelError extends Error {}
  */
 const SOLO_MIN_MS = 20;
 const SOLO_MAX_MS = 1000;
+/**
+ * Only calls shorter than this (by the kernel's last call) go solo: a descheduled worker costs a
+ * scheduler time slice (a few ms), which ruins a short call but is small beside a long one.
+ */
+const SOLO_CALL_MS = 2;
 
 export class ThreadPool {
   readonly threads: number;
@@ -28,6 +33,8 @@ export class ThreadPool {
   /** Until this time (performance.now() ms) jobs run on the calling thread alone. */
   private soloUntil = 0;
   private soloMs = SOLO_MIN_MS;
+  /** Duration of each kernel's last parallel call (ms). */
+  private readonly lastMs: Float64Array;
   /** Parallel calls in which the workers held the caller up (see dispatch). */
   stalls = 0;
 
@@ -37,6 +44,7 @@ export class ThreadPool {
     this.ctrl = new Int32Array(sab, 0, ARGS_OFFSET / 4);
     this.args = new Float64Array(sab, ARGS_OFFSET, MAX_ARGS);
     kernels.kernelNames.forEach((n, i) => this.kernelIndex.set(n, i));
+    this.lastMs = new Float64Array(kernels.kernelNames.length);
   }
 
   /** Starts `threads - 1` workers (the calling thread is the last one). */
@@ -86,7 +94,7 @@ export class ThreadPool {
     if (!table) throw new KernelError(`arena ${arena.id} is not attached to the thread pool`);
     if (units <= 0) return;
     grain = Math.max(1, Math.floor(grain));
-    if (this.threads === 1 || units <= grain || performance.now() < this.soloUntil) {
+    if (this.threads === 1 || units <= grain || (this.lastMs[k] < SOLO_CALL_MS && performance.now() < this.soloUntil)) {
       (table[k] as (...a: number[]) => void)(0, 0, units, ...args);
       return;
     }
@@ -123,8 +131,10 @@ export class ThreadPool {
     // collapse). A worker that runs normally finishes within about one chunk of the caller; when
     // the wait is much longer than the caller's own chunks took, run jobs on the calling thread
     // alone for a while, then try the workers again. A wake-up from sleep is not counted.
+    const t2 = performance.now();
+    if (kernel >= 0) this.lastMs[kernel] = t2 - t0;
     if (fn && !asleep && ownChunks > 0) {
-      const wait = performance.now() - t1;
+      const wait = t2 - t1;
       if (wait > 0.05 && wait > 3 * ((t1 - t0) / ownChunks)) {
         this.stalls++;
         this.soloUntil = performance.now() + this.soloMs;
