@@ -111,6 +111,15 @@ for (const threads of [1, 2]) {
 }
 
 const f1 = (x: number) => x.toFixed(1);
+// The targets of the foundation issue, on this kind of machine (2-core Zen 4, Node 20), bf16 weights.
+const bf = (t: number) => rows.find((r) => r.dtype === 'bf16' && r.threads === t)!;
+const targets: [string, number, number, number][] = [
+  ['prefill GFLOPS, 1 thread', bf(1).prefillGflops, bf(1).prefillBest, 42],
+  ['prefill GFLOPS, 2 threads', bf(2).prefillGflops, bf(2).prefillBest, 80],
+  ['decode GB/s, 1 thread', bf(1).decodeGBs, bf(1).decodeBest, 20],
+  ['decode GB/s, 2 threads', bf(2).decodeGBs, bf(2).decodeBest, 35],
+];
+for (const [what, med, best, target] of targets) console.log(`target bf16 ${what}: >= ${target}; median ${f1(med)}, best ${f1(best)}`);
 const body = [
   '## Kernels (`npm run bench:kernels`)',
   '',
@@ -125,6 +134,10 @@ const body = [
   markdownTable(['weights', 'threads', 'prefill GFLOPS', 'best', 'peak', 'decode GB/s', 'best', 'decode ms', 'streamed GB/s', 'read GB/s'],
     rows.map((r) => [r.dtype, r.threads, f1(r.prefillGflops), f1(r.prefillBest), f1(limits.get(r.threads)!.peakGflops),
       f1(r.decodeGBs), f1(r.decodeBest), r.decodeMs.toFixed(3), f1(r.streamGBs), f1(limits.get(r.threads)!.readGBs)])),
+  '',
+  'Targets (bf16 weights, from the foundation issue) beside this run:',
+  '',
+  markdownTable(['bf16 figure', 'target', 'median', 'best'], targets.map(([w, m, b, t]) => [w, `≥ ${t}`, f1(m), f1(b)])),
   '',
   'Attention, one layer, f32 KV cache: decode = 1 query over 4096 cached keys; prefill = 1024 queries over 1024 keys, causal (ms, median).',
   '',
