@@ -52,6 +52,8 @@ export interface WorkerLike {
   onMessage(handler: (message: unknown) => void): void;
   onError(handler: (error: unknown) => void): void;
   terminate(): Promise<void>;
+  /** Whether the worker keeps the process alive (Node); no-ops in browsers. */
+  ref(): void;
   unref(): void;
 }
 
@@ -63,6 +65,7 @@ export function startWorker(url: URL): WorkerLike {
       onMessage: (h) => { w.on('message', h); },
       onError: (h) => { w.on('error', h); },
       terminate: async () => { await w.terminate(); },
+      ref: () => w.ref(),
       unref: () => w.unref(),
     };
   }
@@ -72,6 +75,7 @@ export function startWorker(url: URL): WorkerLike {
     onMessage: (h) => { w.onmessage = (e: MessageEvent) => h(e.data); },
     onError: (h) => { w.onerror = (e) => h(e); },
     terminate: async () => { w.terminate(); },
+    ref: () => {},
     unref: () => {},
   };
 }

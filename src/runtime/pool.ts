@@ -53,7 +53,6 @@ export class ThreadPool {
     const ready: Promise<void>[] = [];
     for (let t = 1; t < pool.threads; t++) {
       const w = startWorker(new URL('./worker.js', import.meta.url));
-      w.unref();
       ready.push(new Promise<void>((resolve, reject) => {
         w.onError(reject);
         w.onMessage((m) => pool.onWorkerMessage(t, m as { type: string; arena?: number; message?: string }, resolve));
@@ -62,7 +61,19 @@ export class ThreadPool {
       pool.workers.push(w);
     }
     await Promise.all(ready);
+    pool.setIdle(true);
     return pool;
+  }
+
+  /**
+   * An idle pool must not keep the process alive, but while the main thread awaits a worker's
+   * message (start-up, attaching an arena) the workers must hold the event loop open.
+   */
+  private setIdle(idle: boolean): void {
+    for (const w of this.workers) {
+      if (idle) w.unref();
+      else w.ref();
+    }
   }
 
   private onWorkerMessage(tid: number, m: { type: string; arena?: number; message?: string }, ready: () => void): void {
@@ -79,8 +90,13 @@ export class ThreadPool {
       w.post({ type: 'attach', arena: arena.id, memory: arena.memory });
     }));
     // Workers spinning for jobs do not read messages: send them back to their event loop.
+    this.setIdle(false);
     this.dispatch(JOB_YIELD, 0, 0, 0, []);
-    await Promise.all(acks);
+    try {
+      await Promise.all(acks);
+    } finally {
+      this.setIdle(true);
+    }
   }
 
   /**

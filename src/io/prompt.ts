@@ -1,0 +1,36 @@
+/**
+ * Prompt-text utilities that run between the chat template and the tokenizer.
+ */
+
+/** A prompt that does not fit its images, or a bad argument. */
+export class PromptError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PromptError';
+  }
+}
+
+/**
+ * Replaces the i-th occurrence of `imageToken` in `text` with `countPerImage[i]` copies of it, as
+ * LlavaProcessor does before tokenising (one placeholder per image becomes one token per image feature).
+ * Throws {@link PromptError} if the number of placeholders differs from the number of images, naming both counts.
+ */
+export function expandImageTokens(text: string, imageToken: string, countPerImage: readonly number[]): string {
+  if (imageToken.length === 0) throw new PromptError('expandImageTokens: the image token is empty');
+  for (const [i, n] of countPerImage.entries()) {
+    if (!Number.isInteger(n) || n < 0) {
+      throw new PromptError(`expandImageTokens: token count for image ${i} must be a non-negative integer, got ${String(n)}`);
+    }
+  }
+  const pieces = text.split(imageToken);
+  const placeholders = pieces.length - 1;
+  if (placeholders !== countPerImage.length) {
+    throw new PromptError(
+      `the prompt has ${placeholders} ${JSON.stringify(imageToken)} placeholder${placeholders === 1 ? '' : 's'} ` +
+      `but ${countPerImage.length} image${countPerImage.length === 1 ? ' was' : 's were'} given`,
+    );
+  }
+  let out = pieces[0];
+  for (let i = 0; i < placeholders; i++) out += imageToken.repeat(countPerImage[i]) + pieces[i + 1];
+  return out;
+}
