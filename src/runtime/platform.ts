@@ -57,9 +57,24 @@ export interface WorkerLike {
   unref(): void;
 }
 
+/**
+ * The parent's Node options minus those about its own entry point (an eval'd script, its input
+ * type): a worker starts from its module file.
+ */
+function workerExecArgv(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') { i++; continue; }
+    if (a.startsWith('--input-type') || a.startsWith('--eval=') || a.startsWith('--print=')) continue;
+    out.push(a);
+  }
+  return out;
+}
+
 export function startWorker(url: URL): WorkerLike {
   if (nodeWorkerThreads) {
-    const w = new nodeWorkerThreads.Worker(url);
+    const w = new nodeWorkerThreads.Worker(url, { execArgv: workerExecArgv(process.execArgv) });
     return {
       post: (m) => w.postMessage(m),
       onMessage: (h) => { w.on('message', h); },
