@@ -21,7 +21,7 @@
  * Every problem is an {@link ImageError} naming the file (or the given name, or `<buffer>`) and the reason.
  */
 import * as fs from 'node:fs';
-import sharp from 'sharp';
+import sharp, { type Sharp, type SharpOptions } from 'sharp';
 import { ImageError, type RgbImage } from './image-types.js';
 
 export { ImageError, type RgbImage } from './image-types.js';
@@ -35,7 +35,7 @@ export {
  * sharp input options: no auto-rotation, no ICC transform, first frame only, and fail on corrupt or
  * truncated data but not on mere decoder warnings (Pillow tolerates those too).
  */
-const SHARP_INPUT: sharp.SharpOptions = { autoOrient: false, ignoreIcc: true, failOn: 'error', pages: 1 };
+const SHARP_INPUT: SharpOptions = { autoOrient: false, ignoreIcc: true, failOn: 'error', pages: 1 };
 
 /**
  * Decodes an image file (a path) or encoded bytes (PNG, JPEG, WebP, GIF, TIFF, …) into 8-bit RGB, converted
@@ -77,7 +77,7 @@ interface RawPixels {
   channels: number;
 }
 
-async function raw(pipeline: sharp.Sharp, depth: 'uchar' | 'ushort' = 'uchar'): Promise<RawPixels> {
+async function raw(pipeline: Sharp, depth: 'uchar' | 'ushort' = 'uchar'): Promise<RawPixels> {
   const { data, info } = await pipeline.raw({ depth }).toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height, channels: info.channels };
 }

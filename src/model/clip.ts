@@ -1,0 +1,138 @@
+// The CLIP vision transformer (pre-LayerNorm, class token, learned position embeddings,
+// quick_gelu MLP). Runs only the layers up to the hidden state the projector reads.
+import { KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
+import { ClipVisionConfig } from '../formats/config.js';
+import { activationOf } from './activations.js';
+import { WeightLoader } from './weights.js';
+import { Workspace } from './workspace.js';
+import { Activation } from '../kernels/backend.js';
+
+interface ClipLayer {
+  ln1w: ParamVector; ln1b: ParamVector;
+  qkv: LinearWeight; qkvBias: ParamVector;
+  o: LinearWeight; oBias: ParamVector;
+  ln2w: ParamVector; ln2b: ParamVector;
+  fc1: LinearWeight; fc1Bias: ParamVector;
+  fc2: LinearWeight; fc2Bias: ParamVector;
+}
+
+export class ClipVisionTower {
+  readonly grid: number;
+  /** Tokens out of the tower: the class token and one per patch. */
+  readonly tokens: number;
+  private readonly ws: Workspace;
+  private readonly cache: KVCache;
+  private readonly act: Activation;
+
+  private constructor(
+    readonly backend: KernelBackend,
+    readonly config: ClipVisionConfig,
+    private readonly patchEmbed: LinearWeight,
+    /** Position embeddings with the class embedding added to row 0, [tokens][hidden]. */
+    private readonly posClass: Matrix,
+    private readonly preNorm: [ParamVector, ParamVector],
+    private readonly layers: ClipLayer[],
+    readonly place: number,
+  ) {
+    this.grid = config.imageSize / config.patchSize;
+    this.tokens = this.grid * this.grid + 1;
+    this.ws = new Workspace(backend, place);
+    this.cache = backend.kvCache(1, config.numAttentionHeads, config.hiddenSize / config.numAttentionHeads, { place });
+    this.act = activationOf(config.hiddenAct, 'vision_config.hidden_act');
+  }
+
+  /**
+   * Loads the embeddings, pre-LayerNorm and the first `layers` encoder layers (hidden state
+   * `layers` of HF's hidden_states is the output of encoder layer layers-1).
+   */
+  static load(loader: WeightLoader, config: ClipVisionConfig, prefix: string, layers: number): ClipVisionTower {
+    const c = config, D = c.hiddenSize, P = c.patchSize, C = c.numChannels, I = c.intermediateSize;
+    if (c.imageSize % P !== 0) throw new Error(`${loader.label}: vision_config.image_size ${c.imageSize} is not a multiple of patch_size ${P}`);
+    if (D % c.numAttentionHeads !== 0) throw new Error(`${loader.label}: vision hidden size ${D} is not a multiple of ${c.numAttentionHeads} heads`);
+    activationOf(c.hiddenAct, 'vision_config.hidden_act');
+    const grid = c.imageSize / P, tokens = grid * grid + 1;
+    const e = `${prefix}embeddings.`;
+    const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }]);
+    const pos = loader.f32([{ name: `${e}position_embedding.weight`, shape: [tokens, D] }]);
+    const cls = loader.f32([{ name: `${e}class_embedding`, shape: [D] }]);
+    for (let i = 0; i < D; i++) pos[i] += cls[i];
+    const posClass = loader.backend.matrix(tokens, D, loader.place);
+    loader.backend.write(posClass, pos);
+    const preNorm: [ParamVector, ParamVector] = [
+      loader.params([{ name: `${prefix}pre_layrnorm.weight`, shape: [D] }]),
+      loader.params([{ name: `${prefix}pre_layrnorm.bias`, shape: [D] }]),
+    ];
+    const ls: ClipLayer[] = [];
+    for (let l = 0; l < layers; l++) {
+      const p = `${prefix}encoder.layers.${l}.`, a = `${p}self_attn.`;
+      ls.push({
+        ln1w: loader.params([{ name: `${p}layer_norm1.weight`, shape: [D] }]),
+        ln1b: loader.params([{ name: `${p}layer_norm1.bias`, shape: [D] }]),
+        qkv: loader.linear(['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.weight`, shape: [D, D] }))),
+        qkvBias: loader.params(['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.bias`, shape: [D] }))),
+        o: loader.linear([{ name: `${a}out_proj.weight`, shape: [D, D] }]),
+        oBias: loader.params([{ name: `${a}out_proj.bias`, shape: [D] }]),
+        ln2w: loader.params([{ name: `${p}layer_norm2.weight`, shape: [D] }]),
+        ln2b: loader.params([{ name: `${p}layer_norm2.bias`, shape: [D] }]),
+        fc1: loader.linear([{ name: `${p}mlp.fc1.weight`, shape: [I, D] }]),
+        fc1Bias: loader.params([{ name: `${p}mlp.fc1.bias`, shape: [I] }]),
+        fc2: loader.linear([{ name: `${p}mlp.fc2.weight`, shape: [D, I] }]),
+        fc2Bias: loader.params([{ name: `${p}mlp.fc2.bias`, shape: [D] }]),
+      });
+    }
+    return new ClipVisionTower(loader.backend, config, patchEmbed, posClass, preNorm, ls, loader.place);
+  }
+
+  /**
+   * Encodes one image, pixel values [channels][imageSize][imageSize] (channel-major), and returns
+   * the hidden state the tower was loaded up to, [tokens][hidden] (row 0 is the class token).
+   * The matrix is reused by the next call.
+   */
+  encode(pixels: Float32Array, onHidden?: (index: number, x: Matrix) => void): Matrix {
+    const be = this.backend, c = this.config, ws = this.ws;
+    const S = c.imageSize, P = c.patchSize, C = c.numChannels, G = this.grid, D = c.hiddenSize, T = this.tokens;
+    if (pixels.length !== C * S * S) throw new Error(`vision tower: expected ${C}x${S}x${S} pixel values, got ${pixels.length}`);
+    // Unfold the patches into rows (row 0, the class token's, stays zero): the patch convolution
+    // is then one matmul with the kernel as a [hidden][C*P*P] weight.
+    const K = C * P * P;
+    const patches = new Float32Array(T * K);
+    for (let gy = 0; gy < G; gy++) {
+      for (let gx = 0; gx < G; gx++) {
+        const row = (1 + gy * G + gx) * K;
+        for (let ch = 0; ch < C; ch++) {
+          for (let i = 0; i < P; i++) {
+            const src = ch * S * S + (gy * P + i) * S + gx * P;
+            patches.set(pixels.subarray(src, src + P), row + ch * P * P + i * P);
+          }
+        }
+      }
+    }
+    const pm = ws.matrix('patches', T, K);
+    be.write(pm, patches);
+    const x = ws.matrix('x', T, D);
+    be.matmul(x, pm, this.patchEmbed);
+    be.add(x, x, this.posClass);
+    be.layerNorm(x, x, this.preNorm[0], this.preNorm[1], c.layerNormEps);
+    onHidden?.(0, x);
+    const H = c.numAttentionHeads, hd = D / H, I = c.intermediateSize;
+    const h = ws.matrix('h', T, D), qkv = ws.matrix('qkv', T, 3 * D), att = ws.matrix('att', T, D);
+    const o = ws.matrix('o', T, D), f = ws.matrix('f', T, I);
+    const q = qkv.view(0, T, 0, D), k = qkv.view(0, T, D, D), v = qkv.view(0, T, 2 * D, D);
+    for (let l = 0; l < this.layers.length; l++) {
+      const L = this.layers[l];
+      be.layerNorm(h, x, L.ln1w, L.ln1b, c.layerNormEps);
+      be.matmul(qkv, h, L.qkv, L.qkvBias);
+      be.kvWrite(this.cache, 0, k, v, 0);
+      be.attention(att, q, this.cache, 0, { heads: H, qSlot0: 0, causal: false, scale: 1 / Math.sqrt(hd), keys: { count: T } });
+      be.matmul(o, att, L.o, L.oBias);
+      be.add(x, x, o);
+      be.layerNorm(h, x, L.ln2w, L.ln2b, c.layerNormEps);
+      be.matmul(f, h, L.fc1, L.fc1Bias);
+      be.activation(f, f, this.act);
+      be.matmul(o, f, L.fc2, L.fc2Bias);
+      be.add(x, x, o);
+      onHidden?.(l + 1, x);
+    }
+    return x;
+  }
+}

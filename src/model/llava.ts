@@ -1,0 +1,105 @@
+// LLaVA: a CLIP vision tower, a two-layer MLP projector, and a Llama/Qwen2 decoder. The image
+// placeholder tokens of the prompt are replaced, in order, by the projected image features.
+import { KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
+import { LlavaConfig } from '../formats/config.js';
+import { activationOf } from './activations.js';
+import { ClipVisionTower } from './clip.js';
+import { LlamaDecoder } from './llama.js';
+import { WeightLoader } from './weights.js';
+import { Workspace } from './workspace.js';
+import { Activation } from '../kernels/backend.js';
+
+export class LlavaModel {
+  private readonly ws: Workspace;
+  private readonly act: Activation;
+
+  private constructor(
+    readonly backend: KernelBackend,
+    readonly config: LlavaConfig,
+    readonly vision: ClipVisionTower,
+    private readonly projector: { l1: LinearWeight; b1?: ParamVector; l2: LinearWeight; b2?: ParamVector },
+    readonly language: LlamaDecoder,
+  ) {
+    this.ws = new Workspace(backend, language.place);
+    this.act = activationOf(config.projectorHiddenAct, 'projector_hidden_act');
+  }
+
+  /** Loads a llava-hf checkpoint (tensor names `vision_tower.*`, `multi_modal_projector.*`, `language_model.*`). */
+  static load(loader: WeightLoader, config: LlavaConfig): LlavaModel {
+    const idx = config.visionFeatureHiddenStateIndices;
+    if (idx.length !== 1) {
+      throw new Error(`${loader.label}: vision_feature_layer ${JSON.stringify(config.visionFeatureLayer)} selects ${idx.length} layers; only one feature layer is supported`);
+    }
+    activationOf(config.projectorHiddenAct, 'projector_hidden_act');
+    const vision = ClipVisionTower.load(loader, config.vision, 'vision_tower.vision_model.', idx[0]);
+    const Dv = config.vision.hiddenSize, Ht = config.text.hiddenSize, bias = config.multimodalProjectorBias;
+    const m = 'multi_modal_projector.';
+    const projector = {
+      l1: loader.linear([{ name: `${m}linear_1.weight`, shape: [Ht, Dv] }]),
+      b1: bias ? loader.params([{ name: `${m}linear_1.bias`, shape: [Ht] }]) : undefined,
+      l2: loader.linear([{ name: `${m}linear_2.weight`, shape: [Ht, Ht] }]),
+      b2: bias ? loader.params([{ name: `${m}linear_2.bias`, shape: [Ht] }]) : undefined,
+    };
+    const language = LlamaDecoder.load(loader, config.text, { prefix: 'language_model.model.', lmHead: 'language_model.lm_head.weight' });
+    return new LlavaModel(loader.backend, config, vision, projector, language);
+  }
+
+  /** Image tokens per image in the prompt (patches, plus the class token with strategy "full"). */
+  get imageTokens(): number {
+    return this.vision.tokens - (this.config.visionFeatureSelectStrategy === 'default' ? 1 : 0);
+  }
+
+  /** The selected vision features of one image, [imageTokens][vision hidden] (before the projector). */
+  selectedFeatures(pixels: Float32Array, onHidden?: (index: number, x: Matrix) => void): Matrix {
+    const hs = this.vision.encode(pixels, onHidden);
+    return this.config.visionFeatureSelectStrategy === 'default' ? hs.view(1, hs.rows - 1) : hs;
+  }
+
+  /** Projects selected features into the language model's embedding space, [rows][text hidden]. */
+  project(features: Matrix): Matrix {
+    const be = this.backend, Ht = this.config.text.hiddenSize;
+    const h = this.ws.matrix('proj1', features.rows, Ht), out = this.ws.matrix('proj2', features.rows, Ht);
+    be.matmul(h, features, this.projector.l1, this.projector.b1);
+    be.activation(h, h, this.act);
+    be.matmul(out, h, this.projector.l2, this.projector.b2);
+    return out;
+  }
+
+  /** Image features for the prompt: encode + select + project. Reused by the next call. */
+  imageFeatures(pixels: Float32Array): Matrix {
+    return this.project(this.selectedFeatures(pixels));
+  }
+
+  /**
+   * The input embeddings of a prompt into out [ids.length][hidden]: token embeddings, with the
+   * rows of image placeholder tokens replaced in order by the rows of `images` (one matrix per
+   * image, concatenated in prompt order).
+   */
+  embedPrompt(out: Matrix, ids: readonly number[], images: Matrix[]): void {
+    const imageId = this.config.imageTokenIndex;
+    const vocab = this.config.text.vocabSize;
+    const positions: number[] = [];
+    // Placeholder ids may lie past the vocabulary: embed them as 0, they are overwritten.
+    const safe = ids.map((t, i) => {
+      if (t === imageId) { positions.push(i); return 0; }
+      if (t < 0 || t >= vocab) throw new Error(`token id ${t} at position ${i} is outside the vocabulary [0, ${vocab})`);
+      return t;
+    });
+    const rows = images.reduce((a, m) => a + m.rows, 0);
+    if (positions.length !== rows) {
+      throw new Error(`the prompt has ${positions.length} image tokens but the images give ${rows} feature rows (${images.length} image(s) of ${this.imageTokens})`);
+    }
+    this.language.embed(out, safe);
+    let k = 0;
+    for (const img of images) {
+      for (let r = 0; r < img.rows;) {
+        // Copy runs of consecutive placeholder positions in one go.
+        let n = 1;
+        while (r + n < img.rows && positions[k + n] === positions[k] + n) n++;
+        this.backend.copy(out.view(positions[k], n), img.view(r, n));
+        r += n;
+        k += n;
+      }
+    }
+  }
+}
