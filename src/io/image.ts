@@ -63,10 +63,15 @@ export async function decodeImage(input: string | Uint8Array, name?: string): Pr
     else img = await decodeDefault(bytes);
   } catch (e) {
     if (e instanceof ImageError) throw new ImageError(`${label}: ${e.message}`);
-    throw new ImageError(`${label}: cannot decode the image: ${(e as Error).message}`);
+    throw new ImageError(`${label}: cannot decode the image: ${oneLine((e as Error).message)}`);
   }
   if (img.width < 1 || img.height < 1) throw new ImageError(`${label}: the image has no pixels (${img.width}×${img.height})`);
   return img;
+}
+
+/** libvips' multi-line, often repetitive messages as one line of distinct parts. */
+function oneLine(message: string): string {
+  return [...new Set(message.split('\n').map((l) => l.trim()).filter((l) => l !== ''))].join('; ');
 }
 
 /** Raw pixels of `bytes` from a sharp pipeline, with the layout sharp reports. */

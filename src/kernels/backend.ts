@@ -11,6 +11,8 @@ export const WEIGHT_DTYPE_BYTES: Record<WeightDType, number> = { f32: 4, f16: 2,
 
 /** An f32 matrix [rows][cols] with a row stride (`ld` >= cols, in elements). */
 export interface Matrix {
+  /** The memory place (see KernelBackend.addPlace) the matrix lives in. */
+  readonly place: number;
   readonly rows: number;
   readonly cols: number;
   readonly ld: number;
@@ -91,6 +93,21 @@ export interface AttentionOptions {
 export interface KernelBackend {
   readonly name: string;
   readonly threads: number;
+
+  // ---- memory places ----
+  // A place is a separately addressed memory region (for wasm: one 4 GiB memory). All operands
+  // of one operation must be in the same place; `copy` moves data between places. A model larger
+  // than a place puts contiguous ranges of layers in successive places.
+  /** Number of places; indices 0..places-1 are valid `place` arguments. */
+  readonly places: number;
+  /** Adds a place and returns its index. */
+  addPlace(): Promise<number>;
+  /** Bytes allocated in a place. */
+  placeUsage(place: number): number;
+  /** Bytes one place can hold at most. */
+  readonly placeCapacity: number;
+  /** Releases the backend's threads and memory. */
+  close(): Promise<void>;
 
   // ---- memory ----
   /** A new f32 matrix (contents undefined). `place` selects the memory region (see arenas). */

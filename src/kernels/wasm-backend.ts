@@ -1,6 +1,6 @@
 // The WebAssembly SIMD backend: kernels from assembly/ run on a pool of threads over shared
 // memories ("arenas", one per 4 GiB). Handles carry their arena and byte offset.
-import { Arena } from '../runtime/arena.js';
+import { Arena, MAX_ARENA_BYTES } from '../runtime/arena.js';
 import { KernelModule, SimdLevel, loadKernelModule } from '../runtime/kernel-module.js';
 import { hardwareThreads } from '../runtime/platform.js';
 import { ThreadPool } from '../runtime/pool.js';
@@ -19,6 +19,7 @@ export class BackendError extends Error {}
 
 class WMatrix implements Matrix {
   constructor(readonly arena: Arena, readonly ptr: number, readonly rows: number, readonly cols: number, readonly ld: number, readonly owned: boolean) {}
+  get place(): number { return this.arena.id; }
   view(r0: number, n: number, c0 = 0, nc = this.cols - c0): Matrix {
     if (r0 < 0 || n < 0 || r0 + n > this.rows || c0 < 0 || nc < 0 || c0 + nc > this.cols) {
       throw new BackendError(`view rows [${r0}, ${r0 + n}) cols [${c0}, ${c0 + nc}) is outside a ${this.rows}x${this.cols} matrix`);
@@ -96,6 +97,9 @@ export class WasmBackend implements KernelBackend {
     this.arenas.push(arena);
     return arena.id;
   }
+
+  placeUsage(place: number): number { return this.arena(place).usedBytes; }
+  get placeCapacity(): number { return MAX_ARENA_BYTES; }
 
   /** Bytes allocated in each arena. */
   memoryUsage(): { place: number; usedBytes: number; committedBytes: number }[] {

@@ -1,11 +1,10 @@
 // The CLIP vision transformer (pre-LayerNorm, class token, learned position embeddings,
 // quick_gelu MLP). Runs only the layers up to the hidden state the projector reads.
-import { KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
+import { Activation, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
 import { ClipVisionConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
-import { Activation } from '../kernels/backend.js';
 
 interface ClipLayer {
   ln1w: ParamVector; ln1b: ParamVector;

@@ -1,12 +1,11 @@
 // The Llama-family decoder (Llama, Qwen2): RMSNorm, rotary embedding, grouped-query attention
 // with a KV cache, SwiGLU MLP. Qwen2 differs only in its q/k/v biases (from the config).
 // Written against KernelBackend; q/k/v and gate/up projections are fused into one matmul each.
-import { EmbeddingTable, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector, RopeTable } from '../kernels/backend.js';
+import { Activation, EmbeddingTable, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector, RopeTable } from '../kernels/backend.js';
 import { LlamaLikeConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
-import { Activation } from '../kernels/backend.js';
 
 /** Where the decoder's tensors are in a checkpoint. */
 export interface DecoderNames {
@@ -36,139 +35,200 @@ export interface ForwardOptions {
   onHidden?: (layer: number, x: Matrix) => void;
 }
 
+/** Options for placing a decoder in memory. */
+export interface PlacementOptions {
+  /**
+   * Weight bytes one memory place may take before the next layers go to a new place (the rest of
+   * the place is left to the KV cache and activations). Default: 3/4 of a place.
+   */
+  placeBudgetBytes?: number;
+}
+
+/** Layers [first, first + layers.length) and what they use, in one memory place. */
+interface Stage {
+  place: number;
+  first: number;
+  layers: LayerWeights[];
+  ws: Workspace;
+  rope: RopeTable;
+}
+
+/** A decoder's KV cache: one part per memory place the layers span. */
+export class DecoderCache {
+  constructor(readonly parts: KVCache[]) {}
+  /** Slots stored (the same in every layer after a complete forward pass). */
+  get length(): number { return this.parts[0].length; }
+}
+
 export class LlamaDecoder {
   readonly heads: number;
   readonly kvHeads: number;
   readonly headDim: number;
   readonly hidden: number;
-  private readonly ws: Workspace;
   private readonly act: Activation;
+  private readonly last: Stage;
 
   private constructor(
     readonly backend: KernelBackend,
     readonly config: LlamaLikeConfig,
-    private readonly layers: LayerWeights[],
+    private readonly stages: Stage[],
     private readonly embedTable: EmbeddingTable | null,
     private readonly lmHead: LinearWeight,
     private readonly finalNorm: ParamVector,
-    private readonly rope: RopeTable,
-    readonly place: number,
   ) {
     this.heads = config.numAttentionHeads;
     this.kvHeads = config.numKeyValueHeads;
     this.headDim = config.headDim;
     this.hidden = config.hiddenSize;
-    this.ws = new Workspace(backend, place);
     this.act = activationOf(config.hiddenAct, 'hidden_act');
+    this.last = stages[stages.length - 1];
   }
 
-  static load(loader: WeightLoader, config: LlamaLikeConfig, names: DecoderNames): LlamaDecoder {
-    const c = config;
+  /** The memory place of the first layers (where inputs embeddings should be). */
+  get place(): number { return this.stages[0].place; }
+
+  /**
+   * Loads the decoder. Layers fill the loader's current place up to the budget, then continue in
+   * a new place; the lm_head goes with the last layers.
+   */
+  static async load(loader: WeightLoader, config: LlamaLikeConfig, names: DecoderNames, opts: PlacementOptions = {}): Promise<LlamaDecoder> {
+    const c = config, be = loader.backend;
     if (c.ropeScaling) {
       throw new Error(`${loader.label}: rope_scaling ${JSON.stringify(c.ropeScaling)} is not supported yet (plain RoPE only)`);
     }
     if (c.slidingWindow !== null && c.layerTypes.some((t) => t === 'sliding_attention')) {
       throw new Error(`${loader.label}: sliding-window attention is not supported yet`);
     }
+    activationOf(c.hiddenAct, 'hidden_act'); // fail before loading anything
     const H = c.hiddenSize, D = c.headDim, nq = c.numAttentionHeads * D, nkv = c.numKeyValueHeads * D, I = c.intermediateSize;
     const p = names.prefix;
-    activationOf(c.hiddenAct, 'hidden_act'); // fail before loading anything
-    const layers: LayerWeights[] = [];
+    const budget = opts.placeBudgetBytes ?? Math.floor(be.placeCapacity * 0.75);
+    const layerBytes = (l: number) => [`${p}layers.${l}.self_attn.q_proj.weight`, `${p}layers.${l}.self_attn.k_proj.weight`, `${p}layers.${l}.self_attn.v_proj.weight`,
+      `${p}layers.${l}.self_attn.o_proj.weight`, `${p}layers.${l}.mlp.gate_proj.weight`, `${p}layers.${l}.mlp.up_proj.weight`, `${p}layers.${l}.mlp.down_proj.weight`]
+      .reduce((a, n) => a + (loader.has(n) ? loader.source.info(n).byteLength : 0), 0);
+    const ensureRoom = async (bytes: number) => {
+      if (be.placeUsage(loader.place) + bytes > budget && be.placeUsage(loader.place) > 0) {
+        loader.place = await be.addPlace();
+      }
+    };
+    const embedName = `${p}embed_tokens.weight`;
+    const tied = !names.lmHead || c.tieWordEmbeddings;
+    const embedTable = tied ? null : loader.embedding(embedName, [c.vocabSize, H]);
+    const stages: Stage[] = [];
     for (let l = 0; l < c.numHiddenLayers; l++) {
+      await ensureRoom(layerBytes(l));
+      let stage = stages[stages.length - 1];
+      if (!stage || stage.place !== loader.place) {
+        stage = { place: loader.place, first: l, layers: [], ws: new Workspace(be, loader.place), rope: be.ropeTable(D, c.ropeTheta, c.maxPositionEmbeddings, loader.place) };
+        stages.push(stage);
+      }
       const a = `${p}layers.${l}.self_attn.`, m = `${p}layers.${l}.mlp.`;
-      const qkvParts = [{ name: `${a}q_proj.weight`, shape: [nq, H] }, { name: `${a}k_proj.weight`, shape: [nkv, H] }, { name: `${a}v_proj.weight`, shape: [nkv, H] }];
-      const gateUpParts = [{ name: `${m}gate_proj.weight`, shape: [I, H] }, { name: `${m}up_proj.weight`, shape: [I, H] }];
-      layers.push({
+      stage.layers.push({
         inputNorm: loader.params([{ name: `${p}layers.${l}.input_layernorm.weight`, shape: [H] }]),
-        qkv: loader.linear(qkvParts),
+        qkv: loader.linear([{ name: `${a}q_proj.weight`, shape: [nq, H] }, { name: `${a}k_proj.weight`, shape: [nkv, H] }, { name: `${a}v_proj.weight`, shape: [nkv, H] }]),
         qkvBias: c.attentionBias.qkv ? loader.params([{ name: `${a}q_proj.bias`, shape: [nq] }, { name: `${a}k_proj.bias`, shape: [nkv] }, { name: `${a}v_proj.bias`, shape: [nkv] }]) : undefined,
         o: loader.linear([{ name: `${a}o_proj.weight`, shape: [H, nq] }]),
         oBias: c.attentionBias.o ? loader.params([{ name: `${a}o_proj.bias`, shape: [H] }]) : undefined,
         postNorm: loader.params([{ name: `${p}layers.${l}.post_attention_layernorm.weight`, shape: [H] }]),
-        gateUp: loader.linear(gateUpParts),
+        gateUp: loader.linear([{ name: `${m}gate_proj.weight`, shape: [I, H] }, { name: `${m}up_proj.weight`, shape: [I, H] }]),
         gateUpBias: c.mlpBias ? loader.params([{ name: `${m}gate_proj.bias`, shape: [I] }, { name: `${m}up_proj.bias`, shape: [I] }]) : undefined,
         down: loader.linear([{ name: `${m}down_proj.weight`, shape: [H, I] }]),
         downBias: c.mlpBias ? loader.params([{ name: `${m}down_proj.bias`, shape: [H] }]) : undefined,
       });
     }
+    if (stages.length === 0) throw new Error(`${loader.label}: the decoder has no layers (num_hidden_layers ${c.numHiddenLayers})`);
+    // The lm_head and final norm go with the last layers (a tied lm_head also serves embeddings).
+    const lastPlace = stages[stages.length - 1].place;
+    loader.place = lastPlace;
     const finalNorm = loader.params([{ name: `${p}norm.weight`, shape: [H] }]);
-    const embedName = `${p}embed_tokens.weight`;
-    let lmHead: LinearWeight, embedTable: EmbeddingTable | null = null;
-    if (names.lmHead && !c.tieWordEmbeddings) {
-      embedTable = loader.embedding(embedName, [c.vocabSize, H]);
-      lmHead = loader.linear([{ name: names.lmHead, shape: [c.vocabSize, H] }]);
-    } else {
-      // Tied: one packed copy serves the lm_head matmul and the embedding lookup.
-      lmHead = loader.linear([{ name: embedName, shape: [c.vocabSize, H] }]);
-    }
-    const rope = loader.backend.ropeTable(D, c.ropeTheta, c.maxPositionEmbeddings, loader.place);
-    return new LlamaDecoder(loader.backend, c, layers, embedTable, lmHead, finalNorm, rope, loader.place);
+    const lmHead = loader.linear([{ name: tied ? embedName : names.lmHead!, shape: [c.vocabSize, H] }]);
+    return new LlamaDecoder(be, c, stages, embedTable, lmHead, finalNorm);
   }
 
   /** A KV cache for this decoder. */
-  newCache(): KVCache {
-    return this.backend.kvCache(this.config.numHiddenLayers, this.kvHeads, this.headDim, { place: this.place });
+  newCache(): DecoderCache {
+    return new DecoderCache(this.stages.map((s) => this.backend.kvCache(s.layers.length, this.kvHeads, this.headDim, { place: s.place })));
   }
 
-  /** Token embeddings of `ids` into out [ids.length][hidden]. */
+  /** Drops cache slots past `length`. */
+  truncateCache(cache: DecoderCache, length: number): void {
+    for (const part of cache.parts) this.backend.kvTruncate(part, length);
+  }
+
+  freeCache(cache: DecoderCache): void {
+    for (const part of cache.parts) this.backend.free(part);
+  }
+
+  /** Token embeddings of `ids` into out [ids.length][hidden] (any place). */
   embed(out: Matrix, ids: readonly number[]): void {
-    const v = this.ws.intsOf('ids', ids);
-    if (this.embedTable) this.backend.embed(out, this.embedTable, v);
-    else this.backend.embedFromLinear(out, this.lmHead, v);
+    const be = this.backend;
+    const src = this.embedTable ? this.stages[0] : this.last; // where the table is
+    const v = src.ws.intsOf('ids', ids);
+    const dst = out.place === src.place ? out : src.ws.matrix('embed', ids.length, this.hidden);
+    if (this.embedTable) be.embed(dst, this.embedTable, v);
+    else be.embedFromLinear(dst, this.lmHead, v);
+    if (dst !== out) be.copy(out, dst);
   }
 
   /**
-   * Runs the decoder over input embeddings x [n][hidden] (modified in place: it becomes the last
-   * layer's residual stream) at cache slots [slot0, slot0 + n) with RoPE positions `positions`.
-   * Returns the logits of the requested rows, [rows][vocab].
+   * Runs the decoder over input embeddings x [n][hidden] at cache slots [slot0, slot0 + n) with
+   * RoPE positions `positions`. x is used as the residual stream of the first place's layers (so it
+   * is modified). Returns the logits of the requested rows, [rows][vocab].
    */
-  forward(x: Matrix, cache: KVCache, slot0: number, positions: readonly number[] | Int32Array, opts: ForwardOptions = {}): Float32Array {
-    const be = this.backend, c = this.config, ws = this.ws;
+  forward(x: Matrix, cache: DecoderCache, slot0: number, positions: readonly number[] | Int32Array, opts: ForwardOptions = {}): Float32Array {
+    const be = this.backend, c = this.config;
     const S = x.rows, H = this.hidden, D = this.headDim;
     const nq = this.heads * D, nkv = this.kvHeads * D, I = c.intermediateSize;
     if (positions.length !== S) throw new Error(`forward: ${positions.length} positions for ${S} rows`);
-    const maxPos = Math.max(...Array.from(positions));
+    let maxPos = 0;
+    for (let i = 0; i < positions.length; i++) maxPos = Math.max(maxPos, positions[i]);
     if (maxPos >= c.maxPositionEmbeddings) {
       throw new Error(`position ${maxPos} is past the model's context window of ${c.maxPositionEmbeddings} tokens (max_position_embeddings)`);
     }
-    const pos = ws.intsOf('pos', positions);
-    const h = ws.matrix('h', S, H);
-    const qkv = ws.matrix('qkv', S, nq + 2 * nkv);
-    const att = ws.matrix('att', S, nq);
-    const o = ws.matrix('o', S, H);
-    const gu = ws.matrix('gu', S, 2 * I);
-    const act = ws.matrix('act', S, I);
-    const q = qkv.view(0, S, 0, nq), k = qkv.view(0, S, nq, nkv), v = qkv.view(0, S, nq + nkv, nkv);
     const scale = 1 / Math.sqrt(D);
-    for (let l = 0; l < this.layers.length; l++) {
-      const L = this.layers[l];
-      be.rmsNorm(h, x, L.inputNorm, c.rmsNormEps);
-      be.matmul(qkv, h, L.qkv, L.qkvBias);
-      be.rope(q, this.heads, D, pos, this.rope);
-      be.rope(k, this.kvHeads, D, pos, this.rope);
-      be.kvWrite(cache, l, k, v, slot0);
-      be.attention(att, q, cache, l, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: { count: slot0 + S } });
-      be.matmul(o, att, L.o, L.oBias);
-      be.add(x, x, o);
-      be.rmsNorm(h, x, L.postNorm, c.rmsNormEps);
-      be.matmul(gu, h, L.gateUp, L.gateUpBias);
-      be.gatedActivation(act, gu.view(0, S, 0, I), gu.view(0, S, I, I), this.act);
-      be.matmul(o, act, L.down, L.downBias);
-      be.add(x, x, o);
-      opts.onHidden?.(l, x);
-    }
+    let cur = x;
+    this.stages.forEach((st, si) => {
+      const ws = st.ws, part = cache.parts[si];
+      let xs = cur;
+      if (cur.place !== st.place) {
+        xs = ws.matrix('x', S, H);
+        be.copy(xs, cur);
+      }
+      const pos = ws.intsOf('pos', positions);
+      const h = ws.matrix('h', S, H), qkv = ws.matrix('qkv', S, nq + 2 * nkv), att = ws.matrix('att', S, nq);
+      const o = ws.matrix('o', S, H), gu = ws.matrix('gu', S, 2 * I), act = ws.matrix('act', S, I);
+      const q = qkv.view(0, S, 0, nq), k = qkv.view(0, S, nq, nkv), v = qkv.view(0, S, nq + nkv, nkv);
+      st.layers.forEach((L, j) => {
+        be.rmsNorm(h, xs, L.inputNorm, c.rmsNormEps);
+        be.matmul(qkv, h, L.qkv, L.qkvBias);
+        be.rope(q, this.heads, D, pos, st.rope);
+        be.rope(k, this.kvHeads, D, pos, st.rope);
+        be.kvWrite(part, j, k, v, slot0);
+        be.attention(att, q, part, j, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: { count: slot0 + S } });
+        be.matmul(o, att, L.o, L.oBias);
+        be.add(xs, xs, o);
+        be.rmsNorm(h, xs, L.postNorm, c.rmsNormEps);
+        be.matmul(gu, h, L.gateUp, L.gateUpBias);
+        be.gatedActivation(act, gu.view(0, S, 0, I), gu.view(0, S, I, I), this.act);
+        be.matmul(o, act, L.down, L.downBias);
+        be.add(xs, xs, o);
+        opts.onHidden?.(st.first + j, xs);
+      });
+      cur = xs;
+    });
+    const ws = this.last.ws;
     const rows = opts.logitRows ?? [S - 1];
     const hn = ws.matrix('hn', rows.length, H);
     const logits = ws.matrix('logits', rows.length, c.vocabSize);
     // Normalise only the rows whose logits are wanted.
-    rows.forEach((r, i) => be.rmsNorm(hn.view(i, 1), x.view(r, 1), this.finalNorm, c.rmsNormEps));
+    rows.forEach((r, i) => be.rmsNorm(hn.view(i, 1), cur.view(r, 1), this.finalNorm, c.rmsNormEps));
     be.matmul(logits, hn, this.lmHead);
     return be.read(logits);
   }
 
   /** The final RMSNorm of rows of x (the input of lm_head), for parity tests. */
   finalHidden(x: Matrix): Float32Array {
-    const hn = this.ws.matrix('hn', x.rows, this.hidden);
+    const hn = this.last.ws.matrix('hn', x.rows, this.hidden);
     this.backend.rmsNorm(hn, x, this.finalNorm, this.config.rmsNormEps);
     return this.backend.read(hn);
   }

@@ -1,13 +1,12 @@
 // LLaVA: a CLIP vision tower, a two-layer MLP projector, and a Llama/Qwen2 decoder. The image
 // placeholder tokens of the prompt are replaced, in order, by the projected image features.
-import { KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
+import { Activation, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
 import { LlavaConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
 import { ClipVisionTower } from './clip.js';
-import { LlamaDecoder } from './llama.js';
+import { LlamaDecoder, PlacementOptions } from './llama.js';
 import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
-import { Activation } from '../kernels/backend.js';
 
 export class LlavaModel {
   private readonly ws: Workspace;
@@ -20,12 +19,12 @@ export class LlavaModel {
     private readonly projector: { l1: LinearWeight; b1?: ParamVector; l2: LinearWeight; b2?: ParamVector },
     readonly language: LlamaDecoder,
   ) {
-    this.ws = new Workspace(backend, language.place);
+    this.ws = new Workspace(backend, vision.place);
     this.act = activationOf(config.projectorHiddenAct, 'projector_hidden_act');
   }
 
   /** Loads a llava-hf checkpoint (tensor names `vision_tower.*`, `multi_modal_projector.*`, `language_model.*`). */
-  static load(loader: WeightLoader, config: LlavaConfig): LlavaModel {
+  static async load(loader: WeightLoader, config: LlavaConfig, opts: PlacementOptions = {}): Promise<LlavaModel> {
     const idx = config.visionFeatureHiddenStateIndices;
     if (idx.length !== 1) {
       throw new Error(`${loader.label}: vision_feature_layer ${JSON.stringify(config.visionFeatureLayer)} selects ${idx.length} layers; only one feature layer is supported`);
@@ -40,7 +39,7 @@ export class LlavaModel {
       l2: loader.linear([{ name: `${m}linear_2.weight`, shape: [Ht, Ht] }]),
       b2: bias ? loader.params([{ name: `${m}linear_2.bias`, shape: [Ht] }]) : undefined,
     };
-    const language = LlamaDecoder.load(loader, config.text, { prefix: 'language_model.model.', lmHead: 'language_model.lm_head.weight' });
+    const language = await LlamaDecoder.load(loader, config.text, { prefix: 'language_model.model.', lmHead: 'language_model.lm_head.weight' }, opts);
     return new LlavaModel(loader.backend, config, vision, projector, language);
   }
 

@@ -1,0 +1,327 @@
+// Loading a model folder and generating text from images and a prompt: the library's main entry.
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { KernelBackend, Matrix } from '../kernels/backend.js';
+import { WasmBackend, WasmBackendOptions } from '../kernels/wasm-backend.js';
+import { Checkpoint } from '../formats/safetensors.js';
+import { LlamaLikeConfig, LlavaConfig, ModelConfig, loadConfig } from '../formats/config.js';
+import { LlavaModel } from '../model/llava.js';
+import { DecoderCache, LlamaDecoder } from '../model/llama.js';
+import { WeightLoader } from '../model/weights.js';
+import { Workspace } from '../model/workspace.js';
+import { ClipImageProcessorConfig, RgbImage, clipPreprocess, decodeImage, loadClipImageProcessorConfig } from '../io/image.js';
+import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
+import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
+import { expandImageTokens } from '../io/prompt.js';
+import { Sampler, SamplingOptions } from './sampling.js';
+
+export type ImageInput = string | Uint8Array | RgbImage;
+
+export interface LoadOptions extends WasmBackendOptions {
+  /** Use this backend instead of creating one (it is then not closed by `close()`). */
+  backend?: KernelBackend;
+  /** Progress of weight loading, in bytes. */
+  onProgress?: (loadedBytes: number, totalBytes: number) => void;
+  /** Weight bytes per memory place before layers continue in a new one (see PlacementOptions). */
+  placeBudgetBytes?: number;
+}
+
+export interface GenerateRequest {
+  /** Images, in the order of their placeholders in the prompt. */
+  images?: ImageInput[];
+  /** A user message: rendered with the model's chat template (images first, then this text). */
+  prompt?: string;
+  /** A whole conversation, rendered with the model's chat template. */
+  messages?: ChatMessage[];
+  /** Token ids as they are (image placeholders already expanded); bypasses the template. */
+  inputIds?: number[];
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Default 256. */
+  maxNewTokens?: number;
+  /** Generation stops when the text contains one of these (it is not included). */
+  stop?: string[];
+  /** Token ids that end generation (default: the tokenizer's and generation_config.json's EOS). */
+  eosTokenIds?: number[];
+  /** Streams the text as it is generated: each call gets the new text and the token id. */
+  onToken?: (text: string, id: number) => void;
+}
+
+export interface GenerationStats {
+  promptTokens: number;
+  imageTokens: number;
+  /** Decoding, preprocessing and encoding the images (vision tower + projector). */
+  imageMs: number;
+  /** The language model over the whole prompt, up to the first token's logits. */
+  prefillMs: number;
+  prefillTokensPerSecond: number;
+  newTokens: number;
+  decodeMs: number;
+  /** Tokens after the first over the time of their decode steps. */
+  decodeTokensPerSecond: number;
+  /** Peak resident memory of the process (Node), or the backend's memory elsewhere. */
+  peakMemoryBytes: number;
+}
+
+export type FinishReason = 'eos' | 'stop' | 'length' | 'context';
+
+export interface GenerationResult {
+  ids: number[];
+  text: string;
+  finishReason: FinishReason;
+  stats: GenerationStats;
+}
+
+export class GenerationError extends Error {}
+
+export class VisionLanguageModel {
+  private readonly ws: Workspace;
+  private imageMatrices: Matrix[] = [];
+
+  private constructor(
+    readonly dir: string,
+    readonly backend: KernelBackend,
+    private readonly ownsBackend: boolean,
+    readonly config: ModelConfig,
+    readonly decoder: LlamaDecoder,
+    readonly llava: LlavaModel | null,
+    readonly tokenizer: TextTokenizer | null,
+    readonly template: ChatTemplate | null,
+    readonly imageProcessor: ClipImageProcessorConfig | null,
+    private readonly generationEos: number[],
+    readonly weightBytes: number,
+  ) {
+    this.ws = new Workspace(backend, decoder.place);
+  }
+
+  /** Loads a Hugging Face model folder: llava (CLIP + projector + Llama/Qwen2), llama or qwen2. */
+  static async load(dir: string, opts: LoadOptions = {}): Promise<VisionLanguageModel> {
+    const config = loadConfig(dir);
+    if (config.modelType === 'clip_vision_model') {
+      throw new GenerationError(`${dir}: a clip_vision_model is a vision encoder alone; load a llava checkpoint that contains it`);
+    }
+    const ck = Checkpoint.open(dir);
+    const backend = opts.backend ?? await WasmBackend.create(opts);
+    try {
+      const loader = new WeightLoader(backend, ck, dir);
+      const total = ck.names().reduce((a, n) => a + ck.info(n).byteLength, 0);
+      if (opts.onProgress) loader.onProgress = (b) => opts.onProgress!(Math.min(b, total), total);
+      const placement = { placeBudgetBytes: opts.placeBudgetBytes };
+      let decoder: LlamaDecoder, llava: LlavaModel | null = null, imageProcessor: ClipImageProcessorConfig | null = null;
+      if (config.modelType === 'llava') {
+        llava = await LlavaModel.load(loader, config, placement);
+        decoder = llava.language;
+        imageProcessor = loadClipImageProcessorConfig(dir);
+        const px = config.vision.imageSize;
+        if (imageProcessor.cropSize && (imageProcessor.cropSize.height !== px || imageProcessor.cropSize.width !== px)) {
+          throw new GenerationError(`${path.join(dir, 'preprocessor_config.json')}: crop_size ${imageProcessor.cropSize.width}x${imageProcessor.cropSize.height} differs from the vision tower's image_size ${px}`);
+        }
+      } else {
+        const lmHead = loader.has('lm_head.weight') ? 'lm_head.weight' : null;
+        decoder = await LlamaDecoder.load(loader, config, { prefix: 'model.', lmHead }, placement);
+      }
+      const tokenizer = existsSync(path.join(dir, 'tokenizer.json')) ? TextTokenizer.fromDir(dir) : null;
+      let template: ChatTemplate | null = null;
+      try { template = ChatTemplate.fromDir(dir); } catch (e) { if (!(e instanceof ChatTemplateError)) throw e; }
+      const text = config.modelType === 'llava' ? config.text : config;
+      return new VisionLanguageModel(dir, backend, !opts.backend, config, decoder, llava, tokenizer, template, imageProcessor,
+        mergeEosTokenIds(text.eosTokenId, readGenerationEos(dir)), loader.loadedBytes);
+    } catch (e) {
+      if (!opts.backend) await backend.close();
+      throw e;
+    } finally {
+      ck.close();
+    }
+  }
+
+  private get text(): LlamaLikeConfig {
+    return this.config.modelType === 'llava' ? (this.config as LlavaConfig).text : this.config as LlamaLikeConfig;
+  }
+
+  /** Tokens of context the model supports (max_position_embeddings). */
+  get contextWindow(): number { return this.text.maxPositionEmbeddings; }
+
+  /** The prompt text for a request (chat template, or a plain layout when the model has none). */
+  promptText(req: GenerateRequest): string {
+    const nImages = req.images?.length ?? 0;
+    let messages = req.messages;
+    if (!messages) {
+      if (req.prompt === undefined) throw new GenerationError('a request needs a prompt, messages or inputIds');
+      messages = [{ role: 'user', content: [...Array.from({ length: nImages }, () => ({ type: 'image' as const })), { type: 'text' as const, text: req.prompt }] }];
+    }
+    if (this.template) return this.template.render(messages, { addGenerationPrompt: true });
+    // No chat template: placeholders, then the text of each message.
+    const imageToken = this.imageTokenString();
+    return messages.map((m) => typeof m.content === 'string' ? m.content
+      : m.content.map((p) => p.type === 'image' ? `${imageToken}\n` : p.text).join('')).join('\n');
+  }
+
+  private imageTokenString(): string {
+    if (!this.llava) return '<image>';
+    const t = this.tokenizer?.idToToken(this.llava.config.imageTokenIndex);
+    if (t === undefined) throw new GenerationError(`${this.dir}: the tokenizer has no token for image_token_index ${this.llava.config.imageTokenIndex}`);
+    return t;
+  }
+
+  /** Token ids of a request, image placeholders expanded to one id per image feature row. */
+  promptIds(req: GenerateRequest): number[] {
+    if (req.inputIds) return req.inputIds;
+    if (!this.tokenizer) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
+    let text = this.promptText(req);
+    const n = req.images?.length ?? 0;
+    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), new Array<number>(n).fill(this.llava.imageTokens));
+    else if (n > 0) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+    return this.tokenizer.encode(text);
+  }
+
+  /** Preprocesses an image as the checkpoint's image processor does: pixel values [3][H][W]. */
+  async pixelValues(image: ImageInput): Promise<Float32Array> {
+    if (!this.imageProcessor) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+    const rgb = typeof image === 'string' || image instanceof Uint8Array ? await decodeImage(image) : image;
+    return clipPreprocess(rgb, this.imageProcessor).data;
+  }
+
+  /** Projected features of each image, kept until the next call. */
+  private encodeImages(pixels: Float32Array[]): Matrix[] {
+    const llava = this.llava!;
+    for (const m of this.imageMatrices) this.backend.free(m);
+    this.imageMatrices = pixels.map((px) => {
+      const f = llava.imageFeatures(px);
+      const keep = this.backend.matrix(f.rows, f.cols, f.place);
+      this.backend.copy(keep, f);
+      return keep;
+    });
+    return this.imageMatrices;
+  }
+
+  async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {
+    const t0 = now();
+    const images = req.images ?? [];
+    const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
+    const ids = this.promptIds(req);
+    const S = ids.length;
+    if (S === 0) throw new GenerationError('the prompt is empty');
+    if (S >= this.contextWindow) {
+      throw new GenerationError(`the prompt has ${S} tokens, but the model's context window is ${this.contextWindow} tokens (max_position_embeddings in ${path.join(this.dir, 'config.json')})`);
+    }
+    const features = this.llava ? this.encodeImages(pixels) : [];
+    const t1 = now();
+    const H = this.text.hiddenSize;
+    const x = this.ws.matrix('prompt', S, H);
+    if (this.llava) this.llava.embedPrompt(x, ids, features);
+    else this.decoder.embed(x, ids);
+    const cache = this.decoder.newCache();
+    try {
+      return this.decodeLoop(x, ids, cache, opts, t0, t1, features.reduce((a, f) => a + f.rows, 0));
+    } finally {
+      this.decoder.freeCache(cache);
+    }
+  }
+
+  private decodeLoop(x: Matrix, ids: number[], cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number): GenerationResult {
+    const S = ids.length, maxNew = opts.maxNewTokens ?? 256;
+    if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${opts.maxNewTokens}`);
+    const sampler = new Sampler(opts);
+    const eos = new Set(opts.eosTokenIds ?? [...(this.tokenizer?.eosTokenIds ?? []), ...this.generationEos]);
+    const stops = (opts.stop ?? []).filter((s) => s.length > 0);
+    const stream = this.tokenizer?.createStreamDecoder({ skipSpecialTokens: true }) ?? null;
+    let logits = this.decoder.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i));
+    const t2 = now();
+    const out: number[] = [];
+    let text = '', emitted = 0, finish: FinishReason = 'length';
+    const y = this.ws.matrix('step', 1, this.text.hiddenSize);
+    let decodeMs = 0;
+    while (out.length < maxNew) {
+      const tok = sampler.sample(logits);
+      if (eos.has(tok)) { finish = 'eos'; break; }
+      out.push(tok);
+      if (stream) text += stream.push(tok);
+      // Stop strings: cut at the first one; hold back text that may be the start of one.
+      const cut = firstStop(text, stops);
+      if (cut >= 0) {
+        text = text.slice(0, cut);
+        finish = 'stop';
+      }
+      const safe = finish === 'stop' ? text.length : text.length - heldBack(text, stops);
+      if (safe > emitted) {
+        opts.onToken?.(text.slice(emitted, safe), tok);
+        emitted = safe;
+      } else if (!stream) {
+        opts.onToken?.('', tok);
+      }
+      if (finish === 'stop') break;
+      if (S + out.length >= this.contextWindow) { finish = 'context'; break; }
+      if (out.length >= maxNew) break;
+      const ts = now();
+      this.decoder.embed(y, [tok]);
+      const pos = S + out.length - 1;
+      logits = this.decoder.forward(y, cache, pos, [pos]);
+      decodeMs += now() - ts;
+    }
+    if (finish !== 'stop' && stream) {
+      text += stream.flush();
+      if (text.length > emitted) opts.onToken?.(text.slice(emitted), out[out.length - 1]);
+    }
+    const decodeSteps = Math.max(0, out.length - 1 + (finish === 'eos' ? 1 : 0));
+    return {
+      ids: out,
+      text,
+      finishReason: finish,
+      stats: {
+        promptTokens: S,
+        imageTokens,
+        imageMs: t1 - t0,
+        prefillMs: t2 - t1,
+        prefillTokensPerSecond: S / ((t2 - t1) / 1000),
+        newTokens: out.length,
+        decodeMs,
+        decodeTokensPerSecond: decodeSteps > 0 && decodeMs > 0 ? decodeSteps / (decodeMs / 1000) : 0,
+        peakMemoryBytes: peakMemory(this.backend),
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.ownsBackend) await this.backend.close();
+  }
+}
+
+function now(): number { return performance.now(); }
+
+function firstStop(text: string, stops: string[]): number {
+  let best = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+/** Length of the longest suffix of text that is a proper prefix of a stop string. */
+function heldBack(text: string, stops: string[]): number {
+  let n = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > n; k--) {
+      if (text.endsWith(s.slice(0, k))) { n = k; break; }
+    }
+  }
+  return n;
+}
+
+function peakMemory(backend: KernelBackend): number {
+  if (typeof process !== 'undefined' && typeof process.resourceUsage === 'function') return process.resourceUsage().maxRSS * 1024;
+  let b = 0;
+  for (let p = 0; p < backend.places; p++) b += backend.placeUsage(p);
+  return b;
+}
+
+function readGenerationEos(dir: string): number | number[] | undefined {
+  const f = path.join(dir, 'generation_config.json');
+  if (!existsSync(f)) return undefined;
+  try {
+    return (JSON.parse(readFileSync(f, 'utf8')) as { eos_token_id?: number | number[] }).eos_token_id;
+  } catch (e) {
+    throw new GenerationError(`${f}: cannot read: ${(e as Error).message}`);
+  }
+}
