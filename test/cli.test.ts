@@ -44,6 +44,30 @@ describe('sparsevila CLI', () => {
     assert.match(r.stderr, /idefics3/);
   });
 
+  it('run --json answers about the image with the golden greedy tokens', () => {
+    const golden = JSON.parse(readFileSync(new URL('../../test/fixtures/llava-tiny/golden.json', import.meta.url), 'utf8')) as { generation: { new_tokens: number[] } };
+    const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '12', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as { ids: number[]; text: string; promptTokens: number; imageTokens: number; prefillTokensPerSecond: number; decodeTokensPerSecond: number; peakMemoryBytes: number };
+    assert.deepEqual(j.ids, golden.generation.new_tokens);
+    assert.equal(j.promptTokens, 82);
+    assert.equal(j.imageTokens, 64);
+    assert.ok(j.text.length > 0 && j.prefillTokensPerSecond > 0 && j.decodeTokensPerSecond > 0 && j.peakMemoryBytes > 0);
+  });
+
+  it('run streams the answer, then the timings', () => {
+    const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '12');
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(r.stdout.trim().length > 0);
+    assert.match(r.stderr, /prefill \d+ ms, [\d.]+ tok\/s \| decode 12 tokens, [\d.]+ tok\/s \| peak memory \d+ MiB/);
+  });
+
+  it('run with an unreadable image fails with a clear message', () => {
+    const r = run('run', '--model', fixture('llava-tiny'), '--image', '/nonexistent/cat.png', '--prompt', 'hi');
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /\/nonexistent\/cat\.png: cannot read the file/);
+  });
+
   it('info reports the kernel build and threads', () => {
     const r = run('info', '--threads', '2', '--json');
     assert.equal(r.status, 0, r.stderr);

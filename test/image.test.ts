@@ -272,6 +272,8 @@ test('parseClipImageProcessorConfig: transformers\' defaults and the other size 
   assert.deepEqual(siglip.size, { height: 224, width: 224 });
   assert.equal(siglip.doCenterCrop, false, 'SigLIP never crops');
   assert.deepEqual(siglip.imageStd, [0.5, 0.5, 0.5]);
+  assert.deepEqual(parseClipImageProcessorConfig({ image_processor_type: 'SiglipImageProcessor', size: [64, 96] }, 'p.json').size,
+    { height: 64, width: 96 });
 
   const forms = parseClipImageProcessorConfig(
     { size: 336, crop_size: 300, resample: 1, image_mean: 0.25, do_normalize: null }, 'p.json');
@@ -291,7 +293,9 @@ test('parseClipImageProcessorConfig: invalid settings are ImageErrors naming the
     [{ size: { width: 10 } }, 'size'],
     [{ image_processor_type: 'SiglipImageProcessor', size: { shortest_edge: 224 } }, 'size'],
     [{ crop_size: { height: 10 } }, 'crop_size'],
+    [{ image_processor_type: 'SiglipImageProcessor', size: 224 }, 'size'],
     [{ resample: 7 }, 'resample'],
+    [{ resample: null }, 'resample'],
     [{ rescale_factor: '1/255' }, 'rescale_factor'],
     [{ image_std: [0.2, 0, 0.2] }, 'image_std'],
     [{ image_mean: [0.5, 0.5] }, 'image_mean'],

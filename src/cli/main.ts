@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { inspectCheckpoint, formatInspection } from './inspect.js';
 import { runtimeInfo } from './info.js';
+import { runCommand } from './run.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
 
@@ -13,6 +14,32 @@ program
   .description(pkg.description)
   .version(pkg.version, '-v, --version')
   .showHelpAfterError();
+
+const int = (min: number) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer >= ${min}`);
+  return n;
+};
+const num = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError('expected a number');
+  return n;
+};
+
+program
+  .command('run')
+  .description('answer a prompt about an image (streams the answer, then prints timings)')
+  .requiredOption('--model <dir>', 'model folder (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...)')
+  .option('--image <file...>', 'image file(s), in the order of the prompt')
+  .requiredOption('--prompt <text>', 'the question')
+  .option('--max-new-tokens <n>', 'most tokens to generate', int(0), 256)
+  .option('--temperature <t>', '0 is greedy; > 0 samples', num, 0)
+  .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
+  .option('--top-p <p>', 'sample among the most likely tokens up to probability p', num)
+  .option('--seed <s>', 'sampling seed', int(0), 0)
+  .option('--threads <n>', 'threads (default: all cores)', int(1))
+  .option('--json', 'print one JSON object (ids, text, timings) instead of streaming')
+  .action(runCommand);
 
 program
   .command('inspect')
@@ -27,11 +54,7 @@ program
 program
   .command('info')
   .description('show the compute runtime: kernel build (relaxed SIMD or plain SIMD128), threads, memory bandwidth')
-  .option('--threads <n>', 'threads to start', (v) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer');
-    return n;
-  })
+  .option('--threads <n>', 'threads to start', int(1))
   .option('--probe', 'also measure read bandwidth and SIMD peak (a few seconds)')
   .option('--json', 'print one JSON object instead of text')
   .action(async (opts: { threads?: number; probe?: boolean; json?: boolean }) => {

@@ -32,7 +32,7 @@ export interface ClipImageProcessorConfig {
   doNormalize: boolean;
   imageMean: [number, number, number];
   imageStd: [number, number, number];
-  /** Informational: {@link decodeImage} always produces RGB, which is what this setting asks for. */
+  /** Informational: `decodeImage` always produces RGB, which is what this setting asks for. */
   doConvertRgb: boolean;
 }
 
@@ -77,7 +77,8 @@ export function loadClipImageProcessorConfig(fileOrDir: string): ClipImageProces
 /**
  * Validates a parsed `preprocessor_config.json` (`source` names it in errors). Absent fields, and `null`
  * sizes, means and stds, take the defaults of the processor class (`image_processor_type`, or
- * `feature_extractor_type`; CLIP when neither is given). A `null` flag is false, as in Python.
+ * `feature_extractor_type`; CLIP when neither is given; a `…Fast` class reads as its slow one, other classes
+ * are rejected). A `null` flag is false, as in Python.
  */
 export function parseClipImageProcessorConfig(json: unknown, source: string): ClipImageProcessorConfig {
   if (!isObject(json)) throw new ImageError(`${source}: expected a JSON object`);
@@ -102,24 +103,24 @@ export function parseClipImageProcessorConfig(json: unknown, source: string): Cl
   const positiveInt = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
   const triple = (field: string, dflt: [number, number, number], nonZero: boolean): [number, number, number] => {
     const v = json[field];
-    if (v === undefined || v === null) return dflt;
+    if (v === undefined || v === null) return [...dflt];
     const ok = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && (!nonZero || x !== 0);
     if (ok(v)) return [v, v, v];
     if (Array.isArray(v) && v.length === 3 && v.every(ok)) return [v[0], v[1], v[2]];
     return fail(field, `a${nonZero ? ' non-zero' : ''} number or a list of 3${nonZero ? ' non-zero' : ''} numbers`);
   };
 
-  // size: CLIP takes an int (the short side), [height, width], {shortest_edge[, longest_edge]} (longest_edge
-  // is ignored by CLIP's resize) or {height, width}; SigLIP takes {height, width} only.
+  // size: [height, width] or {height, width}; CLIP also takes an int (the short side) or
+  // {shortest_edge[, longest_edge]} (its resize ignores longest_edge).
   let size: ClipImageProcessorConfig['size'];
   const rawSize = json.size;
-  const sizeForms = siglip ? '{"height", "width"} of positive integers'
+  const sizeForms = siglip ? '[height, width] or {"height", "width"} of positive integers'
     : 'a positive integer, [height, width], {"shortest_edge"} or {"height", "width"} of positive integers';
   if (rawSize === undefined || rawSize === null) {
     size = siglip ? { height: 224, width: 224 } : { shortestEdge: 224 };
   } else if (!siglip && positiveInt(rawSize)) {
     size = { shortestEdge: rawSize };
-  } else if (!siglip && Array.isArray(rawSize) && rawSize.length === 2 && rawSize.every(positiveInt)) {
+  } else if (Array.isArray(rawSize) && rawSize.length === 2 && rawSize.every(positiveInt)) {
     size = { height: rawSize[0], width: rawSize[1] };
   } else if (isObject(rawSize)) {
     const keys = Object.keys(rawSize).sort().join(',');
@@ -153,11 +154,11 @@ export function parseClipImageProcessorConfig(json: unknown, source: string): Cl
     }
   }
 
-  const rawResample = json.resample ?? 3;
+  const rawResample = json.resample === undefined ? 3 : json.resample;
   if (!Number.isInteger(rawResample) || (rawResample as number) < 0 || (rawResample as number) >= PIL_RESAMPLE_FILTERS.length) {
     fail('resample', 'a Pillow filter number 0…5');
   }
-  const rescaleFactor = json.rescale_factor ?? 1 / 255;
+  const rescaleFactor = json.rescale_factor === undefined ? 1 / 255 : json.rescale_factor;
   if (typeof rescaleFactor !== 'number' || !Number.isFinite(rescaleFactor)) fail('rescale_factor', 'a finite number');
 
   return {

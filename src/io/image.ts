@@ -16,7 +16,8 @@
  *
  * Known differences from Pillow: transparent pixels of a GIF decode to sharp's colour (Pillow keeps the
  * palette colour of the transparent index); JPEG decoding uses sharp's libjpeg (mozjpeg), which agrees with
- * Pillow's libjpeg-turbo on the images tested but is not guaranteed to be bit-identical.
+ * Pillow's libjpeg-turbo on the images tested but is not guaranteed to be bit-identical; BMP and ICO are not
+ * supported by sharp, while SVG, HEIF/AVIF and a few others that Pillow lacks are.
  *
  * Every problem is an {@link ImageError} naming the file (or the given name, or `<buffer>`) and the reason.
  */
@@ -74,7 +75,7 @@ function oneLine(message: string): string {
   return [...new Set(message.split('\n').map((l) => l.trim()).filter((l) => l !== ''))].join('; ');
 }
 
-/** Raw pixels of `bytes` from a sharp pipeline, with the layout sharp reports. */
+/** Pixels as a sharp pipeline outputs them: interleaved, `channels` samples per pixel. */
 interface RawPixels {
   data: Uint8Array;
   width: number;
@@ -82,6 +83,7 @@ interface RawPixels {
   channels: number;
 }
 
+/** Runs `pipeline` to raw pixels of the given sample type (ushort samples are native-endian byte pairs). */
 async function raw(pipeline: Sharp, depth: 'uchar' | 'ushort' = 'uchar'): Promise<RawPixels> {
   const { data, info } = await pipeline.raw({ depth }).toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height, channels: info.channels };

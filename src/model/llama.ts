@@ -67,6 +67,9 @@ export class LlamaDecoder {
   readonly hidden: number;
   private readonly act: Activation;
   private readonly last: Stage;
+  /** Buffers in the place of the embedding table (the lm_head's place when tied). */
+  private readonly embedWs: Workspace;
+  private readonly embedPlace: number;
 
   private constructor(
     readonly backend: KernelBackend,
@@ -75,6 +78,7 @@ export class LlamaDecoder {
     private readonly embedTable: EmbeddingTable | null,
     private readonly lmHead: LinearWeight,
     private readonly finalNorm: ParamVector,
+    embedPlace: number,
   ) {
     this.heads = config.numAttentionHeads;
     this.kvHeads = config.numKeyValueHeads;
@@ -82,6 +86,8 @@ export class LlamaDecoder {
     this.hidden = config.hiddenSize;
     this.act = activationOf(config.hiddenAct, 'hidden_act');
     this.last = stages[stages.length - 1];
+    this.embedWs = new Workspace(backend, embedPlace);
+    this.embedPlace = embedPlace;
   }
 
   /** The memory place of the first layers (where inputs embeddings should be). */
@@ -114,6 +120,7 @@ export class LlamaDecoder {
     const embedName = `${p}embed_tokens.weight`;
     const tied = !names.lmHead || c.tieWordEmbeddings;
     const embedTable = tied ? null : loader.embedding(embedName, [c.vocabSize, H]);
+    const tablePlace = loader.place;
     const stages: Stage[] = [];
     for (let l = 0; l < c.numHiddenLayers; l++) {
       await ensureRoom(layerBytes(l));
@@ -142,7 +149,7 @@ export class LlamaDecoder {
     loader.place = lastPlace;
     const finalNorm = loader.params([{ name: `${p}norm.weight`, shape: [H] }]);
     const lmHead = loader.linear([{ name: tied ? embedName : names.lmHead!, shape: [c.vocabSize, H] }]);
-    return new LlamaDecoder(be, c, stages, embedTable, lmHead, finalNorm);
+    return new LlamaDecoder(be, c, stages, embedTable, lmHead, finalNorm, tied ? lastPlace : tablePlace);
   }
 
   /** A KV cache for this decoder. */
@@ -161,10 +168,9 @@ export class LlamaDecoder {
 
   /** Token embeddings of `ids` into out [ids.length][hidden] (any place). */
   embed(out: Matrix, ids: readonly number[]): void {
-    const be = this.backend;
-    const src = this.embedTable ? this.stages[0] : this.last; // where the table is
-    const v = src.ws.intsOf('ids', ids);
-    const dst = out.place === src.place ? out : src.ws.matrix('embed', ids.length, this.hidden);
+    const be = this.backend, ws = this.embedWs;
+    const v = ws.intsOf('ids', ids);
+    const dst = out.place === this.embedPlace ? out : ws.matrix('embed', ids.length, this.hidden);
     if (this.embedTable) be.embed(dst, this.embedTable, v);
     else be.embedFromLinear(dst, this.lmHead, v);
     if (dst !== out) be.copy(out, dst);

@@ -1,0 +1,68 @@
+// `sparsevila run`: answer a prompt about an image with a model folder.
+import cliProgress from 'cli-progress';
+import { VisionLanguageModel } from '../engine/vlm.js';
+
+export interface RunOptions {
+  model: string;
+  image?: string[];
+  prompt: string;
+  maxNewTokens: number;
+  temperature: number;
+  topK?: number;
+  topP?: number;
+  seed: number;
+  threads?: number;
+  json?: boolean;
+}
+
+export async function runCommand(o: RunOptions): Promise<void> {
+  // Progress goes to stderr and only on a terminal; --json keeps stdout one JSON object.
+  const showProgress = !o.json && process.stderr.isTTY;
+  const bar = showProgress
+    ? new cliProgress.SingleBar({ format: ' {phase} [{bar}] {percentage}% | {value}/{total} MiB', stream: process.stderr, clearOnComplete: true, hideCursor: true }, cliProgress.Presets.shades_classic)
+    : null;
+  let started = false;
+  const model = await VisionLanguageModel.load(o.model, {
+    threads: o.threads,
+    onProgress: (loaded, total) => {
+      if (!bar) return;
+      const mib = (b: number) => Math.round(b / 2 ** 20);
+      if (!started) { bar.start(mib(total), 0, { phase: 'loading weights' }); started = true; }
+      bar.update(mib(loaded));
+    },
+  });
+  if (bar && started) bar.stop();
+  try {
+    if (showProgress && o.image?.length) process.stderr.write(' encoding image…\r');
+    let first = true;
+    const r = await model.generate(
+      { images: o.image ?? [], prompt: o.prompt },
+      {
+        maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
+        onToken: o.json ? undefined : (text) => {
+          if (first && showProgress) process.stderr.write('\x1b[2K');
+          first = false;
+          process.stdout.write(text);
+        },
+      },
+    );
+    const s = r.stats;
+    if (o.json) {
+      console.log(JSON.stringify({
+        ids: r.ids, text: r.text, finishReason: r.finishReason,
+        promptTokens: s.promptTokens, imageTokens: s.imageTokens, newTokens: s.newTokens,
+        imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
+        decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,
+      }));
+    } else {
+      process.stdout.write('\n');
+      console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image) | image ${s.imageMs.toFixed(0)} ms | ` +
+        `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
+        `${s.decodeTokensPerSecond.toFixed(1)} tok/s | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
+    }
+  } finally {
+    await model.close();
+  }
+}
+
+function round(x: number): number { return Math.round(x * 100) / 100; }
