@@ -1,8 +1,35 @@
 // The sparsevila library API.
+
+// Generation: load a model folder, ask about images.
+export { VisionLanguageModel, GenerationError } from './engine/vlm.js';
+export type {
+  LoadOptions, GenerateRequest, GenerateOptions, GenerationResult, GenerationStats, FinishReason, ImageInput,
+} from './engine/vlm.js';
+export { Sampler, Rng, argmax } from './engine/sampling.js';
+export type { SamplingOptions } from './engine/sampling.js';
+
+// Input: images, tokenizer, chat templates.
+export { decodeImage, resize, clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, ImageError } from './io/image.js';
+export type { RgbImage, ClipImageProcessorConfig, PixelValues, ResampleFilter } from './io/image.js';
+export { TextTokenizer, TokenizerError } from './io/tokenizer.js';
+export { ChatTemplate, ChatTemplateError } from './io/chat-template.js';
+export type { ChatMessage, ChatContentPart } from './io/chat-template.js';
+export { expandImageTokens, PromptError } from './io/prompt.js';
+
+// Models, written against the kernel interface.
+export { LlamaDecoder, DecoderCache } from './model/llama.js';
+export type { DecoderNames, ForwardOptions, PlacementOptions } from './model/llama.js';
+export { ClipVisionTower } from './model/clip.js';
+export { LlavaModel } from './model/llava.js';
+export { WeightLoader, WeightError } from './model/weights.js';
+
+// Kernels and runtime.
 export * from './kernels/backend.js';
 export { WasmBackend, BackendError } from './kernels/wasm-backend.js';
 export type { WasmBackendOptions } from './kernels/wasm-backend.js';
 export { loadKernelModule, relaxedSimdSupported } from './runtime/kernel-module.js';
 export type { SimdLevel, KernelModule } from './runtime/kernel-module.js';
+
+// Files: safetensors checkpoints and Hugging Face configs.
 export * from './formats/safetensors.js';
 export * from './formats/config.js';
