@@ -2,7 +2,7 @@
 // together over shared wasm memory. Hand-off is a spin on an atomic counter (about a microsecond),
 // so even calls of a few tens of microseconds gain from the second thread.
 import { Arena } from './arena.js';
-import { ARGS_OFFSET, CTRL_BYTES, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, MAX_ARGS, runChunks } from './job.js';
+import { CTRL_BYTES, ControlBlock, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, KernelInvoker, MAX_ARGS, SLOTS, Slot, controlBlock, invoker, runChunks } from './job.js';
 import { KernelModule } from './kernel-module.js';
 import { WorkerLike, startWorker } from './platform.js';
 
@@ -19,14 +19,20 @@ const SOLO_MAX_MS = 1000;
  * scheduler time slice (a few ms), which ruins a short call but is small beside a long one.
  */
 const SOLO_CALL_MS = 2;
+/** A wait for the workers this long is a stall (a scheduler time slice, not a cache hiccup). */
+const STALL_MS = 0.5;
 
 export class ThreadPool {
   readonly threads: number;
-  private readonly ctrl: Int32Array;
-  private readonly args: Float64Array;
+  private readonly cb: ControlBlock;
+  private readonly sab: SharedArrayBuffer;
+  /** The last job published. */
+  private gen = 0;
+  /** Argument slots for calls run on the calling thread alone. */
+  private readonly soloArgs = new Float64Array(MAX_ARGS);
   private readonly workers: WorkerLike[] = [];
   private readonly kernelIndex = new Map<string, number>();
-  private readonly mainTables: KernelFn[][] = [];
+  private readonly mainTables: KernelInvoker[][] = [];
   private workerErrors: string[] = [];
   private pendingAcks = new Map<string, () => void>();
   private closed = false;
@@ -40,9 +46,10 @@ export class ThreadPool {
 
   private constructor(readonly kernels: KernelModule, threads: number) {
     this.threads = Math.max(1, Math.floor(threads));
-    const sab = new SharedArrayBuffer(CTRL_BYTES);
-    this.ctrl = new Int32Array(sab, 0, ARGS_OFFSET / 4);
-    this.args = new Float64Array(sab, ARGS_OFFSET, MAX_ARGS);
+    this.sab = new SharedArrayBuffer(CTRL_BYTES);
+    this.cb = controlBlock(this.sab);
+    // Every slot starts out as acknowledged by all workers.
+    for (const slot of this.cb.slots) slot[Slot.ACKS] = this.threads - 1;
     kernels.kernelNames.forEach((n, i) => this.kernelIndex.set(n, i));
     this.lastMs = new Float64Array(kernels.kernelNames.length);
   }
@@ -57,7 +64,7 @@ export class ThreadPool {
         w.onError(reject);
         w.onMessage((m) => pool.onWorkerMessage(t, m as { type: string; arena?: number; message?: string }, resolve));
       }));
-      w.post({ type: 'init', module: kernels.module, ctrl: pool.ctrl.buffer, tid: t, kernelNames: kernels.kernelNames });
+      w.post({ type: 'init', module: kernels.module, ctrl: pool.sab, tid: t, kernelNames: kernels.kernelNames });
       pool.workers.push(w);
     }
     await Promise.all(ready);
@@ -84,7 +91,7 @@ export class ThreadPool {
 
   /** Makes an arena usable by every thread of the pool. */
   async attach(arena: Arena): Promise<void> {
-    this.mainTables[arena.id] = this.kernels.kernelNames.map((n) => arena.exports[n] as KernelFn);
+    this.mainTables[arena.id] = this.kernels.kernelNames.map((n) => invoker(arena.exports[n] as KernelFn));
     const acks = this.workers.map((w, i) => new Promise<void>((resolve) => {
       this.pendingAcks.set(`${i + 1}:${arena.id}`, resolve);
       w.post({ type: 'attach', arena: arena.id, memory: arena.memory });
@@ -111,47 +118,56 @@ export class ThreadPool {
     if (units <= 0) return;
     grain = Math.max(1, Math.floor(grain));
     if (this.threads === 1 || units <= grain || (this.lastMs[k] < SOLO_CALL_MS && performance.now() < this.soloUntil)) {
-      (table[k] as (...a: number[]) => void)(0, 0, units, ...args);
+      const a = this.soloArgs;
+      for (let i = 0; i < args.length; i++) a[i] = args[i];
+      table[k](0, 0, units, a);
       return;
     }
     this.dispatch(k, arena.id, units, grain, args, table[k]);
   }
 
-  private dispatch(kernel: number, arenaId: number, units: number, grain: number, args: readonly number[], fn?: KernelFn): void {
+  /** Publishes a job, runs chunks of it on the calling thread, and waits for the rest. */
+  private dispatch(kernel: number, arenaId: number, units: number, grain: number, args: readonly number[], fn?: KernelInvoker): void {
     if (this.closed) throw new KernelError('thread pool is closed');
     if (args.length > MAX_ARGS) throw new KernelError(`at most ${MAX_ARGS} kernel arguments`);
-    const c = this.ctrl;
-    for (let i = 0; i < MAX_ARGS; i++) this.args[i] = i < args.length ? args[i] : 0;
-    c[Ctrl.KERNEL] = kernel;
-    c[Ctrl.ARENA] = arenaId;
-    c[Ctrl.UNITS] = units;
-    c[Ctrl.GRAIN] = grain;
-    c[Ctrl.NCHUNKS] = grain > 0 ? Math.ceil(units / grain) : 0;
-    Atomics.store(c, Ctrl.NEXT, 0);
-    Atomics.store(c, Ctrl.DONE, 0);
-    Atomics.store(c, Ctrl.ERR, 0);
-    Atomics.add(c, Ctrl.GEN, 1);
-    if (Atomics.load(c, Ctrl.SLEEPERS) > 0) Atomics.notify(c, Ctrl.GEN);
-    const asleep = Atomics.load(c, Ctrl.SLEEPERS) > 0;
+    const n = this.workers.length;
+    const job = (this.gen + 1) | 0, si = job & (SLOTS - 1);
+    const slot = this.cb.slots[si], a = this.cb.args[si], ctrl = this.cb.ctrl;
+    // The slot's previous job (SLOTS jobs ago) must be done with by every worker.
+    while (Atomics.load(slot, Slot.ACKS) < n) { /* spin: a worker far behind */ }
+    for (let i = 0; i < MAX_ARGS; i++) a[i] = i < args.length ? args[i] : 0;
+    const nChunks = kernel >= 0 ? Math.ceil(units / grain) : 0;
+    slot[Slot.KERNEL] = kernel;
+    slot[Slot.ARENA] = arenaId;
+    slot[Slot.UNITS] = units;
+    slot[Slot.GRAIN] = grain;
+    slot[Slot.NCHUNKS] = nChunks;
+    Atomics.store(slot, Slot.NEXT, 0);
+    Atomics.store(slot, Slot.COMPLETED, 0);
+    Atomics.store(slot, Slot.ERR, 0);
+    Atomics.store(slot, Slot.ACKS, 0);
+    Atomics.store(ctrl, Ctrl.GEN, job);
+    this.gen = job;
+    if (Atomics.load(ctrl, Ctrl.SLEEPERS) > 0) Atomics.notify(ctrl, Ctrl.GEN);
+    if (!fn) return;
+    const asleep = Atomics.load(ctrl, Ctrl.SLEEPERS) > 0;
     let mainError: unknown = null;
     let ownChunks = 0;
     const t0 = performance.now();
-    if (fn) {
-      try { ownChunks = runChunks(c, this.args, fn, 0); } catch (e) { mainError = e; }
-    }
+    try { ownChunks = runChunks(slot, a, fn, 0); } catch (e) { mainError = e; }
     const t1 = performance.now();
-    const n = this.workers.length;
-    while (Atomics.load(c, Ctrl.DONE) < n) { /* spin: the workers finish their last chunks */ }
-    // Another process may hold a core: then a worker is descheduled in the middle of a chunk and
-    // the caller waits for it far longer than the whole job would take on one thread (fork/join
-    // collapse). A worker that runs normally finishes within about one chunk of the caller; when
-    // the wait is much longer than the caller's own chunks took, run jobs on the calling thread
-    // alone for a while, then try the workers again. A wake-up from sleep is not counted.
+    // Chunks a worker took must finish; a worker that took none is not waited for.
+    while (Atomics.load(slot, Slot.COMPLETED) < nChunks) { /* spin */ }
     const t2 = performance.now();
-    if (kernel >= 0) this.lastMs[kernel] = t2 - t0;
-    if (fn && !asleep && ownChunks > 0) {
+    this.lastMs[kernel] = t2 - t0;
+    // Another process may hold a core: a worker descheduled in the middle of a chunk then holds
+    // the caller up for a scheduler time slice. A worker that runs normally finishes within about
+    // one chunk of the caller; when the wait is much longer than the caller's own chunks took, run
+    // short jobs on the calling thread alone for a while, then try the workers again. A wake-up
+    // from sleep is not counted.
+    if (!asleep && ownChunks > 0) {
       const wait = t2 - t1;
-      if (wait > 0.05 && wait > 3 * ((t1 - t0) / ownChunks)) {
+      if (wait > STALL_MS && wait > 3 * ((t1 - t0) / ownChunks)) {
         this.stalls++;
         this.soloUntil = performance.now() + this.soloMs;
         this.soloMs = Math.min(SOLO_MAX_MS, this.soloMs * 2);
@@ -160,9 +176,9 @@ export class ThreadPool {
       }
     }
     if (mainError) throw mainError;
-    if (Atomics.load(c, Ctrl.ERR) !== 0) {
-      const name = this.kernels.kernelNames[kernel];
-      throw new KernelError(`kernel ${name} failed in worker thread ${Atomics.load(c, Ctrl.ERR)}${this.workerErrors.length ? ': ' + this.workerErrors.join('; ') : ''}`);
+    const err = Atomics.load(slot, Slot.ERR);
+    if (err !== 0) {
+      throw new KernelError(`kernel ${this.kernels.kernelNames[kernel]} failed in worker thread ${err - 1}${this.workerErrors.length ? ': ' + this.workerErrors.join('; ') : ''}`);
     }
   }
 

@@ -1,40 +1,40 @@
-// A pool worker: instantiates the kernel module over each arena's shared memory, then runs the
-// chunks of every job the main thread posts (see job.ts).
-import { ARGS_OFFSET, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, MAX_ARGS, SPIN_MS, runChunks } from './job.js';
+// A pool worker: instantiates the kernel module over each arena's shared memory, then follows the
+// jobs the main thread publishes (see job.ts), taking whatever chunks of each are left.
+import { ControlBlock, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, KernelInvoker, SLOTS, SPIN_MS, Slot, controlBlock, invoker, runChunks } from './job.js';
 import { isNode } from './platform.js';
 
 interface InitMessage { type: 'init'; module: WebAssembly.Module; ctrl: SharedArrayBuffer; tid: number; kernelNames: string[] }
 interface AttachMessage { type: 'attach'; arena: number; memory: WebAssembly.Memory }
 type Message = InitMessage | AttachMessage;
 
-let ctrl: Int32Array;
-let args: Float64Array;
+let cb: ControlBlock;
 let tid = 0;
 let module: WebAssembly.Module;
 let kernelNames: string[] = [];
-const tables: KernelFn[][] = []; // [arena][kernel]
+const tables: KernelInvoker[][] = []; // [arena][kernel]
+/** The last job this worker has acknowledged. */
 let seen = 0;
 let post: (m: unknown) => void;
 
 function onMessage(m: Message): void {
   if (m.type === 'init') {
-    ctrl = new Int32Array(m.ctrl, 0, ARGS_OFFSET / 4);
-    args = new Float64Array(m.ctrl, ARGS_OFFSET, MAX_ARGS);
+    cb = controlBlock(m.ctrl);
     tid = m.tid;
     module = m.module;
     kernelNames = m.kernelNames;
-    seen = Atomics.load(ctrl, Ctrl.GEN);
+    seen = Atomics.load(cb.ctrl, Ctrl.GEN);
     post({ type: 'ready' });
     loop();
   } else if (m.type === 'attach') {
     const inst = new WebAssembly.Instance(module, { env: { memory: m.memory, abort: () => { throw new Error('wasm kernel aborted'); } } });
-    tables[m.arena] = kernelNames.map((n) => inst.exports[n] as KernelFn);
+    tables[m.arena] = kernelNames.map((n) => invoker(inst.exports[n] as KernelFn));
     post({ type: 'attached', arena: m.arena });
   }
 }
 
 /** Spins for jobs; returns to the event loop to sleep (Atomics.waitAsync) or on a YIELD job. */
 function loop(): void {
+  const ctrl = cb.ctrl;
   for (;;) {
     let spins = 0;
     let t0 = 0;
@@ -54,24 +54,27 @@ function loop(): void {
         }
       }
     }
-    seen = Atomics.load(ctrl, Ctrl.GEN);
-    const kernel = ctrl[Ctrl.KERNEL];
-    if (kernel === JOB_EXIT) {
-      Atomics.add(ctrl, Ctrl.DONE, 1);
-      return;
+    // Jobs are taken in order, each acknowledged in its slot.
+    const gen = Atomics.load(ctrl, Ctrl.GEN);
+    while (seen !== gen) {
+      const job = (seen + 1) | 0;
+      const slot = cb.slots[job & (SLOTS - 1)];
+      const kernel = slot[Slot.KERNEL];
+      if (kernel >= 0) {
+        try {
+          runChunks(slot, cb.args[job & (SLOTS - 1)], tables[slot[Slot.ARENA]][kernel], tid);
+        } catch (e) {
+          post({ type: 'error', message: `${kernelNames[kernel]}: ${(e as Error).message}` });
+        }
+      }
+      seen = job;
+      Atomics.add(slot, Slot.ACKS, 1);
+      if (kernel === JOB_EXIT) return;
+      if (kernel === JOB_YIELD) {
+        setTimeout(loop, 0);
+        return;
+      }
     }
-    if (kernel === JOB_YIELD) {
-      Atomics.add(ctrl, Ctrl.DONE, 1);
-      setTimeout(loop, 0);
-      return;
-    }
-    try {
-      runChunks(ctrl, args, tables[ctrl[Ctrl.ARENA]][kernel], tid);
-    } catch (e) {
-      Atomics.store(ctrl, Ctrl.ERR, tid);
-      post({ type: 'error', message: `${kernelNames[kernel]}: ${(e as Error).message}` });
-    }
-    Atomics.add(ctrl, Ctrl.DONE, 1);
   }
 }
 

@@ -1,0 +1,104 @@
+// Random-weight models for the benchmarks: a TensorSource that describes the tensors of a Llama
+// checkpoint of a given shape (BF16) and fills them with deterministic pseudo-random finite values
+// on demand, so a multi-gigabyte model never exists on disk or on the JS heap.
+import { TensorInfo, TensorSource } from '../src/formats/safetensors.js';
+
+/** The shape of a Llama-family decoder, in config.json's field names. */
+export interface LlamaShape {
+  hidden_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  intermediate_size: number;
+  vocab_size: number;
+  tie_word_embeddings: boolean;
+  rope_theta: number;
+  rms_norm_eps: number;
+  max_position_embeddings: number;
+}
+
+/** A config.json object for `shape` (model_type llama, bf16). */
+export function llamaConfigJson(shape: LlamaShape): Record<string, unknown> {
+  return { model_type: 'llama', hidden_act: 'silu', torch_dtype: 'bfloat16', ...shape };
+}
+
+/** FNV-1a of a name: a per-tensor seed. */
+function seedOf(name: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/**
+ * Fills `dest` with bf16 values. `norm`: values in [1, 1.0547] (norm weights, ~1); otherwise
+ * random-sign values of magnitude in [2^-7, 2^-5) = [0.0078, 0.031) (exponent 120 or 121, random
+ * mantissa; RMS about 0.02), so activations stay finite. Writes two bf16 values per 32-bit word.
+ */
+export function fillBf16(dest: Uint8Array, seed: number, norm: boolean): void {
+  let s = seed >>> 0 || 1;
+  // Numerical Recipes LCG: fast and good enough for weights whose values do not matter.
+  const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0);
+  // Per 16-bit half: norm → 0x3f80 | 3 random mantissa bits (1.0 .. 1.0547);
+  // other → sign | exponent 0x78 or 0x79 | 7 random mantissa bits.
+  const mask = norm ? 0x00070007 : 0x80ff80ff;
+  const base = norm ? 0x3f803f80 : 0x3c003c00;
+  let off = dest.byteOffset, end = dest.byteOffset + dest.byteLength;
+  if (dest.byteLength % 2 !== 0) throw new Error(`fillBf16: odd byte length ${dest.byteLength}`);
+  if (off % 4 !== 0 && off < end) {
+    new Uint16Array(dest.buffer, off, 1)[0] = ((next() & mask) | base) & 0xffff;
+    off += 2;
+  }
+  const words = Math.floor((end - off) / 4);
+  const w = new Uint32Array(dest.buffer, off, words);
+  for (let i = 0; i < words; i++) w[i] = (next() & mask) | base;
+  off += words * 4;
+  if (off < end) new Uint16Array(dest.buffer, off, 1)[0] = ((next() & mask) | base) & 0xffff;
+}
+
+/** The tensors of a Llama checkpoint of `shape` (BF16), with random contents. */
+export class RandomLlamaSource implements TensorSource {
+  private readonly tensors = new Map<string, TensorInfo>();
+
+  constructor(readonly shape: LlamaShape, readonly label: string, readonly seed = 0x5eed) {
+    const s = shape, H = s.hidden_size, D = s.head_dim, I = s.intermediate_size;
+    const add = (name: string, dims: number[]) => {
+      const numel = dims.reduce((a, b) => a * b, 1);
+      this.tensors.set(name, { name, dtype: 'BF16', shape: dims, numel, byteLength: numel * 2, file: label, fileOffset: 0 });
+    };
+    add('model.embed_tokens.weight', [s.vocab_size, H]);
+    for (let l = 0; l < s.num_hidden_layers; l++) {
+      const p = `model.layers.${l}.`;
+      add(`${p}input_layernorm.weight`, [H]);
+      add(`${p}post_attention_layernorm.weight`, [H]);
+      add(`${p}self_attn.q_proj.weight`, [s.num_attention_heads * D, H]);
+      add(`${p}self_attn.k_proj.weight`, [s.num_key_value_heads * D, H]);
+      add(`${p}self_attn.v_proj.weight`, [s.num_key_value_heads * D, H]);
+      add(`${p}self_attn.o_proj.weight`, [H, s.num_attention_heads * D]);
+      add(`${p}mlp.gate_proj.weight`, [I, H]);
+      add(`${p}mlp.up_proj.weight`, [I, H]);
+      add(`${p}mlp.down_proj.weight`, [H, I]);
+    }
+    add('model.norm.weight', [H]);
+    if (!s.tie_word_embeddings) add('lm_head.weight', [s.vocab_size, H]);
+  }
+
+  /** Bytes of all tensors. */
+  get totalBytes(): number {
+    let n = 0;
+    for (const t of this.tensors.values()) n += t.byteLength;
+    return n;
+  }
+
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t) throw new Error(`${this.label}: no tensor "${name}"`);
+    return t;
+  }
+
+  readInto(name: string, dest: Uint8Array): void {
+    const t = this.info(name);
+    if (dest.byteLength !== t.byteLength) throw new Error(`${this.label}: "${name}" has ${t.byteLength} bytes, asked for ${dest.byteLength}`);
+    fillBf16(dest, (seedOf(name) ^ this.seed) >>> 0, name.endsWith('norm.weight'));
+  }
+}
