@@ -31,12 +31,15 @@ export const ATTN_MAX_QUERIES: i32 = 64;
   return page + ((<usize>kvh << <usize>logB) + <usize>(slot & ((1 << logB) - 1))) * <usize>D * 4;
 }
 
-/** Copies rows of K (isV = 0) or V (isV = 1) [n][kvHeads * D] into cache slots pos0... Units: rows. */
-export function kv_write(tid: i32, begin: i32, end: i32, src: usize, ldsrc: i32, pages: usize, logB: i32, kvHeads: i32, D: i32, pos0: i32, isV: i32): void {
-  const vOff: usize = isV ? (<usize>kvHeads << <usize>logB) * <usize>D * 4 : 0;
+/** Copies rows of K and V [n][kvHeads * D] into cache slots pos0... Units: rows. */
+export function kv_write(tid: i32, begin: i32, end: i32, k: usize, ldk: i32, v: usize, ldv: i32, pages: usize, logB: i32, kvHeads: i32, D: i32, pos0: i32): void {
+  const vOff: usize = (<usize>kvHeads << <usize>logB) * <usize>D * 4;
+  const rowBytes = <usize>D * 4;
   for (let r = begin; r < end; r++) {
     for (let h = 0; h < kvHeads; h++) {
-      memory.copy(kRow(pages, logB, h, D, pos0 + r) + vOff, src + (<usize>r * <usize>ldsrc + <usize>h * <usize>D) * 4, <usize>D * 4);
+      const dst = kRow(pages, logB, h, D, pos0 + r);
+      memory.copy(dst, k + (<usize>r * <usize>ldk + <usize>h * <usize>D) * 4, rowBytes);
+      memory.copy(dst + vOff, v + (<usize>r * <usize>ldv + <usize>h * <usize>D) * 4, rowBytes);
     }
   }
 }

@@ -23,6 +23,34 @@ export function rms_norm(tid: i32, begin: i32, end: i32, x: usize, ldx: i32, out
   }
 }
 
+/**
+ * The residual step of a pre-norm transformer in one pass: x += r, then out = RMSNorm(x) * w.
+ */
+export function add_rms_norm(tid: i32, begin: i32, end: i32, x: usize, ldx: i32, r: usize, ldr: i32, out: usize, ldo: i32, w: usize, n: i32, eps: f32): void {
+  const n4 = n & ~3;
+  for (let row = begin; row < end; row++) {
+    const xr = x + <usize>row * <usize>ldx * 4, rr = r + <usize>row * <usize>ldr * 4, or = out + <usize>row * <usize>ldo * 4;
+    let acc = f32x4.splat(0);
+    for (let i = 0; i < n4; i += 4) {
+      const v = f32x4.add(v128.load(xr + <usize>i * 4), v128.load(rr + <usize>i * 4));
+      v128.store(xr + <usize>i * 4, v);
+      acc = fma(v, v, acc);
+    }
+    let ss = hsum(acc);
+    for (let i = n4; i < n; i++) {
+      const v = load<f32>(xr + <usize>i * 4) + load<f32>(rr + <usize>i * 4);
+      store<f32>(xr + <usize>i * 4, v);
+      ss += v * v;
+    }
+    const inv = <f32>1.0 / Mathf.sqrt(ss / <f32>n + eps);
+    const vi = f32x4.splat(inv);
+    for (let i = 0; i < n4; i += 4) {
+      v128.store(or + <usize>i * 4, f32x4.mul(f32x4.mul(v128.load(xr + <usize>i * 4), vi), v128.load(w + <usize>i * 4)));
+    }
+    for (let i = n4; i < n; i++) store<f32>(or + <usize>i * 4, load<f32>(xr + <usize>i * 4) * inv * load<f32>(w + <usize>i * 4));
+  }
+}
+
 /** out = (x - mean) / sqrt(var + eps) * w + b  (biased variance, as torch.nn.LayerNorm). */
 export function layer_norm(tid: i32, begin: i32, end: i32, x: usize, ldx: i32, out: usize, ldo: i32, w: usize, b: usize, n: i32, eps: f32): void {
   const n4 = n & ~3;

@@ -141,6 +141,8 @@ export interface KernelBackend {
   /** out[r] = row ids[r] of a linear weight (embedding lookup through a tied lm_head). */
   embedFromLinear(out: Matrix, w: LinearWeight, ids: IntVector): void;
   rmsNorm(out: Matrix, x: Matrix, weight: ParamVector, eps: number): void;
+  /** x += residual, then out = RMSNorm(x) (the residual step of a pre-norm block, fused). */
+  addRmsNorm(out: Matrix, x: Matrix, residual: Matrix, weight: ParamVector, eps: number): void;
   layerNorm(out: Matrix, x: Matrix, weight: ParamVector, bias: ParamVector, eps: number): void;
   activation(out: Matrix, x: Matrix, act: Activation): void;
   /** out = act(a) * b */

@@ -371,6 +371,13 @@ export class WasmBackend implements KernelBackend {
     this.rowwise('rmsNorm', asMatrix(out), xm, 'rms_norm', (o, a) => [a.ptr, a.ld, o.ptr, o.ld, w.ptr, a.cols, eps], [w]);
   }
 
+  addRmsNorm(out: Matrix, x: Matrix, residual: Matrix, weight: ParamVector, eps: number): void {
+    const w = asParams(weight), xm = asMatrix(x), r = asMatrix(residual);
+    if (w.length !== xm.cols) throw new BackendError(`addRmsNorm: weight has ${w.length} values, rows have ${xm.cols}`);
+    if (r.rows !== xm.rows || r.cols !== xm.cols) throw new BackendError(`addRmsNorm: residual ${r.rows}x${r.cols} differs from ${xm.rows}x${xm.cols}`);
+    this.rowwise('addRmsNorm', asMatrix(out), xm, 'add_rms_norm', (o, a) => [a.ptr, a.ld, r.ptr, r.ld, o.ptr, o.ld, w.ptr, a.cols, eps], [w, r]);
+  }
+
   layerNorm(out: Matrix, x: Matrix, weight: ParamVector, bias: ParamVector, eps: number): void {
     const w = asParams(weight), b = asParams(bias);
     const xm = asMatrix(x);
@@ -449,8 +456,7 @@ export class WasmBackend implements KernelBackend {
     if (slot0 < 0) throw new BackendError(`kvWrite: slot ${slot0} is negative`);
     this.kvReserve(c, slot0 + km.rows);
     const table = c.pageTables[layer];
-    this.pool.run(c.arena, 'kv_write', km.rows, this.grain(km.rows), [km.ptr, km.ld, table, c.logB, c.kvHeads, c.headDim, slot0, 0]);
-    this.pool.run(c.arena, 'kv_write', vm.rows, this.grain(vm.rows), [vm.ptr, vm.ld, table, c.logB, c.kvHeads, c.headDim, slot0, 1]);
+    this.pool.run(c.arena, 'kv_write', km.rows, this.grain(km.rows), [km.ptr, km.ld, vm.ptr, vm.ld, table, c.logB, c.kvHeads, c.headDim, slot0]);
   }
 
   kvTruncate(cache: KVCache, length: number): void {

@@ -204,20 +204,23 @@ export class LlamaDecoder {
       const h = ws.matrix('h', S, H), qkv = ws.matrix('qkv', S, nq + 2 * nkv), att = ws.matrix('att', S, nq);
       const o = ws.matrix('o', S, H), gu = ws.matrix('gu', S, 2 * I), act = ws.matrix('act', S, I);
       const q = qkv.view(0, S, 0, nq), k = qkv.view(0, S, nq, nkv), v = qkv.view(0, S, nq + nkv, nkv);
+      // Each layer's input norm is fused with the previous layer's residual add.
+      be.rmsNorm(h, xs, st.layers[0].inputNorm, c.rmsNormEps);
+      const qk = qkv.view(0, S, 0, nq + nkv);
       st.layers.forEach((L, j) => {
-        be.rmsNorm(h, xs, L.inputNorm, c.rmsNormEps);
         be.matmul(qkv, h, L.qkv, L.qkvBias);
-        be.rope(q, this.heads, D, pos, st.rope);
-        be.rope(k, this.kvHeads, D, pos, st.rope);
+        // q and k are adjacent columns: one rotation over heads + kvHeads heads.
+        be.rope(qk, this.heads + this.kvHeads, D, pos, st.rope);
         be.kvWrite(part, j, k, v, slot0);
         be.attention(att, q, part, j, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: { count: slot0 + S } });
         be.matmul(o, att, L.o, L.oBias);
-        be.add(xs, xs, o);
-        be.rmsNorm(h, xs, L.postNorm, c.rmsNormEps);
+        be.addRmsNorm(h, xs, o, L.postNorm, c.rmsNormEps);
         be.matmul(gu, h, L.gateUp, L.gateUpBias);
         be.gatedActivation(act, gu.view(0, S, 0, I), gu.view(0, S, I, I), this.act);
         be.matmul(o, act, L.down, L.downBias);
-        be.add(xs, xs, o);
+        const next = st.layers[j + 1];
+        if (next) be.addRmsNorm(h, xs, o, next.inputNorm, c.rmsNormEps);
+        else be.add(xs, xs, o);
         opts.onHidden?.(st.first + j, xs);
       });
       cur = xs;
