@@ -74,7 +74,15 @@ function workerExecArgv(argv: readonly string[]): string[] {
 
 export function startWorker(url: URL): WorkerLike {
   if (nodeWorkerThreads) {
-    const w = new nodeWorkerThreads.Worker(url, { execArgv: workerExecArgv(process.execArgv) });
+    let w: import('node:worker_threads').Worker;
+    try {
+      w = new nodeWorkerThreads.Worker(url, { execArgv: workerExecArgv(process.execArgv) });
+    } catch (e) {
+      // Process-wide options (V8 flags such as --single-threaded-gc) cannot be given to a worker;
+      // V8 flags apply to it anyway.
+      if ((e as { code?: string }).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw e;
+      w = new nodeWorkerThreads.Worker(url, { execArgv: [] });
+    }
     return {
       post: (m) => w.postMessage(m),
       onMessage: (h) => { w.on('message', h); },
