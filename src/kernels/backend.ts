@@ -114,7 +114,8 @@ export interface KernelBackend {
   matrix(rows: number, cols: number, place?: number): Matrix;
   ints(length: number, place?: number): IntVector;
   write(m: Matrix, data: Float32Array): void;
-  read(m: Matrix): Float32Array;
+  /** The matrix's values; into `out` (which must hold rows * cols) when given, else a new array. */
+  read(m: Matrix, out?: Float32Array): Float32Array;
   writeInts(v: IntVector, data: Int32Array | readonly number[]): void;
   readInts(v: IntVector): Int32Array;
   /** Copies src into dst (same shape; may be in different regions). */

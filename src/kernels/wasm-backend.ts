@@ -182,9 +182,10 @@ export class WasmBackend implements KernelBackend {
     for (let r = 0; r < x.rows; r++) f.set(data.subarray(r * x.cols, (r + 1) * x.cols), base + r * x.ld);
   }
 
-  read(m: Matrix): Float32Array {
+  read(m: Matrix, into?: Float32Array): Float32Array {
     const x = asMatrix(m);
-    const out = new Float32Array(x.rows * x.cols);
+    if (into && into.length !== x.rows * x.cols) throw new BackendError(`read: ${into.length} values for a ${x.rows}x${x.cols} matrix`);
+    const out = into ?? new Float32Array(x.rows * x.cols);
     const f = x.arena.f32, base = x.ptr / 4;
     for (let r = 0; r < x.rows; r++) out.set(f.subarray(base + r * x.ld, base + r * x.ld + x.cols), r * x.cols);
     return out;

@@ -67,6 +67,8 @@ export class LlamaDecoder {
   readonly hidden: number;
   private readonly act: Activation;
   private readonly last: Stage;
+  /** Host copy of the last logits (reused: a decode step allocates nothing). */
+  private logitsBuf = new Float32Array(0);
   /** Buffers in the place of the embedding table (the lm_head's place when tied). */
   private readonly embedWs: Workspace;
   private readonly embedPlace: number;
@@ -179,7 +181,8 @@ export class LlamaDecoder {
   /**
    * Runs the decoder over input embeddings x [n][hidden] at cache slots [slot0, slot0 + n) with
    * RoPE positions `positions`. x is used as the residual stream of the first place's layers (so it
-   * is modified). Returns the logits of the requested rows, [rows][vocab].
+   * is modified). Returns the logits of the requested rows, [rows][vocab], in a buffer that the
+   * next call overwrites.
    */
   forward(x: Matrix, cache: DecoderCache, slot0: number, positions: readonly number[] | Int32Array, opts: ForwardOptions = {}): Float32Array {
     const be = this.backend, c = this.config;
@@ -232,7 +235,9 @@ export class LlamaDecoder {
     // Normalise only the rows whose logits are wanted.
     rows.forEach((r, i) => be.rmsNorm(hn.view(i, 1), cur.view(r, 1), this.finalNorm, c.rmsNormEps));
     be.matmul(logits, hn, this.lmHead);
-    return be.read(logits);
+    const n = rows.length * c.vocabSize;
+    if (this.logitsBuf.length < n) this.logitsBuf = new Float32Array(n);
+    return be.read(logits, this.logitsBuf.subarray(0, n));
   }
 
   /** The final RMSNorm of rows of x (the input of lm_head), for parity tests. */
