@@ -3,12 +3,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fixture } from './helpers.js';
 import {
   ConfigError, loadConfig, parseConfig, type ClipVisionConfig, type LlamaLikeConfig, type LlavaConfig,
 } from '../src/formats/config.js';
 
-const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}/`, import.meta.url));
 
 const tempDirs: string[] = [];
 after(() => {

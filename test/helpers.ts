@@ -1,7 +1,11 @@
 // Test helpers: a seeded PRNG, exact conversions between f32 and the 16-bit storage dtypes, and
-// comparison utilities. Nothing here depends on the kernels.
+// comparison utilities, and the location of the test fixtures. Nothing here depends on the kernels.
 import assert from 'node:assert/strict';
 import type { WeightDType } from '../src/kernels/backend.js';
+import { fileURLToPath } from 'node:url';
+
+/** Absolute path of a folder (or file) under test/fixtures (tests run from dist/test/). */
+export const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
 
 // ---- random data -----------------------------------------------------------------------------
 

@@ -5,15 +5,14 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import {
   clipPreprocess, decodeImage, ImageError, loadClipImageProcessorConfig, parseClipImageProcessorConfig,
   resize, type ClipImageProcessorConfig, type ResampleFilter, type RgbImage,
 } from '../src/io/image.js';
 import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
+import { fixture } from './helpers.js';
 
-const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}/`, import.meta.url));
 
 const tempDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-image-'));
 after(() => fs.rmSync(tempDir, { recursive: true, force: true }));

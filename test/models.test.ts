@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Checkpoint, readTensorF32, readTensorInt, writeSafetensors, TensorToWrite } from '../src/formats/safetensors.js';
 import { ConfigError, LlamaLikeConfig, LlavaConfig, loadConfig } from '../src/formats/config.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
@@ -19,8 +18,8 @@ import { LlavaModel } from '../src/model/llava.js';
 import { ClipVisionTower } from '../src/model/clip.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
+import { fixture } from './helpers.js';
 
-const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
 const TOL = 1e-4;
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -3,13 +3,12 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fixture } from './helpers.js';
 import {
   Checkpoint, DTYPE_SIZE, SafetensorsError, SafetensorsFile, bf16BitsToF32Bits, f16BitsToF32Bits, readTensorF32,
   readTensorInt, writeSafetensors, type DType, type TensorToWrite,
 } from '../src/formats/safetensors.js';
 
-const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}/`, import.meta.url));
 
 const tempDirs: string[] = [];
 after(() => {

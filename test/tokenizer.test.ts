@@ -3,10 +3,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { TextTokenizer, TokenizerError, mergeEosTokenIds } from '../src/io/tokenizer.js';
+import { fixture } from './helpers.js';
 
-const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}/`, import.meta.url));
 const LLAVA = fixture('llava-tiny');
 const SMOL = fixture('smolvlm-tiny');
 

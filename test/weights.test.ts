@@ -3,12 +3,11 @@
 // with them agree with the same tensors widened to f32 in plain TypeScript.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { fileURLToPath } from 'node:url';
 import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightDType } from '../src/kernels/backend.js';
+import { fixture } from './helpers.js';
 
-const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}/`, import.meta.url));
 const DT: Record<string, WeightDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 describe('checkpoint tensors in storage dtype', () => {
