@@ -139,31 +139,196 @@ function attendCore(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages
   }
 }
 
-/** Rows of queries handled together by one prefill work unit. */
-const PREFILL_ROWS: i32 = 4;
+/** Query rows of one register block (two f32x4, lanes = rows). */
+const RB: i32 = 8;
+/** Row blocks per prefill work unit: each K/V tile is read once for all of them. */
+const SB: i32 = 8;
+/** Query rows per prefill work unit (the runtime sizes its work units with it). */
+export const ATTN_PREFILL_ROWS: i32 = RB * SB;
+
+// Prefill scratch layout (bytes), after the decode core's region.
+const P_ST: usize = 40960;                               // [TILE][8] f32 scores / probabilities
+const P_STATE: usize = P_ST + <usize>TILE * 32;          // [SB] x (m0, m1, l0, l1) v128
+const P_QT: usize = P_STATE + <usize>SB * 64;            // [SB][D][8] f32 transposed, scaled queries
+const P_ACC: usize = P_QT + <usize>SB * 256 * 32;        // [SB * 8][D] f32 unnormalised outputs
+
+// @ts-ignore: decorator
+@inline function laneSelect(v: v128, i: i32): f32 {
+  if (i == 0) return f32x4.extract_lane(v, 0);
+  if (i == 1) return f32x4.extract_lane(v, 1);
+  if (i == 2) return f32x4.extract_lane(v, 2);
+  return f32x4.extract_lane(v, 3);
+}
 
 /**
  * Prefill / encoder attention: nq query rows (cache slots qSlot0..) against cache slots
- * [0, nKeys), causal or bidirectional. Units: heads * ceil(nq / 4), unit u = (row block u / heads,
- * head u % heads).
+ * [0, nKeys), causal or bidirectional. Units: heads * ceil(nq / 64), unit u = (head u % heads,
+ * the (u / heads)-th block of 64 rows counted from the end).
+ *
+ * A unit walks the keys in tiles of 64; each tile is used by all 8 row blocks of the unit while
+ * it is hot in cache. Within a row block both products are register-blocked like the GEMM: with
+ * the block's 8 queries transposed (lanes = rows), S^T = K Q^T takes a splat of one K element
+ * times two query vectors, and O += P V a splat of one probability times four V vectors; the
+ * online softmax runs lane-wise (one lane per query row) over the key-major scores.
  */
 export function attn_prefill(tid: i32, begin: i32, end: i32, q: usize, ldq: i32, o: usize, ldo: i32, pages: usize, logB: i32,
   kvHeads: i32, D: i32, heads: i32, nq: i32, nKeys: i32, qSlot0: i32, causal: i32, scale: f32, scratch: usize): void {
   const s = scratch + <usize>tid * <usize>SCRATCH_BYTES;
   const group = heads / kvHeads;
   const rowBytes = <usize>D * 4;
+  const vOff: usize = (<usize>kvHeads << <usize>logB) * rowBytes;
+  const st = s + P_ST, kaddr = s + S_KADDR;
   for (let u = begin; u < end; u++) {
-    const h = u % heads, r0 = (u / heads) * PREFILL_ROWS;
-    const rows = min(PREFILL_ROWS, nq - r0);
-    const kEnd = causal ? min(nKeys, qSlot0 + r0 + rows) : nKeys;
-    attendCore(rows, q + (<usize>r0 * <usize>ldq + <usize>h * <usize>D) * 4, <usize>ldq * 4, D, scale, pages, logB, kvHeads, h / group,
-      0, kEnd, 0, causal != 0, qSlot0 + r0, s);
-    for (let i = 0; i < rows; i++) {
-      const l = load<f32>(s + S_ML + <usize>i * 8, 4);
-      const inv = f32x4.splat(l > 0 ? <f32>1.0 / l : 0);
-      const acc = s + S_ACC + <usize>i * rowBytes;
-      const out = o + (<usize>(r0 + i) * <usize>ldo + <usize>h * <usize>D) * 4;
-      for (let d: usize = 0; d < rowBytes; d += 16) v128.store(out + d, f32x4.mul(v128.load(acc + d), inv));
+    // The last row blocks see the most keys under a causal mask: hand them out first, so that the
+    // dynamic chunks end on small units.
+    const nsb = (nq + RB * SB - 1) / (RB * SB);
+    const h = u % heads, sr0 = (nsb - 1 - u / heads) * (RB * SB);
+    const srows = min(RB * SB, nq - sr0);
+    if (srows <= 0) continue;
+    const blocks = (srows + RB - 1) / RB;
+    const kvh = h / group;
+    // Queries of each block, transposed and scaled; missing rows are zero. Fresh state.
+    for (let b = 0; b < blocks; b++) {
+      const qt = s + P_QT + <usize>b * rowBytes * 8;
+      const r0 = sr0 + b * RB;
+      for (let d = 0; d < D; d++) {
+        for (let r = 0; r < RB; r++) {
+          const v: f32 = r0 + r < nq ? load<f32>(q + ((<usize>(r0 + r)) * <usize>ldq + <usize>h * <usize>D + <usize>d) * 4) * scale : 0;
+          store<f32>(qt + (<usize>d * 8 + <usize>r) * 4, v);
+        }
+      }
+      const ms = s + P_STATE + <usize>b * 64;
+      v128.store(ms, f32x4.splat(NEG)); v128.store(ms, f32x4.splat(NEG), 16);
+      v128.store(ms, f32x4.splat(0), 32); v128.store(ms, f32x4.splat(0), 48);
+    }
+    memory.fill(s + P_ACC, 0, <usize>blocks * RB * rowBytes);
+    const kEnd = causal ? min(nKeys, qSlot0 + sr0 + srows) : nKeys;
+    for (let t0 = 0; t0 < kEnd; t0 += TILE) {
+      const n = min(TILE, kEnd - t0);
+      for (let j = 0; j < n; j++) store<u32>(kaddr + <usize>j * 4, <u32>kRow(pages, logB, kvh, D, t0 + j));
+      for (let b = 0; b < blocks; b++) {
+        const r0 = sr0 + b * RB;
+        // A tile entirely in this block's future is skipped (causal).
+        if (causal && t0 > qSlot0 + r0 + RB - 1) continue;
+        attendBlock(s + P_QT + <usize>b * rowBytes * 8, s + P_STATE + <usize>b * 64, s + P_ACC + <usize>b * RB * rowBytes,
+          st, kaddr, n, t0, rowBytes, vOff, causal != 0 && t0 + n - 1 > qSlot0 + r0, qSlot0 + r0);
+      }
+    }
+    for (let b = 0; b < blocks; b++) {
+      const ms = s + P_STATE + <usize>b * 64;
+      const l0 = v128.load(ms, 32), l1 = v128.load(ms, 48);
+      for (let r = 0; r < RB; r++) {
+        const row = sr0 + b * RB + r;
+        if (row >= nq) break;
+        const l = r < 4 ? laneSelect(l0, r) : laneSelect(l1, r - 4);
+        const inv = f32x4.splat(l > 0 ? <f32>1.0 / l : 0);
+        const ar = s + P_ACC + (<usize>(b * RB + r)) * rowBytes;
+        const out = o + (<usize>row * <usize>ldo + <usize>h * <usize>D) * 4;
+        for (let d: usize = 0; d < rowBytes; d += 16) v128.store(out + d, f32x4.mul(v128.load(ar + d), inv));
+      }
+    }
+  }
+}
+
+/** One row block against one key tile: scores, mask, online softmax update, O += P V. */
+// @ts-ignore: decorator
+@inline function attendBlock(qt: usize, ms: usize, acc: usize, st: usize, kaddr: usize, n: i32, t0: i32, rowBytes: usize, vOff: usize,
+  masking: bool, rowSlot0: i32): void {
+  const rs0 = i32x4(rowSlot0, rowSlot0 + 1, rowSlot0 + 2, rowSlot0 + 3);
+  const rs1 = i32x4.add(rs0, i32x4.splat(4));
+  // S^T = K Q^T, four keys at a time (8 accumulators: 4 keys x 2 row vectors).
+  for (let j = 0; j < n; j += 4) {
+    const k0 = <usize>load<u32>(kaddr + <usize>j * 4);
+    const k1 = j + 1 < n ? <usize>load<u32>(kaddr + <usize>(j + 1) * 4) : k0;
+    const k2 = j + 2 < n ? <usize>load<u32>(kaddr + <usize>(j + 2) * 4) : k0;
+    const k3 = j + 3 < n ? <usize>load<u32>(kaddr + <usize>(j + 3) * 4) : k0;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+    let c0 = f32x4.splat(0), c1 = f32x4.splat(0), e0 = f32x4.splat(0), e1 = f32x4.splat(0);
+    let qp = qt, kk0 = k0, kk1 = k1, kk2 = k2, kk3 = k3;
+    const qEnd = qt + rowBytes * 8;
+    while (qp < qEnd) {
+      const q0 = v128.load(qp), q1 = v128.load(qp, 16);
+      const x0 = v128.load32_splat(kk0), x1 = v128.load32_splat(kk1);
+      a0 = fma(x0, q0, a0); a1 = fma(x0, q1, a1);
+      b0 = fma(x1, q0, b0); b1 = fma(x1, q1, b1);
+      const x2 = v128.load32_splat(kk2), x3 = v128.load32_splat(kk3);
+      c0 = fma(x2, q0, c0); c1 = fma(x2, q1, c1);
+      e0 = fma(x3, q0, e0); e1 = fma(x3, q1, e1);
+      qp += 32; kk0 += 4; kk1 += 4; kk2 += 4; kk3 += 4;
+    }
+    const sj = st + <usize>j * 32;
+    v128.store(sj, a0); v128.store(sj, a1, 16);
+    v128.store(sj, b0, 32); v128.store(sj, b1, 48);
+    v128.store(sj, c0, 64); v128.store(sj, c1, 80);
+    v128.store(sj, e0, 96); v128.store(sj, e1, 112);
+  }
+  // Causal mask and the tile's maximum, lane-wise.
+  let tm0 = f32x4.splat(NEG), tm1 = f32x4.splat(NEG);
+  for (let j = 0; j < n; j++) {
+    const sj = st + <usize>j * 32;
+    let x0 = v128.load(sj), x1 = v128.load(sj, 16);
+    if (masking) {
+      const kp = i32x4.splat(t0 + j);
+      x0 = v128.bitselect(f32x4.splat(NEG), x0, i32x4.gt_s(kp, rs0));
+      x1 = v128.bitselect(f32x4.splat(NEG), x1, i32x4.gt_s(kp, rs1));
+      v128.store(sj, x0); v128.store(sj, x1, 16);
+    }
+    tm0 = f32x4.max(tm0, x0); tm1 = f32x4.max(tm1, x1);
+  }
+  const m0 = v128.load(ms), m1 = v128.load(ms, 16);
+  const mn0 = f32x4.max(m0, tm0), mn1 = f32x4.max(m1, tm1);
+  const al0 = expV(f32x4.sub(m0, mn0)), al1 = expV(f32x4.sub(m1, mn1));
+  v128.store(ms, mn0); v128.store(ms, mn1, 16);
+  let ps0 = f32x4.splat(0), ps1 = f32x4.splat(0);
+  for (let j = 0; j < n; j++) {
+    const sj = st + <usize>j * 32;
+    const x0 = v128.load(sj), x1 = v128.load(sj, 16);
+    const p0 = v128.and(expV(f32x4.sub(x0, mn0)), f32x4.gt(x0, f32x4.splat(NEG)));
+    const p1 = v128.and(expV(f32x4.sub(x1, mn1)), f32x4.gt(x1, f32x4.splat(NEG)));
+    v128.store(sj, p0); v128.store(sj, p1, 16);
+    ps0 = f32x4.add(ps0, p0); ps1 = f32x4.add(ps1, p1);
+  }
+  v128.store(ms, f32x4.add(f32x4.mul(v128.load(ms, 32), al0), ps0), 32);
+  v128.store(ms, f32x4.add(f32x4.mul(v128.load(ms, 48), al1), ps1), 48);
+  // Rescale the outputs by alpha (per row), then O += P V, four rows x 8 columns at a time.
+  for (let r = 0; r < RB; r++) {
+    const a = f32x4.splat(r < 4 ? laneSelect(al0, r) : laneSelect(al1, r - 4));
+    const ar = acc + <usize>r * rowBytes;
+    for (let d: usize = 0; d < rowBytes; d += 16) v128.store(ar + d, f32x4.mul(v128.load(ar + d), a));
+  }
+  // O += P V: two rows x 16 columns at a time, each V row read front to back in 64-byte runs.
+  for (let rg = 0; rg < RB; rg += 2) {
+    const pbase = st + <usize>rg * 4;
+    const ar0 = acc + <usize>rg * rowBytes, ar1 = ar0 + rowBytes;
+    let db: usize = 0;
+    for (; db + 64 <= rowBytes; db += 64) {
+      let c00 = f32x4.splat(0), c01 = f32x4.splat(0), c02 = f32x4.splat(0), c03 = f32x4.splat(0);
+      let c10 = f32x4.splat(0), c11 = f32x4.splat(0), c12 = f32x4.splat(0), c13 = f32x4.splat(0);
+      let ka = kaddr, pj = pbase;
+      const kaEnd = kaddr + <usize>n * 4;
+      while (ka < kaEnd) {
+        const v = <usize>load<u32>(ka) + vOff + db;
+        const p0 = v128.load32_splat(pj), p1 = v128.load32_splat(pj, 4);
+        const v0 = v128.load(v), v1 = v128.load(v, 16), v2 = v128.load(v, 32), v3 = v128.load(v, 48);
+        c00 = fma(p0, v0, c00); c01 = fma(p0, v1, c01); c02 = fma(p0, v2, c02); c03 = fma(p0, v3, c03);
+        c10 = fma(p1, v0, c10); c11 = fma(p1, v1, c11); c12 = fma(p1, v2, c12); c13 = fma(p1, v3, c13);
+        ka += 4; pj += 32;
+      }
+      const o0 = ar0 + db, o1 = ar1 + db;
+      v128.store(o0, f32x4.add(v128.load(o0), c00)); v128.store(o0, f32x4.add(v128.load(o0, 16), c01), 16);
+      v128.store(o0, f32x4.add(v128.load(o0, 32), c02), 32); v128.store(o0, f32x4.add(v128.load(o0, 48), c03), 48);
+      v128.store(o1, f32x4.add(v128.load(o1), c10)); v128.store(o1, f32x4.add(v128.load(o1, 16), c11), 16);
+      v128.store(o1, f32x4.add(v128.load(o1, 32), c12), 32); v128.store(o1, f32x4.add(v128.load(o1, 48), c13), 48);
+    }
+    for (; db < rowBytes; db += 16) { // D % 16 != 0: four columns at a time
+      let c0 = f32x4.splat(0), c1 = f32x4.splat(0);
+      for (let j = 0; j < n; j++) {
+        const v0 = v128.load(<usize>load<u32>(kaddr + <usize>j * 4) + vOff + db);
+        const pj = pbase + <usize>j * 32;
+        c0 = fma(v128.load32_splat(pj), v0, c0); c1 = fma(v128.load32_splat(pj, 4), v0, c1);
+      }
+      v128.store(ar0 + db, f32x4.add(v128.load(ar0 + db), c0));
+      v128.store(ar1 + db, f32x4.add(v128.load(ar1 + db), c1));
     }
   }
 }

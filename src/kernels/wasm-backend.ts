@@ -502,7 +502,7 @@ export class WasmBackend implements KernelBackend {
       this.decode(o, qm, c, table, heads, keys.count, 0, 0, scale, scratch);
       return;
     }
-    const units = heads * Math.ceil(qm.rows / 4);
+    const units = heads * Math.ceil(qm.rows / this.kernels.prefillRowsPerUnit);
     this.pool.run(c.arena, 'attn_prefill', units, this.grain(units, 16),
       [qm.ptr, qm.ld, o.ptr, o.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, scratch]);
   }

@@ -11,6 +11,8 @@ export interface KernelModule {
   readonly kernelNames: readonly string[];
   /** Bytes of per-thread scratch memory the kernels expect (SCRATCH_BYTES in assembly/simd.ts). */
   readonly scratchBytes: number;
+  /** Query rows per work unit of attn_prefill (ATTN_PREFILL_ROWS in assembly/attention.ts). */
+  readonly prefillRowsPerUnit: number;
 }
 
 const cache = new Map<SimdLevel, Promise<KernelModule>>();
@@ -41,11 +43,11 @@ async function compile(level: SimdLevel): Promise<KernelModule> {
       (level === 'relaxed' ? 'relaxed SIMD is not available: use the plain SIMD build' : 'WebAssembly SIMD128 is required'));
   }
   const kernelNames = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function').map((e) => e.name).sort();
-  // Read SCRATCH_BYTES from a throwaway instance over a tiny shared memory.
+  // Read the kernels' constants from a throwaway instance over a tiny shared memory.
   const mem = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
   const inst = await WebAssembly.instantiate(module, { env: { memory: mem, abort: () => {} } });
-  const scratchBytes = ((inst.exports.SCRATCH_BYTES as WebAssembly.Global).value) as number;
-  return { module, level, kernelNames, scratchBytes };
+  const constant = (name: string) => (inst.exports[name] as WebAssembly.Global).value as number;
+  return { module, level, kernelNames, scratchBytes: constant('SCRATCH_BYTES'), prefillRowsPerUnit: constant('ATTN_PREFILL_ROWS') };
 }
 
 /** A one-function module using f32x4.relaxed_madd: validates only where relaxed SIMD compiles. */
