@@ -14,9 +14,15 @@ export function machineDescription(extra: string[] = []): string {
   ].join('; ');
 }
 
-/** Median and best of `reps` timed runs (ms) after `warmup` untimed ones. */
-export function time(fn: () => void, reps: number, warmup = 1): { median: number; best: number } {
-  for (let i = 0; i < warmup; i++) fn();
+/**
+ * Median and best of `reps` timed runs (ms), after at least `warmup` untimed runs and at least
+ * `warmupMs` of them: two threads reach their steady speed only after a fraction of a second of
+ * sustained work on this machine (the first 2-thread GEMMs run ~20% slower), and the figures are
+ * of the steady state.
+ */
+export function time(fn: () => void, reps: number, warmup = 1, warmupMs = 1000): { median: number; best: number } {
+  const w0 = performance.now();
+  for (let i = 0; i < warmup || performance.now() - w0 < warmupMs; i++) fn();
   const t: number[] = [];
   for (let i = 0; i < reps; i++) {
     const t0 = performance.now();
