@@ -16,6 +16,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Template } from '@huggingface/jinja';
+import { readJsonObject } from './json-file.js';
+import { tokenContent } from './tokenizer.js';
 
 /** No chat template, an unreadable/invalid template file, a template syntax error, or a render failure. */
 export class ChatTemplateError extends Error {
@@ -63,23 +65,9 @@ function readText(file: string): string | undefined {
 }
 
 function readJson(file: string): Json | undefined {
-  const text = readText(file);
-  if (text === undefined) return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new ChatTemplateError(`invalid JSON in ${file}: ${(e as Error).message}`);
-  }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ChatTemplateError(`${file}: expected a JSON object`);
-  return v as Json;
+  return readJsonObject(file, false, (m) => new ChatTemplateError(m));
 }
 
-function tokenContent(v: unknown): string | undefined {
-  if (typeof v === 'string') return v;
-  if (v !== null && typeof v === 'object' && typeof (v as Json).content === 'string') return (v as Json).content as string;
-  return undefined;
-}
 
 /** Picks a template out of a `chat_template` setting (string, or list of `{name, template}`, or name → template map). */
 function pickTemplate(value: unknown, file: string, name: string | undefined): string {

@@ -20,6 +20,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { readJsonObject as readJsonFile } from './json-file.js';
 
 /** A missing, unreadable, invalid or unsupported tokenizer file, or a bad argument. */
 export class TokenizerError extends Error {
@@ -98,23 +99,7 @@ export function mergeEosTokenIds(...sources: (number | readonly number[] | null 
 
 /** Reads and parses a JSON object file; undefined if the file does not exist. */
 function readJsonObject(file: string, required: boolean): Json | undefined {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' && !required) return undefined;
-    if (code === 'ENOENT') throw new TokenizerError(`tokenizer file not found: ${file}`);
-    throw new TokenizerError(`cannot read ${file}: ${(e as Error).message}`);
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new TokenizerError(`invalid JSON in ${file}: ${(e as Error).message}`);
-  }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new TokenizerError(`${file}: expected a JSON object`);
-  return v as Json;
+  return readJsonFile(file, required, (m) => new TokenizerError(m.startsWith('file not found') ? `tokenizer ${m}` : m));
 }
 
 /** A Hugging Face tokenizer loaded from a model folder. */
