@@ -159,6 +159,20 @@ describe('model parity with the transformers goldens', () => {
     g.close();
   });
 
+  it('two images in one prompt: each placeholder gets its own features, in order', async () => {
+    const dir = fixture('llava-tiny');
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const img = path.join(dir, 'image.png');
+    const ids = model.promptIds({ images: [img, img], prompt: 'Compare them.' });
+    assert.equal(ids.filter((t) => t === 32000).length, 128);
+    const r = await model.generate({ images: [img, img], prompt: 'Compare them.' }, { maxNewTokens: 3 });
+    assert.equal(r.stats.imageTokens, 128);
+    assert.equal(r.ids.length, 3);
+    // The same two images through explicit messages give the same ids.
+    const viaMessages = model.promptIds({ images: [img, img], messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'image' }, { type: 'text', text: 'Compare them.' }] }] });
+    assert.deepEqual(viaMessages, ids);
+  });
+
   it('a model split over several memory places computes the same logits and tokens', async () => {
     const dir = fixture('llava-tiny');
     const g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
