@@ -19,10 +19,9 @@ const NEG: f32 = -3.0e38;
 // Per-thread scratch layout (bytes).
 const S_ML: usize = 0;        // [query] (m, l) pairs, up to 128 queries
 const S_KADDR: usize = 1024;  // [TILE] u32 key row addresses of the current tile
-const S_KPOS: usize = 1280;   // [TILE] i32 slot of each key of the tile
 const S_SCORES: usize = 1536; // [TILE] f32 scores, then probabilities
 const S_ACC: usize = 2048;    // [query][D] f32 output accumulators
-/** Largest number of query vectors one work unit handles (GQA group size or prefill rows). */
+/** Largest GQA group (query heads per KV head) one decode work unit handles. */
 export const ATTN_MAX_QUERIES: i32 = 64;
 
 // @ts-ignore: decorator
@@ -45,15 +44,15 @@ export function kv_write(tid: i32, begin: i32, end: i32, k: usize, ldk: i32, v: 
 }
 
 /**
- * The shared core. Attends nq query vectors (at q + i * qStride) to the keys with logical index
- * [kBegin, kEnd) of KV head kvh; key j is cache slot idx[j] when idx != 0, else slot j. When
- * causal, query i only sees slots <= qSlot0 + i. Leaves, per query, the running max m, the sum l
- * and the unnormalised output acc in scratch.
+ * The decode core. Attends nq query vectors (at q + i * qStride; the query heads of one GQA group)
+ * to the keys with logical index [kBegin, kEnd) of KV head kvh; key j is cache slot idx[j] when
+ * idx != 0, else slot j. Every given key is visible (decode attends to the past only). Leaves, per
+ * query, the running max m, the sum l and the unnormalised output acc in scratch.
  */
-function attendCore(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages: usize, logB: i32, kvHeads: i32, kvh: i32,
-  kBegin: i32, kEnd: i32, idx: usize, causal: bool, qSlot0: i32, s: usize): void {
+function attendDecode(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages: usize, logB: i32, kvHeads: i32, kvh: i32,
+  kBegin: i32, kEnd: i32, idx: usize, s: usize): void {
   const vOff: usize = (<usize>kvHeads << <usize>logB) * <usize>D * 4;
-  const kaddr = s + S_KADDR, kpos = s + S_KPOS, sc = s + S_SCORES;
+  const kaddr = s + S_KADDR, sc = s + S_SCORES;
   const rowBytes = <usize>D * 4;
   for (let i = 0; i < nq; i++) {
     store<f32>(s + S_ML + <usize>i * 8, NEG);
@@ -62,16 +61,12 @@ function attendCore(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages
   }
   for (let t0 = kBegin; t0 < kEnd; t0 += TILE) {
     const n = min(TILE, kEnd - t0);
-    let maxSlot: i32 = 0;
     for (let j = 0; j < n; j++) {
       const slot = idx != 0 ? load<i32>(idx + <usize>(t0 + j) * 4) : t0 + j;
-      store<i32>(kpos + <usize>j * 4, slot);
       store<u32>(kaddr + <usize>j * 4, <u32>kRow(pages, logB, kvh, D, slot));
-      if (slot > maxSlot) maxSlot = slot;
     }
     for (let i = 0; i < nq; i++) {
       const qi = q + <usize>i * qStride;
-      const limit = qSlot0 + i;
       // Scores. One key row at a time, read front to back: interleaving several rows of 512 bytes
       // or more measured 3x slower from DRAM on Zen 4 (it defeats the hardware prefetcher).
       for (let j = 0; j < n; j++) {
@@ -87,16 +82,12 @@ function attendCore(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages
         for (; d < rowBytes; d += 16) a0 = fma(v128.load(qi + d), v128.load(k0 + d), a0);
         store<f32>(sc + <usize>j * 4, hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3))) * scale);
       }
-      if (causal && maxSlot > limit) {
-        for (let j = 0; j < n; j++) if (load<i32>(kpos + <usize>j * 4) > limit) store<f32>(sc + <usize>j * 4, NEG);
-      }
       // Online softmax update.
       const n4 = n & ~3;
       let vm = f32x4.splat(NEG);
       for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(sc + <usize>j * 4));
       let mt = hmax(vm);
       for (let j = n4; j < n; j++) mt = max(mt, load<f32>(sc + <usize>j * 4));
-      if (mt <= NEG) continue; // every key of this tile is masked for this query
       const mOld = load<f32>(s + S_ML + <usize>i * 8);
       const mNew = max(mOld, mt);
       const alpha = expS(mOld - mNew);
@@ -104,14 +95,13 @@ function attendCore(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages
       let vsum = f32x4.splat(0);
       for (let j = 0; j < n4; j += 4) {
         const x = v128.load(sc + <usize>j * 4);
-        const p = v128.and(expV(f32x4.sub(x, vmNew)), f32x4.gt(x, f32x4.splat(NEG)));
+        const p = expV(f32x4.sub(x, vmNew));
         v128.store(sc + <usize>j * 4, p);
         vsum = f32x4.add(vsum, p);
       }
-      let lsum = f32x4.extract_lane(vsum, 0) + f32x4.extract_lane(vsum, 1) + f32x4.extract_lane(vsum, 2) + f32x4.extract_lane(vsum, 3);
+      let lsum = hsum(vsum);
       for (let j = n4; j < n; j++) {
-        const x = load<f32>(sc + <usize>j * 4);
-        const p: f32 = x > NEG ? expS(x - mNew) : 0;
+        const p = expS(load<f32>(sc + <usize>j * 4) - mNew);
         store<f32>(sc + <usize>j * 4, p);
         lsum += p;
       }
@@ -350,7 +340,7 @@ export function attn_decode(tid: i32, begin: i32, end: i32, q: usize, ws: usize,
     const kvh = u / nSplit, sp = u % nSplit;
     const kBegin = min(nKeys, sp * perSplit), kEnd = min(nKeys, kBegin + perSplit);
     const ix: usize = idx != 0 ? idx + <usize>kvh * <usize>idxStride * 4 : 0;
-    attendCore(group, q + <usize>kvh * <usize>group * rowBytes, rowBytes, D, scale, pages, logB, kvHeads, kvh, kBegin, kEnd, ix, false, 0, s);
+    attendDecode(group, q + <usize>kvh * <usize>group * rowBytes, rowBytes, D, scale, pages, logB, kvHeads, kvh, kBegin, kEnd, ix, s);
     for (let i = 0; i < group; i++) {
       const h = kvh * group + i;
       const dst = ws + (<usize>h * <usize>nSplit + <usize>sp) * (rowBytes + 8);

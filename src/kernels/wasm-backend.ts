@@ -11,8 +11,6 @@ import {
 
 const DTYPE_CODE: Record<WeightDType, number> = { f32: 0, f16: 1, bf16: 2 };
 const ACT_CODE: Record<Activation, number> = { gelu: 0, gelu_pytorch_tanh: 1, quick_gelu: 2, silu: 3, identity: 4 };
-/** Largest GQA group / prefill row block the attention kernel handles (ATTN_MAX_QUERIES). */
-const MAX_GROUP = 64;
 const MAX_HEAD_DIM = 256;
 
 export class BackendError extends Error {}
@@ -477,7 +475,7 @@ export class WasmBackend implements KernelBackend {
     sameArena('attention', o.arena, qm.arena, c.arena);
     if (layer < 0 || layer >= c.layers) throw new BackendError(`attention: layer ${layer} outside [0, ${c.layers})`);
     if (heads % c.kvHeads !== 0) throw new BackendError(`attention: ${heads} query heads are not a multiple of ${c.kvHeads} KV heads`);
-    if (heads / c.kvHeads > MAX_GROUP) throw new BackendError(`attention: group of ${heads / c.kvHeads} query heads per KV head exceeds ${MAX_GROUP}`);
+    if (heads / c.kvHeads > this.kernels.maxGroup) throw new BackendError(`attention: group of ${heads / c.kvHeads} query heads per KV head exceeds ${this.kernels.maxGroup}`);
     if (qm.cols !== heads * D || o.cols !== heads * D || o.rows !== qm.rows) {
       throw new BackendError(`attention: q ${qm.rows}x${qm.cols} / out ${o.rows}x${o.cols}, expected n x ${heads * D}`);
     }

@@ -13,6 +13,8 @@ export interface KernelModule {
   readonly scratchBytes: number;
   /** Query rows per work unit of attn_prefill (ATTN_PREFILL_ROWS in assembly/attention.ts). */
   readonly prefillRowsPerUnit: number;
+  /** Largest GQA group attn_decode handles (ATTN_MAX_QUERIES in assembly/attention.ts). */
+  readonly maxGroup: number;
 }
 
 const cache = new Map<SimdLevel, Promise<KernelModule>>();
@@ -47,7 +49,7 @@ async function compile(level: SimdLevel): Promise<KernelModule> {
   const mem = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
   const inst = await WebAssembly.instantiate(module, { env: { memory: mem, abort: () => {} } });
   const constant = (name: string) => (inst.exports[name] as WebAssembly.Global).value as number;
-  return { module, level, kernelNames, scratchBytes: constant('SCRATCH_BYTES'), prefillRowsPerUnit: constant('ATTN_PREFILL_ROWS') };
+  return { module, level, kernelNames, scratchBytes: constant('SCRATCH_BYTES'), prefillRowsPerUnit: constant('ATTN_PREFILL_ROWS'), maxGroup: constant('ATTN_MAX_QUERIES') };
 }
 
 /** A one-function module using f32x4.relaxed_madd: validates only where relaxed SIMD compiles. */
