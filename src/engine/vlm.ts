@@ -58,7 +58,7 @@ export interface GenerationStats {
   prefillTokensPerSecond: number;
   newTokens: number;
   decodeMs: number;
-  /** Tokens after the first over the time of their decode steps. */
+  /** Decode steps (one forward pass each, after the prompt) per second of their time. */
   decodeTokensPerSecond: number;
   /** Peak resident memory of the process (Node), or the backend's memory elsewhere. */
   peakMemoryBytes: number;
@@ -121,7 +121,7 @@ export class VisionLanguageModel {
         const lmHead = loader.has('lm_head.weight') ? 'lm_head.weight' : null;
         decoder = await LlamaDecoder.load(loader, config, { prefix: 'model.', lmHead }, placement);
       }
-      const tokenizer = existsSync(path.join(dir, 'tokenizer.json')) ? TextTokenizer.fromDir(dir) : null;
+      const tokenizer = existsSync(path.join(dir, 'tokenizer.json')) ? TextTokenizer.fromDir(dir, { readGenerationConfig: false }) : null; // generation_config.json is read below
       let template: ChatTemplate | null = null;
       try { template = ChatTemplate.fromDir(dir); } catch (e) { if (!(e instanceof ChatTemplateError)) throw e; }
       const text = config.modelType === 'llava' ? config.text : config;
@@ -231,7 +231,7 @@ export class VisionLanguageModel {
     const out: number[] = [];
     let text = '', emitted = 0, finish: FinishReason = 'length';
     const y = this.ws.matrix('step', 1, this.text.hiddenSize);
-    let decodeMs = 0;
+    let decodeMs = 0, decodeSteps = 0;
     while (out.length < maxNew) {
       const tok = sampler.sample(logits);
       if (eos.has(tok)) { finish = 'eos'; break; }
@@ -258,12 +258,12 @@ export class VisionLanguageModel {
       const pos = S + out.length - 1;
       logits = this.decoder.forward(y, cache, pos, [pos]);
       decodeMs += now() - ts;
+      decodeSteps++;
     }
     if (finish !== 'stop' && stream) {
       text += stream.flush();
       if (text.length > emitted) opts.onToken?.(text.slice(emitted), out[out.length - 1]);
     }
-    const decodeSteps = Math.max(0, out.length - 1 + (finish === 'eos' ? 1 : 0));
     return {
       ids: out,
       text,

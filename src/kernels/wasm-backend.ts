@@ -203,11 +203,16 @@ export class WasmBackend implements KernelBackend {
   copy(dst: Matrix, src: Matrix): void {
     const d = asMatrix(dst), s = asMatrix(src);
     if (d.rows !== s.rows || d.cols !== s.cols) throw new BackendError(`copy: ${s.rows}x${s.cols} into ${d.rows}x${d.cols}`);
-    if (d.arena === s.arena && d.ld === d.cols && s.ld === s.cols) {
-      d.arena.u8.copyWithin(d.ptr, s.ptr, s.ptr + s.rows * s.cols * 4);
+    // Row by row between the memories' views (the same or two places): no intermediate array.
+    const from = s.arena.f32, to = d.arena.f32;
+    if (from === to && d.ld === d.cols && s.ld === s.cols) {
+      to.copyWithin(d.ptr / 4, s.ptr / 4, s.ptr / 4 + s.rows * s.cols);
       return;
     }
-    this.write(d, this.read(s));
+    for (let r = 0; r < s.rows; r++) {
+      const a = s.ptr / 4 + r * s.ld;
+      to.set(from.subarray(a, a + s.cols), d.ptr / 4 + r * d.ld);
+    }
   }
 
   free(x: Matrix | IntVector | LinearWeight | EmbeddingTable | ParamVector | KVCache | RopeTable): void {
