@@ -1,28 +1,22 @@
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   ChatTemplate, ChatTemplateError, applyChatTemplate, loadChatTemplateSource, type ChatMessage,
 } from '../src/io/chat-template.js';
 import { PromptError, expandImageTokens } from '../src/io/prompt.js';
 import { TextTokenizer } from '../src/io/tokenizer.js';
-import { fixture } from './helpers.js';
+import { fixture, llavaGoldenPrompt, tempDir } from './helpers.js';
 
 const LLAVA = fixture('llava-tiny');
 const SMOL = fixture('smolvlm-tiny');
 
-interface LlavaPrompt { text: string; text_after_expansion: string; input_ids: number[] }
-const llavaPrompt = (JSON.parse(fs.readFileSync(path.join(LLAVA, 'golden.json'), 'utf8')) as { prompt: LlavaPrompt }).prompt;
+const llavaPrompt = llavaGoldenPrompt();
 
-const tempDirs: string[] = [];
-after(() => {
-  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-});
-function tempDir(files: Record<string, string>): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-chat-'));
-  tempDirs.push(dir);
+/** A fresh folder holding `files` (name → text). */
+function templateDir(files: Record<string, string>): string {
+  const dir = tempDir('sparsevila-chat-');
   for (const [f, text] of Object.entries(files)) fs.writeFileSync(path.join(dir, f), text);
   return dir;
 }
@@ -83,7 +77,7 @@ test('smolvlm-tiny: one user turn renders as SmolVLM does', () => {
   const { file } = loadChatTemplateSource(SMOL);
   assert.equal(file, path.join(SMOL, 'chat_template.jinja'));
   const cfg = fs.readFileSync(path.join(SMOL, 'tokenizer_config.json'), 'utf8');
-  assert.equal(ChatTemplate.fromDir(tempDir({ 'tokenizer_config.json': cfg })).render(messages), expected);
+  assert.equal(ChatTemplate.fromDir(templateDir({ 'tokenizer_config.json': cfg })).render(messages), expected);
   assert.equal(
     ChatTemplate.fromDir(SMOL).render([{ role: 'user', content: [{ type: 'text', text: 'Hi' }] }], { addGenerationPrompt: false }),
     '<|im_start|>User: Hi<end_of_utterance>\n',
@@ -96,11 +90,11 @@ test('template sources in priority order: .jinja, chat_template.json, tokenizer_
   const cfg = JSON.stringify({ bos_token: '<s>', chat_template: 'config' });
   const json = JSON.stringify({ chat_template: 'json' });
   const msgs: ChatMessage[] = [{ role: 'user', content: 'x' }];
-  assert.equal(ChatTemplate.fromDir(tempDir({ 'chat_template.jinja': 'jinja\n', 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs), 'jinja');
-  assert.equal(ChatTemplate.fromDir(tempDir({ 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs), 'json');
-  assert.equal(ChatTemplate.fromDir(tempDir({ 'tokenizer_config.json': cfg })).render(msgs), 'config');
+  assert.equal(ChatTemplate.fromDir(templateDir({ 'chat_template.jinja': 'jinja\n', 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs), 'jinja');
+  assert.equal(ChatTemplate.fromDir(templateDir({ 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs), 'json');
+  assert.equal(ChatTemplate.fromDir(templateDir({ 'tokenizer_config.json': cfg })).render(msgs), 'config');
   // A list of named templates: "default", or another by name.
-  const listed = tempDir({
+  const listed = templateDir({
     'tokenizer_config.json': JSON.stringify({
       chat_template: [{ name: 'tool_use', template: 'tools' }, { name: 'default', template: 'default' }],
     }),
@@ -112,7 +106,7 @@ test('template sources in priority order: .jinja, chat_template.json, tokenizer_
 });
 
 test('special tokens, string content and raise_exception', () => {
-  const dir = tempDir({
+  const dir = templateDir({
     'tokenizer_config.json': JSON.stringify({
       bos_token: '<s>', eos_token: { content: '</s>' }, added_tokens_decoder: {},
       chat_template:
@@ -130,18 +124,18 @@ test('special tokens, string content and raise_exception', () => {
 });
 
 test('a folder without a chat template is a ChatTemplateError naming it', () => {
-  const dir = tempDir({ 'tokenizer_config.json': JSON.stringify({ bos_token: '<s>' }) });
+  const dir = templateDir({ 'tokenizer_config.json': JSON.stringify({ bos_token: '<s>' }) });
   assert.throws(() => ChatTemplate.fromDir(dir), (e: unknown) => {
     assert.ok(e instanceof ChatTemplateError, String(e));
     assert.ok(e.message.includes('no chat template'), e.message);
     assert.ok(e.message.includes(dir), e.message);
     return true;
   });
-  assert.throws(() => ChatTemplate.fromDir(tempDir({})), ChatTemplateError);
-  const badJson = tempDir({ 'chat_template.json': '{oops' });
+  assert.throws(() => ChatTemplate.fromDir(templateDir({})), ChatTemplateError);
+  const badJson = templateDir({ 'chat_template.json': '{oops' });
   assert.throws(() => ChatTemplate.fromDir(badJson), (e: unknown) =>
     e instanceof ChatTemplateError && e.message.includes(path.join(badJson, 'chat_template.json')));
-  const badSyntax = tempDir({ 'chat_template.jinja': '{% for m in messages %}' });
+  const badSyntax = templateDir({ 'chat_template.jinja': '{% for m in messages %}' });
   assert.throws(() => ChatTemplate.fromDir(badSyntax), (e: unknown) =>
     e instanceof ChatTemplateError && e.message.includes(path.join(badSyntax, 'chat_template.jinja')));
 });

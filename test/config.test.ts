@@ -1,23 +1,15 @@
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fixture } from './helpers.js';
+import { fixture, tempDir } from './helpers.js';
 import {
   ConfigError, loadConfig, parseConfig, type ClipVisionConfig, type LlamaLikeConfig, type LlavaConfig,
 } from '../src/formats/config.js';
 
-
-const tempDirs: string[] = [];
-after(() => {
-  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-});
-
 /** Writes `json` as config.json into a fresh folder; returns the folder and the file path. */
 function writeConfig(json: unknown): { dir: string; file: string } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-cfg-'));
-  tempDirs.push(dir);
+  const dir = tempDir('sparsevila-cfg-');
   const file = path.join(dir, 'config.json');
   fs.writeFileSync(file, JSON.stringify(json));
   return { dir, file };
@@ -242,8 +234,7 @@ test('error: llava vision feature settings', () => {
 });
 
 test('error: unreadable or non-object config', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-cfg-'));
-  tempDirs.push(dir);
+  const dir = tempDir('sparsevila-cfg-');
   assert.throws(() => loadConfig(dir), (e: unknown) =>
     e instanceof ConfigError && e.message.startsWith(`${path.join(dir, 'config.json')}: cannot read config`));
   rejects([1, 2], 'expected a JSON object, found an array');

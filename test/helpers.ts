@@ -3,23 +3,34 @@
 import assert from 'node:assert/strict';
 import type { WeightDType } from '../src/kernels/backend.js';
 import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Rng as Mulberry32 } from '../src/engine/sampling.js';
 
 /** Absolute path of a folder (or file) under test/fixtures (tests run from dist/test/). */
 export const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
 
+const tempDirs: string[] = [];
+process.on('exit', () => {
+  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+});
+/** A new empty folder under the OS temp dir, removed when the test process exits. */
+export function tempDir(prefix = 'sparsevila-'): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(d);
+  return d;
+}
+
+/** The llava-tiny golden prompt: the text, the text with `<image>` expanded, and its ids. */
+export interface LlavaPrompt { text: string; text_after_expansion: string; input_ids: number[] }
+export const llavaGoldenPrompt = (): LlavaPrompt =>
+  (JSON.parse(fs.readFileSync(path.join(fixture('llava-tiny'), 'golden.json'), 'utf8')) as { prompt: LlavaPrompt }).prompt;
+
 // ---- random data -----------------------------------------------------------------------------
 
-/** A small seeded PRNG (mulberry32): the same seed gives the same data on every run. */
-export class Rng {
-  private s: number;
-  constructor(seed: number) { this.s = seed >>> 0; }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.s = (this.s + 0x6D2B79F5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
+/** The engine's seeded PRNG (mulberry32) with helpers for test data: the same seed gives the same data. */
+export class Rng extends Mulberry32 {
   /** Uniform in [lo, hi). */
   uniform(lo = -1, hi = 1): number { return lo + (hi - lo) * this.next(); }
   /** Integer in [0, n). */

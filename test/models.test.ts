@@ -7,7 +7,6 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Checkpoint, readTensorF32, readTensorInt, writeSafetensors, TensorToWrite } from '../src/formats/safetensors.js';
 import { ConfigError, LlamaLikeConfig, LlavaConfig, loadConfig } from '../src/formats/config.js';
@@ -18,7 +17,7 @@ import { LlavaModel } from '../src/model/llava.js';
 import { ClipVisionTower } from '../src/model/clip.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
-import { fixture } from './helpers.js';
+import { fixture, tempDir } from './helpers.js';
 
 const TOL = 1e-4;
 
@@ -39,10 +38,8 @@ function argmax(a: Float32Array, off = 0, n = a.length): number {
   return b;
 }
 
-const tmpDirs: string[] = [];
 function tempModel(from: string, edit: (cfg: Record<string, unknown>) => void, tensors?: (ck: Checkpoint) => TensorToWrite[]): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-model-'));
-  tmpDirs.push(dir);
+  const dir = tempDir('sparsevila-model-');
   const src = fixture(from);
   for (const f of fs.readdirSync(src)) if (!f.startsWith('golden')) fs.copyFileSync(path.join(src, f), path.join(dir, f));
   const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
@@ -70,7 +67,6 @@ describe('model parity with the transformers goldens', () => {
   before(async () => { be = await WasmBackend.create({ threads: 2 }); });
   after(async () => {
     await be.close();
-    for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
   });
 
   it('qwen2-tiny (bf16, qkv bias, GQA, tied embeddings, theta 1e6): embeddings, hidden states, logits, greedy tokens', async () => {
@@ -241,8 +237,7 @@ describe('model parity with the transformers goldens', () => {
 
     it('unreadable image', async () => {
       const model = await VisionLanguageModel.load(fixture('llava-tiny'), { backend: be });
-      const bad = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-img-')), 'not-an-image.png');
-      tmpDirs.push(path.dirname(bad));
+      const bad = path.join(tempDir('sparsevila-img-'), 'not-an-image.png');
       fs.writeFileSync(bad, 'this is text, not a PNG');
       await assert.rejects(model.generate({ images: [bad], prompt: 'hi' }), (e: Error) => e instanceof ImageError && e.message.includes('not-an-image.png'));
       await assert.rejects(model.generate({ images: ['/nonexistent/cat.jpg'], prompt: 'hi' }), (e: Error) => e instanceof ImageError && e.message.includes('/nonexistent/cat.jpg'));

@@ -1,25 +1,12 @@
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { fixture } from './helpers.js';
+import { fixture, tempDir } from './helpers.js';
 import {
   Checkpoint, DTYPE_SIZE, SafetensorsError, SafetensorsFile, bf16BitsToF32Bits, f16BitsToF32Bits, readTensorF32,
   readTensorInt, writeSafetensors, type DType, type TensorToWrite,
 } from '../src/formats/safetensors.js';
-
-
-const tempDirs: string[] = [];
-after(() => {
-  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-st-'));
-  tempDirs.push(d);
-  return d;
-}
 
 /** Asserts that `fn` throws a SafetensorsError whose message contains every one of `needles`. */
 function throwsST(fn: () => unknown, ...needles: string[]): void {
@@ -36,7 +23,7 @@ function rawFile(header: string | Uint8Array, dataBytes: number, declaredLength?
   const buf = new Uint8Array(8 + h.length + dataBytes);
   new DataView(buf.buffer).setBigUint64(0, declaredLength ?? BigInt(h.length), true);
   buf.set(h, 8);
-  const file = path.join(tempDir(), 'bad.safetensors');
+  const file = path.join(tempDir('sparsevila-st-'), 'bad.safetensors');
   fs.writeFileSync(file, buf);
   return file;
 }
@@ -171,7 +158,7 @@ test('f16 → f32 is exact for all 65536 bit patterns', () => {
 });
 
 test('writeSafetensors round-trips every dtype, aligned, with metadata', () => {
-  const dir = tempDir();
+  const dir = tempDir('sparsevila-st-');
   const file = path.join(dir, 'all.safetensors');
   const dtypes = Object.keys(DTYPE_SIZE) as DType[];
   const tensors: TensorToWrite[] = dtypes.map((dtype, i) => {
@@ -209,7 +196,7 @@ test('writeSafetensors round-trips every dtype, aligned, with metadata', () => {
 });
 
 test('readTensorF32 and readTensorInt convert goldens', () => {
-  const file = path.join(tempDir(), 'golden.safetensors');
+  const file = path.join(tempDir('sparsevila-st-'), 'golden.safetensors');
   const i64 = new BigInt64Array([0n, -1n, 32000n, BigInt(Number.MAX_SAFE_INTEGER)]);
   const f64 = new Float64Array([0.1, -3, 1e300]);
   writeSafetensors(file, [
@@ -236,7 +223,7 @@ test('readTensorF32 and readTensorInt convert goldens', () => {
 });
 
 test('writeSafetensors rejects bad input', () => {
-  const file = path.join(tempDir(), 'w.safetensors');
+  const file = path.join(tempDir('sparsevila-st-'), 'w.safetensors');
   throwsST(() => writeSafetensors(file, [{ name: 'a', dtype: 'F32', shape: [2], data: new Uint8Array(7) }]),
     file, '"a"', 'needs 8 bytes', 'has 7');
   throwsST(() => writeSafetensors(file, [
@@ -250,7 +237,7 @@ test('writeSafetensors rejects bad input', () => {
 // ---- malformed files: each error names the file, the tensor where there is one, and what was wrong ----
 
 test('error: file too short for the header length', () => {
-  const file = path.join(tempDir(), 'short.safetensors');
+  const file = path.join(tempDir('sparsevila-st-'), 'short.safetensors');
   fs.writeFileSync(file, new Uint8Array(5));
   throwsST(() => SafetensorsFile.open(file), file, 'truncated file', '5 bytes');
 });
@@ -321,7 +308,7 @@ test('error: offsets past the end of the data section', () => {
 });
 
 test('error: truncated data section', () => {
-  const dir = tempDir();
+  const dir = tempDir('sparsevila-st-');
   const good = path.join(dir, 'good.safetensors');
   writeSafetensors(good, [
     { name: 'a', dtype: 'F32', shape: [4], data: f32Bytes([1, 2, 3, 4]) },
@@ -347,7 +334,7 @@ test('error: overlapping tensors name both tensors', () => {
 
 /** Writes two shards and an index into a fresh folder; returns the folder. */
 function writeSharded(weightMap?: Record<string, string>, indexName = 'model.safetensors.index.json'): string {
-  const dir = tempDir();
+  const dir = tempDir('sparsevila-st-');
   writeSafetensors(path.join(dir, 'model-00001-of-00002.safetensors'), [
     { name: 'embed.weight', dtype: 'F32', shape: [2, 2], data: f32Bytes([1, 2, 3, 4]) },
     { name: 'layers.0.weight', dtype: 'F32', shape: [2], data: f32Bytes([5, 6]) },
@@ -433,7 +420,7 @@ test('sharded checkpoint error: malformed index', () => {
 });
 
 test('checkpoint error: nothing there', () => {
-  const dir = tempDir();
+  const dir = tempDir('sparsevila-st-');
   throwsST(() => Checkpoint.open(dir), dir, 'neither model.safetensors nor model.safetensors.index.json');
   throwsST(() => Checkpoint.open(path.join(dir, 'missing')), path.join(dir, 'missing'), 'cannot open checkpoint');
 });

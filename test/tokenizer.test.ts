@@ -1,25 +1,18 @@
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { TextTokenizer, TokenizerError, mergeEosTokenIds } from '../src/io/tokenizer.js';
-import { fixture } from './helpers.js';
+import { fixture, llavaGoldenPrompt, tempDir } from './helpers.js';
 
 const LLAVA = fixture('llava-tiny');
 const SMOL = fixture('smolvlm-tiny');
 
-interface LlavaPrompt { text: string; text_after_expansion: string; input_ids: number[] }
-const llavaPrompt = (JSON.parse(fs.readFileSync(path.join(LLAVA, 'golden.json'), 'utf8')) as { prompt: LlavaPrompt }).prompt;
+const llavaPrompt = llavaGoldenPrompt();
 
-const tempDirs: string[] = [];
-after(() => {
-  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
-});
 /** A fresh folder holding copies of `files` from `from`, plus `extra` files written as given. */
 function tempModel(from: string, files: string[], extra: Record<string, string> = {}): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-tok-'));
-  tempDirs.push(dir);
+  const dir = tempDir('sparsevila-tok-');
   for (const f of files) fs.copyFileSync(path.join(from, f), path.join(dir, f));
   for (const [f, text] of Object.entries(extra)) fs.writeFileSync(path.join(dir, f), text);
   return dir;

@@ -17,7 +17,6 @@
  *
  * This module knows nothing of models or kernels. Every problem is a {@link TokenizerError} naming the file.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { readJsonObject as readJsonFile } from './json-file.js';
