@@ -130,6 +130,9 @@ export function packed_rows(tid: i32, begin: i32, end: i32, w: usize, dtype: i32
   storeRow8(y + <usize>n0 * 4, lo, hi, N - n0, bias != 0 ? bias + <usize>n0 * 4 : 0, false);
 }
 
+// Four k steps per iteration: each half sums its four products in a fresh register, then adds
+// that into its accumulator. (Eight running accumulators, one per product, need more registers
+// than V8 allocates without spilling to the stack inside the loop; this form needs few.)
 // @ts-ignore: decorator
 @inline function gemv16<T>(begin: i32, end: i32, x: usize, w: usize, bias: usize, y: usize, K: i32, N: i32): void {
   const panelBytes = <usize>K * 16;
@@ -137,27 +140,27 @@ export function packed_rows(tid: i32, begin: i32, end: i32, w: usize, dtype: i32
   for (let p = begin; p < end; p++) {
     let wp = w + <usize>p * panelBytes;
     let xp = x;
-    let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
-    let a2 = f32x4.splat(0), b2 = f32x4.splat(0), a3 = f32x4.splat(0), b3 = f32x4.splat(0);
+    let lo = f32x4.splat(0), hi = f32x4.splat(0);
     const wEnd4 = wp + <usize>K4 * 16;
     while (wp < wEnd4) {
       const w0 = v128.load(wp), x0 = v128.load32_splat(xp);
-      a0 = fma(widenLo<T>(w0), x0, a0); b0 = fma(widenHi<T>(w0), x0, b0);
+      let tl = f32x4.mul(widenLo<T>(w0), x0), th = f32x4.mul(widenHi<T>(w0), x0);
       const w1 = v128.load(wp, 16), x1 = v128.load32_splat(xp, 4);
-      a1 = fma(widenLo<T>(w1), x1, a1); b1 = fma(widenHi<T>(w1), x1, b1);
+      tl = fma(widenLo<T>(w1), x1, tl); th = fma(widenHi<T>(w1), x1, th);
       const w2 = v128.load(wp, 32), x2 = v128.load32_splat(xp, 8);
-      a2 = fma(widenLo<T>(w2), x2, a2); b2 = fma(widenHi<T>(w2), x2, b2);
+      tl = fma(widenLo<T>(w2), x2, tl); th = fma(widenHi<T>(w2), x2, th);
       const w3 = v128.load(wp, 48), x3 = v128.load32_splat(xp, 12);
-      a3 = fma(widenLo<T>(w3), x3, a3); b3 = fma(widenHi<T>(w3), x3, b3);
+      tl = fma(widenLo<T>(w3), x3, tl); th = fma(widenHi<T>(w3), x3, th);
+      lo = f32x4.add(lo, tl); hi = f32x4.add(hi, th);
       wp += 64; xp += 16;
     }
     const wEnd = w + <usize>p * panelBytes + panelBytes;
     while (wp < wEnd) {
       const w0 = v128.load(wp), x0 = v128.load32_splat(xp);
-      a0 = fma(widenLo<T>(w0), x0, a0); b0 = fma(widenHi<T>(w0), x0, b0);
+      lo = fma(widenLo<T>(w0), x0, lo); hi = fma(widenHi<T>(w0), x0, hi);
       wp += 16; xp += 4;
     }
-    storeCols(y, bias, p, N, f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)), f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3)));
+    storeCols(y, bias, p, N, lo, hi);
   }
 }
 
