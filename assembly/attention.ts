@@ -19,7 +19,7 @@ const NEG: f32 = -3.0e38;
 // Per-thread scratch layout (bytes).
 const S_ML: usize = 0;        // [query] (m, l) pairs, up to 128 queries
 const S_KADDR: usize = 1024;  // [TILE] u32 key row addresses of the current tile
-const S_SCORES: usize = 1536; // [TILE] f32 scores, then probabilities
+const S_SCORES: usize = 1280; // [DECODE_HEADS][TILE] f32 scores, then probabilities (768 bytes)
 const S_ACC: usize = 2048;    // [query][D] f32 output accumulators
 /** Largest GQA group (query heads per KV head) one decode work unit handles. */
 export const ATTN_MAX_QUERIES: i32 = 64;
@@ -43,16 +43,173 @@ export function kv_write(tid: i32, begin: i32, end: i32, k: usize, ldk: i32, v: 
   }
 }
 
+/** Query heads whose scores and outputs the decode core computes together (sharing K/V loads). */
+const DECODE_HEADS: i32 = 3;
+
+// Scores of nh (1..3, a constant after inlining) query heads against the n keys of a tile: one key
+// row at a time, read front to back (interleaving several rows of 512 bytes or more measured 3x
+// slower from DRAM on Zen 4: it defeats the hardware prefetcher), each K load used by every head.
+// Head hh's scores go to sc + hh * TILE * 4.
+// @ts-ignore: decorator
+@inline function decodeScores(nh: i32, q: usize, qStride: usize, rowBytes: usize, scale: f32, kaddr: usize, n: i32, sc: usize): void {
+  const q0 = q, q1 = q + qStride, q2 = q + 2 * qStride;
+  const rb8 = rowBytes & ~31;
+  for (let j = 0; j < n; j++) {
+    const k = <usize>load<u32>(kaddr + <usize>j * 4);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0), c0 = f32x4.splat(0), c1 = f32x4.splat(0);
+    let d: usize = 0;
+    for (; d < rb8; d += 32) {
+      const k0 = v128.load(k + d), k1 = v128.load(k + d, 16);
+      a0 = fma(v128.load(q0 + d), k0, a0); a1 = fma(v128.load(q0 + d, 16), k1, a1);
+      if (nh > 1) { b0 = fma(v128.load(q1 + d), k0, b0); b1 = fma(v128.load(q1 + d, 16), k1, b1); }
+      if (nh > 2) { c0 = fma(v128.load(q2 + d), k0, c0); c1 = fma(v128.load(q2 + d, 16), k1, c1); }
+    }
+    if (d < rowBytes) { // D % 8 == 4
+      const k0 = v128.load(k + d);
+      a0 = fma(v128.load(q0 + d), k0, a0);
+      if (nh > 1) b0 = fma(v128.load(q1 + d), k0, b0);
+      if (nh > 2) c0 = fma(v128.load(q2 + d), k0, c0);
+    }
+    store<f32>(sc + <usize>j * 4, hsum(f32x4.add(a0, a1)) * scale);
+    if (nh > 1) store<f32>(sc + <usize>(TILE + j) * 4, hsum(f32x4.add(b0, b1)) * scale);
+    if (nh > 2) store<f32>(sc + <usize>(2 * TILE + j) * 4, hsum(f32x4.add(c0, c1)) * scale);
+  }
+}
+
+// Online softmax step of one query over the n scores at sc: turns them into probabilities
+// exp(score - m), updates (m, l) at ml, and returns the factor alpha its accumulator is scaled by.
+// @ts-ignore: decorator
+@inline function decodeSoftmax(sc: usize, n: i32, ml: usize): f32 {
+  const n4 = n & ~3;
+  let vm = f32x4.splat(NEG);
+  for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(sc + <usize>j * 4));
+  let mt = hmax(vm);
+  for (let j = n4; j < n; j++) mt = max(mt, load<f32>(sc + <usize>j * 4));
+  const mOld = load<f32>(ml);
+  const mNew = max(mOld, mt);
+  const alpha = expS(mOld - mNew);
+  const vmNew = f32x4.splat(mNew);
+  let vsum = f32x4.splat(0);
+  for (let j = 0; j < n4; j += 4) {
+    const p = expV(f32x4.sub(v128.load(sc + <usize>j * 4), vmNew));
+    v128.store(sc + <usize>j * 4, p);
+    vsum = f32x4.add(vsum, p);
+  }
+  let lsum = hsum(vsum);
+  for (let j = n4; j < n; j++) {
+    const p = expS(load<f32>(sc + <usize>j * 4) - mNew);
+    store<f32>(sc + <usize>j * 4, p);
+    lsum += p;
+  }
+  store<f32>(ml, mNew);
+  store<f32>(ml, load<f32>(ml, 4) * alpha + lsum, 4);
+  return alpha;
+}
+
+// acc_hh = acc_hh * alpha_hh + sum_j p_hh[j] v_j for nh (1..3) query heads: eight columns at a time
+// held in registers across the tile's keys, each V load used by every head.
+// @ts-ignore: decorator
+@inline function decodeValues(nh: i32, acc: usize, rowBytes: usize, kaddr: usize, vOff: usize, n: i32, sc: usize,
+  alpha0: f32, alpha1: f32, alpha2: f32): void {
+  const r0 = acc, r1 = acc + rowBytes, r2 = acc + 2 * rowBytes;
+  const s0 = sc, s1 = sc + <usize>TILE * 4, s2 = sc + <usize>TILE * 8;
+  const va0 = f32x4.splat(alpha0), va1 = f32x4.splat(alpha1), va2 = f32x4.splat(alpha2);
+  for (let db: usize = 0; db < rowBytes; db += 32) {
+    const two = db + 32 <= rowBytes; // else D % 8 == 4: the last four columns
+    let a0 = f32x4.mul(v128.load(r0 + db), va0), a1 = two ? f32x4.mul(v128.load(r0 + db, 16), va0) : f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), c0 = f32x4.splat(0), c1 = f32x4.splat(0);
+    if (nh > 1) { b0 = f32x4.mul(v128.load(r1 + db), va1); if (two) b1 = f32x4.mul(v128.load(r1 + db, 16), va1); }
+    if (nh > 2) { c0 = f32x4.mul(v128.load(r2 + db), va2); if (two) c1 = f32x4.mul(v128.load(r2 + db, 16), va2); }
+    if (two) {
+      for (let j = 0; j < n; j++) {
+        const v = <usize>load<u32>(kaddr + <usize>j * 4) + vOff + db;
+        const v0 = v128.load(v), v1 = v128.load(v, 16);
+        const p0 = v128.load32_splat(s0 + <usize>j * 4);
+        a0 = fma(p0, v0, a0); a1 = fma(p0, v1, a1);
+        if (nh > 1) { const p1 = v128.load32_splat(s1 + <usize>j * 4); b0 = fma(p1, v0, b0); b1 = fma(p1, v1, b1); }
+        if (nh > 2) { const p2 = v128.load32_splat(s2 + <usize>j * 4); c0 = fma(p2, v0, c0); c1 = fma(p2, v1, c1); }
+      }
+      v128.store(r0 + db, a0); v128.store(r0 + db, a1, 16);
+      if (nh > 1) { v128.store(r1 + db, b0); v128.store(r1 + db, b1, 16); }
+      if (nh > 2) { v128.store(r2 + db, c0); v128.store(r2 + db, c1, 16); }
+    } else {
+      for (let j = 0; j < n; j++) {
+        const v0 = v128.load(<usize>load<u32>(kaddr + <usize>j * 4) + vOff + db);
+        a0 = fma(v128.load32_splat(s0 + <usize>j * 4), v0, a0);
+        if (nh > 1) b0 = fma(v128.load32_splat(s1 + <usize>j * 4), v0, b0);
+        if (nh > 2) c0 = fma(v128.load32_splat(s2 + <usize>j * 4), v0, c0);
+      }
+      v128.store(r0 + db, a0);
+      if (nh > 1) v128.store(r1 + db, b0);
+      if (nh > 2) v128.store(r2 + db, c0);
+    }
+  }
+}
+
+// One tile for a single query head (no GQA sharing to exploit): every K and V row is read front to
+// back once, the accumulator stays in scratch (L1). With nothing shared, this order streams the
+// cache from DRAM fastest; the blocked order of decodeValues reads 32 bytes of each of the tile's
+// rows at a time, which defeats the hardware prefetcher on long rows.
+// @ts-ignore: decorator
+@inline function decodeTile1(i0: i32, q: usize, qStride: usize, rowBytes: usize, scale: f32, kaddr: usize, vOff: usize, n: i32, s: usize): void {
+  const sc = s + S_SCORES;
+  const qi = q + <usize>i0 * qStride;
+  for (let j = 0; j < n; j++) {
+    const k0 = <usize>load<u32>(kaddr + <usize>j * 4);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let d: usize = 0;
+    for (; d + 64 <= rowBytes; d += 64) {
+      a0 = fma(v128.load(qi + d), v128.load(k0 + d), a0);
+      a1 = fma(v128.load(qi + d, 16), v128.load(k0 + d, 16), a1);
+      a2 = fma(v128.load(qi + d, 32), v128.load(k0 + d, 32), a2);
+      a3 = fma(v128.load(qi + d, 48), v128.load(k0 + d, 48), a3);
+    }
+    for (; d < rowBytes; d += 16) a0 = fma(v128.load(qi + d), v128.load(k0 + d), a0);
+    store<f32>(sc + <usize>j * 4, hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3))) * scale);
+  }
+  const alpha = decodeSoftmax(sc, n, s + S_ML + <usize>i0 * 8);
+  const acc = s + S_ACC + <usize>i0 * rowBytes;
+  if (alpha != 1) {
+    const va = f32x4.splat(alpha);
+    for (let d: usize = 0; d < rowBytes; d += 16) v128.store(acc + d, f32x4.mul(v128.load(acc + d), va));
+  }
+  for (let j = 0; j < n; j++) {
+    const p = v128.load32_splat(sc + <usize>j * 4);
+    const v = <usize>load<u32>(kaddr + <usize>j * 4) + vOff;
+    let d: usize = 0;
+    for (; d + 64 <= rowBytes; d += 64) {
+      v128.store(acc + d, fma(p, v128.load(v + d), v128.load(acc + d)));
+      v128.store(acc + d, fma(p, v128.load(v + d, 16), v128.load(acc + d, 16)), 16);
+      v128.store(acc + d, fma(p, v128.load(v + d, 32), v128.load(acc + d, 32)), 32);
+      v128.store(acc + d, fma(p, v128.load(v + d, 48), v128.load(acc + d, 48)), 48);
+    }
+    for (; d < rowBytes; d += 16) v128.store(acc + d, fma(p, v128.load(v + d), v128.load(acc + d)));
+  }
+}
+
+// One tile for nh (2..3) query heads starting at query i0, sharing each K and V load among them.
+// @ts-ignore: decorator
+@inline function decodeTile(nh: i32, i0: i32, q: usize, qStride: usize, rowBytes: usize, scale: f32, kaddr: usize, vOff: usize, n: i32, s: usize): void {
+  const sc = s + S_SCORES;
+  decodeScores(nh, q + <usize>i0 * qStride, qStride, rowBytes, scale, kaddr, n, sc);
+  const ml = s + S_ML + <usize>i0 * 8;
+  const alpha0 = decodeSoftmax(sc, n, ml);
+  const alpha1 = nh > 1 ? decodeSoftmax(sc + <usize>TILE * 4, n, ml + 8) : <f32>1;
+  const alpha2 = nh > 2 ? decodeSoftmax(sc + <usize>TILE * 8, n, ml + 16) : <f32>1;
+  decodeValues(nh, s + S_ACC + <usize>i0 * rowBytes, rowBytes, kaddr, vOff, n, sc, alpha0, alpha1, alpha2);
+}
+
 /**
  * The decode core. Attends nq query vectors (at q + i * qStride; the query heads of one GQA group)
  * to the keys with logical index [kBegin, kEnd) of KV head kvh; key j is cache slot idx[j] when
  * idx != 0, else slot j. Every given key is visible (decode attends to the past only). Leaves, per
- * query, the running max m, the sum l and the unnormalised output acc in scratch.
+ * query, the running max m, the sum l and the unnormalised output acc in scratch. Query heads are
+ * taken DECODE_HEADS at a time, so each K and V row read serves all of them.
  */
 function attendDecode(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pages: usize, logB: i32, kvHeads: i32, kvh: i32,
   kBegin: i32, kEnd: i32, idx: usize, s: usize): void {
   const vOff: usize = (<usize>kvHeads << <usize>logB) * <usize>D * 4;
-  const kaddr = s + S_KADDR, sc = s + S_SCORES;
+  const kaddr = s + S_KADDR;
   const rowBytes = <usize>D * 4;
   for (let i = 0; i < nq; i++) {
     store<f32>(s + S_ML + <usize>i * 8, NEG);
@@ -65,67 +222,10 @@ function attendDecode(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pag
       const slot = idx != 0 ? load<i32>(idx + <usize>(t0 + j) * 4) : t0 + j;
       store<u32>(kaddr + <usize>j * 4, <u32>kRow(pages, logB, kvh, D, slot));
     }
-    for (let i = 0; i < nq; i++) {
-      const qi = q + <usize>i * qStride;
-      // Scores. One key row at a time, read front to back: interleaving several rows of 512 bytes
-      // or more measured 3x slower from DRAM on Zen 4 (it defeats the hardware prefetcher).
-      for (let j = 0; j < n; j++) {
-        const k0 = <usize>load<u32>(kaddr + <usize>j * 4);
-        let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-        let d: usize = 0;
-        for (; d + 64 <= rowBytes; d += 64) {
-          a0 = fma(v128.load(qi + d), v128.load(k0 + d), a0);
-          a1 = fma(v128.load(qi + d, 16), v128.load(k0 + d, 16), a1);
-          a2 = fma(v128.load(qi + d, 32), v128.load(k0 + d, 32), a2);
-          a3 = fma(v128.load(qi + d, 48), v128.load(k0 + d, 48), a3);
-        }
-        for (; d < rowBytes; d += 16) a0 = fma(v128.load(qi + d), v128.load(k0 + d), a0);
-        store<f32>(sc + <usize>j * 4, hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3))) * scale);
-      }
-      // Online softmax update.
-      const n4 = n & ~3;
-      let vm = f32x4.splat(NEG);
-      for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(sc + <usize>j * 4));
-      let mt = hmax(vm);
-      for (let j = n4; j < n; j++) mt = max(mt, load<f32>(sc + <usize>j * 4));
-      const mOld = load<f32>(s + S_ML + <usize>i * 8);
-      const mNew = max(mOld, mt);
-      const alpha = expS(mOld - mNew);
-      const vmNew = f32x4.splat(mNew);
-      let vsum = f32x4.splat(0);
-      for (let j = 0; j < n4; j += 4) {
-        const x = v128.load(sc + <usize>j * 4);
-        const p = expV(f32x4.sub(x, vmNew));
-        v128.store(sc + <usize>j * 4, p);
-        vsum = f32x4.add(vsum, p);
-      }
-      let lsum = hsum(vsum);
-      for (let j = n4; j < n; j++) {
-        const p = expS(load<f32>(sc + <usize>j * 4) - mNew);
-        store<f32>(sc + <usize>j * 4, p);
-        lsum += p;
-      }
-      store<f32>(s + S_ML + <usize>i * 8, mNew);
-      store<f32>(s + S_ML + <usize>i * 8, load<f32>(s + S_ML + <usize>i * 8, 4) * alpha + lsum, 4);
-      // acc = acc * alpha + sum_j p_j v_j, one V row at a time (as for K above).
-      const acc = s + S_ACC + <usize>i * rowBytes;
-      if (alpha != 1) {
-        const va = f32x4.splat(alpha);
-        for (let d: usize = 0; d < rowBytes; d += 16) v128.store(acc + d, f32x4.mul(v128.load(acc + d), va));
-      }
-      for (let j = 0; j < n; j++) {
-        const p = v128.load32_splat(sc + <usize>j * 4);
-        const v = <usize>load<u32>(kaddr + <usize>j * 4) + vOff;
-        let d: usize = 0;
-        for (; d + 64 <= rowBytes; d += 64) {
-          v128.store(acc + d, fma(p, v128.load(v + d), v128.load(acc + d)));
-          v128.store(acc + d, fma(p, v128.load(v + d, 16), v128.load(acc + d, 16)), 16);
-          v128.store(acc + d, fma(p, v128.load(v + d, 32), v128.load(acc + d, 32)), 32);
-          v128.store(acc + d, fma(p, v128.load(v + d, 48), v128.load(acc + d, 48)), 48);
-        }
-        for (; d < rowBytes; d += 16) v128.store(acc + d, fma(p, v128.load(v + d), v128.load(acc + d)));
-      }
-    }
+    let i0 = 0;
+    for (; i0 + DECODE_HEADS <= nq; i0 += DECODE_HEADS) decodeTile(3, i0, q, qStride, rowBytes, scale, kaddr, vOff, n, s);
+    if (nq - i0 == 2) decodeTile(2, i0, q, qStride, rowBytes, scale, kaddr, vOff, n, s);
+    else if (nq - i0 == 1) decodeTile1(i0, q, qStride, rowBytes, scale, kaddr, vOff, n, s);
   }
 }
 

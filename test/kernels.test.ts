@@ -854,6 +854,9 @@ describe('attention', () => {
     { heads: 6, kvHeads: 2, D: 24, B: 16 },
     { heads: 4, kvHeads: 4, D: 16, B: 64 },
     { heads: 8, kvHeads: 1, D: 40, B: 256 },
+    // Groups of 5 and 2 (the decode core takes query heads 3 at a time), D % 8 == 4.
+    { heads: 10, kvHeads: 2, D: 20, B: 32 },
+    { heads: 4, kvHeads: 2, D: 12, B: 16 },
   ];
   const COUNTS = [1, 3, 63, 64, 65, 70, 150, 255, 257, 511, 700];
 
