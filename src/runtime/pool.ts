@@ -21,6 +21,13 @@ const SOLO_MAX_MS = 1000;
 const SOLO_CALL_MS = 2;
 /** A wait for the workers this long is a stall (a scheduler time slice, not a cache hiccup). */
 const STALL_MS = 0.5;
+/**
+ * Short calls go solo only when stalls recur: STALL_BURST of them within STALL_WINDOW_MS (another
+ * process holds a core). A lone stall (a virtual machine's host preempting a vCPU for a moment)
+ * costs one wait; going solo after it would cost the second thread for the whole solo period.
+ */
+const STALL_BURST = 3;
+const STALL_WINDOW_MS = 250;
 
 export class ThreadPool {
   readonly threads: number;
@@ -39,6 +46,8 @@ export class ThreadPool {
   /** Until this time (performance.now() ms) jobs run on the calling thread alone. */
   private soloUntil = 0;
   private soloMs = SOLO_MIN_MS;
+  /** Times (performance.now() ms) of the last STALL_BURST - 1 stalls, oldest first. */
+  private readonly recentStalls = new Float64Array(STALL_BURST - 1).fill(-Infinity);
   /** Duration of each kernel's last parallel call (ms). */
   private readonly lastMs: Float64Array;
   /** Parallel calls in which the workers held the caller up (see dispatch). */
@@ -169,8 +178,13 @@ export class ThreadPool {
       const wait = t2 - t1;
       if (wait > STALL_MS && wait > 3 * ((t1 - t0) / ownChunks)) {
         this.stalls++;
-        this.soloUntil = performance.now() + this.soloMs;
-        this.soloMs = Math.min(SOLO_MAX_MS, this.soloMs * 2);
+        const rs = this.recentStalls;
+        if (t2 - rs[0] < STALL_WINDOW_MS) {
+          this.soloUntil = t2 + this.soloMs;
+          this.soloMs = Math.min(SOLO_MAX_MS, this.soloMs * 2);
+        }
+        rs.copyWithin(0, 1);
+        rs[rs.length - 1] = t2;
       } else {
         this.soloMs = SOLO_MIN_MS;
       }
