@@ -260,9 +260,11 @@ const P_ACC: usize = P_QT + <usize>SB * 256 * 32;        // [SB * 8][D] f32 unno
  * the block's 8 queries transposed (lanes = rows), S^T = K Q^T takes a splat of one K element
  * times two query vectors, and O += P V a splat of one probability times four V vectors; the
  * online softmax runs lane-wise (one lane per query row) over the key-major scores.
+ * When ml != 0, each row's final softmax statistics go to ml [heads][nq] x (max m, sum l): with
+ * them `attn_colsum` forms the attention probabilities exp(s - m) / l again, one key at a time.
  */
 export function attn_prefill(tid: i32, begin: i32, end: i32, q: usize, ldq: i32, o: usize, ldo: i32, pages: usize, logB: i32,
-  kvHeads: i32, D: i32, heads: i32, nq: i32, nKeys: i32, qSlot0: i32, causal: i32, scale: f32, scratch: usize): void {
+  kvHeads: i32, D: i32, heads: i32, nq: i32, nKeys: i32, qSlot0: i32, causal: i32, scale: f32, ml: usize, scratch: usize): void {
   const s = scratch + <usize>tid * <usize>SCRATCH_BYTES;
   const group = heads / kvHeads;
   const rowBytes = <usize>D * 4;
@@ -306,11 +308,17 @@ export function attn_prefill(tid: i32, begin: i32, end: i32, q: usize, ldq: i32,
     }
     for (let b = 0; b < blocks; b++) {
       const ms = s + P_STATE + <usize>b * 64;
+      const m0 = v128.load(ms), m1 = v128.load(ms, 16);
       const l0 = v128.load(ms, 32), l1 = v128.load(ms, 48);
       for (let r = 0; r < RB; r++) {
         const row = sr0 + b * RB + r;
         if (row >= nq) break;
         const l = r < 4 ? laneSelect(l0, r) : laneSelect(l1, r - 4);
+        if (ml != 0) {
+          const mlr = ml + (<usize>h * <usize>nq + <usize>row) * 8;
+          store<f32>(mlr, r < 4 ? laneSelect(m0, r) : laneSelect(m1, r - 4));
+          store<f32>(mlr, l, 4);
+        }
         const inv = f32x4.splat(l > 0 ? <f32>1.0 / l : 0);
         const ar = s + P_ACC + (<usize>(b * RB + r)) * rowBytes;
         const out = o + (<usize>row * <usize>ldo + <usize>h * <usize>D) * 4;
@@ -472,5 +480,70 @@ export function attn_merge(tid: i32, begin: i32, end: i32, ws: usize, o: usize, 
     }
     const inv = f32x4.splat(l > 0 ? <f32>1.0 / l : 0);
     for (let d: usize = 0; d < rowBytes; d += 16) v128.store(out + d, f32x4.mul(v128.load(out + d), inv));
+  }
+}
+
+/**
+ * Key salience, the second of two streaming passes (the first is `attn_prefill` leaving each row's
+ * softmax max m and sum l in ml): for query head h, ws[h][j] = sum_r w[r] * exp(s_rj - m_hr) / l_hr
+ * with s_rj = scale * q_r . k_j, over the rows r with w[r] != 0 and the keys j they see (all nKeys,
+ * or up to the row's own slot qSlot0 + r when causal). No rows x keys matrix is formed: each row's
+ * scores are made four keys at a time and added into ws at once. Units: heads.
+ */
+export function attn_colsum(tid: i32, begin: i32, end: i32, q: usize, ldq: i32, pages: usize, logB: i32, kvHeads: i32, D: i32,
+  heads: i32, nq: i32, nKeys: i32, qSlot0: i32, causal: i32, scale: f32, ml: usize, w: usize, ws: usize): void {
+  const group = heads / kvHeads;
+  const rowBytes = <usize>D * 4;
+  for (let h = begin; h < end; h++) {
+    const kvh = h / group;
+    const col = ws + <usize>h * <usize>nKeys * 4;
+    memory.fill(col, 0, <usize>nKeys * 4);
+    for (let r = 0; r < nq; r++) {
+      const wr = load<f32>(w + <usize>r * 4);
+      if (wr == 0) continue;
+      const mlr = ml + (<usize>h * <usize>nq + <usize>r) * 8;
+      const l = load<f32>(mlr, 4);
+      if (l <= 0) continue;
+      const vm = f32x4.splat(load<f32>(mlr)), c = f32x4.splat(wr / l);
+      const qr = q + (<usize>r * <usize>ldq + <usize>h * <usize>D) * 4;
+      const kEnd = causal ? min(nKeys, qSlot0 + r + 1) : nKeys;
+      for (let j = 0; j < kEnd; j += 4) {
+        const n = min(4, kEnd - j);
+        let sv = f32x4.splat(NEG);
+        for (let jj = 0; jj < n; jj++) {
+          const k = kRow(pages, logB, kvh, D, j + jj);
+          let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+          let d: usize = 0;
+          for (; d + 32 <= rowBytes; d += 32) {
+            a0 = fma(v128.load(qr + d), v128.load(k + d), a0);
+            a1 = fma(v128.load(qr + d, 16), v128.load(k + d, 16), a1);
+          }
+          if (d < rowBytes) a0 = fma(v128.load(qr + d), v128.load(k + d), a0);
+          const x = hsum(f32x4.add(a0, a1)) * scale;
+          if (jj == 0) sv = f32x4.replace_lane(sv, 0, x);
+          else if (jj == 1) sv = f32x4.replace_lane(sv, 1, x);
+          else if (jj == 2) sv = f32x4.replace_lane(sv, 2, x);
+          else sv = f32x4.replace_lane(sv, 3, x);
+        }
+        const p = f32x4.mul(expV(f32x4.sub(sv, vm)), c);
+        const dst = col + <usize>j * 4;
+        if (n == 4) v128.store(dst, f32x4.add(v128.load(dst), p));
+        else {
+          store<f32>(dst, load<f32>(dst) + f32x4.extract_lane(p, 0));
+          if (n > 1) store<f32>(dst, load<f32>(dst, 4) + f32x4.extract_lane(p, 1), 4);
+          if (n > 2) store<f32>(dst, load<f32>(dst, 8) + f32x4.extract_lane(p, 2), 8);
+        }
+      }
+    }
+  }
+}
+
+/** out[j] = mean over the heads of ws[h][j] (the per-head sums of `attn_colsum`). Units: keys. */
+export function attn_colsum_merge(tid: i32, begin: i32, end: i32, ws: usize, out: usize, heads: i32, nKeys: i32): void {
+  const inv: f32 = <f32>1.0 / <f32>heads;
+  for (let j = begin; j < end; j++) {
+    let acc: f32 = 0;
+    for (let h = 0; h < heads; h++) acc += load<f32>(ws + (<usize>h * <usize>nKeys + <usize>j) * 4);
+    store<f32>(out + <usize>j * 4, acc * inv);
   }
 }

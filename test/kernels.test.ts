@@ -874,6 +874,40 @@ describe('attention', () => {
     }
   }));
 
+  eachConfig('key salience (second streaming pass): weighted head-mean attention per key, with the attention output unchanged', (be) => scoped(be, (s) => {
+    const CASES = [
+      { name: 'CLS row, bidirectional 4/4 D 16, 65 tokens', heads: 4, kvHeads: 4, D: 16, nq: 65, count: 65, causal: false, weights: 'first' },
+      { name: 'column mean, bidirectional 6/2 D 20, 150 tokens', heads: 6, kvHeads: 2, D: 20, nq: 150, count: 150, causal: false, weights: 'mean' },
+      { name: 'three summary rows, causal 8/1 D 12 at slot 30, 70 rows', heads: 8, kvHeads: 1, D: 12, nq: 70, count: 100, causal: true, weights: 'three' },
+      { name: 'one query row (decode-shaped), 9/3 D 64 over 257 keys', heads: 9, kvHeads: 3, D: 64, nq: 1, count: 257, causal: false, weights: 'first' },
+    ];
+    for (const c of CASES) {
+      const rng = new Rng(seed('salience', c.name));
+      const { cache, shadows } = filledCache(s, c.kvHeads, c.D, 16, c.count, rng, 1, 3);
+      const q = rng.f32(c.nq * c.heads * c.D, -2, 2);
+      const w = Float32Array.from({ length: c.nq }, (_, r) => c.weights === 'first' ? (r === 0 ? 1 : 0) : c.weights === 'mean' ? 1 / c.nq : (r < 3 ? 1 / 3 : 0));
+      const qSlot0 = c.causal ? c.count - c.nq : 0;
+      const scale = 1 / Math.sqrt(c.D);
+      const qm = s.matrix(c.nq, c.heads * c.D, q), out = s.matrix(c.nq, c.heads * c.D), plain = s.matrix(c.nq, c.heads * c.D);
+      const wm = s.matrix(1, c.nq, w), sal = s.matrix(1, c.count);
+      const opts = { heads: c.heads, qSlot0, causal: c.causal, scale, keys: { count: c.count } };
+      be.attention(out, qm, cache, 0, { ...opts, salience: { rowWeights: wm, out: sal } });
+      be.attention(plain, qm, cache, 0, opts);
+      // Several rows run the same prefill kernel either way; a single row without salience takes
+      // the decode kernel, whose sums round differently.
+      if (c.nq > 1) assert.deepEqual(be.read(out), be.read(plain), `${c.name}: asking for salience changed the attention output`);
+      else check('attention/salience', `${c.name} output`, be.read(out), be.read(plain), () => 1e-5);
+      const want = ref.keySalience(q, c.nq, c.heads, c.kvHeads, c.D, shadows[0], c.count, c.causal, qSlot0, w, scale);
+      check('attention/salience', c.name, be.read(sal), want, () => 2e-6);
+      const total = want.reduce((a, b) => a + b, 0);
+      assert.ok(Math.abs(total - w.reduce((a, b) => a + b, 0)) < 1e-5, `${c.name}: salience sums to ${total}`);
+    }
+    const qm = s.matrix(2, 16), out = s.matrix(2, 16), { cache } = filledCache(s, 4, 4, 16, 2, new Rng(1), 1);
+    const opts = { heads: 4, qSlot0: 0, causal: false, scale: 0.5, keys: { count: 2 } };
+    assert.throws(() => be.attention(out, qm, cache, 0, { ...opts, salience: { rowWeights: s.matrix(1, 3), out: s.matrix(1, 2) } }), /salience row weights are 1x3, expected 1x2/);
+    assert.throws(() => be.attention(out, qm, cache, 0, { ...opts, salience: { rowWeights: s.matrix(1, 2), out: s.matrix(1, 5) } }), /salience output is 1x5, expected 1x2/);
+  }));
+
   eachConfig('decode with key indices: shared by all heads and per KV head', (be) => scoped(be, (s) => {
     for (const c of DECODE_CACHES) {
       const rng = new Rng(seed('indexed', c.heads, c.kvHeads));

@@ -188,6 +188,34 @@ export function attention(q: ArrayLike<number>, nq: number, heads: number, kvHea
 }
 
 /** Slots [0, count), or with `causal` only those <= qSlot0 + row. */
+/**
+ * Key salience (float64): out[j] = (1 / heads) * sum_h sum_r w[r] * P_h[r, j] over dense keys
+ * [0, count) (causal: up to the row's own slot).
+ */
+export function keySalience(q: ArrayLike<number>, nq: number, heads: number, kvHeads: number, D: number, kv: KVSource,
+  count: number, causal: boolean, qSlot0: number, w: ArrayLike<number>, scale: number): Float64Array {
+  const out = new Float64Array(count);
+  const group = heads / kvHeads;
+  for (let r = 0; r < nq; r++) {
+    if (w[r] === 0) continue;
+    const n = causal ? Math.min(count, qSlot0 + r + 1) : count;
+    for (let h = 0; h < heads; h++) {
+      const kvh = Math.floor(h / group), qo = r * heads * D + h * D;
+      const scores = Array.from({ length: n }, (_, j) => {
+        const k = kv.k(j, kvh);
+        let d = 0;
+        for (let i = 0; i < D; i++) d += q[qo + i] * k[i];
+        return d * scale;
+      });
+      const m = Math.max(...scores);
+      const p = scores.map((x) => Math.exp(x - m));
+      const l = p.reduce((a, b) => a + b, 0);
+      for (let j = 0; j < n; j++) out[j] += (w[r] * p[j]) / l / heads;
+    }
+  }
+  return out;
+}
+
 export function denseKeys(count: number, causal: boolean, qSlot0: number): (row: number) => number[] {
   return (row) => {
     const n = causal ? Math.min(count, qSlot0 + row + 1) : count;

@@ -88,6 +88,23 @@ export interface AttentionOptions {
   /** Softmax scale, usually 1 / sqrt(headDim). */
   scale: number;
   keys: AttentionKeys;
+  /** Also measure how much attention chosen query rows pay to each key (see KeySalience). */
+  salience?: KeySalience;
+}
+
+/**
+ * Key salience from one attention call: out[j] = (1 / heads) * sum over query heads h and query
+ * rows r of rowWeights[r] * P_h[r, j], where P_h is the call's attention probabilities. Rows of
+ * weight 0 cost nothing. Weight 1 on one row gives that row's head-averaged attention (CLIP's
+ * [CLS] row), 1 / rows on every row the mean attention each key receives (the column mean). It is
+ * computed in a second streaming pass over the keys from each row's softmax statistics, never as
+ * a rows x keys matrix. Not with key index lists.
+ */
+export interface KeySalience {
+  /** 1 x q.rows. */
+  rowWeights: Matrix;
+  /** 1 x keys.count, written. */
+  out: Matrix;
 }
 
 export interface KernelBackend {

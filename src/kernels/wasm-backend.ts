@@ -487,7 +487,9 @@ export class WasmBackend implements KernelBackend {
     if (keys.count < 0) throw new BackendError(`attention: key count ${keys.count} is negative`);
     const table = c.pageTables[layer];
     const scratch = this.scratch.get(c.arena)!;
+    const sal = opts.salience;
     if (keys.indices) {
+      if (sal) throw new BackendError('attention: salience is not available with key index lists');
       if (qm.rows !== 1) throw new BackendError('attention: key index lists are for decode (one query row) only');
       const idx = asInts(keys.indices);
       sameArena('attention', idx.arena, c.arena);
@@ -501,13 +503,27 @@ export class WasmBackend implements KernelBackend {
       return;
     }
     if (keys.count > c.length) throw new BackendError(`attention: ${keys.count} keys but the cache holds ${c.length}`);
-    if (qm.rows === 1 && !(causal && qSlot0 + 1 < keys.count)) {
+    if (qm.rows === 1 && !(causal && qSlot0 + 1 < keys.count) && !sal) {
       this.decode(o, qm, c, table, heads, keys.count, 0, 0, scale, scratch);
       return;
     }
+    let ml = 0, w: WMatrix | null = null, so: WMatrix | null = null;
+    if (sal) {
+      w = asMatrix(sal.rowWeights); so = asMatrix(sal.out);
+      sameArena('attention', w.arena, so.arena, c.arena);
+      if (w.rows !== 1 || w.cols !== qm.rows) throw new BackendError(`attention: salience row weights are ${w.rows}x${w.cols}, expected 1x${qm.rows}`);
+      if (so.rows !== 1 || so.cols !== keys.count) throw new BackendError(`attention: salience output is ${so.rows}x${so.cols}, expected 1x${keys.count}`);
+      ml = this.workspace(c.arena, 'attnRowStats', heads * qm.rows * 8);
+    }
     const units = heads * Math.ceil(qm.rows / this.kernels.prefillRowsPerUnit);
     this.pool.run(c.arena, 'attn_prefill', units, this.grain(units, 16),
-      [qm.ptr, qm.ld, o.ptr, o.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, scratch]);
+      [qm.ptr, qm.ld, o.ptr, o.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, ml, scratch]);
+    if (w && so) {
+      const ws = this.workspace(c.arena, 'attnColsum', heads * Math.max(1, keys.count) * 4);
+      this.pool.run(c.arena, 'attn_colsum', heads, 1,
+        [qm.ptr, qm.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, ml, w.ptr, ws]);
+      this.pool.run(c.arena, 'attn_colsum_merge', keys.count, this.grain(keys.count, 2), [ws, so.ptr, heads, keys.count]);
+    }
   }
 
   private decode(o: WMatrix, q: WMatrix, c: WKVCache, table: number, heads: number, nKeys: number, idx: number, idxStride: number, scale: number, scratch: number): void {
