@@ -14,7 +14,7 @@ import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightError, WeightLoader } from '../src/model/weights.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { LlavaModel } from '../src/model/llava.js';
-import { ClipVisionTower } from '../src/model/clip.js';
+import { ClipVisionTower, SalienceRequest } from '../src/model/clip.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
 import { fixture, tempDir } from './helpers.js';
@@ -116,6 +116,18 @@ describe('model parity with the transformers goldens', () => {
     let seen = 0;
     full.encode(px, (i, x) => { close(`vision hidden state ${i}`, be.read(x), vhs.subarray(i * T * Dv, (i + 1) * T * Dv)); seen++; });
     assert.equal(seen, 4);
+    // Query-agnostic salience from the tower's own attention, against the head-mean attention
+    // goldens: the CLS row and the column mean, at the last layer and at the layer LLaVA feeds its
+    // projector from (the default: the last layer that tower runs). Patches are columns 1..64.
+    const towerM2 = ClipVisionTower.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 2);
+    for (const [tower, name, layer] of [[full, 'last', undefined], [full, 'layer_m2', 1], [towerM2, 'layer_m2', undefined]] as const) {
+      for (const [rows, golden] of [['cls', 'cls'], ['mean', 'colmean']] as const) {
+        const req: SalienceRequest = { rows, layer };
+        tower.encode(px, undefined, req);
+        close(`${golden}_salience_${name} (layer ${layer ?? "default"})`, req.result!.subarray(1), readTensorF32(g, `vision.${golden}_salience_${name}`), 1e-4);
+      }
+    }
+    assert.throws(() => towerM2.encode(px, undefined, { rows: 'cls', layer: 2 }), /vision tower: salience layer 2 is outside the 2 layers this tower runs/);
     const sel = m.selectedFeatures(px);
     close('image_features_selected', be.read(sel), readTensorF32(g, 'image_features_selected'));
     const feats = m.project(sel);

@@ -15,6 +15,21 @@ interface ClipLayer {
   fc2: LinearWeight; fc2Bias: ParamVector;
 }
 
+/**
+ * Query-agnostic salience of the tower's tokens, measured from one encoder layer's own attention
+ * (SparseVILA's prefill ranking): `rows: 'cls'` is the head-averaged attention the class token pays
+ * to each token, `rows: 'mean'` the head-averaged attention each token receives, averaged over all
+ * query rows (the column mean; for towers without a summary token). encode() fills `result`
+ * (length tokens, row 0 the class token). The default layer is the last one the tower runs: the
+ * one whose output feeds the projector.
+ */
+export interface SalienceRequest {
+  rows: 'cls' | 'mean';
+  /** Encoder layer (0-based) whose attention is measured; default the last layer loaded. */
+  layer?: number;
+  result?: Float32Array;
+}
+
 export class ClipVisionTower {
   readonly grid: number;
   /** Tokens out of the tower: the class token and one per patch. */
@@ -85,9 +100,10 @@ export class ClipVisionTower {
   /**
    * Encodes one image, pixel values [channels][imageSize][imageSize] (channel-major), and returns
    * the hidden state the tower was loaded up to, [tokens][hidden] (row 0 is the class token).
-   * The matrix is reused by the next call.
+   * The matrix is reused by the next call. With `salience`, also measures token salience at the
+   * requested layer (see SalienceRequest) into `salience.result`.
    */
-  encode(pixels: Float32Array, onHidden?: (index: number, x: Matrix) => void): Matrix {
+  encode(pixels: Float32Array, onHidden?: (index: number, x: Matrix) => void, salience?: SalienceRequest): Matrix {
     const be = this.backend, c = this.config, ws = this.ws;
     const S = c.imageSize, P = c.patchSize, C = c.numChannels, G = this.grid, D = c.hiddenSize, T = this.tokens;
     if (pixels.length !== C * S * S) throw new Error(`vision tower: expected ${C}x${S}x${S} pixel values, got ${pixels.length}`);
@@ -117,12 +133,24 @@ export class ClipVisionTower {
     const h = ws.matrix('h', T, D), qkv = ws.matrix('qkv', T, 3 * D), att = ws.matrix('att', T, D);
     const o = ws.matrix('o', T, D), f = ws.matrix('f', T, I);
     const q = qkv.view(0, T, 0, D), k = qkv.view(0, T, D, D), v = qkv.view(0, T, 2 * D, D);
+    const salLayer = salience?.layer ?? this.layers.length - 1;
+    if (salience && (!Number.isInteger(salLayer) || salLayer < 0 || salLayer >= this.layers.length)) {
+      throw new Error(`vision tower: salience layer ${salLayer} is outside the ${this.layers.length} layers this tower runs`);
+    }
     for (let l = 0; l < this.layers.length; l++) {
       const L = this.layers[l];
       be.layerNorm(h, x, L.ln1w, L.ln1b, c.layerNormEps);
       be.matmul(qkv, h, L.qkv, L.qkvBias);
       be.kvWrite(this.cache, 0, k, v, 0);
-      be.attention(att, q, this.cache, 0, { heads: H, qSlot0: 0, causal: false, scale: 1 / Math.sqrt(hd), keys: { count: T } });
+      const opts = { heads: H, qSlot0: 0, causal: false, scale: 1 / Math.sqrt(hd), keys: { count: T } };
+      if (salience && l === salLayer) {
+        const w = ws.matrix('salienceWeights', 1, T), out = ws.matrix('salience', 1, T);
+        be.write(w, salience.rows === 'cls' ? Float32Array.from({ length: T }, (_, i) => (i === 0 ? 1 : 0)) : new Float32Array(T).fill(1 / T));
+        be.attention(att, q, this.cache, 0, { ...opts, salience: { rowWeights: w, out } });
+        salience.result = be.read(out);
+      } else {
+        be.attention(att, q, this.cache, 0, opts);
+      }
       be.matmul(o, att, L.o, L.oBias);
       be.add(x, x, o);
       be.layerNorm(h, x, L.ln2w, L.ln2b, c.layerNormEps);
