@@ -55,6 +55,16 @@ describe('sparsevila CLI', () => {
     assert.ok(j.text.length > 0 && j.prefillTokensPerSecond > 0 && j.decodeTokensPerSecond > 0 && j.peakMemoryBytes > 0);
   });
 
+  it('run --prefill-sparsity 0.75 keeps a quarter of the visual tokens; a value outside [0, 1) is refused', () => {
+    const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '4', '--prefill-sparsity', '0.75', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as { ids: number[]; promptTokens: number; imageTokens: number; visualTokensIn: number };
+    assert.deepEqual([j.promptTokens, j.imageTokens, j.visualTokensIn, j.ids.length], [82 - 48, 16, 64, 4]);
+    const bad = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--prefill-sparsity', '1');
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /--prefill-sparsity.*expected a number in \[0, 1\)/);
+  });
+
   it('run streams the answer, then the timings', () => {
     const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '12');
     assert.equal(r.status, 0, r.stderr);

@@ -26,6 +26,12 @@ const num = (v: string) => {
   return n;
 };
 
+const fraction = (v: string) => {
+  const n = Number(v);
+  if (!(n >= 0 && n < 1)) throw new InvalidArgumentError('expected a number in [0, 1)');
+  return n;
+};
+
 program
   .command('run')
   .description('answer a prompt about an image (streams the answer, then prints timings)')
@@ -37,6 +43,7 @@ program
   .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
   .option('--top-p <p>', 'sample among the most likely tokens up to probability p', num)
   .option('--seed <s>', 'sampling seed', int(0), 0)
+  .option('--prefill-sparsity <p>', 'SparseVILA prefill pruning: drop this fraction of each image\'s visual tokens, ranked by the vision tower\'s attention (0 = dense)', fraction, 0)
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .option('--json', 'print one JSON object (ids, text, timings) instead of streaming')
   .action(runCommand);

@@ -11,6 +11,7 @@ export interface RunOptions {
   topK?: number;
   topP?: number;
   seed: number;
+  prefillSparsity?: number;
   threads?: number;
   json?: boolean;
 }
@@ -39,6 +40,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       { images: o.image ?? [], prompt: o.prompt },
       {
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
+        prefillSparsity: o.prefillSparsity,
         onToken: o.json ? undefined : (text) => {
           if (first && showProgress) process.stderr.write('\x1b[2K');
           first = false;
@@ -50,13 +52,13 @@ export async function runCommand(o: RunOptions): Promise<void> {
     if (o.json) {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
-        promptTokens: s.promptTokens, imageTokens: s.imageTokens, newTokens: s.newTokens,
+        promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, newTokens: s.newTokens,
         imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
         decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,
       }));
     } else {
       process.stdout.write('\n');
-      console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image) | image ${s.imageMs.toFixed(0)} ms | ` +
+      console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
         `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
         `${s.decodeTokensPerSecond.toFixed(1)} tok/s | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
     }

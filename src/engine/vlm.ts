@@ -13,6 +13,8 @@ import { ClipImageProcessorConfig, RgbImage, clipPreprocess, decodeImage, loadCl
 import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { expandImageTokens } from '../io/prompt.js';
+import { prunedImageFeatures } from '../sparsity/prefill.js';
+import { keptCount } from '../sparsity/select.js';
 import { Sampler, SamplingOptions } from './sampling.js';
 
 export type ImageInput = string | Uint8Array | RgbImage;
@@ -46,11 +48,20 @@ export interface GenerateOptions extends SamplingOptions {
   eosTokenIds?: number[];
   /** Streams the text as it is generated: each call gets the new text and the token id. */
   onToken?: (text: string, id: number) => void;
+  /**
+   * SparseVILA prefill sparsity p in [0, 1): the fraction of each image's visual tokens dropped
+   * before the language model, ranked by the vision tower's own attention (query-agnostic).
+   * Default 0 (dense: every token, computed exactly as without this option).
+   */
+  prefillSparsity?: number;
 }
 
 export interface GenerationStats {
   promptTokens: number;
+  /** Visual tokens in the prompt (after prefill pruning). */
   imageTokens: number;
+  /** Visual tokens the images gave before prefill pruning. */
+  visualTokensIn: number;
   /** Decoding, preprocessing and encoding the images (vision tower + projector). */
   imageMs: number;
   /** The language model over the whole prompt, up to the first token's logits. */
@@ -165,12 +176,12 @@ export class VisionLanguageModel {
   }
 
   /** Token ids of a request, image placeholders expanded to one id per image feature row. */
-  promptIds(req: GenerateRequest): number[] {
+  promptIds(req: GenerateRequest, perImage = this.llava?.imageTokens ?? 0): number[] {
     if (req.inputIds) return req.inputIds;
     if (!this.tokenizer) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
     let text = this.promptText(req);
     const n = req.images?.length ?? 0;
-    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), new Array<number>(n).fill(this.llava.imageTokens));
+    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), new Array<number>(n).fill(perImage));
     else if (n > 0) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
     return this.tokenizer.encode(text);
   }
@@ -183,11 +194,11 @@ export class VisionLanguageModel {
   }
 
   /** Projected features of each image, kept until the next call. */
-  private encodeImages(pixels: Float32Array[]): Matrix[] {
+  private encodeImages(pixels: Float32Array[], prefillSparsity: number): Matrix[] {
     const llava = this.llava!;
     for (const m of this.imageMatrices) this.backend.free(m);
     this.imageMatrices = pixels.map((px) => {
-      const f = llava.imageFeatures(px);
+      const f = prunedImageFeatures(llava, px, prefillSparsity).features;
       const keep = this.backend.matrix(f.rows, f.cols, f.place);
       this.backend.copy(keep, f);
       return keep;
@@ -198,14 +209,17 @@ export class VisionLanguageModel {
   async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {
     const t0 = now();
     const images = req.images ?? [];
+    const p = opts.prefillSparsity ?? 0;
+    if (!(p >= 0 && p < 1)) throw new GenerationError(`prefill sparsity ${p} must be in [0, 1)`);
     const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
-    const ids = this.promptIds(req);
+    const perImage = this.llava ? keptCount(this.llava.imageTokens, p) : 0;
+    const ids = this.promptIds(req, perImage);
     const S = ids.length;
     if (S === 0) throw new GenerationError('the prompt is empty');
     if (S >= this.contextWindow) {
       throw new GenerationError(`the prompt has ${S} tokens, but the model's context window is ${this.contextWindow} tokens (max_position_embeddings in ${path.join(this.dir, 'config.json')})`);
     }
-    const features = this.llava ? this.encodeImages(pixels) : [];
+    const features = this.llava ? this.encodeImages(pixels, p) : [];
     const t1 = now();
     const H = this.text.hiddenSize;
     const x = this.ws.matrix('prompt', S, H);
@@ -213,13 +227,14 @@ export class VisionLanguageModel {
     else this.decoder.embed(x, ids);
     const cache = this.decoder.newCache();
     try {
-      return this.decodeLoop(x, ids, cache, opts, t0, t1, features.reduce((a, f) => a + f.rows, 0));
+      const visualIn = this.llava ? this.llava.imageTokens * features.length : 0;
+      return this.decodeLoop(x, ids, cache, opts, t0, t1, features.reduce((a, f) => a + f.rows, 0), visualIn);
     } finally {
       this.decoder.freeCache(cache);
     }
   }
 
-  private decodeLoop(x: Matrix, ids: number[], cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number): GenerationResult {
+  private decodeLoop(x: Matrix, ids: number[], cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number): GenerationResult {
     const S = ids.length, maxNew = opts.maxNewTokens ?? 256;
     if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${opts.maxNewTokens}`);
     const sampler = new Sampler(opts);
@@ -271,6 +286,7 @@ export class VisionLanguageModel {
       stats: {
         promptTokens: S,
         imageTokens,
+        visualTokensIn,
         imageMs: t1 - t0,
         prefillMs: t2 - t1,
         prefillTokensPerSecond: S / ((t2 - t1) / 1000),

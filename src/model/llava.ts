@@ -3,7 +3,7 @@
 import { Activation, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
 import { LlavaConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
-import { ClipVisionTower } from './clip.js';
+import { ClipVisionTower, SalienceRequest } from './clip.js';
 import { LlamaDecoder, PlacementOptions } from './llama.js';
 import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
@@ -67,6 +67,30 @@ export class LlavaModel {
   /** Image features for the prompt: encode + select + project. Reused by the next call. */
   imageFeatures(pixels: Float32Array): Matrix {
     return this.project(this.selectedFeatures(pixels));
+  }
+
+  /**
+   * The selected vision features with their query-agnostic salience (one score per row): the
+   * attention the class token pays to each token at the layer that feeds the projector, measured
+   * inside that layer's attention (see SalienceRequest). Reused by the next call.
+   */
+  salientFeatures(pixels: Float32Array): { features: Matrix; salience: Float32Array } {
+    const req: SalienceRequest = { rows: 'cls' };
+    const hs = this.vision.encode(pixels, undefined, req);
+    if (this.config.visionFeatureSelectStrategy === 'default') return { features: hs.view(1, hs.rows - 1), salience: req.result!.subarray(1) };
+    return { features: hs, salience: req.result! };
+  }
+
+  /** Rows `rows` (ascending) of m, gathered into a matrix reused by the next call. */
+  gatherRows(m: Matrix, rows: readonly number[]): Matrix {
+    const g = this.ws.matrix('gathered', rows.length, m.cols);
+    for (let i = 0; i < rows.length;) {
+      let run = 1;
+      while (i + run < rows.length && rows[i + run] === rows[i] + run) run++;
+      this.backend.copy(g.view(i, run), m.view(rows[i], run));
+      i += run;
+    }
+    return g;
   }
 
   /**
