@@ -34,11 +34,16 @@ export const ATTN_MAX_QUERIES: i32 = 64;
 export function kv_write(tid: i32, begin: i32, end: i32, k: usize, ldk: i32, v: usize, ldv: i32, pages: usize, logB: i32, kvHeads: i32, D: i32, pos0: i32): void {
   const vOff: usize = (<usize>kvHeads << <usize>logB) * <usize>D * 4;
   const rowBytes = <usize>D * 4;
+  // Rows are copied with SIMD loads and stores: memory.copy is a call into the runtime, which
+  // costs more than copying a row of a few hundred bytes.
   for (let r = begin; r < end; r++) {
     for (let h = 0; h < kvHeads; h++) {
       const dst = kRow(pages, logB, h, D, pos0 + r);
-      memory.copy(dst, k + (<usize>r * <usize>ldk + <usize>h * <usize>D) * 4, rowBytes);
-      memory.copy(dst + vOff, v + (<usize>r * <usize>ldv + <usize>h * <usize>D) * 4, rowBytes);
+      const ks = k + (<usize>r * <usize>ldk + <usize>h * <usize>D) * 4, vs = v + (<usize>r * <usize>ldv + <usize>h * <usize>D) * 4;
+      for (let d: usize = 0; d < rowBytes; d += 16) {
+        v128.store(dst + d, v128.load(ks + d));
+        v128.store(dst + vOff + d, v128.load(vs + d));
+      }
     }
   }
 }
