@@ -552,3 +552,63 @@ export function attn_colsum_merge(tid: i32, begin: i32, end: i32, ws: usize, out
     store<f32>(out + <usize>j * 4, acc * inv);
   }
 }
+
+/** Most keys `attn_keyscore` scores in one call (their scores live in the thread's scratch). */
+export const KEYSCORE_MAX_KEYS: i32 = SCRATCH_BYTES / 4;
+
+/**
+ * Query-aware key scores (SparseVILA's decode retrieval): for KV head kvh, out[kvh][j] = the mean
+ * over the group's query heads h of sum_r P_h[r, j], where P_h[r, .] is query row r's softmax over
+ * the listed keys only (cache slots keys[0..nKeys)). q holds the nq question rows [nq][heads * D]
+ * (after RoPE). Per row: scores into scratch, their max, exp and sum, then the normalised
+ * probabilities added into out; no rows x keys matrix. Units: KV heads.
+ */
+export function attn_keyscore(tid: i32, begin: i32, end: i32, q: usize, ldq: i32, nq: i32, pages: usize, logB: i32, kvHeads: i32, D: i32,
+  heads: i32, keys: usize, nKeys: i32, scale: f32, out: usize, scratch: usize): void {
+  const s = scratch + <usize>tid * <usize>SCRATCH_BYTES;
+  const group = heads / kvHeads;
+  const rowBytes = <usize>D * 4;
+  const rb8 = rowBytes & ~31;
+  const n4 = nKeys & ~3;
+  for (let kvh = begin; kvh < end; kvh++) {
+    const col = out + <usize>kvh * <usize>nKeys * 4;
+    memory.fill(col, 0, <usize>nKeys * 4);
+    for (let hh = 0; hh < group; hh++) {
+      const h = kvh * group + hh;
+      for (let r = 0; r < nq; r++) {
+        const qr = q + (<usize>r * <usize>ldq + <usize>h * <usize>D) * 4;
+        for (let j = 0; j < nKeys; j++) {
+          const k = kRow(pages, logB, kvh, D, load<i32>(keys + <usize>j * 4));
+          let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+          let d: usize = 0;
+          for (; d < rb8; d += 32) {
+            a0 = fma(v128.load(qr + d), v128.load(k + d), a0);
+            a1 = fma(v128.load(qr + d, 16), v128.load(k + d, 16), a1);
+          }
+          if (d < rowBytes) a0 = fma(v128.load(qr + d), v128.load(k + d), a0);
+          store<f32>(s + <usize>j * 4, hsum(f32x4.add(a0, a1)) * scale);
+        }
+        let vm = f32x4.splat(NEG);
+        for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(s + <usize>j * 4));
+        let m = hmax(vm);
+        for (let j = n4; j < nKeys; j++) m = max(m, load<f32>(s + <usize>j * 4));
+        const mv = f32x4.splat(m);
+        let vsum = f32x4.splat(0);
+        for (let j = 0; j < n4; j += 4) {
+          const e = expV(f32x4.sub(v128.load(s + <usize>j * 4), mv));
+          v128.store(s + <usize>j * 4, e);
+          vsum = f32x4.add(vsum, e);
+        }
+        let l = hsum(vsum);
+        for (let j = n4; j < nKeys; j++) {
+          const e = expS(load<f32>(s + <usize>j * 4) - m);
+          store<f32>(s + <usize>j * 4, e);
+          l += e;
+        }
+        const c = f32x4.splat(<f32>1.0 / (l * <f32>group));
+        for (let j = 0; j < n4; j += 4) v128.store(col + <usize>j * 4, fma(v128.load(s + <usize>j * 4), c, v128.load(col + <usize>j * 4)));
+        for (let j = n4; j < nKeys; j++) store<f32>(col + <usize>j * 4, load<f32>(col + <usize>j * 4) + load<f32>(s + <usize>j * 4) / (l * <f32>group));
+      }
+    }
+  }
+}

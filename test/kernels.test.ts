@@ -908,6 +908,47 @@ describe('attention', () => {
     assert.throws(() => be.attention(out, qm, cache, 0, { ...opts, salience: { rowWeights: s.matrix(1, 2), out: s.matrix(1, 5) } }), /salience output is 1x5, expected 1x2/);
   }));
 
+  eachConfig('key scores for decode retrieval: per KV group, softmax over the listed keys only, summed over rows', (be) => scoped(be, (s) => {
+    const CASES = [
+      { heads: 9, kvHeads: 3, D: 64, len: 300, nq: 7, n: 257 },
+      { heads: 4, kvHeads: 4, D: 20, len: 90, nq: 1, n: 5 },
+      { heads: 6, kvHeads: 1, D: 12, len: 70, nq: 13, n: 70 },
+    ];
+    for (const c of CASES) {
+      const rng = new Rng(seed('keyscore', c.heads, c.D));
+      const { cache, shadows } = filledCache(s, c.kvHeads, c.D, 16, c.len, rng, 2, 3);
+      const keys = rng.subset(c.len, c.n);
+      const q = rng.f32(c.nq * c.heads * c.D, -2, 2);
+      const out = s.matrix(c.kvHeads, c.n);
+      const scale = 1 / Math.sqrt(c.D);
+      be.keyScores(out, s.matrix(c.nq, c.heads * c.D, q), cache, 1, { heads: c.heads, scale, keys: s.ints(keys) });
+      const want = ref.keyScores(q, c.nq, c.heads, c.kvHeads, c.D, shadows[1], keys, scale);
+      check('attention/keyscores', `${c.heads}/${c.kvHeads} D ${c.D}, ${c.nq} rows over ${c.n} keys`, be.read(out), want, () => 2e-6 * c.nq);
+      for (let g = 0; g < c.kvHeads; g++) {
+        const sum = want.subarray(g * c.n, (g + 1) * c.n).reduce((a, b) => a + b, 0);
+        assert.ok(Math.abs(sum - c.nq) < 1e-9, 'reference scores of a group sum to the number of rows');
+      }
+    }
+    const { cache } = filledCache(s, 2, 8, 16, 10, new Rng(2), 1);
+    assert.throws(() => be.keyScores(s.matrix(2, 3), s.matrix(1, 16), cache, 0, { heads: 2, scale: 1, keys: s.ints([0, 4, 10]) }), /keyScores: key 10 at 2 is outside the cache \[0, 10\)/);
+    assert.throws(() => be.keyScores(s.matrix(3, 3), s.matrix(1, 16), cache, 0, { heads: 2, scale: 1, keys: s.ints([0, 4, 9]) }), /keyScores: out is 3x3, expected a whole 2x3 matrix/);
+  }));
+
+  eachConfig('per-KV-head key lists at a stride equal the same lists packed', (be) => scoped(be, (s) => {
+    const heads = 6, kvHeads = 3, D = 16, len = 200, count = 37, stride = 50;
+    const rng = new Rng(seed('stride'));
+    const { cache } = filledCache(s, kvHeads, D, 16, len, rng, 1);
+    const lists = Array.from({ length: kvHeads }, () => rng.subset(len, count));
+    const spaced = new Array<number>((kvHeads - 1) * stride + count).fill(-1);
+    lists.forEach((l, g) => l.forEach((v, i) => { spaced[g * stride + i] = v; }));
+    const q = s.matrix(1, heads * D, rng.f32(heads * D, -2, 2)), a = s.matrix(1, heads * D), b = s.matrix(1, heads * D);
+    const opts = { heads, qSlot0: len - 1, causal: false, scale: 0.25 };
+    be.attention(a, q, cache, 0, { ...opts, keys: { count, indices: s.ints(lists.flat()), perKvHead: true } });
+    be.attention(b, q, cache, 0, { ...opts, keys: { count, indices: s.ints(spaced), perKvHead: true, stride } });
+    assert.deepEqual(be.read(b), be.read(a));
+    assert.throws(() => be.attention(b, q, cache, 0, { ...opts, keys: { count, indices: s.ints(spaced), perKvHead: true, stride: 30 } }), /key list stride 30 is less than the count 37/);
+  }));
+
   eachConfig('decode with key indices: shared by all heads and per KV head', (be) => scoped(be, (s) => {
     for (const c of DECODE_CACHES) {
       const rng = new Rng(seed('indexed', c.heads, c.kvHeads));

@@ -216,6 +216,33 @@ export function keySalience(q: ArrayLike<number>, nq: number, heads: number, kvH
   return out;
 }
 
+/**
+ * Query-aware key scores (float64): out[g][j] = mean over KV group g's query heads h of
+ * sum_r softmax_j(scale * q_{r,h} . k_{keys[j]}) over the listed keys.
+ */
+export function keyScores(q: ArrayLike<number>, nq: number, heads: number, kvHeads: number, D: number, kv: KVSource,
+  keys: readonly number[], scale: number): Float64Array {
+  const n = keys.length, group = heads / kvHeads;
+  const out = new Float64Array(kvHeads * n);
+  for (let h = 0; h < heads; h++) {
+    const g = Math.floor(h / group);
+    for (let r = 0; r < nq; r++) {
+      const qo = r * heads * D + h * D;
+      const sc = keys.map((slot) => {
+        const k = kv.k(slot, g);
+        let d = 0;
+        for (let i = 0; i < D; i++) d += q[qo + i] * k[i];
+        return d * scale;
+      });
+      const m = Math.max(...sc);
+      const e = sc.map((x) => Math.exp(x - m));
+      const l = e.reduce((a, b) => a + b, 0);
+      for (let j = 0; j < n; j++) out[g * n + j] += e[j] / l / group;
+    }
+  }
+  return out;
+}
+
 export function denseKeys(count: number, causal: boolean, qSlot0: number): (row: number) => number[] {
   return (row) => {
     const n = causal ? Math.min(count, qSlot0 + row + 1) : count;

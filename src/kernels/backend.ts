@@ -77,6 +77,21 @@ export interface AttentionKeys {
    */
   indices?: IntVector;
   perKvHead?: boolean;
+  /**
+   * With perKvHead: entries from one KV head's list to the next (default `count`). A larger stride
+   * lets lists grow in place (a decode step appends one slot to each) without rewriting them.
+   */
+  stride?: number;
+}
+
+/** Options of KernelBackend.keyScores. */
+export interface KeyScoreOptions {
+  /** Number of query heads (q.cols = heads * headDim). */
+  heads: number;
+  /** Softmax scale, usually 1 / sqrt(headDim). */
+  scale: number;
+  /** The cache slots scored (e.g. the visual tokens), in any order. */
+  keys: IntVector;
 }
 
 export interface AttentionOptions {
@@ -177,4 +192,10 @@ export interface KernelBackend {
   /** Drops slots past `length` (their blocks are returned). */
   kvTruncate(cache: KVCache, length: number): void;
   attention(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: AttentionOptions): void;
+  /**
+   * Query-aware key scores (SparseVILA's decode retrieval): out [kvHeads][keys.length], out[g][j]
+   * = the mean over KV group g's query heads h of sum_r P_h[r, j], P_h[r, .] being query row r's
+   * softmax over the given keys only. q: the question's rows [n][heads * headDim] after RoPE.
+   */
+  keyScores(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: KeyScoreOptions): void;
 }

@@ -5,7 +5,7 @@ import { KernelModule, SimdLevel, loadKernelModule } from '../runtime/kernel-mod
 import { hardwareThreads } from '../runtime/platform.js';
 import { ThreadPool } from '../runtime/pool.js';
 import {
-  Activation, AttentionOptions, EmbeddingTable, IntVector, KVCache, KernelBackend, LinearWeight, Matrix,
+  Activation, AttentionOptions, KeyScoreOptions, EmbeddingTable, IntVector, KVCache, KernelBackend, LinearWeight, Matrix,
   ParamVector, RopeTable, WEIGHT_DTYPE_BYTES, WeightDType,
 } from './backend.js';
 
@@ -494,12 +494,21 @@ export class WasmBackend implements KernelBackend {
       const idx = asInts(keys.indices);
       sameArena('attention', idx.arena, c.arena);
       const lists = keys.perKvHead ? c.kvHeads : 1;
-      if (idx.length !== lists * keys.count) throw new BackendError(`attention: ${idx.length} key indices, expected ${lists} x ${keys.count}`);
-      const iv = idx.arena.i32.subarray(idx.ptr / 4, idx.ptr / 4 + idx.length);
-      for (let i = 0; i < iv.length; i++) {
-        if (iv[i] < 0 || iv[i] >= c.length) throw new BackendError(`attention: key index ${iv[i]} at ${i} is outside the cache [0, ${c.length})`);
+      const stride = keys.perKvHead ? keys.stride ?? keys.count : keys.count;
+      if (!Number.isInteger(stride) || stride < keys.count) throw new BackendError(`attention: key list stride ${stride} is less than the count ${keys.count}`);
+      const need = lists === 1 ? keys.count : (lists - 1) * stride + keys.count;
+      if (idx.length < need || (keys.stride === undefined && idx.length !== lists * keys.count)) {
+        throw new BackendError(`attention: ${idx.length} key indices, expected ${lists} x ${keys.count}${keys.stride !== undefined ? ` at stride ${stride}` : ''}`);
       }
-      this.decode(o, qm, c, table, heads, keys.count, idx.ptr, keys.perKvHead ? keys.count : 0, scale, scratch);
+      const iv = idx.arena.i32;
+      for (let li = 0; li < lists; li++) {
+        const base = idx.ptr / 4 + li * stride;
+        for (let i = 0; i < keys.count; i++) {
+          const v = iv[base + i];
+          if (v < 0 || v >= c.length) throw new BackendError(`attention: key index ${v} at ${li * stride + i} is outside the cache [0, ${c.length})`);
+        }
+      }
+      this.decode(o, qm, c, table, heads, keys.count, idx.ptr, keys.perKvHead ? stride : 0, scale, scratch);
       return;
     }
     if (keys.count > c.length) throw new BackendError(`attention: ${keys.count} keys but the cache holds ${c.length}`);
@@ -524,6 +533,26 @@ export class WasmBackend implements KernelBackend {
         [qm.ptr, qm.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, ml, w.ptr, ws]);
       this.pool.run(c.arena, 'attn_colsum_merge', keys.count, this.grain(keys.count, 2), [ws, so.ptr, heads, keys.count]);
     }
+  }
+
+  keyScores(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: KeyScoreOptions): void {
+    const o = asMatrix(out), qm = asMatrix(q), c = asCache(cache), keys = asInts(opts.keys);
+    const { heads, scale } = opts;
+    const D = c.headDim, n = keys.length;
+    sameArena('keyScores', o.arena, qm.arena, c.arena, keys.arena);
+    if (layer < 0 || layer >= c.layers) throw new BackendError(`keyScores: layer ${layer} outside [0, ${c.layers})`);
+    if (heads % c.kvHeads !== 0) throw new BackendError(`keyScores: ${heads} query heads are not a multiple of ${c.kvHeads} KV heads`);
+    if (qm.cols !== heads * D) throw new BackendError(`keyScores: q is ${qm.rows}x${qm.cols}, expected n x ${heads * D}`);
+    if (o.rows !== c.kvHeads || o.cols !== n || o.ld !== n) throw new BackendError(`keyScores: out is ${o.rows}x${o.cols}, expected a whole ${c.kvHeads}x${n} matrix`);
+    if (n > this.kernels.maxScoredKeys) throw new BackendError(`keyScores: ${n} keys, at most ${this.kernels.maxScoredKeys} per call`);
+    const iv = keys.arena.i32;
+    for (let i = 0; i < n; i++) {
+      const v = iv[keys.ptr / 4 + i];
+      if (v < 0 || v >= c.length) throw new BackendError(`keyScores: key ${v} at ${i} is outside the cache [0, ${c.length})`);
+    }
+    if (n === 0 || qm.rows === 0) { if (n > 0) o.arena.f32.fill(0, o.ptr / 4, o.ptr / 4 + c.kvHeads * n); return; }
+    this.pool.run(c.arena, 'attn_keyscore', c.kvHeads, 1,
+      [qm.ptr, qm.ld, qm.rows, c.pageTables[layer], c.logB, c.kvHeads, D, heads, keys.ptr, n, scale, o.ptr, this.scratch.get(c.arena)!]);
   }
 
   private decode(o: WMatrix, q: WMatrix, c: WKVCache, table: number, heads: number, nKeys: number, idx: number, idxStride: number, scale: number, scratch: number): void {

@@ -15,6 +15,8 @@ export interface KernelModule {
   readonly prefillRowsPerUnit: number;
   /** Largest GQA group attn_decode handles (ATTN_MAX_QUERIES in assembly/attention.ts). */
   readonly maxGroup: number;
+  /** Most keys attn_keyscore takes in one call (KEYSCORE_MAX_KEYS in assembly/attention.ts). */
+  readonly maxScoredKeys: number;
 }
 
 const cache = new Map<SimdLevel, Promise<KernelModule>>();
@@ -49,7 +51,7 @@ async function compile(level: SimdLevel): Promise<KernelModule> {
   const mem = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
   const inst = await WebAssembly.instantiate(module, { env: { memory: mem, abort: () => {} } });
   const constant = (name: string) => (inst.exports[name] as WebAssembly.Global).value as number;
-  return { module, level, kernelNames, scratchBytes: constant('SCRATCH_BYTES'), prefillRowsPerUnit: constant('ATTN_PREFILL_ROWS'), maxGroup: constant('ATTN_MAX_QUERIES') };
+  return { module, level, kernelNames, scratchBytes: constant('SCRATCH_BYTES'), prefillRowsPerUnit: constant('ATTN_PREFILL_ROWS'), maxGroup: constant('ATTN_MAX_QUERIES'), maxScoredKeys: constant('KEYSCORE_MAX_KEYS') };
 }
 
 /** A one-function module using f32x4.relaxed_madd: validates only where relaxed SIMD compiles. */
