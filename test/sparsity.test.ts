@@ -12,6 +12,8 @@ import { LlavaModel } from '../src/model/llava.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { prunedImageFeatures } from '../src/sparsity/prefill.js';
 import { keptCount, topKInOrder } from '../src/sparsity/select.js';
+import { DecodeRetrieval } from '../src/sparsity/retrieval.js';
+import { readTensorInt } from '../src/formats/safetensors.js';
 import { fixture } from './helpers.js';
 
 describe('token selection', () => {
@@ -70,6 +72,67 @@ describe('prefill pruning on llava-tiny', () => {
     assert.equal(half.stats.promptTokens, dense.stats.promptTokens - 32);
     assert.equal(half.ids.length, 8);
     await assert.rejects(model.generate(req, { prefillSparsity: 1 }), /prefill sparsity 1 must be in \[0, 1\)/);
+    await model.close();
+  });
+});
+
+describe('decode retrieval on llava-tiny', () => {
+  let be: WasmBackend;
+  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  after(async () => { await be.close(); });
+  const dir = fixture('llava-tiny');
+
+  it('scores the visual tokens by the question\'s attention (softmax over visual keys, GQA group mean), against the per-head attention goldens', async () => {
+    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const cfg = loadConfig(dir) as LlavaConfig;
+    const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
+    const dec = m.language;
+    const ids = readTensorInt(g, 'input_ids'), S = ids.length;
+    const visual = Array.from(ids).flatMap((t, i) => (t === cfg.imageTokenIndex ? [i] : []));
+    assert.equal(visual.length, 64);
+    const x = be.matrix(S, cfg.text.hiddenSize);
+    be.write(x, readTensorF32(g, 'llm.inputs_embeds'));
+    const cache = dec.newCache();
+    // The question is the last row, whose per-head attention the goldens hold.
+    const r = new DecodeRetrieval(dec, visual, 0.75, S - 1, 4);
+    dec.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i), r.prefillOptions(0, S));
+    const att = readTensorF32(g, 'llm.last_token_attention'); // [layer][head][key]
+    const heads = cfg.text.numAttentionHeads, kvHeads = cfg.text.numKeyValueHeads, group = heads / kvHeads, n = visual.length;
+    for (let l = 0; l < cfg.text.numHiddenLayers; l++) {
+      const want = new Float64Array(kvHeads * n);
+      for (let h = 0; h < heads; h++) {
+        const row = att.subarray((l * heads + h) * S, (l * heads + h + 1) * S);
+        const mass = visual.reduce((a, j) => a + row[j], 0);
+        visual.forEach((j, i) => { want[Math.floor(h / group) * n + i] += row[j] / mass / group; });
+      }
+      const got = r.visualScores[l];
+      let d = 0;
+      for (let i = 0; i < want.length; i++) d = Math.max(d, Math.abs(got[i] - want[i]));
+      assert.ok(d < 1e-5, `layer ${l}: visual scores differ from the goldens by ${d}`);
+      for (let k = 0; k < kvHeads; k++) {
+        assert.deepEqual(Array.from(r.kept[l].subarray(k * 16, (k + 1) * 16)), topKInOrder(got.subarray(k * n, (k + 1) * n), 16).map((i) => visual[i]));
+      }
+    }
+    r.free(); dec.freeCache(cache); be.free(x);
+    ck.close(); g.close();
+  });
+
+  it('generate with decodeSparsity: keeping every visual token gives the dense tokens exactly; d = 0.75 attends to a quarter, the cache keeps all', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const req = { images: [path.join(dir, 'image.png')], prompt: 'What is shown in this image?' };
+    const dense = await model.generate(req, { maxNewTokens: 10, eosTokenIds: [] });
+    assert.equal(dense.stats.visualTokensRetrieved, 64);
+    // keptCount(64, 0.01) = 64: every decode step reads all slots through the index lists.
+    const all = await model.generate(req, { maxNewTokens: 10, eosTokenIds: [], decodeSparsity: 0.01 });
+    assert.equal(all.stats.visualTokensRetrieved, 64);
+    assert.deepEqual(all.ids, dense.ids);
+    const sparse = await model.generate(req, { maxNewTokens: 10, eosTokenIds: [], decodeSparsity: 0.75 });
+    assert.equal(sparse.stats.visualTokensRetrieved, 16);
+    assert.equal(sparse.stats.promptTokens, dense.stats.promptTokens);
+    assert.equal(sparse.ids.length, 10);
+    const both = await model.generate(req, { maxNewTokens: 6, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 });
+    assert.deepEqual([both.stats.imageTokens, both.stats.visualTokensRetrieved], [32, 8]);
+    await assert.rejects(model.generate(req, { decodeSparsity: 1 }), /decode sparsity 1 must be in \[0, 1\)/);
     await model.close();
   });
 });

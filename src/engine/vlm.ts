@@ -15,6 +15,7 @@ import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-templat
 import { expandImageTokens } from '../io/prompt.js';
 import { prunedImageFeatures } from '../sparsity/prefill.js';
 import { keptCount } from '../sparsity/select.js';
+import { DecodeRetrieval } from '../sparsity/retrieval.js';
 import { Sampler, SamplingOptions } from './sampling.js';
 
 export type ImageInput = string | Uint8Array | RgbImage;
@@ -54,6 +55,13 @@ export interface GenerateOptions extends SamplingOptions {
    * Default 0 (dense: every token, computed exactly as without this option).
    */
   prefillSparsity?: number;
+  /**
+   * SparseVILA decode sparsity d in [0, 1): after the prompt is prefilled, each layer keeps, per KV
+   * head, the top (1 - d) of the visual tokens by the attention the question (the prompt after the
+   * last image) pays to them; every decode step attends to those and to all other tokens. The
+   * cache keeps every visual token. Default 0 (dense decode).
+   */
+  decodeSparsity?: number;
 }
 
 export interface GenerationStats {
@@ -62,6 +70,8 @@ export interface GenerationStats {
   imageTokens: number;
   /** Visual tokens the images gave before prefill pruning. */
   visualTokensIn: number;
+  /** Visual tokens each decode step attends to per layer and KV head (all of them without decode sparsity). */
+  visualTokensRetrieved: number;
   /** Decoding, preprocessing and encoding the images (vision tower + projector). */
   imageMs: number;
   /** The language model over the whole prompt, up to the first token's logits. */
@@ -209,8 +219,9 @@ export class VisionLanguageModel {
   async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {
     const t0 = now();
     const images = req.images ?? [];
-    const p = opts.prefillSparsity ?? 0;
+    const p = opts.prefillSparsity ?? 0, d = opts.decodeSparsity ?? 0;
     if (!(p >= 0 && p < 1)) throw new GenerationError(`prefill sparsity ${p} must be in [0, 1)`);
+    if (!(d >= 0 && d < 1)) throw new GenerationError(`decode sparsity ${d} must be in [0, 1)`);
     const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
     const perImage = this.llava ? keptCount(this.llava.imageTokens, p) : 0;
     const ids = this.promptIds(req, perImage);
@@ -226,22 +237,32 @@ export class VisionLanguageModel {
     if (this.llava) this.llava.embedPrompt(x, ids, features);
     else this.decoder.embed(x, ids);
     const cache = this.decoder.newCache();
+    let retrieval: DecodeRetrieval | null = null;
     try {
       const visualIn = this.llava ? this.llava.imageTokens * features.length : 0;
-      return this.decodeLoop(x, ids, cache, opts, t0, t1, features.reduce((a, f) => a + f.rows, 0), visualIn);
+      if (d > 0 && this.llava) {
+        const imageId = this.llava.config.imageTokenIndex;
+        const visual = ids.flatMap((t, i) => (t === imageId ? [i] : []));
+        // The question: the prompt after the last image (its last token if the prompt ends there).
+        if (visual.length > 0) retrieval = new DecodeRetrieval(this.decoder, visual, d, Math.min(visual[visual.length - 1] + 1, S - 1), opts.maxNewTokens ?? 256);
+      }
+      return this.decodeLoop(x, ids, cache, opts, t0, t1, features.reduce((a, f) => a + f.rows, 0), visualIn, retrieval);
     } finally {
+      retrieval?.free();
       this.decoder.freeCache(cache);
     }
   }
 
-  private decodeLoop(x: Matrix, ids: number[], cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number): GenerationResult {
+  private decodeLoop(x: Matrix, ids: number[], cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
+    retrieval: DecodeRetrieval | null): GenerationResult {
     const S = ids.length, maxNew = opts.maxNewTokens ?? 256;
     if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${opts.maxNewTokens}`);
     const sampler = new Sampler(opts);
     const eos = new Set(opts.eosTokenIds ?? [...(this.tokenizer?.eosTokenIds ?? []), ...this.generationEos]);
     const stops = (opts.stop ?? []).filter((s) => s.length > 0);
     const stream = this.tokenizer?.createStreamDecoder({ skipSpecialTokens: true }) ?? null;
-    let logits = this.decoder.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i));
+    let logits = this.decoder.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i), retrieval?.prefillOptions(0, S));
+    const stepOptions = retrieval?.decodeOptions();
     const t2 = now();
     const out: number[] = [];
     let text = '', emitted = 0, finish: FinishReason = 'length';
@@ -271,7 +292,7 @@ export class VisionLanguageModel {
       const ts = now();
       this.decoder.embed(y, [tok]);
       const pos = S + out.length - 1;
-      logits = this.decoder.forward(y, cache, pos, [pos]);
+      logits = this.decoder.forward(y, cache, pos, [pos], stepOptions);
       decodeMs += now() - ts;
       decodeSteps++;
     }
@@ -287,6 +308,7 @@ export class VisionLanguageModel {
         promptTokens: S,
         imageTokens,
         visualTokensIn,
+        visualTokensRetrieved: retrieval ? retrieval.keep : imageTokens,
         imageMs: t1 - t0,
         prefillMs: t2 - t1,
         prefillTokensPerSecond: S / ((t2 - t1) / 1000),

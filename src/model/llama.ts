@@ -1,7 +1,7 @@
 // The Llama-family decoder (Llama, Qwen2): RMSNorm, rotary embedding, grouped-query attention
 // with a KV cache, SwiGLU MLP. Qwen2 differs only in its q/k/v biases (from the config).
 // Written against KernelBackend; q/k/v and gate/up projections are fused into one matmul each.
-import { Activation, EmbeddingTable, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector, RopeTable } from '../kernels/backend.js';
+import { Activation, AttentionKeys, EmbeddingTable, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector, RopeTable } from '../kernels/backend.js';
 import { LlamaLikeConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
@@ -33,6 +33,16 @@ export interface ForwardOptions {
   logitRows?: number[];
   /** When given, receives each layer's output (the residual stream) as it is computed. */
   onHidden?: (layer: number, x: Matrix) => void;
+  /**
+   * The keys a layer's attention reads, for one-row (decode) calls (default: every slot up to the
+   * row's own). This is how decode retrieval attends to a subset of the cache in place.
+   */
+  attentionKeys?: (layer: number, slot0: number) => AttentionKeys | undefined;
+  /**
+   * Called after each layer's attention with its query rows [n][heads * headDim] (after RoPE), the
+   * cache part holding the layer and the layer's index in it (e.g. to score keys by a question).
+   */
+  onQueries?: (layer: number, q: Matrix, part: KVCache, layerInPart: number) => void;
 }
 
 /** Options for placing a decoder in memory. */
@@ -94,6 +104,13 @@ export class LlamaDecoder {
 
   /** The memory place of the first layers (where inputs embeddings should be). */
   get place(): number { return this.stages[0].place; }
+
+  /** Where layer `layer` lives: its memory place, the index of its cache part, and its index there. */
+  layerPart(layer: number): { place: number; part: number; layerInPart: number } {
+    const si = this.stages.findIndex((st) => layer >= st.first && layer < st.first + st.layers.length);
+    if (si < 0) throw new RangeError(`layer ${layer} is outside the decoder's ${this.config.numHiddenLayers} layers`);
+    return { place: this.stages[si].place, part: si, layerInPart: layer - this.stages[si].first };
+  }
 
   /**
    * Loads the decoder. Layers fill the loader's current place up to the budget, then continue in
@@ -215,7 +232,9 @@ export class LlamaDecoder {
         // q and k are adjacent columns: one rotation over heads + kvHeads heads.
         be.rope(qk, this.heads + this.kvHeads, D, pos, st.rope);
         be.kvWrite(part, j, k, v, slot0);
-        be.attention(att, q, part, j, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: { count: slot0 + S } });
+        const keys = S === 1 ? opts.attentionKeys?.(st.first + j, slot0) : undefined;
+        be.attention(att, q, part, j, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: keys ?? { count: slot0 + S } });
+        opts.onQueries?.(st.first + j, q, part, j);
         be.matmul(o, att, L.o, L.oBias);
         be.addRmsNorm(h, xs, o, L.postNorm, c.rmsNormEps);
         be.matmul(gu, h, L.gateUp, L.gateUpBias);

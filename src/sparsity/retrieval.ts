@@ -1,0 +1,119 @@
+// SparseVILA's decode stage: query-aware retrieval of visual tokens from the KV cache.
+import { AttentionKeys, IntVector, KVCache, Matrix } from '../kernels/backend.js';
+import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
+import { keptCount, topKInOrder } from './select.js';
+
+/**
+ * Once per turn, while the turn's prompt is prefilled, every layer scores each cached visual token
+ * by the attention the question's rows pay to it (softmax over the visual keys only, summed over
+ * the question rows, averaged over the query heads of each KV group: the group votes for its own
+ * keys) and keeps the top keptCount(visual, d) per KV head. Every decode step of the turn then
+ * attends, per layer and KV head, to {its kept visual tokens} ∪ {every other slot: system text,
+ * earlier turns, the question, the tokens generated so far}, reading K/V rows in place. Nothing
+ * is removed from the cache: the next turn retrieves again.
+ *
+ * Usage: pass `prefillOptions()` to the forward pass that writes the question (its rows from
+ * `questionSlot0` on are the question), then `decodeOptions()` to each decode step.
+ */
+export class DecodeRetrieval {
+  readonly keep: number;
+  /** Per layer: the kept visual slots of each KV head, [kvHeads][keep] (after the prefill). */
+  readonly kept: Int32Array[] = [];
+  /** Per layer: the score of each visual token per KV head, [kvHeads][visualSlots.length]. */
+  readonly visualScores: Float32Array[] = [];
+  /** Per layer: the key lists the decode steps read, [kvHeads][stride], in the layer's place. */
+  private readonly lists: IntVector[] = [];
+  private readonly visualByPart = new Map<number, IntVector>();
+  private readonly scores = new Map<number, Matrix>();
+  private stride = 0;
+  /** Entries of each list that are valid before the first decode step (kept visual + other slots). */
+  private base = 0;
+  /** Cache slot of the first decode step. */
+  private firstStep = 0;
+
+  /**
+   * visualSlots: the cache slots holding visual tokens (ascending); d: decode sparsity in [0, 1);
+   * questionSlot0: the first slot of the turn's question (the rows scoring the visual tokens);
+   * maxSteps: most decode steps the turn may take (the lists are sized for them up front).
+   */
+  constructor(private readonly decoder: LlamaDecoder, readonly visualSlots: readonly number[],
+    readonly sparsity: number, readonly questionSlot0: number, private readonly maxSteps: number) {
+    this.keep = keptCount(visualSlots.length, sparsity);
+    for (let i = 1; i < visualSlots.length; i++) {
+      if (visualSlots[i] <= visualSlots[i - 1]) throw new RangeError('decode retrieval: visual slots must be ascending');
+    }
+  }
+
+  /** Options for the forward pass that prefills the question (rows at slots slot0..). */
+  prefillOptions(slot0: number, rows: number): ForwardOptions {
+    const end = slot0 + rows;
+    if (this.questionSlot0 < slot0 || this.questionSlot0 >= end) {
+      throw new RangeError(`decode retrieval: the question starts at slot ${this.questionSlot0}, outside the prefilled slots [${slot0}, ${end})`);
+    }
+    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, n = this.visualSlots.length;
+    const visual = new Set(this.visualSlots);
+    const others: number[] = [];
+    for (let t = 0; t < end; t++) if (!visual.has(t)) others.push(t);
+    this.firstStep = end;
+    this.base = this.keep + others.length;
+    this.stride = this.base + this.maxSteps;
+    const list = new Int32Array(kvHeads * this.stride);
+    return {
+      onQueries: (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
+        const { part: pi, place } = this.decoder.layerPart(layer);
+        let keys = this.visualByPart.get(pi), out = this.scores.get(pi);
+        if (!keys || !out) {
+          keys = be.ints(n, place);
+          be.writeInts(keys, this.visualSlots);
+          out = be.matrix(kvHeads, n, place);
+          this.visualByPart.set(pi, keys);
+          this.scores.set(pi, out);
+        }
+        const qRows = q.view(this.questionSlot0 - slot0, end - this.questionSlot0);
+        be.keyScores(out, qRows, part, layerInPart, { heads: this.decoder.heads, scale: 1 / Math.sqrt(this.decoder.headDim), keys });
+        const sc = be.read(out);
+        this.visualScores[layer] = sc;
+        const kept = new Int32Array(kvHeads * this.keep);
+        for (let g = 0; g < kvHeads; g++) {
+          const top = topKInOrder(sc.subarray(g * n, (g + 1) * n), this.keep);
+          // Kept visual slots merged with every other slot, ascending (cache order), then the
+          // slots the decode steps will write.
+          let a = 0, b = 0, o = g * this.stride;
+          while (a < top.length || b < others.length) {
+            const va = a < top.length ? this.visualSlots[top[a]] : Infinity, vb = b < others.length ? others[b] : Infinity;
+            if (va < vb) { list[o++] = va; kept[g * this.keep + a] = va; a++; } else { list[o++] = vb; b++; }
+          }
+          for (let s = 0; s < this.maxSteps; s++) list[o++] = end + s;
+        }
+        let lv = this.lists[layer];
+        if (!lv) { lv = be.ints(list.length, place); this.lists[layer] = lv; }
+        be.writeInts(lv, list);
+        this.kept[layer] = kept;
+      },
+    };
+  }
+
+  /** Options for a decode step (one row at slot0 >= the end of the prefill). */
+  decodeOptions(): ForwardOptions {
+    return {
+      attentionKeys: (layer: number, slot0: number): AttentionKeys => {
+        const steps = slot0 - this.firstStep + 1;
+        if (steps < 1 || steps > this.maxSteps) throw new RangeError(`decode retrieval: slot ${slot0} is not one of the turn's ${this.maxSteps} decode steps from ${this.firstStep}`);
+        const lv = this.lists[layer];
+        if (!lv) throw new Error(`decode retrieval: layer ${layer} was not scored (prefill the question with prefillOptions first)`);
+        return { count: this.base + steps, indices: lv, perKvHead: true, stride: this.stride };
+      },
+    };
+  }
+
+  /** Releases the backend memory this retrieval holds. */
+  free(): void {
+    const be = this.decoder.backend;
+    for (const v of this.lists) if (v) be.free(v);
+    for (const v of this.visualByPart.values()) be.free(v);
+    for (const m of this.scores.values()) be.free(m);
+    this.lists.length = 0;
+    this.visualByPart.clear();
+    this.scores.clear();
+  }
+}
