@@ -55,14 +55,28 @@ describe('sparsevila CLI', () => {
     assert.ok(j.text.length > 0 && j.prefillTokensPerSecond > 0 && j.decodeTokensPerSecond > 0 && j.peakMemoryBytes > 0);
   });
 
-  it('run --prefill-sparsity 0.75 keeps a quarter of the visual tokens; a value outside [0, 1) is refused', () => {
-    const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '4', '--prefill-sparsity', '0.75', '--json');
+  it('run --method sparsevila: the paper\'s image defaults (0.6 / 0.75) or the given sparsities; bad values are refused', () => {
+    const args = ['run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '4', '--json'];
+    type J = { ids: number[]; method: string; prefillSparsity: number; decodeSparsity: number; promptTokens: number; imageTokens: number; visualTokensIn: number; visualTokensRetrieved: number };
+    const r = run(...args, '--method', 'sparsevila');
     assert.equal(r.status, 0, r.stderr);
-    const j = JSON.parse(r.stdout) as { ids: number[]; promptTokens: number; imageTokens: number; visualTokensIn: number };
-    assert.deepEqual([j.promptTokens, j.imageTokens, j.visualTokensIn, j.ids.length], [82 - 48, 16, 64, 4]);
-    const bad = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--prefill-sparsity', '1');
+    const j = JSON.parse(r.stdout) as J;
+    // 64 visual tokens: keep 64 - floor(0.6 * 64) = 26 in prefill, 26 - floor(0.75 * 26) = 7 per decode step.
+    assert.deepEqual([j.method, j.prefillSparsity, j.decodeSparsity, j.promptTokens, j.imageTokens, j.visualTokensIn, j.visualTokensRetrieved, j.ids.length],
+      ['sparsevila', 0.6, 0.75, 82 - 38, 26, 64, 7, 4]);
+    const r2 = run(...args, '--method', 'sparsevila', '--prefill-sparsity', '0.75', '--decode-sparsity', '0');
+    assert.equal(r2.status, 0, r2.stderr);
+    const j2 = JSON.parse(r2.stdout) as J;
+    assert.deepEqual([j2.promptTokens, j2.imageTokens, j2.visualTokensRetrieved], [82 - 48, 16, 16]);
+    const bad = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--method', 'sparsevila', '--prefill-sparsity', '1');
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /--prefill-sparsity.*expected a number in \[0, 1\)/);
+    const dense = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--decode-sparsity', '0.5');
+    assert.equal(dense.status, 1);
+    assert.match(dense.stderr, /--prefill-sparsity and --decode-sparsity need --method sparsevila/);
+    const unknown = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--method', 'magic');
+    assert.notEqual(unknown.status, 0);
+    assert.match(unknown.stderr, /argument 'magic' is invalid. Allowed choices are dense, sparsevila/);
   });
 
   it('run streams the answer, then the timings', () => {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The `sparsevila` command line. A thin shell: each command calls the library and prints.
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { inspectCheckpoint, formatInspection } from './inspect.js';
 import { runtimeInfo } from './info.js';
@@ -43,7 +43,9 @@ program
   .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
   .option('--top-p <p>', 'sample among the most likely tokens up to probability p', num)
   .option('--seed <s>', 'sampling seed', int(0), 0)
-  .option('--prefill-sparsity <p>', 'SparseVILA prefill pruning: drop this fraction of each image\'s visual tokens, ranked by the vision tower\'s attention (0 = dense)', fraction, 0)
+  .addOption(new Option('--method <name>', 'visual sparsity: dense, or sparsevila (prefill pruning + decode retrieval)').choices(['dense', 'sparsevila']).default('dense'))
+  .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM, ranked by the vision tower\'s attention (default 0.6)', fraction)
+  .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question\'s attention (default 0.75)', fraction)
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .option('--json', 'print one JSON object (ids, text, timings) instead of streaming')
   .action(runCommand);

@@ -11,12 +11,29 @@ export interface RunOptions {
   topK?: number;
   topP?: number;
   seed: number;
+  method?: 'dense' | 'sparsevila';
   prefillSparsity?: number;
+  decodeSparsity?: number;
   threads?: number;
   json?: boolean;
 }
 
+/** SparseVILA's defaults for images (the paper's): prefill 0.6, decode 0.75. */
+export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
+
+/** The prefill / decode sparsity a run uses, from --method and the sparsity flags. */
+export function sparsityOf(o: Pick<RunOptions, 'method' | 'prefillSparsity' | 'decodeSparsity'>): { prefill: number; decode: number } {
+  if ((o.method ?? 'dense') === 'dense') {
+    if (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined) {
+      throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
+    }
+    return { prefill: 0, decode: 0 };
+  }
+  return { prefill: o.prefillSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.prefill, decode: o.decodeSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.decode };
+}
+
 export async function runCommand(o: RunOptions): Promise<void> {
+  const sparsity = sparsityOf(o);
   // Progress goes to stderr and only on a terminal; --json keeps stdout one JSON object.
   const showProgress = !o.json && process.stderr.isTTY;
   const bar = showProgress
@@ -40,7 +57,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       { images: o.image ?? [], prompt: o.prompt },
       {
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
-        prefillSparsity: o.prefillSparsity,
+        prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
         onToken: o.json ? undefined : (text) => {
           if (first && showProgress) process.stderr.write('\x1b[2K');
           first = false;
@@ -52,13 +69,15 @@ export async function runCommand(o: RunOptions): Promise<void> {
     if (o.json) {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
-        promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, newTokens: s.newTokens,
+        method: o.method ?? 'dense', prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
+        promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, visualTokensRetrieved: s.visualTokensRetrieved, newTokens: s.newTokens,
         imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
         decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,
       }));
     } else {
       process.stdout.write('\n');
-      console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
+      console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}` +
+        `${s.visualTokensRetrieved !== s.imageTokens ? `, ${s.visualTokensRetrieved} retrieved per layer` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
         `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
         `${s.decodeTokensPerSecond.toFixed(1)} tok/s | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
     }
