@@ -5,6 +5,8 @@ export { VisionLanguageModel, GenerationError } from './engine/vlm.js';
 export type {
   LoadOptions, GenerateRequest, GenerateOptions, GenerationResult, GenerationStats, FinishReason, ImageInput,
 } from './engine/vlm.js';
+export { Session } from './engine/session.js';
+export type { SessionOptions } from './engine/session.js';
 export { Sampler, Rng, argmax } from './engine/sampling.js';
 export type { SamplingOptions } from './engine/sampling.js';
 
@@ -20,8 +22,14 @@ export { expandImageTokens, PromptError } from './io/prompt.js';
 export { LlamaDecoder, DecoderCache } from './model/llama.js';
 export type { DecoderNames, ForwardOptions, PlacementOptions } from './model/llama.js';
 export { ClipVisionTower } from './model/clip.js';
+export type { SalienceRequest } from './model/clip.js';
 export { LlavaModel } from './model/llava.js';
 export { WeightLoader, WeightError } from './model/weights.js';
+
+// Visual sparsity (SparseVILA).
+export { prunedImageFeatures } from './sparsity/prefill.js';
+export { DecodeRetrieval } from './sparsity/retrieval.js';
+export { keptCount, topKInOrder } from './sparsity/select.js';
 
 // Kernels and runtime.
 export * from './kernels/backend.js';

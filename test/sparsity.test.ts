@@ -136,3 +136,62 @@ describe('decode retrieval on llava-tiny', () => {
     await model.close();
   });
 });
+
+describe('sessions on llava-tiny', () => {
+  let be: WasmBackend;
+  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  after(async () => { await be.close(); });
+  const dir = fixture('llava-tiny');
+  const Q1 = 'What is shown in this image?', Q2 = 'Which colour is in the top left corner of the picture?';
+
+  it('independent mode: the image is encoded once, each question retrieves its own visual tokens, the visual KV stays whole, answers equal fresh sessions', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const img = path.join(dir, 'image.png');
+    const opts = { maxNewTokens: 8, eosTokenIds: [], decodeSparsity: 0.75 };
+    const s = model.session([img], { mode: 'independent', prefillSparsity: 0.5 });
+    const a1 = await s.ask(Q1, opts);
+    const kept1 = model.lastRetrieved.map((k) => Array.from(k));
+    const end = s.visualContextEnd;
+    assert.ok(end > 32 && s.cacheLength >= end);
+    const a2 = await s.ask(Q2, opts);
+    const kept2 = model.lastRetrieved.map((k) => Array.from(k));
+    const a1again = await s.ask(Q1, opts);
+    assert.equal(s.encodes, 1, 'the image was encoded more than once');
+    assert.deepEqual([a1.stats.imageCached, a2.stats.imageCached, a1again.stats.imageCached], [false, true, true]);
+    assert.equal(a1.stats.prefilledTokens, a1.stats.promptTokens);
+    assert.equal(a2.stats.prefilledTokens, a2.stats.promptTokens - end, 'the second question prefilled more than its own tokens');
+    assert.deepEqual([a1.stats.imageTokens, a1.stats.visualTokensRetrieved], [32, 8]);
+    assert.ok(s.cacheLength >= end, 'the visual KV shrank');
+    assert.notDeepEqual(kept2, kept1, 'two different questions retrieved the same visual tokens in every layer');
+    for (const k of [...kept1, ...kept2]) for (const slot of k) assert.ok(slot < end, 'retrieved a slot outside the visual context');
+    // Each answer equals asking in a fresh session, and the repeated question its first answer.
+    for (const [q, a] of [[Q1, a1], [Q2, a2], [Q1, a1again]] as const) {
+      const fresh = model.session([img], { mode: 'independent', prefillSparsity: 0.5 });
+      const f = await fresh.ask(q, opts);
+      assert.deepEqual(a.ids, f.ids, `"${q}" answered differently in a fresh session`);
+      fresh.close();
+    }
+    s.close();
+    await assert.rejects(s.ask(Q1), /the session is closed/);
+    await model.close();
+  });
+
+  it('chat mode: the history accumulates and the cached prefix is reused; p = d = 0 equals generate() on the same conversation', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const img = path.join(dir, 'image.png');
+    const opts = { maxNewTokens: 6, eosTokenIds: [] };
+    const s = model.session([img]);
+    const a1 = await s.ask(Q1, opts);
+    const a2 = await s.ask(Q2, opts);
+    assert.ok(a2.stats.promptTokens > a1.stats.promptTokens + 6, 'the second prompt does not contain the first turn');
+    assert.ok(a2.stats.prefilledTokens < a2.stats.promptTokens - 64, 'the second turn prefilled the image again');
+    const direct = await model.generate({ images: [img], messages: [
+      { role: 'user', content: [{ type: 'image' }, { type: 'text', text: Q1 }] },
+      { role: 'assistant', content: [{ type: 'text', text: a1.text }] },
+      { role: 'user', content: [{ type: 'text', text: Q2 }] },
+    ] }, opts);
+    assert.deepEqual(a2.ids, direct.ids);
+    s.close();
+    await model.close();
+  });
+});

@@ -16,6 +16,7 @@ import { expandImageTokens } from '../io/prompt.js';
 import { prunedImageFeatures } from '../sparsity/prefill.js';
 import { keptCount } from '../sparsity/select.js';
 import { DecodeRetrieval } from '../sparsity/retrieval.js';
+import { Session, SessionOptions } from './session.js';
 import { Sampler, SamplingOptions } from './sampling.js';
 
 export type ImageInput = string | Uint8Array | RgbImage;
@@ -66,12 +67,18 @@ export interface GenerateOptions extends SamplingOptions {
 
 export interface GenerationStats {
   promptTokens: number;
+  /** Prompt tokens this call prefilled (fewer than promptTokens when a session reused its cache). */
+  prefilledTokens: number;
   /** Visual tokens in the prompt (after prefill pruning). */
   imageTokens: number;
   /** Visual tokens the images gave before prefill pruning. */
   visualTokensIn: number;
   /** Visual tokens each decode step attends to per layer and KV head (all of them without decode sparsity). */
   visualTokensRetrieved: number;
+  /** The images' features came from the session's cache (they were not encoded again). */
+  imageCached: boolean;
+  /** K and V bytes the first decode step reads from the cache, over all layers. */
+  kvBytesPerStep: number;
   /** Decoding, preprocessing and encoding the images (vision tower + projector). */
   imageMs: number;
   /** The language model over the whole prompt, up to the first token's logits. */
@@ -95,6 +102,13 @@ export interface GenerationResult {
 }
 
 export class GenerationError extends Error {}
+
+function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
+  const p = opts.prefillSparsity ?? 0, d = opts.decodeSparsity ?? 0;
+  if (!(p >= 0 && p < 1)) throw new GenerationError(`prefill sparsity ${p} must be in [0, 1)`);
+  if (!(d >= 0 && d < 1)) throw new GenerationError(`decode sparsity ${d} must be in [0, 1)`);
+  return { p, d };
+}
 
 export class VisionLanguageModel {
   private readonly ws: Workspace;
@@ -218,42 +232,88 @@ export class VisionLanguageModel {
 
   async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {
     const t0 = now();
-    const images = req.images ?? [];
-    const p = opts.prefillSparsity ?? 0, d = opts.decodeSparsity ?? 0;
-    if (!(p >= 0 && p < 1)) throw new GenerationError(`prefill sparsity ${p} must be in [0, 1)`);
-    if (!(d >= 0 && d < 1)) throw new GenerationError(`decode sparsity ${d} must be in [0, 1)`);
-    const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
-    const perImage = this.llava ? keptCount(this.llava.imageTokens, p) : 0;
-    const ids = this.promptIds(req, perImage);
-    const S = ids.length;
-    if (S === 0) throw new GenerationError('the prompt is empty');
-    if (S >= this.contextWindow) {
-      throw new GenerationError(`the prompt has ${S} tokens, but the model's context window is ${this.contextWindow} tokens (max_position_embeddings in ${path.join(this.dir, 'config.json')})`);
-    }
+    const { p } = checkSparsity(opts);
+    const pixels = await Promise.all((req.images ?? []).map((im) => this.pixelValues(im)));
+    const ids = this.promptIds(req, this.llava ? keptCount(this.llava.imageTokens, p) : 0);
+    this.checkPromptLength(ids.length);
     const features = this.llava ? this.encodeImages(pixels, p) : [];
     const t1 = now();
-    const H = this.text.hiddenSize;
-    const x = this.ws.matrix('prompt', S, H);
-    if (this.llava) this.llava.embedPrompt(x, ids, features);
-    else this.decoder.embed(x, ids);
     const cache = this.decoder.newCache();
-    let retrieval: DecodeRetrieval | null = null;
     try {
-      const visualIn = this.llava ? this.llava.imageTokens * features.length : 0;
-      if (d > 0 && this.llava) {
-        const imageId = this.llava.config.imageTokenIndex;
-        const visual = ids.flatMap((t, i) => (t === imageId ? [i] : []));
-        // The question: the prompt after the last image (its last token if the prompt ends there).
-        if (visual.length > 0) retrieval = new DecodeRetrieval(this.decoder, visual, d, Math.min(visual[visual.length - 1] + 1, S - 1), opts.maxNewTokens ?? 256);
-      }
-      return this.decodeLoop(x, ids, cache, opts, t0, t1, features.reduce((a, f) => a + f.rows, 0), visualIn, retrieval);
+      return this.runTurn({ ids, features, cache, slot0: 0, opts, t0, t1, visualIn: this.llava ? this.llava.imageTokens * features.length : 0, imageCached: false });
     } finally {
-      retrieval?.free();
       this.decoder.freeCache(cache);
     }
   }
 
-  private decodeLoop(x: Matrix, ids: number[], cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
+  /** A multi-turn session about `images`: they are encoded and prefilled once, each question reuses them. */
+  session(images: ImageInput[], opts: SessionOptions = {}): Session {
+    return new Session(this, images, opts);
+  }
+
+  /** @internal Throws when a prompt of `n` tokens cannot be run. */
+  checkPromptLength(n: number): void {
+    if (n === 0) throw new GenerationError('the prompt is empty');
+    if (n >= this.contextWindow) {
+      throw new GenerationError(`the prompt has ${n} tokens, but the model's context window is ${this.contextWindow} tokens (max_position_embeddings in ${path.join(this.dir, 'config.json')})`);
+    }
+  }
+
+  /**
+   * @internal One turn, shared by generate() and Session: the cache holds ids[0, slot0); prefills
+   * ids[slot0, S) (with SparseVILA's decode retrieval scoring when opts.decodeSparsity > 0), then
+   * decodes. `features` are the images' projected rows for the placeholders of `ids`.
+   */
+  runTurn(a: { ids: number[]; features: Matrix[]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean }): GenerationResult {
+    const { ids, features, cache, slot0, opts } = a;
+    const { d } = checkSparsity(opts);
+    const S = ids.length;
+    this.checkPromptLength(S);
+    if (slot0 < 0 || slot0 >= S || cache.length !== slot0) throw new GenerationError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
+    const x = this.ws.matrix('prompt', S, this.text.hiddenSize);
+    if (this.llava) this.llava.embedPrompt(x, ids, features);
+    else this.decoder.embed(x, ids);
+    let retrieval: DecodeRetrieval | null = null;
+    try {
+      if (d > 0 && this.llava) {
+        const imageId = this.llava.config.imageTokenIndex;
+        const visual = ids.flatMap((t, i) => (t === imageId ? [i] : []));
+        // The question: the turn's new rows after the last image (the last row if none).
+        const q0 = Math.min(Math.max(slot0, visual.length ? visual[visual.length - 1] + 1 : 0), S - 1);
+        if (visual.length > 0) retrieval = new DecodeRetrieval(this.decoder, visual, d, q0, opts.maxNewTokens ?? 256);
+      }
+      const imageTokens = features.reduce((n, f) => n + f.rows, 0);
+      const r = this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, a.t0, a.t1, imageTokens, a.visualIn, retrieval);
+      r.stats.imageCached = a.imageCached;
+      if (retrieval) this.lastRetrieved = retrieval.kept.map((k) => k.slice());
+      return r;
+    } finally {
+      retrieval?.free();
+    }
+  }
+
+  /** K and V bytes one decode step reads when it attends to `rows` cache slots in every layer. */
+  private kvBytesPerStep(rows: number): number {
+    const t = this.text;
+    return rows * t.numHiddenLayers * t.numKeyValueHeads * this.decoder.headDim * 4 * 2;
+  }
+
+  /** @internal Per layer, the visual slots the last turn with decode retrieval kept, [kvHeads][keep]. */
+  lastRetrieved: Int32Array[] = [];
+
+  /** @internal Projected features of each image (pruned with prefill sparsity p), owned by the caller. */
+  async imageFeatures(images: ImageInput[], p: number): Promise<Matrix[]> {
+    if (!this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+    const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
+    return pixels.map((px) => {
+      const f = prunedImageFeatures(this.llava!, px, p).features;
+      const own = this.backend.matrix(f.rows, f.cols, f.place);
+      this.backend.copy(own, f);
+      return own;
+    });
+  }
+
+  private decodeLoop(x: Matrix, ids: number[], slot0: number, cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
     retrieval: DecodeRetrieval | null): GenerationResult {
     const S = ids.length, maxNew = opts.maxNewTokens ?? 256;
     if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${opts.maxNewTokens}`);
@@ -261,7 +321,7 @@ export class VisionLanguageModel {
     const eos = new Set(opts.eosTokenIds ?? [...(this.tokenizer?.eosTokenIds ?? []), ...this.generationEos]);
     const stops = (opts.stop ?? []).filter((s) => s.length > 0);
     const stream = this.tokenizer?.createStreamDecoder({ skipSpecialTokens: true }) ?? null;
-    let logits = this.decoder.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i), retrieval?.prefillOptions(0, S));
+    let logits = this.decoder.forward(x, cache, slot0, Array.from({ length: S - slot0 }, (_, i) => slot0 + i), retrieval?.prefillOptions(slot0, S - slot0));
     const stepOptions = retrieval?.decodeOptions();
     const t2 = now();
     const out: number[] = [];
@@ -306,12 +366,15 @@ export class VisionLanguageModel {
       finishReason: finish,
       stats: {
         promptTokens: S,
+        prefilledTokens: S - slot0,
         imageTokens,
         visualTokensIn,
         visualTokensRetrieved: retrieval ? retrieval.keep : imageTokens,
+        imageCached: false,
+        kvBytesPerStep: this.kvBytesPerStep(S + 1 - (retrieval ? retrieval.visualSlots.length - retrieval.keep : 0)),
         imageMs: t1 - t0,
         prefillMs: t2 - t1,
-        prefillTokensPerSecond: S / ((t2 - t1) / 1000),
+        prefillTokensPerSecond: (S - slot0) / ((t2 - t1) / 1000),
         newTokens: out.length,
         decodeMs,
         decodeTokensPerSecond: decodeSteps > 0 && decodeMs > 0 ? decodeSteps / (decodeMs / 1000) : 0,

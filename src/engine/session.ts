@@ -1,0 +1,103 @@
+// Multi-turn sessions: the images are encoded and prefilled once; each question reuses their KV
+// cache and, with decode sparsity, retrieves its own visual tokens.
+import { Matrix } from '../kernels/backend.js';
+import { DecoderCache } from '../model/llama.js';
+import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
+import { keptCount } from '../sparsity/select.js';
+import { GenerateOptions, GenerationError, GenerationResult, ImageInput, VisionLanguageModel } from './vlm.js';
+
+export interface SessionOptions {
+  /**
+   * `chat`: the history accumulates, each question sees the earlier turns. `independent`: before
+   * each question the cache is truncated back to the end of the visual context, so no earlier
+   * answer leaks into a later one (each answer equals asking in a fresh session). Default `chat`.
+   */
+  mode?: 'chat' | 'independent';
+  /** SparseVILA prefill sparsity for the session's images (fixed once they are encoded). */
+  prefillSparsity?: number;
+}
+
+/** A conversation about a fixed set of images. */
+export class Session {
+  readonly mode: 'chat' | 'independent';
+  readonly prefillSparsity: number;
+  private features: Matrix[] | null = null;
+  private cache: DecoderCache | null;
+  /** The tokens whose K/V the cache holds, in slot order. */
+  private cached: number[] = [];
+  private history: ChatMessage[] = [];
+  /** End of the visual context: the slot after the last image token (0 before the first turn). */
+  private visualEnd = 0;
+  /** How many times the images were encoded (once per session). */
+  encodes = 0;
+  private closed = false;
+
+  constructor(readonly model: VisionLanguageModel, readonly images: ImageInput[], opts: SessionOptions = {}) {
+    this.mode = opts.mode ?? 'chat';
+    if (this.mode !== 'chat' && this.mode !== 'independent') throw new GenerationError(`session mode ${String(this.mode)} is not chat or independent`);
+    this.prefillSparsity = opts.prefillSparsity ?? 0;
+    if (!(this.prefillSparsity >= 0 && this.prefillSparsity < 1)) throw new GenerationError(`prefill sparsity ${this.prefillSparsity} must be in [0, 1)`);
+    if (images.length > 0 && !model.llava) throw new GenerationError(`${model.dir}: a ${model.config.modelType} model takes no images`);
+    this.cache = model.decoder.newCache();
+  }
+
+  /** Slots the session's cache holds (the visual context plus what the turns added and kept). */
+  get cacheLength(): number { return this.cache?.length ?? 0; }
+  /** The slot after the session's last image token. */
+  get visualContextEnd(): number { return this.visualEnd; }
+
+  /**
+   * Asks a question and streams the answer (opts as for generate; prefillSparsity is the
+   * session's). The first question encodes the images and prefills them with it; later ones reuse
+   * the cached prefix and prefill only what is new.
+   */
+  async ask(question: string, opts: GenerateOptions = {}): Promise<GenerationResult> {
+    if (this.closed || !this.cache) throw new GenerationError('the session is closed');
+    if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== this.prefillSparsity) {
+      throw new GenerationError(`prefill sparsity is fixed for a session (${this.prefillSparsity}); got ${opts.prefillSparsity}`);
+    }
+    const m = this.model, t0 = performance.now();
+    const imageCached = this.features !== null;
+    if (!this.features) {
+      this.features = this.images.length ? await m.imageFeatures(this.images, this.prefillSparsity) : [];
+      this.encodes++;
+    }
+    const t1 = performance.now();
+    const content: ChatContentPart[] = [{ type: 'text', text: question }];
+    const first = this.mode === 'independent' || this.history.length === 0;
+    if (first) content.unshift(...this.images.map(() => ({ type: 'image' as const })));
+    const user: ChatMessage = { role: 'user', content };
+    const messages = this.mode === 'chat' ? [...this.history, user] : [user];
+    const perImage = m.llava ? keptCount(m.llava.imageTokens, this.prefillSparsity) : 0;
+    const ids = m.promptIds({ images: this.images, messages }, perImage);
+    m.checkPromptLength(ids.length);
+    // Reuse the longest cached prefix; independent questions never reuse past the visual context.
+    let common = 0;
+    while (common < this.cached.length && common < ids.length && this.cached[common] === ids[common]) common++;
+    if (this.mode === 'independent' && this.visualEnd > 0) common = Math.min(common, this.visualEnd);
+    common = Math.min(common, ids.length - 1);
+    if (m.llava && this.images.length) {
+      const imageId = m.llava.config.imageTokenIndex;
+      const last = ids.lastIndexOf(imageId);
+      if (last < 0) throw new GenerationError('the rendered prompt has no image tokens');
+      if (this.visualEnd > 0 && last + 1 !== this.visualEnd) throw new GenerationError('internal: the images moved in the rendered prompt');
+      this.visualEnd = last + 1;
+    }
+    m.decoder.truncateCache(this.cache, common);
+    const r = m.runTurn({ ids, features: this.features, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: this.prefillSparsity }, t0, t1,
+      visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached });
+    this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
+    if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });
+    return r;
+  }
+
+  /** Releases the session's cache and image features. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.cache) this.model.decoder.freeCache(this.cache);
+    for (const f of this.features ?? []) this.model.backend.free(f);
+    this.cache = null;
+    this.features = null;
+  }
+}
