@@ -79,6 +79,17 @@ describe('sparsevila CLI', () => {
     assert.match(unknown.stderr, /argument 'magic' is invalid. Allowed choices are dense, sparsevila/);
   });
 
+  it('chat answers one question per line, the image encoded once and then taken from the session cache', () => {
+    const args = [cli, 'chat', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--max-new-tokens', '5', '--method', 'sparsevila', '--mode', 'independent'];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', input: 'What is shown in this image?\nWhat colour is it?\n' });
+    assert.equal(r.status, 0, r.stderr);
+    const turns = r.stderr.split('\n').filter((l) => l.startsWith('[turn '));
+    assert.equal(turns.length, 2, r.stderr);
+    assert.match(turns[0], /^\[turn 1, length\] prompt \d+ tokens, \d+ prefilled \| image encoded in \d+ ms \| visual tokens 64 in, 26 kept, 7 retrieved per layer/);
+    assert.match(turns[1], /^\[turn 2, length\] .* \| image from the session cache \| visual tokens 64 in, 26 kept, 7 retrieved per layer/);
+    assert.equal(r.stdout.trim().split('\n').length, 2, r.stdout);
+  });
+
   it('run streams the answer, then the timings', () => {
     const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '12');
     assert.equal(r.status, 0, r.stderr);

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { inspectCheckpoint, formatInspection } from './inspect.js';
 import { runtimeInfo } from './info.js';
 import { runCommand } from './run.js';
+import { chatCommand } from './chat.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
 
@@ -49,6 +50,23 @@ program
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .option('--json', 'print one JSON object (ids, text, timings) instead of streaming')
   .action(runCommand);
+
+program
+  .command('chat')
+  .description('an interactive multi-turn chat about images: one question per line; the images are encoded and prefilled once')
+  .requiredOption('--model <dir>', 'model folder (Hugging Face layout)')
+  .option('--image <file...>', 'image file(s) the conversation is about')
+  .addOption(new Option('--mode <mode>', 'chat: history accumulates; independent: each question sees only the images').choices(['chat', 'independent']).default('chat'))
+  .addOption(new Option('--method <name>', 'visual sparsity: dense, or sparsevila (prefill pruning + decode retrieval per turn)').choices(['dense', 'sparsevila']).default('dense'))
+  .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM (default 0.6)', fraction)
+  .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, retrieved anew per question (default 0.75)', fraction)
+  .option('--max-new-tokens <n>', 'most tokens per answer', int(0), 256)
+  .option('--temperature <t>', '0 is greedy; > 0 samples', num, 0)
+  .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
+  .option('--top-p <p>', 'sample among the most likely tokens up to probability p', num)
+  .option('--seed <s>', 'sampling seed (turn i uses seed + i)', int(0), 0)
+  .option('--threads <n>', 'threads (default: all cores)', int(1))
+  .action(chatCommand);
 
 program
   .command('inspect')

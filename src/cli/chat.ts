@@ -1,0 +1,55 @@
+// `sparsevila chat`: an interactive multi-turn chat about images in the terminal. Each line read
+// is a question; the images are encoded and prefilled once, every turn reuses them.
+import { createInterface } from 'node:readline';
+import { VisionLanguageModel } from '../engine/vlm.js';
+import { sparsityOf } from './run.js';
+
+export interface ChatOptions {
+  model: string;
+  image?: string[];
+  mode: 'chat' | 'independent';
+  method?: 'dense' | 'sparsevila';
+  prefillSparsity?: number;
+  decodeSparsity?: number;
+  maxNewTokens: number;
+  temperature: number;
+  topK?: number;
+  topP?: number;
+  seed: number;
+  threads?: number;
+}
+
+export async function chatCommand(o: ChatOptions): Promise<void> {
+  const sparsity = sparsityOf(o);
+  const tty = process.stdin.isTTY && process.stdout.isTTY;
+  if (tty) process.stderr.write('loading the model…\n');
+  const model = await VisionLanguageModel.load(o.model, { threads: o.threads });
+  const session = model.session(o.image ?? [], { mode: o.mode, prefillSparsity: sparsity.prefill });
+  const rl = createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });
+  const prompt = () => { if (tty) rl.setPrompt('> '), rl.prompt(); };
+  if (tty) process.stderr.write(`${o.mode} session about ${(o.image ?? []).length} image(s); ask a question, an empty line or Ctrl-D ends.\n`);
+  try {
+    prompt();
+    let turn = 0;
+    for await (const line of rl) {
+      const q = line.trim();
+      if (!q) break;
+      turn++;
+      const r = await session.ask(q, {
+        maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed + turn - 1,
+        decodeSparsity: sparsity.decode, onToken: (t) => process.stdout.write(t),
+      });
+      const s = r.stats;
+      process.stdout.write('\n');
+      console.error(`[turn ${turn}, ${r.finishReason}] prompt ${s.promptTokens} tokens, ${s.prefilledTokens} prefilled | ` +
+        `image ${s.imageCached ? 'from the session cache' : `encoded in ${s.imageMs.toFixed(0)} ms`} | visual tokens ${s.visualTokensIn} in, ${s.imageTokens} kept, ` +
+        `${s.visualTokensRetrieved} retrieved per layer | prefill ${s.prefillMs.toFixed(0)} ms | decode ${s.newTokens} tokens, ${s.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
+        `KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
+      prompt();
+    }
+  } finally {
+    rl.close();
+    session.close();
+    await model.close();
+  }
+}
