@@ -20,7 +20,8 @@ const NEG: f32 = -3.0e38;
 const S_ML: usize = 0;        // [query] (m, l) pairs, up to 128 queries
 const S_KADDR: usize = 1024;  // [TILE] u32 key row addresses of the current tile
 const S_SCORES: usize = 1280; // [DECODE_HEADS][TILE] f32 scores, then probabilities (768 bytes)
-const S_ACC: usize = 2048;    // [query][D] f32 output accumulators
+const S_TOUCH: usize = 2048;  // 16 bytes: where touchRows leaves its result
+const S_ACC: usize = 2064;    // [query][D] f32 output accumulators
 /** Largest GQA group (query heads per KV head) one decode work unit handles. */
 export const ATTN_MAX_QUERIES: i32 = 64;
 
@@ -46,6 +47,20 @@ export function kv_write(tid: i32, begin: i32, end: i32, k: usize, ldk: i32, v: 
       }
     }
   }
+}
+
+// Listed keys are scattered over the cache, so the hardware prefetcher cannot follow them and a
+// row-at-a-time pass waits on DRAM for each row. One load per cache line of every K and V row of
+// the tile, all independent, brings the tile in with many misses in flight; the passes that follow
+// then hit the caches. (Contiguous keys do not need this: the prefetcher streams them.)
+// @ts-ignore: decorator
+@inline function touchRows(kaddr: usize, n: i32, rowBytes: usize, vOff: usize, sink: usize): void {
+  let t = i32x4.splat(0);
+  for (let j = 0; j < n; j++) {
+    const k = <usize>load<u32>(kaddr + <usize>j * 4);
+    for (let d: usize = 0; d < rowBytes; d += 64) t = v128.or(t, v128.or(v128.load(k + d), v128.load(k + vOff + d)));
+  }
+  v128.store(sink, t);
 }
 
 /** Query heads whose scores and outputs the decode core computes together (sharing K/V loads). */
@@ -227,6 +242,7 @@ function attendDecode(nq: i32, q: usize, qStride: usize, D: i32, scale: f32, pag
       const slot = idx != 0 ? load<i32>(idx + <usize>(t0 + j) * 4) : t0 + j;
       store<u32>(kaddr + <usize>j * 4, <u32>kRow(pages, logB, kvh, D, slot));
     }
+    if (idx != 0) touchRows(kaddr, n, rowBytes, vOff, s + S_TOUCH);
     let i0 = 0;
     for (; i0 + DECODE_HEADS <= nq; i0 += DECODE_HEADS) decodeTile(3, i0, q, qStride, rowBytes, scale, kaddr, vOff, n, s);
     if (nq - i0 == 2) decodeTile(2, i0, q, qStride, rowBytes, scale, kaddr, vOff, n, s);

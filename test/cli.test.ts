@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { fixture } from './helpers.js';
+import path from 'node:path';
+import sharp from 'sharp';
+import { fixture, tempDir } from './helpers.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
@@ -88,6 +90,15 @@ describe('sparsevila CLI', () => {
     assert.match(turns[0], /^\[turn 1, length\] prompt \d+ tokens, \d+ prefilled \| image encoded in \d+ ms \| visual tokens 64 in, 26 kept, 7 retrieved per layer/);
     assert.match(turns[1], /^\[turn 2, length\] .* \| image from the session cache \| visual tokens 64 in, 26 kept, 7 retrieved per layer/);
     assert.equal(r.stdout.trim().split('\n').length, 2, r.stdout);
+  });
+
+  it('run --heatmap writes a PNG of the kept and retrieved patches', async () => {
+    const file = path.join(tempDir(), 'look.png');
+    const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '3', '--method', 'sparsevila', '--heatmap', file);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, new RegExp(`heatmap: ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+    const meta = await sharp(file).metadata();
+    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 336, 380]);
   });
 
   it('run streams the answer, then the timings', () => {

@@ -14,7 +14,8 @@ import { prunedImageFeatures } from '../src/sparsity/prefill.js';
 import { keptCount, topKInOrder } from '../src/sparsity/select.js';
 import { DecodeRetrieval } from '../src/sparsity/retrieval.js';
 import { readTensorInt } from '../src/formats/safetensors.js';
-import { fixture } from './helpers.js';
+import sharp from 'sharp';
+import { fixture, tempDir } from './helpers.js';
 
 describe('token selection', () => {
   it('keptCount keeps n - floor(p n), all tokens at p = 0, and rejects p outside [0, 1)', () => {
@@ -113,7 +114,18 @@ describe('decode retrieval on llava-tiny', () => {
         assert.deepEqual(Array.from(r.kept[l].subarray(k * 16, (k + 1) * 16)), topKInOrder(got.subarray(k * n, (k + 1) * n), 16).map((i) => visual[i]));
       }
     }
-    r.free(); dec.freeCache(cache); be.free(x);
+    // Decode steps with re-retrieval every 2 steps: steps 2 and 4 select again by their own query.
+    const before = r.kept.map((k) => Array.from(k));
+    const y = be.matrix(1, cfg.text.hiddenSize), step = r.decodeOptions(2);
+    for (let i = 0; i < 4; i++) {
+      dec.embed(y, [1 + i]);
+      dec.forward(y, cache, S + i, [S + i], step);
+    }
+    assert.equal(r.reretrievals, 2);
+    assert.notDeepEqual(r.kept.map((k) => Array.from(k)), before, 'a new query selected the same tokens in every layer');
+    assert.throws(() => dec.forward(y, cache, S + 4, [S + 4], step), /decode retrieval: slot 86 is not one of the turn's 4 decode steps from 82/);
+    assert.throws(() => r.decodeOptions(-1), /re-retrieval interval -1 is not a whole number >= 0/);
+    r.free(); dec.freeCache(cache); be.free(x); be.free(y);
     ck.close(); g.close();
   });
 
@@ -130,9 +142,49 @@ describe('decode retrieval on llava-tiny', () => {
     assert.equal(sparse.stats.visualTokensRetrieved, 16);
     assert.equal(sparse.stats.promptTokens, dense.stats.promptTokens);
     assert.equal(sparse.ids.length, 10);
+    // Re-retrieving every step while keeping everything changes nothing.
+    const again = await model.generate(req, { maxNewTokens: 10, eosTokenIds: [], decodeSparsity: 0.01, reretrieveEvery: 1 });
+    assert.deepEqual(again.ids, dense.ids);
     const both = await model.generate(req, { maxNewTokens: 6, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 });
     assert.deepEqual([both.stats.imageTokens, both.stats.visualTokensRetrieved], [32, 8]);
     await assert.rejects(model.generate(req, { decodeSparsity: 1 }), /decode sparsity 1 must be in \[0, 1\)/);
+    await model.close();
+  });
+});
+
+describe('heatmap', () => {
+  let be: WasmBackend;
+  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  after(async () => { await be.close(); });
+  const dir = fixture('llava-tiny');
+
+  it('the result says which patches were kept and retrieved; the heatmap draws them over the image with one grid per layer', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const img = path.join(dir, 'image.png');
+    const r = await model.generate({ images: [img], prompt: 'What is shown in this image?' }, { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 });
+    const v = r.visual!;
+    assert.equal(v.kept.length, 1);
+    assert.equal(v.kept[0].length, 32);
+    assert.equal(v.retrieved!.length, 1);
+    assert.equal(v.retrieved![0].length, 3, 'one list per LLM layer');
+    for (const rows of v.retrieved![0]) {
+      assert.ok(rows.length >= 8 && rows.length <= 16, `${rows.length} rows: 8 per KV head, 2 KV heads`);
+      for (const row of rows) assert.ok(v.kept[0].includes(row), 'retrieved a token dropped in prefill');
+    }
+    const file = path.join(tempDir(), 'heat.png');
+    assert.deepEqual(await model.writeHeatmaps(file, [img], r), [file]);
+    const { data, info } = await sharp(file).raw().toBuffer({ resolveWithObject: true });
+    // 112 px image, 14 px patches: an 8 x 8 grid, scaled 3x; below it 3 grids of 8 x 8 cells of 4 px.
+    assert.deepEqual([info.width, info.height, info.channels], [336, 336 + 6 + 32 + 6, 3]);
+    const px = (x: number, y: number) => [data[(y * info.width + x) * 3], data[(y * info.width + x) * 3 + 1], data[(y * info.width + x) * 3 + 2]];
+    const centre = (k: number) => px((k % 8) * 42 + 21, Math.floor(k / 8) * 42 + 21);
+    const dropped = Array.from({ length: 64 }, (_, k) => k).filter((k) => !v.kept[0].includes(k));
+    for (const k of dropped) assert.ok(Math.max(...centre(k)) <= 0.15 * 255 + 0.15 * 200 + 1, `dropped patch ${k} is not darkened: ${centre(k)}`);
+    const union = new Set(v.retrieved![0].flat());
+    for (const k of union) assert.ok(centre(k)[1] >= 66, `retrieved patch ${k} is not tinted green: ${centre(k)}`);
+    // Layer 0's grid: cell k of a patch it retrieved is pure green.
+    const k0 = v.retrieved![0][0][0];
+    assert.deepEqual(px((k0 % 8) * 4 + 1, 336 + 6 + Math.floor(k0 / 8) * 4 + 1), [40, 220, 90]);
     await model.close();
   });
 });

@@ -1,5 +1,6 @@
 // `sparsevila chat`: an interactive multi-turn chat about images in the terminal. Each line read
 // is a question; the images are encoded and prefilled once, every turn reuses them.
+import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { VisionLanguageModel } from '../engine/vlm.js';
 import { sparsityOf } from './run.js';
@@ -17,6 +18,7 @@ export interface ChatOptions {
   topP?: number;
   seed: number;
   threads?: number;
+  heatmap?: string;
 }
 
 export async function chatCommand(o: ChatOptions): Promise<void> {
@@ -45,6 +47,10 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
         `image ${s.imageCached ? 'from the session cache' : `encoded in ${s.imageMs.toFixed(0)} ms`} | visual tokens ${s.visualTokensIn} in, ${s.imageTokens} kept, ` +
         `${s.visualTokensRetrieved} retrieved per layer | prefill ${s.prefillMs.toFixed(0)} ms | decode ${s.newTokens} tokens, ${s.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
         `KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
+      if (o.heatmap) {
+        const ext = path.extname(o.heatmap);
+        for (const h of await model.writeHeatmaps(`${o.heatmap.slice(0, o.heatmap.length - ext.length)}-turn${turn}${ext}`, o.image ?? [], r)) console.error(`heatmap: ${h}`);
+      }
       prompt();
     }
   } finally {

@@ -48,6 +48,7 @@ program
   .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM, ranked by the vision tower\'s attention (default 0.6)', fraction)
   .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question\'s attention (default 0.75)', fraction)
   .option('--threads <n>', 'threads (default: all cores)', int(1))
+  .option('--heatmap <file.png>', 'write the image with the patches kept in prefill and retrieved at decode overlaid, and one grid per layer')
   .option('--json', 'print one JSON object (ids, text, timings) instead of streaming')
   .action(runCommand);
 
@@ -65,6 +66,7 @@ program
   .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
   .option('--top-p <p>', 'sample among the most likely tokens up to probability p', num)
   .option('--seed <s>', 'sampling seed (turn i uses seed + i)', int(0), 0)
+  .option('--heatmap <file.png>', 'after each turn, write the image with the kept and retrieved patches overlaid (file-turnN.png)')
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .action(chatCommand);
 

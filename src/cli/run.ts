@@ -16,6 +16,7 @@ export interface RunOptions {
   decodeSparsity?: number;
   threads?: number;
   json?: boolean;
+  heatmap?: string;
 }
 
 /** SparseVILA's defaults for images (the paper's): prefill 0.6, decode 0.75. */
@@ -66,6 +67,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       },
     );
     const s = r.stats;
+    const heatmaps = o.heatmap ? await model.writeHeatmaps(o.heatmap, o.image ?? [], r) : [];
     if (o.json) {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
@@ -73,13 +75,15 @@ export async function runCommand(o: RunOptions): Promise<void> {
         promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, visualTokensRetrieved: s.visualTokensRetrieved, newTokens: s.newTokens,
         imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
         decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,
+        kvBytesPerStep: s.kvBytesPerStep, visual: r.visual, ...(heatmaps.length ? { heatmaps } : {}),
       }));
     } else {
       process.stdout.write('\n');
       console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}` +
         `${s.visualTokensRetrieved !== s.imageTokens ? `, ${s.visualTokensRetrieved} retrieved per layer` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
         `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
-        `${s.decodeTokensPerSecond.toFixed(1)} tok/s | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
+        `${s.decodeTokensPerSecond.toFixed(1)} tok/s | KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
+      for (const h of heatmaps) console.error(`heatmap: ${h}`);
     }
   } finally {
     await model.close();

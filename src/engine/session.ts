@@ -22,6 +22,7 @@ export class Session {
   readonly mode: 'chat' | 'independent';
   readonly prefillSparsity: number;
   private features: Matrix[] | null = null;
+  private keptRows: number[][] = [];
   private cache: DecoderCache | null;
   /** The tokens whose K/V the cache holds, in slot order. */
   private cached: number[] = [];
@@ -59,7 +60,13 @@ export class Session {
     const m = this.model, t0 = performance.now();
     const imageCached = this.features !== null;
     if (!this.features) {
-      this.features = this.images.length ? await m.imageFeatures(this.images, this.prefillSparsity) : [];
+      if (this.images.length) {
+        const f = await m.imageFeatures(this.images, this.prefillSparsity);
+        this.features = f.features;
+        this.keptRows = f.kept;
+      } else {
+        this.features = [];
+      }
       this.encodes++;
     }
     const t1 = performance.now();
@@ -84,7 +91,7 @@ export class Session {
       this.visualEnd = last + 1;
     }
     m.decoder.truncateCache(this.cache, common);
-    const r = m.runTurn({ ids, features: this.features, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: this.prefillSparsity }, t0, t1,
+    const r = m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: this.prefillSparsity }, t0, t1,
       visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached });
     this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
     if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });

@@ -17,6 +17,7 @@ import { prunedImageFeatures } from '../sparsity/prefill.js';
 import { keptCount } from '../sparsity/select.js';
 import { DecodeRetrieval } from '../sparsity/retrieval.js';
 import { Session, SessionOptions } from './session.js';
+import { writeHeatmap } from '../io/heatmap.js';
 import { Sampler, SamplingOptions } from './sampling.js';
 
 export type ImageInput = string | Uint8Array | RgbImage;
@@ -63,6 +64,8 @@ export interface GenerateOptions extends SamplingOptions {
    * cache keeps every visual token. Default 0 (dense decode).
    */
   decodeSparsity?: number;
+  /** With decode sparsity: select the visual tokens again every N generated tokens, by the latest token's attention (default 0: once per turn). */
+  reretrieveEvery?: number;
 }
 
 export interface GenerationStats {
@@ -99,9 +102,31 @@ export interface GenerationResult {
   text: string;
   finishReason: FinishReason;
   stats: GenerationStats;
+  /**
+   * With images, which visual tokens the turn used: per image, the rows of its selected vision
+   * features kept in prefill (ascending), and per image and LLM layer the rows decode retrieval
+   * attended to (union over KV heads; null without decode sparsity). A row is a patch index, or
+   * with vision_feature_select_strategy "full" row 0 is the class token and row r patch r - 1.
+   */
+  visual?: { kept: number[][]; retrieved: number[][][] | null };
 }
 
 export class GenerationError extends Error {}
+
+/** Per image and layer, the feature rows a retrieval attends to (union over KV heads). */
+function retrievedRows(r: DecodeRetrieval, features: Matrix[], keptRows: number[][]): number[][][] {
+  const where = new Map<number, [number, number]>(); // slot -> (image, row of its kept features)
+  let v = 0;
+  features.forEach((f, i) => { for (let j = 0; j < f.rows; j++) where.set(r.visualSlots[v++], [i, j]); });
+  return features.map((_, i) => r.kept.map((slots) => {
+    const rows = new Set<number>();
+    for (const slot of slots) {
+      const w = where.get(slot);
+      if (w && w[0] === i) rows.add(keptRows[i][w[1]]);
+    }
+    return [...rows].sort((a, b) => a - b);
+  }));
+}
 
 function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
   const p = opts.prefillSparsity ?? 0, d = opts.decodeSparsity ?? 0;
@@ -113,6 +138,8 @@ function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
 export class VisionLanguageModel {
   private readonly ws: Workspace;
   private imageMatrices: Matrix[] = [];
+  /** Rows of the selected features each image of imageMatrices kept. */
+  private imageKept: number[][] = [];
 
   private constructor(
     readonly dir: string,
@@ -221,8 +248,11 @@ export class VisionLanguageModel {
   private encodeImages(pixels: Float32Array[], prefillSparsity: number): Matrix[] {
     const llava = this.llava!;
     for (const m of this.imageMatrices) this.backend.free(m);
+    this.imageKept = [];
     this.imageMatrices = pixels.map((px) => {
-      const f = prunedImageFeatures(llava, px, prefillSparsity).features;
+      const r = prunedImageFeatures(llava, px, prefillSparsity);
+      this.imageKept.push(r.kept);
+      const f = r.features;
       const keep = this.backend.matrix(f.rows, f.cols, f.place);
       this.backend.copy(keep, f);
       return keep;
@@ -240,10 +270,33 @@ export class VisionLanguageModel {
     const t1 = now();
     const cache = this.decoder.newCache();
     try {
-      return this.runTurn({ ids, features, cache, slot0: 0, opts, t0, t1, visualIn: this.llava ? this.llava.imageTokens * features.length : 0, imageCached: false });
+      return this.runTurn({ ids, features, keptRows: this.imageKept, cache, slot0: 0, opts, t0, t1, visualIn: this.llava ? this.llava.imageTokens * features.length : 0, imageCached: false });
     } finally {
       this.decoder.freeCache(cache);
     }
+  }
+
+  /**
+   * Writes one heatmap PNG per image of a result (see writeHeatmap): the patches kept in prefill
+   * and those retrieved at decode over the image as the vision tower saw it. The first image goes
+   * to `file`, image i > 0 to `file` with `-{i + 1}` before its extension. Returns the file names.
+   */
+  async writeHeatmaps(file: string, images: ImageInput[], result: GenerationResult): Promise<string[]> {
+    const llava = this.llava, proc = this.imageProcessor;
+    if (!llava || !proc || !result.visual) throw new GenerationError('heatmap: the result has no images');
+    const full = llava.config.visionFeatureSelectStrategy !== 'default';
+    const toPatches = (rows: readonly number[]) => rows.flatMap((r) => (full ? (r > 0 ? [r - 1] : []) : [r]));
+    const ext = path.extname(file), stem = file.slice(0, file.length - ext.length);
+    const names: string[] = [];
+    for (let i = 0; i < images.length; i++) {
+      const name = i === 0 ? file : `${stem}-${i + 1}${ext}`;
+      await writeHeatmap(name, {
+        pixels: await this.pixelValues(images[i]), size: llava.config.vision.imageSize, patch: llava.config.vision.patchSize, processor: proc,
+        kept: toPatches(result.visual.kept[i]), retrieved: result.visual.retrieved ? result.visual.retrieved[i].map(toPatches) : null,
+      });
+      names.push(name);
+    }
+    return names;
   }
 
   /** A multi-turn session about `images`: they are encoded and prefilled once, each question reuses them. */
@@ -264,7 +317,7 @@ export class VisionLanguageModel {
    * ids[slot0, S) (with SparseVILA's decode retrieval scoring when opts.decodeSparsity > 0), then
    * decodes. `features` are the images' projected rows for the placeholders of `ids`.
    */
-  runTurn(a: { ids: number[]; features: Matrix[]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean }): GenerationResult {
+  runTurn(a: { ids: number[]; features: Matrix[]; keptRows: number[][]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean }): GenerationResult {
     const { ids, features, cache, slot0, opts } = a;
     const { d } = checkSparsity(opts);
     const S = ids.length;
@@ -286,6 +339,7 @@ export class VisionLanguageModel {
       const r = this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, a.t0, a.t1, imageTokens, a.visualIn, retrieval);
       r.stats.imageCached = a.imageCached;
       if (retrieval) this.lastRetrieved = retrieval.kept.map((k) => k.slice());
+      if (features.length) r.visual = { kept: a.keptRows.map((k) => k.slice()), retrieved: retrieval ? retrievedRows(retrieval, features, a.keptRows) : null };
       return r;
     } finally {
       retrieval?.free();
@@ -301,16 +355,22 @@ export class VisionLanguageModel {
   /** @internal Per layer, the visual slots the last turn with decode retrieval kept, [kvHeads][keep]. */
   lastRetrieved: Int32Array[] = [];
 
-  /** @internal Projected features of each image (pruned with prefill sparsity p), owned by the caller. */
-  async imageFeatures(images: ImageInput[], p: number): Promise<Matrix[]> {
+  /**
+   * @internal Projected features of each image (pruned with prefill sparsity p), owned by the
+   * caller, and the rows of the selected features each kept.
+   */
+  async imageFeatures(images: ImageInput[], p: number): Promise<{ features: Matrix[]; kept: number[][] }> {
     if (!this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
     const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
-    return pixels.map((px) => {
-      const f = prunedImageFeatures(this.llava!, px, p).features;
-      const own = this.backend.matrix(f.rows, f.cols, f.place);
-      this.backend.copy(own, f);
+    const kept: number[][] = [];
+    const features = pixels.map((px) => {
+      const r = prunedImageFeatures(this.llava!, px, p);
+      kept.push(r.kept);
+      const own = this.backend.matrix(r.features.rows, r.features.cols, r.features.place);
+      this.backend.copy(own, r.features);
       return own;
     });
+    return { features, kept };
   }
 
   private decodeLoop(x: Matrix, ids: number[], slot0: number, cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
@@ -322,7 +382,7 @@ export class VisionLanguageModel {
     const stops = (opts.stop ?? []).filter((s) => s.length > 0);
     const stream = this.tokenizer?.createStreamDecoder({ skipSpecialTokens: true }) ?? null;
     let logits = this.decoder.forward(x, cache, slot0, Array.from({ length: S - slot0 }, (_, i) => slot0 + i), retrieval?.prefillOptions(slot0, S - slot0));
-    const stepOptions = retrieval?.decodeOptions();
+    const stepOptions = retrieval?.decodeOptions(opts.reretrieveEvery ?? 0);
     const t2 = now();
     const out: number[] = [];
     let text = '', emitted = 0, finish: FinishReason = 'length';

@@ -30,6 +30,10 @@ export class DecodeRetrieval {
   private base = 0;
   /** Cache slot of the first decode step. */
   private firstStep = 0;
+  /** The non-visual slots of the prompt, ascending. */
+  private others: number[] = [];
+  /** Staging for one layer's lists. */
+  private list = new Int32Array(0);
 
   /**
    * visualSlots: the cache slots holding visual tokens (ascending); d: decode sparsity in [0, 1);
@@ -50,60 +54,85 @@ export class DecodeRetrieval {
     if (this.questionSlot0 < slot0 || this.questionSlot0 >= end) {
       throw new RangeError(`decode retrieval: the question starts at slot ${this.questionSlot0}, outside the prefilled slots [${slot0}, ${end})`);
     }
-    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, n = this.visualSlots.length;
     const visual = new Set(this.visualSlots);
-    const others: number[] = [];
-    for (let t = 0; t < end; t++) if (!visual.has(t)) others.push(t);
+    this.others = [];
+    for (let t = 0; t < end; t++) if (!visual.has(t)) this.others.push(t);
     this.firstStep = end;
-    this.base = this.keep + others.length;
+    this.base = this.keep + this.others.length;
     this.stride = this.base + this.maxSteps;
-    const list = new Int32Array(kvHeads * this.stride);
+    this.list = new Int32Array(this.decoder.kvHeads * this.stride);
     return {
-      onQueries: (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
-        const { part: pi, place } = this.decoder.layerPart(layer);
-        let keys = this.visualByPart.get(pi), out = this.scores.get(pi);
-        if (!keys || !out) {
-          keys = be.ints(n, place);
-          be.writeInts(keys, this.visualSlots);
-          out = be.matrix(kvHeads, n, place);
-          this.visualByPart.set(pi, keys);
-          this.scores.set(pi, out);
-        }
-        const qRows = q.view(this.questionSlot0 - slot0, end - this.questionSlot0);
-        be.keyScores(out, qRows, part, layerInPart, { heads: this.decoder.heads, scale: 1 / Math.sqrt(this.decoder.headDim), keys });
-        const sc = be.read(out);
-        this.visualScores[layer] = sc;
-        const kept = new Int32Array(kvHeads * this.keep);
-        for (let g = 0; g < kvHeads; g++) {
-          const top = topKInOrder(sc.subarray(g * n, (g + 1) * n), this.keep);
-          // Kept visual slots merged with every other slot, ascending (cache order), then the
-          // slots the decode steps will write.
-          let a = 0, b = 0, o = g * this.stride;
-          while (a < top.length || b < others.length) {
-            const va = a < top.length ? this.visualSlots[top[a]] : Infinity, vb = b < others.length ? others[b] : Infinity;
-            if (va < vb) { list[o++] = va; kept[g * this.keep + a] = va; a++; } else { list[o++] = vb; b++; }
-          }
-          for (let s = 0; s < this.maxSteps; s++) list[o++] = end + s;
-        }
-        let lv = this.lists[layer];
-        if (!lv) { lv = be.ints(list.length, place); this.lists[layer] = lv; }
-        be.writeInts(lv, list);
-        this.kept[layer] = kept;
-      },
+      onQueries: (layer: number, q: Matrix, part: KVCache, layerInPart: number) =>
+        this.retrieve(layer, q.view(this.questionSlot0 - slot0, end - this.questionSlot0), part, layerInPart),
     };
   }
 
-  /** Options for a decode step (one row at slot0 >= the end of the prefill). */
-  decodeOptions(): ForwardOptions {
+  /**
+   * Options for a decode step (one row at slot0 >= the end of the prefill). With
+   * `reretrieveEvery` = N > 0, every N-th step scores the visual tokens again with that step's
+   * query and the following steps attend to the new selection (for long answers that move on).
+   */
+  decodeOptions(reretrieveEvery = 0): ForwardOptions {
+    if (!Number.isInteger(reretrieveEvery) || reretrieveEvery < 0) throw new RangeError(`decode retrieval: re-retrieval interval ${reretrieveEvery} is not a whole number >= 0`);
+    const steps = (slot0: number): number => {
+      const n = slot0 - this.firstStep + 1;
+      if (n < 1 || n > this.maxSteps) throw new RangeError(`decode retrieval: slot ${slot0} is not one of the turn's ${this.maxSteps} decode steps from ${this.firstStep}`);
+      return n;
+    };
+    let current = -1;
     return {
       attentionKeys: (layer: number, slot0: number): AttentionKeys => {
-        const steps = slot0 - this.firstStep + 1;
-        if (steps < 1 || steps > this.maxSteps) throw new RangeError(`decode retrieval: slot ${slot0} is not one of the turn's ${this.maxSteps} decode steps from ${this.firstStep}`);
         const lv = this.lists[layer];
         if (!lv) throw new Error(`decode retrieval: layer ${layer} was not scored (prefill the question with prefillOptions first)`);
-        return { count: this.base + steps, indices: lv, perKvHead: true, stride: this.stride };
+        current = steps(slot0);
+        return { count: this.base + current, indices: lv, perKvHead: true, stride: this.stride };
       },
+      onQueries: reretrieveEvery > 0
+        ? (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
+          if (current > 0 && current % reretrieveEvery === 0) {
+            this.retrieve(layer, q, part, layerInPart);
+            if (layer === this.decoder.config.numHiddenLayers - 1) this.reretrievals++;
+          }
+        }
+        : undefined,
     };
+  }
+
+  /** Times the decode steps selected again (counted once per step, not per layer). */
+  reretrievals = 0;
+
+  /** Scores the visual tokens of one layer by the query rows q and rewrites the layer's lists. */
+  private retrieve(layer: number, q: Matrix, part: KVCache, layerInPart: number): void {
+    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, n = this.visualSlots.length;
+    const { part: pi, place } = this.decoder.layerPart(layer);
+    let keys = this.visualByPart.get(pi), out = this.scores.get(pi);
+    if (!keys || !out) {
+      keys = be.ints(n, place);
+      be.writeInts(keys, this.visualSlots);
+      out = be.matrix(kvHeads, n, place);
+      this.visualByPart.set(pi, keys);
+      this.scores.set(pi, out);
+    }
+    be.keyScores(out, q, part, layerInPart, { heads: this.decoder.heads, scale: 1 / Math.sqrt(this.decoder.headDim), keys });
+    const sc = be.read(out);
+    this.visualScores[layer] = sc;
+    const kept = new Int32Array(kvHeads * this.keep);
+    const list = this.list, others = this.others;
+    for (let g = 0; g < kvHeads; g++) {
+      const top = topKInOrder(sc.subarray(g * n, (g + 1) * n), this.keep);
+      // Kept visual slots merged with every other slot, ascending (cache order), then the slots
+      // the decode steps write.
+      let a = 0, b = 0, o = g * this.stride;
+      while (a < top.length || b < others.length) {
+        const va = a < top.length ? this.visualSlots[top[a]] : Infinity, vb = b < others.length ? others[b] : Infinity;
+        if (va < vb) { list[o++] = va; kept[g * this.keep + a] = va; a++; } else { list[o++] = vb; b++; }
+      }
+      for (let t = 0; t < this.maxSteps; t++) list[o++] = this.firstStep + t;
+    }
+    let lv = this.lists[layer];
+    if (!lv) { lv = be.ints(list.length, place); this.lists[layer] = lv; }
+    be.writeInts(lv, list);
+    this.kept[layer] = kept;
   }
 
   /** Releases the backend memory this retrieval holds. */
