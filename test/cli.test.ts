@@ -105,7 +105,7 @@ describe('sparsevila CLI', () => {
     const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '12');
     assert.equal(r.status, 0, r.stderr);
     assert.ok(r.stdout.trim().length > 0);
-    assert.match(r.stderr, /prefill \d+ ms, [\d.]+ tok\/s \| decode 12 tokens, [\d.]+ tok\/s \| peak memory \d+ MiB/);
+    assert.match(r.stderr, /prefill \d+ ms, [\d.]+ tok\/s \| decode 12 tokens, [\d.]+ tok\/s \| KV read per step [\d.]+ MiB \| peak memory \d+ MiB/);
   });
 
   it('run with an unreadable image fails with a clear message', () => {
