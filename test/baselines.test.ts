@@ -1,5 +1,12 @@
 // The baselines' selection rules on small hand-made cases, against what their papers' rules pick.
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
+import path from 'node:path';
+import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
+import { WasmBackend } from '../src/kernels/wasm-backend.js';
+import { VisionLanguageModel } from '../src/engine/vlm.js';
+import { pruMergePrefill, visionZipPrefill } from '../src/sparsity/method.js';
+import { topKInOrder } from '../src/sparsity/select.js';
+import { fixture } from './helpers.js';
 import assert from 'node:assert/strict';
 import { visionZipContextual, visionZipMerge, visionZipSelect } from '../src/sparsity/visionzip.js';
 import { iqrOutlierCount, pruMergeMerge, pruMergeSelect, quantile } from '../src/sparsity/prumerge.js';
@@ -50,5 +57,49 @@ describe('PruMerge', () => {
 
   it('a fixed budget replaces the outlier count (ties to the earlier token)', () => {
     assert.deepEqual(pruMergeSelect(salience, keys, 2, { budget: 3, k: 2 }).kept, [1, 4, 10]);
+  });
+});
+
+describe('baselines on llava-tiny, through generate()', () => {
+  let be: WasmBackend;
+  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  after(async () => { await be.close(); });
+  const dir = fixture('llava-tiny');
+  const req = { images: [path.join(dir, 'image.png')], prompt: 'What is shown in this image?' };
+
+  it('VisionZip with a budget of 16: 13 dominant tokens by CLS attention, then 3 contextual tokens anchored at every 17th remaining token', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const cls = readTensorF32(g, 'vision.cls_salience_layer_m2');
+    g.close();
+    const dense = await model.generate(req, { maxNewTokens: 3, eosTokenIds: [] });
+    const r = await model.generate(req, { maxNewTokens: 3, eosTokenIds: [], prefill: visionZipPrefill(16) });
+    assert.equal(r.stats.imageTokens, 16);
+    assert.equal(r.stats.promptTokens, dense.stats.promptTokens - 48);
+    const kept = r.visual!.kept[0];
+    assert.deepEqual(kept.slice(0, 13), topKInOrder(cls, 13));
+    // Targets: every floor(51 / 3) = 17th of the 51 remaining tokens.
+    const remaining = Array.from({ length: 64 }, (_, i) => i).filter((i) => !kept.slice(0, 13).includes(i));
+    assert.deepEqual(kept.slice(13), [remaining[0], remaining[17], remaining[34]]);
+    assert.throws(() => visionZipPrefill(1), /VisionZip budget 1 must be a whole number >= 2/);
+    await assert.rejects(model.generate(req, { prefill: visionZipPrefill(16), prefillSparsity: 0.5 }), /give either a prefill method \(visionzip\(16\)\) or prefillSparsity, not both/);
+    await model.close();
+  });
+
+  it('PruMerge keeps the IQR outliers of the CLS attention; with a budget, the top tokens', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const cls = readTensorF32(g, 'vision.cls_salience_layer_m2');
+    g.close();
+    const outliers = Array.from(cls).filter((a, _, all) => {
+      const s = [...all].sort((x, y) => x - y), q = (f: number) => { const p = (s.length - 1) * f, lo = Math.floor(p); return s[lo] + (s[Math.ceil(p)] - s[lo]) * (p - lo); };
+      return a > q(0.75) + 1.5 * (q(0.75) - q(0.25));
+    }).length;
+    const r = await model.generate(req, { maxNewTokens: 3, eosTokenIds: [], prefill: pruMergePrefill() });
+    assert.equal(r.stats.imageTokens, Math.max(1, outliers));
+    assert.deepEqual(r.visual!.kept[0], topKInOrder(cls, Math.max(1, outliers)));
+    const b = await model.generate(req, { maxNewTokens: 3, eosTokenIds: [], prefill: pruMergePrefill(20) });
+    assert.deepEqual(b.visual!.kept[0], topKInOrder(cls, 20));
+    await model.close();
   });
 });

@@ -3,13 +3,14 @@
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { VisionLanguageModel } from '../engine/vlm.js';
-import { sparsityOf } from './run.js';
+import { MethodName, methodOf } from './run.js';
 
 export interface ChatOptions {
   model: string;
   image?: string[];
   mode: 'chat' | 'independent';
-  method?: 'dense' | 'sparsevila';
+  method?: MethodName;
+  visualBudget?: number;
   prefillSparsity?: number;
   decodeSparsity?: number;
   maxNewTokens: number;
@@ -22,11 +23,11 @@ export interface ChatOptions {
 }
 
 export async function chatCommand(o: ChatOptions): Promise<void> {
-  const sparsity = sparsityOf(o);
+  const sparsity = methodOf(o);
   const tty = process.stdin.isTTY && process.stdout.isTTY;
   if (tty) process.stderr.write('loading the model…\n');
   const model = await VisionLanguageModel.load(o.model, { threads: o.threads });
-  const session = model.session(o.image ?? [], { mode: o.mode, prefillSparsity: sparsity.prefill });
+  const session = model.session(o.image ?? [], { mode: o.mode, prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, prefill: sparsity.reducer });
   const rl = createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });
   const prompt = () => { if (tty) rl.setPrompt('> '), rl.prompt(); };
   if (tty) process.stderr.write(`${o.mode} session about ${(o.image ?? []).length} image(s); ask a question, an empty line or Ctrl-D ends.\n`);

@@ -4,7 +4,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { inspectCheckpoint, formatInspection } from './inspect.js';
 import { runtimeInfo } from './info.js';
-import { runCommand } from './run.js';
+import { METHODS, runCommand } from './run.js';
 import { chatCommand } from './chat.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
@@ -44,7 +44,8 @@ program
   .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
   .option('--top-p <p>', 'sample among the most likely tokens up to probability p', num)
   .option('--seed <s>', 'sampling seed', int(0), 0)
-  .addOption(new Option('--method <name>', 'visual sparsity: dense, or sparsevila (prefill pruning + decode retrieval)').choices(['dense', 'sparsevila']).default('dense'))
+  .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval); the baselines visionzip, prumerge').choices(METHODS).default('dense'))
+  .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image (visionzip default 64; prumerge default: its IQR outliers)', int(1))
   .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM, ranked by the vision tower\'s attention (default 0.6)', fraction)
   .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question\'s attention (default 0.75)', fraction)
   .option('--threads <n>', 'threads (default: all cores)', int(1))
@@ -58,7 +59,8 @@ program
   .requiredOption('--model <dir>', 'model folder (Hugging Face layout)')
   .option('--image <file...>', 'image file(s) the conversation is about')
   .addOption(new Option('--mode <mode>', 'chat: history accumulates; independent: each question sees only the images').choices(['chat', 'independent']).default('chat'))
-  .addOption(new Option('--method <name>', 'visual sparsity: dense, or sparsevila (prefill pruning + decode retrieval per turn)').choices(['dense', 'sparsevila']).default('dense'))
+  .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval per turn); the baselines visionzip, prumerge').choices(METHODS).default('dense'))
+  .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image', int(1))
   .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM (default 0.6)', fraction)
   .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, retrieved anew per question (default 0.75)', fraction)
   .option('--max-new-tokens <n>', 'most tokens per answer', int(0), 256)

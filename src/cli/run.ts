@@ -1,6 +1,7 @@
 // `sparsevila run`: answer a prompt about an image with a model folder.
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
+import { PrefillReducer, pruMergePrefill, visionZipPrefill } from '../sparsity/method.js';
 
 export interface RunOptions {
   model: string;
@@ -11,7 +12,8 @@ export interface RunOptions {
   topK?: number;
   topP?: number;
   seed: number;
-  method?: 'dense' | 'sparsevila';
+  method?: MethodName;
+  visualBudget?: number;
   prefillSparsity?: number;
   decodeSparsity?: number;
   threads?: number;
@@ -22,19 +24,25 @@ export interface RunOptions {
 /** SparseVILA's defaults for images (the paper's): prefill 0.6, decode 0.75. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
 
-/** The prefill / decode sparsity a run uses, from --method and the sparsity flags. */
-export function sparsityOf(o: Pick<RunOptions, 'method' | 'prefillSparsity' | 'decodeSparsity'>): { prefill: number; decode: number } {
-  if ((o.method ?? 'dense') === 'dense') {
-    if (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined) {
-      throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
-    }
-    return { prefill: 0, decode: 0 };
+export type MethodName = 'dense' | 'sparsevila' | 'visionzip' | 'prumerge';
+export const METHODS: MethodName[] = ['dense', 'sparsevila', 'visionzip', 'prumerge'];
+
+/** What --method and its flags ask for: the generate options of the method, and how to report it. */
+export function methodOf(o: { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number }):
+  { prefill: number; decode: number; reducer?: PrefillReducer; label: string } {
+  const m = o.method ?? 'dense';
+  if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
+    throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
   }
-  return { prefill: o.prefillSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.prefill, decode: o.decodeSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.decode };
+  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge') throw new Error('--visual-budget needs --method visionzip or prumerge');
+  if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
+  if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };
+  if (m === 'prumerge') return { prefill: 0, decode: 0, reducer: pruMergePrefill(o.visualBudget), label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})` };
+  return { prefill: o.prefillSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.prefill, decode: o.decodeSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.decode, label: 'sparsevila' };
 }
 
 export async function runCommand(o: RunOptions): Promise<void> {
-  const sparsity = sparsityOf(o);
+  const sparsity = methodOf(o);
   // Progress goes to stderr and only on a terminal; --json keeps stdout one JSON object.
   const showProgress = !o.json && process.stderr.isTTY;
   const bar = showProgress
@@ -58,7 +66,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       { images: o.image ?? [], prompt: o.prompt },
       {
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
-        prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
+        prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, decodeSparsity: sparsity.decode, prefill: sparsity.reducer,
         onToken: o.json ? undefined : (text) => {
           if (first && showProgress) process.stderr.write('\x1b[2K');
           first = false;
@@ -71,7 +79,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
     if (o.json) {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
-        method: o.method ?? 'dense', prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
+        method: o.method ?? 'dense', methodDetail: sparsity.label, prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
         promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, visualTokensRetrieved: s.visualTokensRetrieved, newTokens: s.newTokens,
         imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
         decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,

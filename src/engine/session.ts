@@ -3,8 +3,8 @@
 import { Matrix } from '../kernels/backend.js';
 import { DecoderCache } from '../model/llama.js';
 import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
-import { keptCount } from '../sparsity/select.js';
-import { GenerateOptions, GenerationError, GenerationResult, ImageInput, VisionLanguageModel } from './vlm.js';
+import { PrefillReducer } from '../sparsity/method.js';
+import { GenerateOptions, GenerationError, GenerationResult, ImageInput, VisionLanguageModel, prefillReducerOf } from './vlm.js';
 
 export interface SessionOptions {
   /**
@@ -15,12 +15,15 @@ export interface SessionOptions {
   mode?: 'chat' | 'independent';
   /** SparseVILA prefill sparsity for the session's images (fixed once they are encoded). */
   prefillSparsity?: number;
+  /** Or another prefill method (e.g. visionZipPrefill(64)); not with prefillSparsity. */
+  prefill?: PrefillReducer;
 }
 
 /** A conversation about a fixed set of images. */
 export class Session {
   readonly mode: 'chat' | 'independent';
   readonly prefillSparsity: number;
+  private readonly reducer: PrefillReducer;
   private features: Matrix[] | null = null;
   private keptRows: number[][] = [];
   private cache: DecoderCache | null;
@@ -37,7 +40,7 @@ export class Session {
     this.mode = opts.mode ?? 'chat';
     if (this.mode !== 'chat' && this.mode !== 'independent') throw new GenerationError(`session mode ${String(this.mode)} is not chat or independent`);
     this.prefillSparsity = opts.prefillSparsity ?? 0;
-    if (!(this.prefillSparsity >= 0 && this.prefillSparsity < 1)) throw new GenerationError(`prefill sparsity ${this.prefillSparsity} must be in [0, 1)`);
+    this.reducer = prefillReducerOf(opts);
     if (images.length > 0 && !model.llava) throw new GenerationError(`${model.dir}: a ${model.config.modelType} model takes no images`);
     this.cache = model.decoder.newCache();
   }
@@ -61,7 +64,7 @@ export class Session {
     const imageCached = this.features !== null;
     if (!this.features) {
       if (this.images.length) {
-        const f = await m.imageFeatures(this.images, this.prefillSparsity);
+        const f = await m.imageFeatures(this.images, this.reducer);
         this.features = f.features;
         this.keptRows = f.kept;
       } else {
@@ -75,8 +78,7 @@ export class Session {
     if (first) content.unshift(...this.images.map(() => ({ type: 'image' as const })));
     const user: ChatMessage = { role: 'user', content };
     const messages = this.mode === 'chat' ? [...this.history, user] : [user];
-    const perImage = m.llava ? keptCount(m.llava.imageTokens, this.prefillSparsity) : 0;
-    const ids = m.promptIds({ images: this.images, messages }, perImage);
+    const ids = m.promptIds({ images: this.images, messages }, this.features.map((f) => f.rows));
     m.checkPromptLength(ids.length);
     // Reuse the longest cached prefix; independent questions never reuse past the visual context.
     let common = 0;
@@ -91,7 +93,7 @@ export class Session {
       this.visualEnd = last + 1;
     }
     m.decoder.truncateCache(this.cache, common);
-    const r = m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: this.prefillSparsity }, t0, t1,
+    const r = m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
       visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached });
     this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
     if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });

@@ -13,8 +13,7 @@ import { ClipImageProcessorConfig, RgbImage, clipPreprocess, decodeImage, loadCl
 import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { expandImageTokens } from '../io/prompt.js';
-import { prunedImageFeatures } from '../sparsity/prefill.js';
-import { keptCount } from '../sparsity/select.js';
+import { PrefillReducer, densePrefill, sparseVilaPrefill } from '../sparsity/method.js';
 import { DecodeRetrieval } from '../sparsity/retrieval.js';
 import { Session, SessionOptions } from './session.js';
 import { writeHeatmap } from '../io/heatmap.js';
@@ -57,6 +56,8 @@ export interface GenerateOptions extends SamplingOptions {
    * Default 0 (dense: every token, computed exactly as without this option).
    */
   prefillSparsity?: number;
+  /** A prefill stage other than SparseVILA's (e.g. visionZipPrefill(64), pruMergePrefill()); not with prefillSparsity. */
+  prefill?: PrefillReducer;
   /**
    * SparseVILA decode sparsity d in [0, 1): after the prompt is prefilled, each layer keeps, per KV
    * head, the top (1 - d) of the visual tokens by the attention the question (the prompt after the
@@ -104,7 +105,8 @@ export interface GenerationResult {
   stats: GenerationStats;
   /**
    * With images, which visual tokens the turn used: per image, the rows of its selected vision
-   * features kept in prefill (ascending), and per image and LLM layer the rows decode retrieval
+   * features the prompt's image tokens stand for (in prompt order; a merged token: its anchor
+   * row), and per image and LLM layer the rows decode retrieval
    * attended to (union over KV heads; null without decode sparsity). A row is a patch index, or
    * with vision_feature_select_strategy "full" row 0 is the class token and row r patch r - 1.
    */
@@ -126,6 +128,16 @@ function retrievedRows(r: DecodeRetrieval, features: Matrix[], keptRows: number[
     }
     return [...rows].sort((a, b) => a - b);
   }));
+}
+
+/** The prefill stage a request asks for: opts.prefill, else SparseVILA's with prefillSparsity (dense at 0). */
+export function prefillReducerOf(opts: Pick<GenerateOptions, 'prefill' | 'prefillSparsity' | 'decodeSparsity'>): PrefillReducer {
+  const { p } = checkSparsity(opts);
+  if (opts.prefill) {
+    if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== 0) throw new GenerationError(`give either a prefill method (${opts.prefill.name}) or prefillSparsity, not both`);
+    return opts.prefill;
+  }
+  return p > 0 ? sparseVilaPrefill(p) : densePrefill;
 }
 
 function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
@@ -227,12 +239,12 @@ export class VisionLanguageModel {
   }
 
   /** Token ids of a request, image placeholders expanded to one id per image feature row. */
-  promptIds(req: GenerateRequest, perImage = this.llava?.imageTokens ?? 0): number[] {
+  promptIds(req: GenerateRequest, perImage: number | readonly number[] = this.llava?.imageTokens ?? 0): number[] {
     if (req.inputIds) return req.inputIds;
     if (!this.tokenizer) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
     let text = this.promptText(req);
     const n = req.images?.length ?? 0;
-    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), new Array<number>(n).fill(perImage));
+    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), typeof perImage === 'number' ? new Array<number>(n).fill(perImage) : perImage);
     else if (n > 0) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
     return this.tokenizer.encode(text);
   }
@@ -245,12 +257,12 @@ export class VisionLanguageModel {
   }
 
   /** Projected features of each image, kept until the next call. */
-  private encodeImages(pixels: Float32Array[], prefillSparsity: number): Matrix[] {
+  private encodeImages(pixels: Float32Array[], reducer: PrefillReducer): Matrix[] {
     const llava = this.llava!;
     for (const m of this.imageMatrices) this.backend.free(m);
     this.imageKept = [];
     this.imageMatrices = pixels.map((px) => {
-      const r = prunedImageFeatures(llava, px, prefillSparsity);
+      const r = reducer.reduce(llava, px);
       this.imageKept.push(r.kept);
       const f = r.features;
       const keep = this.backend.matrix(f.rows, f.cols, f.place);
@@ -262,11 +274,11 @@ export class VisionLanguageModel {
 
   async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {
     const t0 = now();
-    const { p } = checkSparsity(opts);
+    const reducer = prefillReducerOf(opts);
     const pixels = await Promise.all((req.images ?? []).map((im) => this.pixelValues(im)));
-    const ids = this.promptIds(req, this.llava ? keptCount(this.llava.imageTokens, p) : 0);
+    const features = this.llava ? this.encodeImages(pixels, reducer) : [];
+    const ids = this.promptIds(req, features.map((f) => f.rows));
     this.checkPromptLength(ids.length);
-    const features = this.llava ? this.encodeImages(pixels, p) : [];
     const t1 = now();
     const cache = this.decoder.newCache();
     try {
@@ -359,12 +371,12 @@ export class VisionLanguageModel {
    * @internal Projected features of each image (pruned with prefill sparsity p), owned by the
    * caller, and the rows of the selected features each kept.
    */
-  async imageFeatures(images: ImageInput[], p: number): Promise<{ features: Matrix[]; kept: number[][] }> {
+  async imageFeatures(images: ImageInput[], reducer: PrefillReducer): Promise<{ features: Matrix[]; kept: number[][] }> {
     if (!this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
     const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
     const kept: number[][] = [];
     const features = pixels.map((px) => {
-      const r = prunedImageFeatures(this.llava!, px, p);
+      const r = reducer.reduce(this.llava!, px);
       kept.push(r.kept);
       const own = this.backend.matrix(r.features.rows, r.features.cols, r.features.place);
       this.backend.copy(own, r.features);

@@ -28,6 +28,9 @@ export interface SalienceRequest {
   /** Encoder layer (0-based) whose attention is measured; default the last layer loaded. */
   layer?: number;
   result?: Float32Array;
+  /** Also return that layer's key rows (for token merging), [tokens][hidden], heads side by side. */
+  withKeys?: boolean;
+  keys?: Float32Array;
 }
 
 export class ClipVisionTower {
@@ -148,6 +151,7 @@ export class ClipVisionTower {
         be.write(w, salience.rows === 'cls' ? Float32Array.from({ length: T }, (_, i) => (i === 0 ? 1 : 0)) : new Float32Array(T).fill(1 / T));
         be.attention(att, q, this.cache, 0, { ...opts, salience: { rowWeights: w, out } });
         salience.result = be.read(out);
+        if (salience.withKeys) salience.keys = be.read(k);
       } else {
         be.attention(att, q, this.cache, 0, opts);
       }

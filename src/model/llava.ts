@@ -74,11 +74,22 @@ export class LlavaModel {
    * attention the class token pays to each token at the layer that feeds the projector, measured
    * inside that layer's attention (see SalienceRequest). Reused by the next call.
    */
-  salientFeatures(pixels: Float32Array): { features: Matrix; salience: Float32Array } {
-    const req: SalienceRequest = { rows: 'cls' };
+  salientFeatures(pixels: Float32Array, withKeys = false): { features: Matrix; salience: Float32Array; keys?: Float32Array } {
+    const req: SalienceRequest = { rows: 'cls', withKeys };
     const hs = this.vision.encode(pixels, undefined, req);
-    if (this.config.visionFeatureSelectStrategy === 'default') return { features: hs.view(1, hs.rows - 1), salience: req.result!.subarray(1) };
-    return { features: hs, salience: req.result! };
+    if (this.config.visionFeatureSelectStrategy === 'default') {
+      const D = this.config.vision.hiddenSize;
+      return { features: hs.view(1, hs.rows - 1), salience: req.result!.subarray(1), keys: req.keys?.subarray(D) };
+    }
+    return { features: hs, salience: req.result!, keys: req.keys };
+  }
+
+  /** A matrix holding `rows` (row-major [n][vision hidden]), reused by the next call. */
+  featureRows(rows: Float32Array): Matrix {
+    const D = this.config.vision.hiddenSize;
+    const m = this.ws.matrix('merged', rows.length / D, D);
+    this.backend.write(m, rows);
+    return m;
   }
 
   /** Rows `rows` (ascending) of m, gathered into a matrix reused by the next call. */

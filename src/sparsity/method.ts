@@ -1,0 +1,62 @@
+// Visual-sparsity methods as strategies: what an image contributes to the prompt (prefill stage)
+// and which cached visual tokens each decode step reads (decode stage). Dense, SparseVILA and the
+// baselines all run on the same model through these.
+import { Matrix } from '../kernels/backend.js';
+import { LlavaModel } from '../model/llava.js';
+import { prunedImageFeatures } from './prefill.js';
+import { pruMergeMerge, pruMergeSelect } from './prumerge.js';
+import { visionZipContextual, visionZipMerge, visionZipSelect } from './visionzip.js';
+
+/** An image's rows for the language model. */
+export interface ReducedImage {
+  /** Projected rows [n][text hidden] (reused by the model's next call). */
+  features: Matrix;
+  /** For each output row, the selected-feature row it stands for (a merged row: its anchor). */
+  kept: number[];
+}
+
+/** The prefill stage of a method: reduces an image's visual tokens before the language model. */
+export interface PrefillReducer {
+  readonly name: string;
+  reduce(model: LlavaModel, pixels: Float32Array): ReducedImage;
+}
+
+/** Every visual token (the dense path, exactly). */
+export const densePrefill: PrefillReducer = { name: 'dense', reduce: (m, px) => prunedImageFeatures(m, px, 0) };
+
+/** SparseVILA's query-agnostic pruning with prefill sparsity p. */
+export function sparseVilaPrefill(p: number): PrefillReducer {
+  return { name: `sparsevila(p=${p})`, reduce: (m, px) => prunedImageFeatures(m, px, p) };
+}
+
+/** VisionZip with a budget of output tokens per image (its paper's 64 = 54 dominant + 10 contextual). */
+export function visionZipPrefill(budget = 64): PrefillReducer {
+  if (!Number.isInteger(budget) || budget < 2) throw new RangeError(`VisionZip budget ${budget} must be a whole number >= 2`);
+  return {
+    name: `visionzip(${budget})`,
+    reduce: (m, px) => {
+      const { features, salience, keys } = m.salientFeatures(px, true);
+      const n = salience.length;
+      if (budget >= n) return prunedImageFeatures(m, px, 0);
+      const contextual = visionZipContextual(budget);
+      const heads = m.config.vision.numAttentionHeads, hd = m.config.vision.hiddenSize / heads;
+      const sel = visionZipSelect(salience, keys!, heads, hd, budget - contextual, contextual);
+      const merged = visionZipMerge(m.backend.read(features), features.cols, sel);
+      return { features: m.project(m.featureRows(merged)), kept: [...sel.dominant, ...sel.targets] };
+    },
+  };
+}
+
+/** PruMerge: the IQR outliers of the class-token attention (or a fixed budget), merged with their key-nearest tokens. */
+export function pruMergePrefill(budget?: number): PrefillReducer {
+  if (budget !== undefined && (!Number.isInteger(budget) || budget < 1)) throw new RangeError(`PruMerge budget ${budget} must be a whole number >= 1`);
+  return {
+    name: budget === undefined ? 'prumerge' : `prumerge(${budget})`,
+    reduce: (m, px) => {
+      const { features, salience, keys } = m.salientFeatures(px, true);
+      const sel = pruMergeSelect(salience, keys!, features.cols, { budget: budget === undefined ? undefined : Math.min(budget, salience.length) });
+      const merged = pruMergeMerge(m.backend.read(features), features.cols, salience, sel);
+      return { features: m.project(m.featureRows(merged)), kept: sel.kept };
+    },
+  };
+}
