@@ -628,3 +628,55 @@ export function attn_keyscore(tid: i32, begin: i32, end: i32, q: usize, ldq: i32
     }
   }
 }
+
+/**
+ * Quest's page summaries: for KV head h and page p (slots [p * pageSize, (p + 1) * pageSize) below
+ * `length`), the element-wise minimum and maximum of the page's K rows, into
+ * out + ((h * pageStride + p) * 2) * D * 4 (min, then max). Units: kvHeads * nPages, for pages
+ * page0 .. page0 + nPages - 1.
+ */
+export function kv_page_bounds(tid: i32, begin: i32, end: i32, pages: usize, logB: i32, kvHeads: i32, D: i32, pageSize: i32,
+  page0: i32, nPages: i32, length: i32, pageStride: i32, out: usize): void {
+  const rowBytes = <usize>D * 4;
+  for (let u = begin; u < end; u++) {
+    const h = u / nPages, p = page0 + u % nPages;
+    const s0 = p * pageSize, s1 = min(length, s0 + pageSize);
+    const o = out + (<usize>h * <usize>pageStride + <usize>p) * 2 * rowBytes;
+    if (s1 <= s0) continue;
+    const first = kRow(pages, logB, h, D, s0);
+    for (let d: usize = 0; d < rowBytes; d += 16) {
+      let lo = v128.load(first + d), hi = lo;
+      for (let s = s0 + 1; s < s1; s++) {
+        const x = v128.load(kRow(pages, logB, h, D, s) + d);
+        lo = f32x4.min(lo, x); hi = f32x4.max(hi, x);
+      }
+      v128.store(o + d, lo);
+      v128.store(o + rowBytes + d, hi);
+    }
+  }
+}
+
+/**
+ * Quest's page scores for one query row q [heads * D]: out[h][p] = sum over the query heads of KV
+ * group h of sum_d max(q_d * min_d, q_d * max_d), an upper bound of q . k over the page's keys.
+ * Units: KV heads.
+ */
+export function quest_scores(tid: i32, begin: i32, end: i32, q: usize, bounds: usize, kvHeads: i32, D: i32, heads: i32,
+  nPages: i32, pageStride: i32, out: usize): void {
+  const group = heads / kvHeads;
+  const rowBytes = <usize>D * 4;
+  for (let h = begin; h < end; h++) {
+    for (let p = 0; p < nPages; p++) {
+      const b = bounds + (<usize>h * <usize>pageStride + <usize>p) * 2 * rowBytes;
+      let acc = f32x4.splat(0);
+      for (let g = 0; g < group; g++) {
+        const qh = q + <usize>(h * group + g) * rowBytes;
+        for (let d: usize = 0; d < rowBytes; d += 16) {
+          const qv = v128.load(qh + d);
+          acc = f32x4.add(acc, f32x4.max(f32x4.mul(qv, v128.load(b + d)), f32x4.mul(qv, v128.load(b + rowBytes + d))));
+        }
+      }
+      store<f32>(out + (<usize>h * <usize>nPages + <usize>p) * 4, hsum(acc));
+    }
+  }
+}

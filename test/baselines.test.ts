@@ -4,8 +4,10 @@ import path from 'node:path';
 import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
-import { pruMergePrefill, visionZipPrefill } from '../src/sparsity/method.js';
+import { pruMergePrefill, questDecode, visionZipPrefill } from '../src/sparsity/method.js';
 import { topKInOrder } from '../src/sparsity/select.js';
+import { QuestDecode } from '../src/sparsity/quest.js';
+import { LlamaDecoder } from '../src/model/llama.js';
 import { fixture } from './helpers.js';
 import assert from 'node:assert/strict';
 import { visionZipContextual, visionZipMerge, visionZipSelect } from '../src/sparsity/visionzip.js';
@@ -86,6 +88,20 @@ describe('baselines on llava-tiny, through generate()', () => {
     await model.close();
   });
 
+  it('Quest: a budget holding every page is the dense decode exactly; a small one reads fewer KV bytes per step', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const dense = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [] });
+    const all = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [], decode: questDecode({ budget: 1024 }) });
+    assert.deepEqual(all.ids, dense.ids);
+    const small = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [], decode: questDecode({ budget: 32 }) });
+    assert.equal(small.ids.length, 8);
+    // 3 layers: the first two dense (83 slots at the first step), the third 16 + 3 slots (page 5 holds slots 80..82).
+    assert.equal(small.stats.kvBytesPerStep, Math.round(((2 * 83 + 19) / 3) * 3 * 2 * 16 * 4 * 2));
+    assert.ok(small.stats.kvBytesPerStep < dense.stats.kvBytesPerStep);
+    await assert.rejects(model.generate(req, { decode: questDecode({ budget: 32 }), decodeSparsity: 0.5 }), /give either a decode method \(quest\(32\)\) or decodeSparsity, not both/);
+    await model.close();
+  });
+
   it('PruMerge keeps the IQR outliers of the CLS attention; with a budget, the top tokens', async () => {
     const model = await VisionLanguageModel.load(dir, { backend: be });
     const g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
@@ -101,5 +117,65 @@ describe('baselines on llava-tiny, through generate()', () => {
     const b = await model.generate(req, { maxNewTokens: 3, eosTokenIds: [], prefill: pruMergePrefill(20) });
     assert.deepEqual(b.visual!.kept[0], topKInOrder(cls, 20));
     await model.close();
+  });
+});
+
+describe('Quest', () => {
+  let be: WasmBackend;
+  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  after(async () => { await be.close(); });
+
+  // One KV head of dimension 4, two query heads sharing it; pages of 4 slots; 18 slots written, so
+  // page 4 (slots 16, 17) is the page being written. Page keys (first component; the rest 0):
+  // page 0: 0, page 1: 1, page 2: 5, page 3: 2 and -3 (min -3, max 2), page 4: 0.
+  const firsts = [0, 0, 0, 0, 1, 1, 1, 1, 5, 5, 5, 5, 2, -3, 2, -3, 0, 0];
+  const setup = () => {
+    const cache = be.kvCache(1, 1, 4, { blockSize: 8 });
+    const k = be.matrix(18, 4);
+    be.write(k, Float32Array.from({ length: 72 }, (_, i) => (i % 4 === 0 ? firsts[i / 4] : 0)));
+    be.kvWrite(cache, 0, k, k, 0);
+    be.free(k);
+    const decoder = { backend: be, kvHeads: 1, heads: 2, headDim: 4, config: { numHiddenLayers: 3 }, layerPart: () => ({ place: 0, part: 0, layerInPart: 0 }) } as unknown as LlamaDecoder;
+    return { cache, decoder };
+  };
+  const pick = (qFirst: [number, number], budget: number) => {
+    const { cache, decoder } = setup();
+    const quest = new QuestDecode(decoder, { budget, pageSize: 4, denseLayers: 1 }, 32);
+    const q = be.matrix(1, 8);
+    be.write(q, Float32Array.from([qFirst[0], 0, 0, 0, qFirst[1], 0, 0, 0]));
+    const hook = quest.decodeOptions().attentionKeys!;
+    assert.equal(hook(0, 17, q, cache, 0), undefined, 'the first layer stays dense');
+    const keys = hook(1, 17, q, cache, 0)!;
+    const list = Array.from(be.readInts(keys.indices!)).slice(0, keys.count);
+    quest.free(); be.free(q); be.free(cache);
+    return list;
+  };
+
+  it('scores pages by sum_d max(q_d min_d, q_d max_d), summed over the group\'s heads, and attends to the top pages and the page being written', () => {
+    // q . k bounds with q = (1, 0, 0, 0) per head: page 2 (5) beats page 3 (2), page 1 (1), page 0 (0).
+    assert.deepEqual(pick([1, 1], 8), [8, 9, 10, 11, 16, 17]);
+    // q = (-1, 0, 0, 0): the bound of page 3 is max(3, -2) = 3, although its mean key is negative.
+    assert.deepEqual(pick([-1, -1], 8), [12, 13, 14, 15, 16, 17]);
+    // The heads of a group add their scores: (2, -1) gives page 2: 10 - 5 = 5, page 3: 4 + 3 = 7.
+    assert.deepEqual(pick([2, -1], 8), [12, 13, 14, 15, 16, 17]);
+    // Three pages: the two best and the current one, in slot order.
+    assert.deepEqual(pick([1, 1], 12), [8, 9, 10, 11, 12, 13, 14, 15, 16, 17]);
+  });
+
+  it('page bounds and scores match a plain computation', () => {
+    const { cache } = setup();
+    const b = be.matrix(8, 8);
+    be.pageBounds(b, cache, 0, { pageSize: 4, page0: 0, nPages: 5 });
+    const got = be.read(b);
+    for (let p = 0; p < 5; p++) {
+      const vals = firsts.slice(p * 4, Math.min(18, p * 4 + 4));
+      assert.deepEqual([got[p * 8], got[p * 8 + 4]], [Math.min(...vals), Math.max(...vals)], `page ${p}`);
+    }
+    const q = be.matrix(1, 8), out = be.matrix(1, 5);
+    be.write(q, Float32Array.from([2, 0, 0, 0, -1, 0, 0, 0]));
+    be.pageScores(out, q, b, { heads: 2, kvHeads: 1, nPages: 5 });
+    assert.deepEqual(Array.from(be.read(out)), [0, 1, 5, 7, 0]);
+    assert.throws(() => be.pageScores(be.matrix(1, 9), q, b, { heads: 2, kvHeads: 1, nPages: 9 }), /pageScores: bounds are 8x8, not 1 x at least 9 pages/);
+    be.free(b); be.free(q); be.free(out); be.free(cache);
   });
 });

@@ -78,12 +78,12 @@ describe('sparsevila CLI', () => {
     assert.match(dense.stderr, /--prefill-sparsity and --decode-sparsity need --method sparsevila/);
     const unknown = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--method', 'magic');
     assert.notEqual(unknown.status, 0);
-    assert.match(unknown.stderr, /argument 'magic' is invalid. Allowed choices are dense, sparsevila, visionzip, prumerge/);
+    assert.match(unknown.stderr, /argument 'magic' is invalid. Allowed choices are dense, sparsevila, visionzip, prumerge, quest/);
   });
 
   it('run --method visionzip / prumerge with --visual-budget: the baselines on the same model', () => {
     const args = ['run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '2', '--json'];
-    for (const [method, budget, tokens] of [['visionzip', '16', 16], ['prumerge', '10', 10]] as const) {
+    for (const [method, budget, tokens] of [['visionzip', '16', 16], ['prumerge', '10', 10], ['quest', '32', 64]] as const) {
       const r = run(...args, '--method', method, '--visual-budget', budget);
       assert.equal(r.status, 0, r.stderr);
       const j = JSON.parse(r.stdout) as { method: string; methodDetail: string; imageTokens: number; visualTokensIn: number };
@@ -91,7 +91,7 @@ describe('sparsevila CLI', () => {
     }
     const bad = run(...args, '--visual-budget', '10');
     assert.equal(bad.status, 1);
-    assert.match(bad.stderr, /--visual-budget needs --method visionzip or prumerge/);
+    assert.match(bad.stderr, /--visual-budget needs --method visionzip, prumerge or quest/);
   });
 
   it('chat answers one question per line, the image encoded once and then taken from the session cache', () => {

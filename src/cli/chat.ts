@@ -40,7 +40,7 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
       turn++;
       const r = await session.ask(q, {
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed + turn - 1,
-        decodeSparsity: sparsity.decode, onToken: (t) => process.stdout.write(t),
+        decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode, decode: sparsity.decodeMethod, onToken: (t) => process.stdout.write(t),
       });
       const s = r.stats;
       process.stdout.write('\n');

@@ -1,7 +1,8 @@
 // `sparsevila run`: answer a prompt about an image with a model folder.
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
-import { PrefillReducer, pruMergePrefill, visionZipPrefill } from '../sparsity/method.js';
+import { PrefillReducer, pruMergePrefill, questDecode, visionZipPrefill } from '../sparsity/method.js';
+import { DecodeMethod } from '../sparsity/decode.js';
 
 export interface RunOptions {
   model: string;
@@ -24,17 +25,18 @@ export interface RunOptions {
 /** SparseVILA's defaults for images (the paper's): prefill 0.6, decode 0.75. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
 
-export type MethodName = 'dense' | 'sparsevila' | 'visionzip' | 'prumerge';
-export const METHODS: MethodName[] = ['dense', 'sparsevila', 'visionzip', 'prumerge'];
+export type MethodName = 'dense' | 'sparsevila' | 'visionzip' | 'prumerge' | 'quest';
+export const METHODS: MethodName[] = ['dense', 'sparsevila', 'visionzip', 'prumerge', 'quest'];
 
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
 export function methodOf(o: { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number }):
-  { prefill: number; decode: number; reducer?: PrefillReducer; label: string } {
+  { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
   const m = o.method ?? 'dense';
   if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
     throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
   }
-  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge') throw new Error('--visual-budget needs --method visionzip or prumerge');
+  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest') throw new Error('--visual-budget needs --method visionzip, prumerge or quest');
+  if (m === 'quest') return { prefill: 0, decode: 0, decodeMethod: questDecode({ budget: o.visualBudget ?? 256 }), label: `quest (budget ${o.visualBudget ?? 256})` };
   if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
   if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };
   if (m === 'prumerge') return { prefill: 0, decode: 0, reducer: pruMergePrefill(o.visualBudget), label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})` };
@@ -66,7 +68,8 @@ export async function runCommand(o: RunOptions): Promise<void> {
       { images: o.image ?? [], prompt: o.prompt },
       {
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
-        prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, decodeSparsity: sparsity.decode, prefill: sparsity.reducer,
+        prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
+        prefill: sparsity.reducer, decode: sparsity.decodeMethod,
         onToken: o.json ? undefined : (text) => {
           if (first && showProgress) process.stderr.write('\x1b[2K');
           first = false;

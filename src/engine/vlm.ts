@@ -13,8 +13,8 @@ import { ClipImageProcessorConfig, RgbImage, clipPreprocess, decodeImage, loadCl
 import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { expandImageTokens } from '../io/prompt.js';
-import { PrefillReducer, densePrefill, sparseVilaPrefill } from '../sparsity/method.js';
-import { DecodeRetrieval } from '../sparsity/retrieval.js';
+import { PrefillReducer, densePrefill, sparseVilaDecode, sparseVilaPrefill } from '../sparsity/method.js';
+import { DecodeMethod, DecodeSelector } from '../sparsity/decode.js';
 import { Session, SessionOptions } from './session.js';
 import { writeHeatmap } from '../io/heatmap.js';
 import { Sampler, SamplingOptions } from './sampling.js';
@@ -67,6 +67,8 @@ export interface GenerateOptions extends SamplingOptions {
   decodeSparsity?: number;
   /** With decode sparsity: select the visual tokens again every N generated tokens, by the latest token's attention (default 0: once per turn). */
   reretrieveEvery?: number;
+  /** A decode stage other than SparseVILA's (e.g. questDecode({ budget: 256 })); not with decodeSparsity. */
+  decode?: DecodeMethod;
 }
 
 export interface GenerationStats {
@@ -115,12 +117,12 @@ export interface GenerationResult {
 
 export class GenerationError extends Error {}
 
-/** Per image and layer, the feature rows a retrieval attends to (union over KV heads). */
-function retrievedRows(r: DecodeRetrieval, features: Matrix[], keptRows: number[][]): number[][][] {
+/** Per image and layer, the feature rows a decode selection attends to (union over KV heads). */
+function retrievedRows(visualSlots: number[], kept: Int32Array[], features: Matrix[], keptRows: number[][]): number[][][] {
   const where = new Map<number, [number, number]>(); // slot -> (image, row of its kept features)
   let v = 0;
-  features.forEach((f, i) => { for (let j = 0; j < f.rows; j++) where.set(r.visualSlots[v++], [i, j]); });
-  return features.map((_, i) => r.kept.map((slots) => {
+  features.forEach((f, i) => { for (let j = 0; j < f.rows; j++) where.set(visualSlots[v++], [i, j]); });
+  return features.map((_, i) => kept.map((slots) => {
     const rows = new Set<number>();
     for (const slot of slots) {
       const w = where.get(slot);
@@ -138,6 +140,16 @@ export function prefillReducerOf(opts: Pick<GenerateOptions, 'prefill' | 'prefil
     return opts.prefill;
   }
   return p > 0 ? sparseVilaPrefill(p) : densePrefill;
+}
+
+/** The decode stage a request asks for: opts.decode, else SparseVILA's with decodeSparsity (null: dense). */
+export function decodeMethodOf(opts: Pick<GenerateOptions, 'decode' | 'decodeSparsity' | 'prefillSparsity' | 'reretrieveEvery'>): DecodeMethod | null {
+  const { d } = checkSparsity(opts);
+  if (opts.decode) {
+    if (d !== 0) throw new GenerationError(`give either a decode method (${opts.decode.name}) or decodeSparsity, not both`);
+    return opts.decode;
+  }
+  return d > 0 ? sparseVilaDecode(d, opts.reretrieveEvery ?? 0) : null;
 }
 
 function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
@@ -331,37 +343,36 @@ export class VisionLanguageModel {
    */
   runTurn(a: { ids: number[]; features: Matrix[]; keptRows: number[][]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean }): GenerationResult {
     const { ids, features, cache, slot0, opts } = a;
-    const { d } = checkSparsity(opts);
     const S = ids.length;
     this.checkPromptLength(S);
     if (slot0 < 0 || slot0 >= S || cache.length !== slot0) throw new GenerationError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
     const x = this.ws.matrix('prompt', S, this.text.hiddenSize);
     if (this.llava) this.llava.embedPrompt(x, ids, features);
     else this.decoder.embed(x, ids);
-    let retrieval: DecodeRetrieval | null = null;
+    const method = decodeMethodOf(opts);
+    let selector: DecodeSelector | null = null;
     try {
-      if (d > 0 && this.llava) {
-        const imageId = this.llava.config.imageTokenIndex;
-        const visual = ids.flatMap((t, i) => (t === imageId ? [i] : []));
-        // The question: the turn's new rows after the last image (the last row if none).
-        const q0 = Math.min(Math.max(slot0, visual.length ? visual[visual.length - 1] + 1 : 0), S - 1);
-        if (visual.length > 0) retrieval = new DecodeRetrieval(this.decoder, visual, d, q0, opts.maxNewTokens ?? 256);
-      }
+      const imageId = this.llava?.config.imageTokenIndex;
+      const visual = imageId === undefined ? [] : ids.flatMap((t, i) => (t === imageId ? [i] : []));
+      // The question: the turn's new rows after the last image (the last row if none).
+      const q0 = Math.min(Math.max(slot0, visual.length ? visual[visual.length - 1] + 1 : 0), S - 1);
+      selector = method?.create({ decoder: this.decoder, visualSlots: visual, questionSlot0: q0, promptLength: S, maxSteps: opts.maxNewTokens ?? 256 }) ?? null;
       const imageTokens = features.reduce((n, f) => n + f.rows, 0);
-      const r = this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, a.t0, a.t1, imageTokens, a.visualIn, retrieval);
+      const r = this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, a.t0, a.t1, imageTokens, a.visualIn, selector);
       r.stats.imageCached = a.imageCached;
-      if (retrieval) this.lastRetrieved = retrieval.kept.map((k) => k.slice());
-      if (features.length) r.visual = { kept: a.keptRows.map((k) => k.slice()), retrieved: retrieval ? retrievedRows(retrieval, features, a.keptRows) : null };
+      const kept = selector?.keptVisual;
+      if (kept) this.lastRetrieved = kept.map((k) => k.slice());
+      if (features.length) r.visual = { kept: a.keptRows.map((k) => k.slice()), retrieved: kept ? retrievedRows(visual, kept, features, a.keptRows) : null };
       return r;
     } finally {
-      retrieval?.free();
+      selector?.free();
     }
   }
 
   /** K and V bytes one decode step reads when it attends to `rows` cache slots in every layer. */
   private kvBytesPerStep(rows: number): number {
     const t = this.text;
-    return rows * t.numHiddenLayers * t.numKeyValueHeads * this.decoder.headDim * 4 * 2;
+    return Math.round(rows * t.numHiddenLayers * t.numKeyValueHeads * this.decoder.headDim * 4 * 2);
   }
 
   /** @internal Per layer, the visual slots the last turn with decode retrieval kept, [kvHeads][keep]. */
@@ -386,15 +397,15 @@ export class VisionLanguageModel {
   }
 
   private decodeLoop(x: Matrix, ids: number[], slot0: number, cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
-    retrieval: DecodeRetrieval | null): GenerationResult {
+    selector: DecodeSelector | null): GenerationResult {
     const S = ids.length, maxNew = opts.maxNewTokens ?? 256;
     if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${opts.maxNewTokens}`);
     const sampler = new Sampler(opts);
     const eos = new Set(opts.eosTokenIds ?? [...(this.tokenizer?.eosTokenIds ?? []), ...this.generationEos]);
     const stops = (opts.stop ?? []).filter((s) => s.length > 0);
     const stream = this.tokenizer?.createStreamDecoder({ skipSpecialTokens: true }) ?? null;
-    let logits = this.decoder.forward(x, cache, slot0, Array.from({ length: S - slot0 }, (_, i) => slot0 + i), retrieval?.prefillOptions(slot0, S - slot0));
-    const stepOptions = retrieval?.decodeOptions(opts.reretrieveEvery ?? 0);
+    let logits = this.decoder.forward(x, cache, slot0, Array.from({ length: S - slot0 }, (_, i) => slot0 + i), selector?.prefillOptions(slot0, S - slot0));
+    const stepOptions = selector?.decodeOptions();
     const t2 = now();
     const out: number[] = [];
     let text = '', emitted = 0, finish: FinishReason = 'length';
@@ -441,9 +452,9 @@ export class VisionLanguageModel {
         prefilledTokens: S - slot0,
         imageTokens,
         visualTokensIn,
-        visualTokensRetrieved: retrieval ? retrieval.keep : imageTokens,
+        visualTokensRetrieved: selector?.visualPerStep ?? imageTokens,
         imageCached: false,
-        kvBytesPerStep: this.kvBytesPerStep(S + 1 - (retrieval ? retrieval.visualSlots.length - retrieval.keep : 0)),
+        kvBytesPerStep: this.kvBytesPerStep(selector ? selector.rowsPerStep(S) : S + 1),
         imageMs: t1 - t0,
         prefillMs: t2 - t1,
         prefillTokensPerSecond: (S - slot0) / ((t2 - t1) / 1000),

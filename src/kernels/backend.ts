@@ -198,4 +198,15 @@ export interface KernelBackend {
    * softmax over the given keys only. q: the question's rows [n][heads * headDim] after RoPE.
    */
   keyScores(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: KeyScoreOptions): void;
+  /**
+   * Quest's page summaries: for pages [page0, page0 + nPages) of `pageSize` slots (below the
+   * cache length), the element-wise min and max of each KV head's K rows. bounds is
+   * [kvHeads * pageStride][2 * headDim] (row h * pageStride + p: min, then max), whole.
+   */
+  pageBounds(bounds: Matrix, cache: KVCache, layer: number, opts: { pageSize: number; page0: number; nPages: number }): void;
+  /**
+   * Quest's page scores of one query row q [1][heads * headDim]: out[h][p] = sum over KV group h's
+   * query heads of sum_d max(q_d min_d, q_d max_d) for pages [0, nPages). out is [kvHeads][nPages].
+   */
+  pageScores(out: Matrix, q: Matrix, bounds: Matrix, opts: { heads: number; kvHeads: number; nPages: number }): void;
 }

@@ -555,6 +555,34 @@ export class WasmBackend implements KernelBackend {
       [qm.ptr, qm.ld, qm.rows, c.pageTables[layer], c.logB, c.kvHeads, D, heads, keys.ptr, n, scale, o.ptr, this.scratch.get(c.arena)!]);
   }
 
+  pageBounds(bounds: Matrix, cache: KVCache, layer: number, opts: { pageSize: number; page0: number; nPages: number }): void {
+    const b = asMatrix(bounds), c = asCache(cache);
+    const { pageSize, page0, nPages } = opts;
+    sameArena('pageBounds', b.arena, c.arena);
+    if (layer < 0 || layer >= c.layers) throw new BackendError(`pageBounds: layer ${layer} outside [0, ${c.layers})`);
+    checkDims('pageBounds', pageSize, page0, nPages);
+    if (pageSize < 1) throw new BackendError('pageBounds: page size must be at least 1');
+    const stride = b.rows / c.kvHeads;
+    if (!Number.isInteger(stride) || b.cols !== 2 * c.headDim || b.ld !== b.cols) throw new BackendError(`pageBounds: bounds are ${b.rows}x${b.cols}, expected a whole (${c.kvHeads} x pages) x ${2 * c.headDim} matrix`);
+    if (page0 + nPages > stride) throw new BackendError(`pageBounds: pages up to ${page0 + nPages} but room for ${stride}`);
+    if (nPages === 0) return;
+    this.pool.run(c.arena, 'kv_page_bounds', c.kvHeads * nPages, this.grain(c.kvHeads * nPages, 4),
+      [c.pageTables[layer], c.logB, c.kvHeads, c.headDim, pageSize, page0, nPages, c.length, stride, b.ptr]);
+  }
+
+  pageScores(out: Matrix, q: Matrix, bounds: Matrix, opts: { heads: number; kvHeads: number; nPages: number }): void {
+    const o = asMatrix(out), qm = asMatrix(q), b = asMatrix(bounds);
+    const { heads, kvHeads, nPages } = opts;
+    sameArena('pageScores', o.arena, qm.arena, b.arena);
+    if (heads % kvHeads !== 0) throw new BackendError(`pageScores: ${heads} query heads are not a multiple of ${kvHeads} KV heads`);
+    const D = b.cols / 2, stride = b.rows / kvHeads;
+    if (qm.rows !== 1 || qm.cols !== heads * D) throw new BackendError(`pageScores: q is ${qm.rows}x${qm.cols}, expected 1x${heads * D}`);
+    if (o.rows !== kvHeads || o.cols !== nPages || o.ld !== nPages) throw new BackendError(`pageScores: out is ${o.rows}x${o.cols}, expected a whole ${kvHeads}x${nPages} matrix`);
+    if (!Number.isInteger(stride) || nPages > stride || b.ld !== b.cols) throw new BackendError(`pageScores: bounds are ${b.rows}x${b.cols}, not ${kvHeads} x at least ${nPages} pages`);
+    if (nPages === 0) return;
+    this.pool.run(b.arena, 'quest_scores', kvHeads, 1, [qm.ptr, b.ptr, kvHeads, D, heads, nPages, stride, o.ptr]);
+  }
+
   private decode(o: WMatrix, q: WMatrix, c: WKVCache, table: number, heads: number, nKeys: number, idx: number, idxStride: number, scale: number, scratch: number): void {
     const D = c.headDim;
     // Split the keys so that every thread has several units even with few KV heads.

@@ -35,9 +35,10 @@ export interface ForwardOptions {
   onHidden?: (layer: number, x: Matrix) => void;
   /**
    * The keys a layer's attention reads, for one-row (decode) calls (default: every slot up to the
-   * row's own). This is how decode retrieval attends to a subset of the cache in place.
+   * row's own), given the row's query (after RoPE; its own K/V are already in the cache). This is
+   * how decode-time methods attend to a subset of the cache in place.
    */
-  attentionKeys?: (layer: number, slot0: number) => AttentionKeys | undefined;
+  attentionKeys?: (layer: number, slot0: number, q: Matrix, part: KVCache, layerInPart: number) => AttentionKeys | undefined;
   /**
    * Called after each layer's attention with its query rows [n][heads * headDim] (after RoPE), the
    * cache part holding the layer and the layer's index in it (e.g. to score keys by a question).
@@ -232,7 +233,7 @@ export class LlamaDecoder {
         // q and k are adjacent columns: one rotation over heads + kvHeads heads.
         be.rope(qk, this.heads + this.kvHeads, D, pos, st.rope);
         be.kvWrite(part, j, k, v, slot0);
-        const keys = S === 1 ? opts.attentionKeys?.(st.first + j, slot0) : undefined;
+        const keys = S === 1 ? opts.attentionKeys?.(st.first + j, slot0, q, part, j) : undefined;
         be.attention(att, q, part, j, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: keys ?? { count: slot0 + S } });
         opts.onQueries?.(st.first + j, q, part, j);
         be.matmul(o, att, L.o, L.oBias);

@@ -6,6 +6,9 @@ import { LlavaModel } from '../model/llava.js';
 import { prunedImageFeatures } from './prefill.js';
 import { pruMergeMerge, pruMergeSelect } from './prumerge.js';
 import { visionZipContextual, visionZipMerge, visionZipSelect } from './visionzip.js';
+import { DecodeMethod, DecodeSelector, TurnContext } from './decode.js';
+import { DecodeRetrieval } from './retrieval.js';
+import { QuestDecode, QuestOptions } from './quest.js';
 
 /** An image's rows for the language model. */
 export interface ReducedImage {
@@ -58,5 +61,36 @@ export function pruMergePrefill(budget?: number): PrefillReducer {
       const merged = pruMergeMerge(m.backend.read(features), features.cols, salience, sel);
       return { features: m.project(m.featureRows(merged)), kept: sel.kept };
     },
+  };
+}
+
+/**
+ * SparseVILA's query-aware decode retrieval with decode sparsity d, selecting again every
+ * `reretrieveEvery` generated tokens (0: once per turn).
+ */
+export function sparseVilaDecode(d: number, reretrieveEvery = 0): DecodeMethod {
+  if (!(d >= 0 && d < 1)) throw new RangeError(`decode sparsity ${d} must be in [0, 1)`);
+  return {
+    name: `sparsevila(d=${d})`,
+    create: (t: TurnContext): DecodeSelector | null => {
+      if (d === 0 || t.visualSlots.length === 0) return null;
+      const r = new DecodeRetrieval(t.decoder, t.visualSlots, d, t.questionSlot0, t.maxSteps);
+      return {
+        prefillOptions: (slot0, rows) => r.prefillOptions(slot0, rows),
+        decodeOptions: () => r.decodeOptions(reretrieveEvery),
+        rowsPerStep: (slot) => r.rowsPerStep(slot),
+        visualPerStep: r.keep,
+        get keptVisual() { return r.kept; },
+        free: () => r.free(),
+      };
+    },
+  };
+}
+
+/** Quest with a per-step token budget (16-token pages, the first two layers dense). */
+export function questDecode(opts: QuestOptions): DecodeMethod {
+  return {
+    name: `quest(${opts.budget})`,
+    create: (t: TurnContext) => new QuestDecode(t.decoder, opts, t.promptLength + t.maxSteps),
   };
 }

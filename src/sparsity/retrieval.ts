@@ -2,6 +2,7 @@
 import { AttentionKeys, IntVector, KVCache, Matrix } from '../kernels/backend.js';
 import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
 import { keptCount, topKInOrder } from './select.js';
+import { DecodeSelector } from './decode.js';
 
 /**
  * Once per turn, while the turn's prompt is prefilled, every layer scores each cached visual token
@@ -15,7 +16,7 @@ import { keptCount, topKInOrder } from './select.js';
  * Usage: pass `prefillOptions()` to the forward pass that writes the question (its rows from
  * `questionSlot0` on are the question), then `decodeOptions()` to each decode step.
  */
-export class DecodeRetrieval {
+export class DecodeRetrieval implements DecodeSelector {
   readonly keep: number;
   /** Per layer: the kept visual slots of each KV head, [kvHeads][keep] (after the prefill). */
   readonly kept: Int32Array[] = [];
@@ -97,6 +98,11 @@ export class DecodeRetrieval {
         : undefined,
     };
   }
+
+  /** Cache slots a step at `slot` reads per layer: all but the visual tokens not retrieved. */
+  rowsPerStep(slot: number): number { return slot + 1 - (this.visualSlots.length - this.keep); }
+
+  get visualPerStep(): number { return this.keep; }
 
   /** Times the decode steps selected again (counted once per step, not per layer). */
   reretrievals = 0;

@@ -1,0 +1,37 @@
+// The decode stage of a visual-sparsity method, as a strategy: hooks for the forward pass that
+// prefills a turn's new tokens and for each decode step of that turn.
+import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
+
+/** One turn's decode-time selection (made by a DecodeMethod). */
+export interface DecodeSelector {
+  /** Hooks for the forward pass that prefills the turn's rows [slot0, slot0 + rows). */
+  prefillOptions(slot0: number, rows: number): ForwardOptions | undefined;
+  /** Hooks for each decode step. */
+  decodeOptions(): ForwardOptions;
+  /** Cache slots a step at `slot` reads per layer (on average over layers). */
+  rowsPerStep(slot: number): number;
+  /** Visual tokens a step attends to per layer and KV head, when the method selects visual tokens. */
+  readonly visualPerStep?: number;
+  /** Per layer, the visual slots kept for each KV head ([kvHeads][visualPerStep]), when it selects visual tokens. */
+  readonly keptVisual?: Int32Array[];
+  free(): void;
+}
+
+/** What a turn gives a decode method. */
+export interface TurnContext {
+  decoder: LlamaDecoder;
+  /** Cache slots of the visual tokens (ascending). */
+  visualSlots: number[];
+  /** First slot of the turn's question (the rows that score, for query-aware methods). */
+  questionSlot0: number;
+  /** Slots in the cache after the turn's prompt is prefilled. */
+  promptLength: number;
+  /** Most decode steps of the turn. */
+  maxSteps: number;
+}
+
+/** The decode stage of a method: makes a selector per turn (null: dense decode). */
+export interface DecodeMethod {
+  readonly name: string;
+  create(ctx: TurnContext): DecodeSelector | null;
+}
