@@ -4,7 +4,8 @@ import { parseConfig } from '../src/formats/config.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { WeightLoader } from '../src/model/weights.js';
-import { DecodeRetrieval } from '../src/sparsity/retrieval.js';
+import { DecodeMethod } from '../src/sparsity/decode.js';
+import { questDecode, sparseVilaDecode } from '../src/sparsity/method.js';
 import { keptCount } from '../src/sparsity/select.js';
 import { LlamaShape, RandomLlamaSource, llamaConfigJson } from './random-weights.js';
 import { machineDescription, markdownTable, writeSection } from './report.js';
@@ -19,7 +20,13 @@ interface Case {
   /** llama.cpp's dense decode of this shape at this context (F16, 2 threads, measured elsewhere). */
   llamaCppDecode?: number;
 }
-interface Method { name: string; p: number; d: number }
+interface Method {
+  name: string;
+  /** Visual tokens that reach the language model, of n. */
+  visualKept: (n: number) => number;
+  /** The decode stage for n visual tokens (null: dense). */
+  decode: (n: number) => DecodeMethod | null;
+}
 
 const SYSTEM_TOKENS = 16, QUESTION_TOKENS = 32, NEW_TOKENS = 64;
 const THREADS = 2;
@@ -39,9 +46,20 @@ const CASES: Case[] = [
     },
   },
 ];
+// Baselines at SparseVILA's budgets: VisionZip keeps as many visual tokens as SparseVILA's prefill
+// (its merge runs in the vision encoder, which this benchmark does not run, so in the language
+// model it is a shorter prompt with dense decode); Quest reads as many KV slots per decode step as
+// SparseVILA's decode (its kept visual tokens plus the text), over the dense prompt.
+const P = 0.75, D = 0.9;
 const METHODS: Method[] = [
-  { name: 'dense', p: 0, d: 0 },
-  { name: 'SparseVILA (p 0.75, d 0.9)', p: 0.75, d: 0.9 },
+  { name: 'dense', visualKept: (n) => n, decode: () => null },
+  { name: `SparseVILA (p ${P}, d ${D})`, visualKept: (n) => keptCount(n, P), decode: () => sparseVilaDecode(D) },
+  { name: 'VisionZip (same visual tokens as SparseVILA\'s prefill)', visualKept: (n) => keptCount(n, P), decode: () => null },
+  {
+    name: 'Quest (same KV slots per step as SparseVILA\'s decode)',
+    visualKept: (n) => n,
+    decode: (n) => questDecode({ budget: Math.ceil((keptCount(keptCount(n, P), D) + SYSTEM_TOKENS + QUESTION_TOKENS) / 16) * 16 }),
+  },
 ];
 
 interface Result {
@@ -78,9 +96,10 @@ async function benchCase(c: Case): Promise<Result[]> {
     for (const m of METHODS) {
       // Prompt: system text, the visual tokens that survive prefill pruning, the question. The
       // embeddings are random (speed does not depend on values); the vision encoder is not run.
-      const V = keptCount(c.visual, m.p), S = SYSTEM_TOKENS + V + QUESTION_TOKENS;
+      const V = m.visualKept(c.visual), S = SYSTEM_TOKENS + V + QUESTION_TOKENS;
       const visual = Array.from({ length: V }, (_, i) => SYSTEM_TOKENS + i);
-      const retrieval = m.d > 0 ? new DecodeRetrieval(decoder, visual, m.d, SYSTEM_TOKENS + V, NEW_TOKENS) : null;
+      const method = m.decode(c.visual);
+      const retrieval = method?.create({ decoder, visualSlots: visual, questionSlot0: SYSTEM_TOKENS + V, promptLength: S, maxSteps: NEW_TOKENS }) ?? null;
       const cache = decoder.newCache(), x = be.matrix(S, H, decoder.place), y = be.matrix(1, H, decoder.place);
       try {
         const t0 = performance.now();
@@ -96,15 +115,15 @@ async function benchCase(c: Case): Promise<Result[]> {
         const decodeMs = performance.now() - t1;
         // K and V rows each step reads, summed over layers and KV heads, at the middle step.
         const mid = S + NEW_TOKENS / 2;
-        const rowsRead = retrieval ? mid - (V - retrieval.keep) : mid;
+        const rowsRead = retrieval ? retrieval.rowsPerStep(mid) : mid + 1;
         const kvBytesPerStep = rowsRead * config.numHiddenLayers * config.numKeyValueHeads * config.headDim * 4 * 2;
         const res: Result = {
-          c, m, promptTokens: S, visualKept: V, retrieved: retrieval ? retrieval.keep : V,
+          c, m, promptTokens: S, visualKept: V, retrieved: retrieval?.visualPerStep ?? V,
           prefillMs, decodeMs, decodeTokS: (NEW_TOKENS * 1000) / decodeMs, kvBytesPerStep,
         };
         results.push(res);
         console.log(`  [${c.key}] ${m.name}: prompt ${S} tokens (${V} of ${c.visual} visual), prefill ${(prefillMs / 1000).toFixed(2)} s, ` +
-          `decode ${res.decodeTokS.toFixed(1)} tok/s attending to ${res.retrieved} visual tokens per layer, KV read per step ${(kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
+          `decode ${res.decodeTokS.toFixed(1)} tok/s, KV read per step ${(kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
       } finally {
         retrieval?.free();
         be.free(x); be.free(y); decoder.freeCache(cache);
@@ -127,15 +146,15 @@ for (const c of CASES) {
 const wallS = (performance.now() - started) / 1000;
 const f1 = (x: number) => x.toFixed(1);
 const rows = all.map((r) => {
-  const dense = all.find((q) => q.c === r.c && q.m.d === 0 && q.m.p === 0)!;
+  const dense = all.find((q) => q.c === r.c && q.m === METHODS[0])!;
   const e2e = r.prefillMs + r.decodeMs, e2eDense = dense.prefillMs + dense.decodeMs;
   return [
-    r.c.name, r.m.name, `${r.promptTokens} (${r.visualKept} visual)`, r.retrieved, f1(r.prefillMs / 1000), f1(r.decodeTokS),
+    r.c.name, r.m.name, `${r.promptTokens} (${r.visualKept} visual)`, r.m.name.startsWith('Quest') ? `(${Math.round(r.kvBytesPerStep / (r.c.shape.num_hidden_layers * r.c.shape.num_key_value_heads * r.c.shape.head_dim * 8))} slots)` : r.retrieved, f1(r.prefillMs / 1000), f1(r.decodeTokS),
     `${(r.decodeTokS / dense.decodeTokS).toFixed(2)}×`, f1(e2e / 1000), `${(e2eDense / e2e).toFixed(2)}×`, f1(r.kvBytesPerStep / 2 ** 20),
     r.c.llamaCppDecode ? `${r.c.llamaCppDecode}` : '—',
   ];
 });
-const header = ['model shape', 'method', 'prompt tokens', 'visual tokens per decode step', 'prefill s', 'decode tok/s', 'decode vs dense',
+const header = ['model shape', 'method', 'prompt tokens', 'visual tokens per decode step (Quest: KV slots, layer average)', 'prefill s', 'decode tok/s', 'decode vs dense',
   `end-to-end s (prefill + ${NEW_TOKENS} tokens)`, 'end-to-end vs dense', 'KV MiB read per step', 'llama.cpp dense decode tok/s *'];
 console.log('');
 console.log(markdownTable(header, rows));
@@ -153,7 +172,8 @@ if (only) {
     'The embeddings are random (speed does not depend on values) and the vision encoder is not run, so prefill pruning shows as the shorter prompt. ' +
     'SparseVILA\'s prefill time includes its decode retrieval scoring (every layer scores the visual tokens by the question\'s attention). ' +
     'KV bytes are the K and V rows one decode step reads (layers x KV heads x rows x head dim x 4 bytes x 2), at the middle step. ' +
-    'The baselines of the sparsity issue (FastV, VisionZip, Quest) are not implemented yet and are not in this table.',
+    'Baselines at SparseVILA\'s budgets: VisionZip keeps as many visual tokens as SparseVILA\'s prefill (its merge runs in the vision encoder, not run here, so it shows as the same shorter prompt with dense decode); ' +
+    'Quest reads as many KV slots per decode step as SparseVILA\'s decode (16-slot pages, first two layers dense) over the dense prompt. FastV (pruning inside the language model\'s prefill) is not implemented yet.',
     '',
     markdownTable(header, rows),
     '',
