@@ -34,28 +34,52 @@ interface Row {
   streamGBs: number;
 }
 
-function benchMatmul(be: KernelBackend, dtype: WeightDType, threads: number): Row {
-  const wp = be.linear(PREFILL.N, PREFILL.K, dtype, (d) => fillWeights(d, dtype));
+/** Median and best of timed samples (ms). */
+function stats(t: number[]): { median: number; best: number } {
+  const s = [...t].sort((a, b) => a - b);
+  return { median: s[Math.floor(s.length / 2)], best: s[0] };
+}
+
+/**
+ * Matmul figures for every dtype on one backend. The dtypes are measured in rounds, each round
+ * taking a few samples of each, so that a slow phase of this machine (they last seconds) falls on
+ * all dtypes alike instead of on whichever was being measured; medians are over all samples.
+ */
+function benchMatmul(be: KernelBackend, threads: number): Row[] {
   const x = be.matrix(PREFILL.M, PREFILL.K), y = be.matrix(PREFILL.M, PREFILL.N);
   be.write(x, new Float32Array(PREFILL.M * PREFILL.K).map((_, i) => ((i * 7919) % 1000) / 1000 - 0.5));
-  const tp = time(() => be.matmul(y, x, wp), 9);
-  const flops = 2 * PREFILL.M * PREFILL.K * PREFILL.N;
   const x1 = x.view(0, 1), y1 = be.matrix(1, DECODE.N);
-  const td = time(() => be.matmul(y1, x1, wp), 60, 5);
-  const weightBytes = DECODE.N * DECODE.K * WEIGHT_DTYPE_BYTES[dtype];
-
-  const copies = Math.ceil((256 * 2 ** 20) / weightBytes) + 1;
-  const ws = [wp];
-  for (let i = 1; i < copies; i++) ws.push(be.linear(DECODE.N, DECODE.K, dtype, (d) => fillWeights(d, dtype)));
-  let next = 0;
-  const ts = time(() => be.matmul(y1, x1, ws[next++ % copies]), copies * 8, copies);
-  const streamGBs = weightBytes / ts.median / 1e6;
-  for (const w of ws) be.free(w);
+  const flops = 2 * PREFILL.M * PREFILL.K * PREFILL.N;
+  const per = DTYPES.map((dtype) => {
+    const weightBytes = DECODE.N * DECODE.K * WEIGHT_DTYPE_BYTES[dtype];
+    const copies = Math.ceil((256 * 2 ** 20) / weightBytes) + 1;
+    const ws = Array.from({ length: copies }, () => be.linear(DECODE.N, DECODE.K, dtype, (d) => fillWeights(d, dtype)));
+    return { dtype, weightBytes, ws, next: 0, prefill: [] as number[], decode: [] as number[], stream: [] as number[] };
+  });
+  const sample = (out: number[], fn: () => void) => { const t0 = performance.now(); fn(); out.push(performance.now() - t0); };
+  // Warm-up: a second of each kind of call.
+  const w0 = performance.now();
+  while (performance.now() - w0 < 1000) for (const d of per) { be.matmul(y, x, d.ws[0]); be.matmul(y1, x1, d.ws[0]); }
+  const ROUNDS = 9;
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const d of per) {
+      sample(d.prefill, () => be.matmul(y, x, d.ws[0]));
+      be.matmul(y1, x1, d.ws[0]);
+      for (let i = 0; i < 8; i++) sample(d.decode, () => be.matmul(y1, x1, d.ws[0]));
+      for (let i = 0; i < d.ws.length; i++) sample(d.stream, () => be.matmul(y1, x1, d.ws[d.next++ % d.ws.length]));
+    }
+  }
+  const rows = per.map((d) => {
+    const tp = stats(d.prefill), td = stats(d.decode), ts = stats(d.stream);
+    return {
+      dtype: d.dtype, threads, prefillGflops: flops / tp.median / 1e6, prefillBest: flops / tp.best / 1e6,
+      decodeGBs: d.weightBytes / td.median / 1e6, decodeBest: d.weightBytes / td.best / 1e6, decodeMs: td.median,
+      streamGBs: d.weightBytes / ts.median / 1e6,
+    };
+  });
+  for (const d of per) for (const w of d.ws) be.free(w);
   be.free(x); be.free(y); be.free(y1);
-  return {
-    dtype, threads, prefillGflops: flops / tp.median / 1e6, prefillBest: flops / tp.best / 1e6,
-    decodeGBs: weightBytes / td.median / 1e6, decodeBest: weightBytes / td.best / 1e6, decodeMs: td.median, streamGBs,
-  };
+  return rows;
 }
 
 interface AttnShape { name: string; heads: number; kvHeads: number; headDim: number }
@@ -94,8 +118,8 @@ for (const threads of [1, 2]) {
   const lim = { readGBs: be.probeReadBandwidth(), peakGflops: be.probePeakFlops() };
   limits.set(threads, lim);
   console.log(`threads ${threads} (${be.name}): machine read ${lim.readGBs.toFixed(1)} GB/s, SIMD peak ${lim.peakGflops.toFixed(1)} GFLOPS`);
-  for (const dtype of DTYPES) {
-    const r = benchMatmul(be, dtype, threads);
+  for (const r of benchMatmul(be, threads)) {
+    const dtype = r.dtype;
     rows.push(r);
     console.log(`  ${dtype.padEnd(4)} prefill ${PREFILL.M}x${PREFILL.K}x${PREFILL.N}: ${r.prefillGflops.toFixed(1)} GFLOPS (best ${r.prefillBest.toFixed(1)}; peak ${lim.peakGflops.toFixed(1)}) | ` +
       `decode 1x${DECODE.K}x${DECODE.N}: ${r.decodeGBs.toFixed(1)} GB/s of weights (best ${r.decodeBest.toFixed(1)}), ${r.decodeMs.toFixed(3)} ms; streamed ${r.streamGBs.toFixed(1)} GB/s (read ${lim.readGBs.toFixed(1)})`);
@@ -129,7 +153,7 @@ const body = [
   '',
   markdownTable(['threads', 'read GB/s', 'peak GFLOPS', 'stalled calls'], [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops), stalls.get(t) ?? 0])),
   '',
-  `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median and best of 9, including the packing of the activations) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median). "decode" repeats one weight matrix, as the issue's shape asks; at 35 MB (bf16) it partly stays in this machine's last-level caches, so it can exceed the DRAM read probe. "streamed" rotates over distinct weights of more than 256 MiB in all, as a real decode step reads a model's layers one after another: that figure is the one to compare with "read".`,
+  `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median and best of 9, including the packing of the activations) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median of 72). The dtypes are measured in 9 interleaved rounds, so that a slow phase of the machine falls on all of them alike. "decode" repeats one weight matrix, as the issue's shape asks; at 35 MB (bf16) it partly stays in this machine's last-level caches, so it can exceed the DRAM read probe. "streamed" rotates over distinct weights of more than 256 MiB in all, as a real decode step reads a model's layers one after another: that figure is the one to compare with "read".`,
   '',
   markdownTable(['weights', 'threads', 'prefill GFLOPS', 'best', 'peak', 'decode GB/s', 'best', 'decode ms', 'streamed GB/s', 'read GB/s'],
     rows.map((r) => [r.dtype, r.threads, f1(r.prefillGflops), f1(r.prefillBest), f1(limits.get(r.threads)!.peakGflops),

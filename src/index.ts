@@ -30,6 +30,13 @@ export { WeightLoader, WeightError } from './model/weights.js';
 export { prunedImageFeatures } from './sparsity/prefill.js';
 export { DecodeRetrieval } from './sparsity/retrieval.js';
 export { keptCount, topKInOrder } from './sparsity/select.js';
+export { densePrefill, sparseVilaPrefill, sparseVilaDecode, visionZipPrefill, pruMergePrefill, questDecode } from './sparsity/method.js';
+export type { PrefillReducer, ReducedImage } from './sparsity/method.js';
+export type { DecodeMethod, DecodeSelector, TurnContext } from './sparsity/decode.js';
+export { QuestDecode } from './sparsity/quest.js';
+export type { QuestOptions } from './sparsity/quest.js';
+export { visionZipSelect, visionZipMerge, visionZipContextual } from './sparsity/visionzip.js';
+export { pruMergeSelect, pruMergeMerge, iqrOutlierCount } from './sparsity/prumerge.js';
 
 // Kernels and runtime.
 export * from './kernels/backend.js';

@@ -128,6 +128,18 @@ describe('model parity with the transformers goldens', () => {
       }
     }
     assert.throws(() => towerM2.encode(px, undefined, { rows: 'cls', layer: 2 }), /vision tower: salience layer 2 is outside the 2 layers this tower runs/);
+    // Several summary tokens: the mean of their rows. One summary row is the CLS row exactly; all
+    // 65 rows are the column mean.
+    const one: SalienceRequest = { rows: 1 }, cls: SalienceRequest = { rows: 'cls' }, all: SalienceRequest = { rows: 65 }, mean: SalienceRequest = { rows: 'mean' };
+    for (const r of [one, cls, all, mean]) towerM2.encode(px, undefined, r);
+    assert.deepEqual(one.result, cls.result);
+    assert.deepEqual(all.result, mean.result);
+    const three: SalienceRequest = { rows: 3 };
+    towerM2.encode(px, undefined, three);
+    const att = readTensorF32(g, 'vision.attentions_mean'); // [layer][q][k], layer 1 feeds the projector
+    const want = Array.from({ length: 65 }, (_, j) => (att[65 * 65 + j] + att[65 * 65 + 65 + j] + att[65 * 65 + 130 + j]) / 3);
+    close('salience from 3 summary rows', three.result!, want, 1e-4);
+    assert.throws(() => towerM2.encode(px, undefined, { rows: 0 }), /vision tower: salience over 0 summary rows, expected 1..65/);
     const sel = m.selectedFeatures(px);
     close('image_features_selected', be.read(sel), readTensorF32(g, 'image_features_selected'));
     const feats = m.project(sel);

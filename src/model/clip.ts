@@ -19,12 +19,14 @@ interface ClipLayer {
  * Query-agnostic salience of the tower's tokens, measured from one encoder layer's own attention
  * (SparseVILA's prefill ranking): `rows: 'cls'` is the head-averaged attention the class token pays
  * to each token, `rows: 'mean'` the head-averaged attention each token receives, averaged over all
- * query rows (the column mean; for towers without a summary token). encode() fills `result`
+ * query rows (the column mean; for towers without a summary token), `rows: n` the mean attention
+ * from the first n rows (several summary tokens, as RADIO has). encode() fills `result`
  * (length tokens, row 0 the class token). The default layer is the last one the tower runs: the
  * one whose output feeds the projector.
  */
 export interface SalienceRequest {
-  rows: 'cls' | 'mean';
+  /** 'cls': row 0; 'mean': every row (column mean); n: the mean over the first n rows (n summary tokens). */
+  rows: 'cls' | 'mean' | number;
   /** Encoder layer (0-based) whose attention is measured; default the last layer loaded. */
   layer?: number;
   result?: Float32Array;
@@ -148,7 +150,9 @@ export class ClipVisionTower {
       const opts = { heads: H, qSlot0: 0, causal: false, scale: 1 / Math.sqrt(hd), keys: { count: T } };
       if (salience && l === salLayer) {
         const w = ws.matrix('salienceWeights', 1, T), out = ws.matrix('salience', 1, T);
-        be.write(w, salience.rows === 'cls' ? Float32Array.from({ length: T }, (_, i) => (i === 0 ? 1 : 0)) : new Float32Array(T).fill(1 / T));
+        const summary = salience.rows === 'cls' ? 1 : salience.rows === 'mean' ? T : salience.rows;
+        if (!Number.isInteger(summary) || summary < 1 || summary > T) throw new Error(`vision tower: salience over ${String(salience.rows)} summary rows, expected 1..${T}`);
+        be.write(w, Float32Array.from({ length: T }, (_, i) => (i < summary ? 1 / summary : 0)));
         be.attention(att, q, this.cache, 0, { ...opts, salience: { rowWeights: w, out } });
         salience.result = be.read(out);
         if (salience.withKeys) salience.keys = be.read(k);
