@@ -41,9 +41,11 @@ function stats(t: number[]): { median: number; best: number } {
 }
 
 /**
- * Matmul figures for every dtype on one backend. The dtypes are measured in rounds, each round
- * taking a few samples of each, so that a slow phase of this machine (they last seconds) falls on
- * all dtypes alike instead of on whichever was being measured; medians are over all samples.
+ * Matmul figures for every dtype on one backend. Each dtype is measured in three blocks, the
+ * dtypes taking turns, so that a slow phase of this machine (they last seconds) spoils one block
+ * of one dtype rather than all of its samples; each block starts with a warm-up of its own kind of
+ * call (two threads reach their steady speed only after a fraction of a second of sustained work).
+ * Medians are over all blocks' samples.
  */
 function benchMatmul(be: KernelBackend, threads: number): Row[] {
   const x = be.matrix(PREFILL.M, PREFILL.K), y = be.matrix(PREFILL.M, PREFILL.N);
@@ -57,16 +59,15 @@ function benchMatmul(be: KernelBackend, threads: number): Row[] {
     return { dtype, weightBytes, ws, next: 0, prefill: [] as number[], decode: [] as number[], stream: [] as number[] };
   });
   const sample = (out: number[], fn: () => void) => { const t0 = performance.now(); fn(); out.push(performance.now() - t0); };
-  // Warm-up: a second of each kind of call.
-  const w0 = performance.now();
-  while (performance.now() - w0 < 1000) for (const d of per) { be.matmul(y, x, d.ws[0]); be.matmul(y1, x1, d.ws[0]); }
-  const ROUNDS = 9;
-  for (let r = 0; r < ROUNDS; r++) {
+  const warm = (ms: number, fn: () => void) => { const t0 = performance.now(); do fn(); while (performance.now() - t0 < ms); };
+  for (let r = 0; r < 3; r++) {
     for (const d of per) {
-      sample(d.prefill, () => be.matmul(y, x, d.ws[0]));
-      be.matmul(y1, x1, d.ws[0]);
-      for (let i = 0; i < 8; i++) sample(d.decode, () => be.matmul(y1, x1, d.ws[0]));
-      for (let i = 0; i < d.ws.length; i++) sample(d.stream, () => be.matmul(y1, x1, d.ws[d.next++ % d.ws.length]));
+      warm(400, () => be.matmul(y, x, d.ws[0]));
+      for (let i = 0; i < 3; i++) sample(d.prefill, () => be.matmul(y, x, d.ws[0]));
+      warm(200, () => be.matmul(y1, x1, d.ws[0]));
+      for (let i = 0; i < 20; i++) sample(d.decode, () => be.matmul(y1, x1, d.ws[0]));
+      warm(100, () => be.matmul(y1, x1, d.ws[d.next++ % d.ws.length]));
+      for (let i = 0; i < 3 * d.ws.length; i++) sample(d.stream, () => be.matmul(y1, x1, d.ws[d.next++ % d.ws.length]));
     }
   }
   const rows = per.map((d) => {
@@ -153,7 +154,7 @@ const body = [
   '',
   markdownTable(['threads', 'read GB/s', 'peak GFLOPS', 'stalled calls'], [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops), stalls.get(t) ?? 0])),
   '',
-  `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median and best of 9, including the packing of the activations) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median of 72). The dtypes are measured in 9 interleaved rounds, so that a slow phase of the machine falls on all of them alike. "decode" repeats one weight matrix, as the issue's shape asks; at 35 MB (bf16) it partly stays in this machine's last-level caches, so it can exceed the DRAM read probe. "streamed" rotates over distinct weights of more than 256 MiB in all, as a real decode step reads a model's layers one after another: that figure is the one to compare with "read".`,
+  `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median and best of 9, including the packing of the activations) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median of 60). Each dtype is measured in three blocks taken in turn with the other dtypes, each after a warm-up of its own kind of call, so that a slow phase of the machine spoils one block rather than a whole figure. "decode" repeats one weight matrix, as the issue's shape asks; at 35 MB (bf16) it partly stays in this machine's last-level caches, so it can exceed the DRAM read probe. "streamed" rotates over distinct weights of more than 256 MiB in all, as a real decode step reads a model's layers one after another: that figure is the one to compare with "read".`,
   '',
   markdownTable(['weights', 'threads', 'prefill GFLOPS', 'best', 'peak', 'decode GB/s', 'best', 'decode ms', 'streamed GB/s', 'read GB/s'],
     rows.map((r) => [r.dtype, r.threads, f1(r.prefillGflops), f1(r.prefillBest), f1(limits.get(r.threads)!.peakGflops),
