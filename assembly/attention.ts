@@ -9,7 +9,7 @@
 // Queries and outputs are f32 rows [token][heads * D] (row stride ld floats). With grouped-query
 // attention query head h reads KV head h / (heads / kvHeads). D must be a multiple of 4.
 
-import { fma, hsum, hmax, expV, expS, SCRATCH_BYTES } from "./simd";
+import { fma, hsum, expV, expS, maxOf, expShifted, SCRATCH_BYTES } from "./simd";
 
 /** Keys per tile (a tile may span blocks: each key row is looked up on its own). */
 const TILE: i32 = 64;
@@ -100,27 +100,10 @@ const DECODE_HEADS: i32 = 3;
 // exp(score - m), updates (m, l) at ml, and returns the factor alpha its accumulator is scaled by.
 // @ts-ignore: decorator
 @inline function decodeSoftmax(sc: usize, n: i32, ml: usize): f32 {
-  const n4 = n & ~3;
-  let vm = f32x4.splat(NEG);
-  for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(sc + <usize>j * 4));
-  let mt = hmax(vm);
-  for (let j = n4; j < n; j++) mt = max(mt, load<f32>(sc + <usize>j * 4));
   const mOld = load<f32>(ml);
-  const mNew = max(mOld, mt);
+  const mNew = max(mOld, maxOf(sc, n));
   const alpha = expS(mOld - mNew);
-  const vmNew = f32x4.splat(mNew);
-  let vsum = f32x4.splat(0);
-  for (let j = 0; j < n4; j += 4) {
-    const p = expV(f32x4.sub(v128.load(sc + <usize>j * 4), vmNew));
-    v128.store(sc + <usize>j * 4, p);
-    vsum = f32x4.add(vsum, p);
-  }
-  let lsum = hsum(vsum);
-  for (let j = n4; j < n; j++) {
-    const p = expS(load<f32>(sc + <usize>j * 4) - mNew);
-    store<f32>(sc + <usize>j * 4, p);
-    lsum += p;
-  }
+  const lsum = expShifted(sc, sc, n, mNew);
   store<f32>(ml, mNew);
   store<f32>(ml, load<f32>(ml, 4) * alpha + lsum, 4);
   return alpha;
@@ -604,23 +587,7 @@ export function attn_keyscore(tid: i32, begin: i32, end: i32, q: usize, ldq: i32
           if (d < rowBytes) a0 = fma(v128.load(qr + d), v128.load(k + d), a0);
           store<f32>(s + <usize>j * 4, hsum(f32x4.add(a0, a1)) * scale);
         }
-        let vm = f32x4.splat(NEG);
-        for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(s + <usize>j * 4));
-        let m = hmax(vm);
-        for (let j = n4; j < nKeys; j++) m = max(m, load<f32>(s + <usize>j * 4));
-        const mv = f32x4.splat(m);
-        let vsum = f32x4.splat(0);
-        for (let j = 0; j < n4; j += 4) {
-          const e = expV(f32x4.sub(v128.load(s + <usize>j * 4), mv));
-          v128.store(s + <usize>j * 4, e);
-          vsum = f32x4.add(vsum, e);
-        }
-        let l = hsum(vsum);
-        for (let j = n4; j < nKeys; j++) {
-          const e = expS(load<f32>(s + <usize>j * 4) - m);
-          store<f32>(s + <usize>j * 4, e);
-          l += e;
-        }
+        const l = expShifted(s, s, nKeys, maxOf(s, nKeys));
         const c = f32x4.splat(<f32>1.0 / (l * <f32>group));
         for (let j = 0; j < n4; j += 4) v128.store(col + <usize>j * 4, fma(v128.load(s + <usize>j * 4), c, v128.load(col + <usize>j * 4)));
         for (let j = n4; j < nKeys; j++) store<f32>(col + <usize>j * 4, load<f32>(col + <usize>j * 4) + load<f32>(s + <usize>j * 4) / (l * <f32>group));

@@ -3,7 +3,7 @@
 // wider matrix (e.g. the q, k, v parts of a fused projection) can be used in place.
 // Units are rows unless said otherwise.
 
-import { fma, hsum, hmax, expV, expS, f16ToF32 } from "./simd";
+import { fma, hsum, expV, maxOf, expShifted, f16ToF32 } from "./simd";
 
 /** out = x * rsqrt(mean(x^2) + eps) * w  (Llama/Qwen RMSNorm, computed in f32). */
 export function rms_norm(tid: i32, begin: i32, end: i32, x: usize, ldx: i32, out: usize, ldo: i32, w: usize, n: i32, eps: f32): void {
@@ -177,19 +177,7 @@ export function softmax(tid: i32, begin: i32, end: i32, x: usize, ldx: i32, out:
   const n4 = n & ~3;
   for (let r = begin; r < end; r++) {
     const xr = x + <usize>r * <usize>ldx * 4, or = out + <usize>r * <usize>ldo * 4;
-    let vm = f32x4.splat(-Infinity);
-    for (let i = 0; i < n4; i += 4) vm = f32x4.max(vm, v128.load(xr + <usize>i * 4));
-    let m = hmax(vm);
-    for (let i = n4; i < n; i++) m = max(m, load<f32>(xr + <usize>i * 4));
-    const mv = f32x4.splat(m);
-    let acc = f32x4.splat(0);
-    for (let i = 0; i < n4; i += 4) {
-      const e = expV(f32x4.sub(v128.load(xr + <usize>i * 4), mv));
-      v128.store(or + <usize>i * 4, e);
-      acc = f32x4.add(acc, e);
-    }
-    let s = hsum(acc);
-    for (let i = n4; i < n; i++) { const e = expS(load<f32>(xr + <usize>i * 4) - m); store<f32>(or + <usize>i * 4, e); s += e; }
+    const s = expShifted(xr, or, n, maxOf(xr, n));
     const inv = f32x4.splat(<f32>1.0 / s);
     for (let i = 0; i < n4; i += 4) v128.store(or + <usize>i * 4, f32x4.mul(v128.load(or + <usize>i * 4), inv));
     for (let i = n4; i < n; i++) store<f32>(or + <usize>i * 4, load<f32>(or + <usize>i * 4) / s);

@@ -30,6 +30,37 @@ export const SCRATCH_BYTES: i32 = 256 * 1024;
   return f32x4.extract_lane(t, 0);
 }
 
+/** Maximum of n floats at p (-Infinity for n = 0). */
+// @ts-ignore: decorator
+@inline export function maxOf(p: usize, n: i32): f32 {
+  const n4 = n & ~3;
+  let vm = f32x4.splat(-Infinity);
+  for (let j = 0; j < n4; j += 4) vm = f32x4.max(vm, v128.load(p + <usize>j * 4));
+  let m = hmax(vm);
+  for (let j = n4; j < n; j++) m = max(m, load<f32>(p + <usize>j * 4));
+  return m;
+}
+
+/** dst[j] = exp(src[j] - m) for n floats (dst may be src); returns their sum. */
+// @ts-ignore: decorator
+@inline export function expShifted(src: usize, dst: usize, n: i32, m: f32): f32 {
+  const n4 = n & ~3;
+  const mv = f32x4.splat(m);
+  let acc = f32x4.splat(0);
+  for (let j = 0; j < n4; j += 4) {
+    const e = expV(f32x4.sub(v128.load(src + <usize>j * 4), mv));
+    v128.store(dst + <usize>j * 4, e);
+    acc = f32x4.add(acc, e);
+  }
+  let s = hsum(acc);
+  for (let j = n4; j < n; j++) {
+    const e = expS(load<f32>(src + <usize>j * 4) - m);
+    store<f32>(dst + <usize>j * 4, e);
+    s += e;
+  }
+  return s;
+}
+
 /** Horizontal max of the four lanes. */
 // @ts-ignore: decorator
 @inline export function hmax(v: v128): f32 {

@@ -7,7 +7,7 @@ import { parseConfig } from '../src/formats/config.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { WeightLoader } from '../src/model/weights.js';
-import { LlamaShape, RandomLlamaSource, llamaConfigJson } from './random-weights.js';
+import { LlamaShape, RandomLlamaSource, SMOLVLM_TEXT_SHAPE, VILA_3B_LLM_SHAPE, llamaConfigJson } from './random-weights.js';
 import { machineDescription, markdownTable, writeSection } from './report.js';
 
 interface Reference {
@@ -42,11 +42,7 @@ const SMOLVLM: ModelSpec = {
   key: 'smolvlm',
   name: 'SmolVLM-256M text model',
   label: '<random smolvlm-256m text>',
-  shape: {
-    hidden_size: 576, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, head_dim: 64,
-    intermediate_size: 1536, vocab_size: 49280, tie_word_embeddings: true, rope_theta: 100000, rms_norm_eps: 1e-5,
-    max_position_embeddings: 8192,
-  },
+  shape: SMOLVLM_TEXT_SHAPE,
   ref: { prefill: { 256: 585, 1024: 483 }, decode: { 0: 108, 2048: 59 } },
   warmupTokens: 256, prefillReps: 3, decodeWarmup: 4, decodeSteps: 32,
 };
@@ -55,11 +51,7 @@ const VILA: ModelSpec = {
   key: 'vila',
   name: 'VILA1.5-3B LLM',
   label: '<random vila1.5-3b llm>',
-  shape: {
-    hidden_size: 2560, num_hidden_layers: 32, num_attention_heads: 20, num_key_value_heads: 20, head_dim: 128,
-    intermediate_size: 6912, vocab_size: 32000, tie_word_embeddings: false, rope_theta: 10000, rms_norm_eps: 1e-5,
-    max_position_embeddings: 4096,
-  },
+  shape: VILA_3B_LLM_SHAPE,
   ref: { prefill: { 256: 35, 1024: 35 }, decode: { 0: 6.1, 2048: 4.2 } },
   warmupTokens: 32, prefillReps: 1, decodeWarmup: 2, decodeSteps: 8,
 };

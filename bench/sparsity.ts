@@ -7,7 +7,7 @@ import { WeightLoader } from '../src/model/weights.js';
 import { DecodeMethod } from '../src/sparsity/decode.js';
 import { questDecode, sparseVilaDecode } from '../src/sparsity/method.js';
 import { keptCount } from '../src/sparsity/select.js';
-import { LlamaShape, RandomLlamaSource, llamaConfigJson } from './random-weights.js';
+import { LlamaShape, RandomLlamaSource, SMOLVLM_TEXT_SHAPE, VILA_3B_LLM_SHAPE, llamaConfigJson } from './random-weights.js';
 import { machineDescription, markdownTable, writeSection } from './report.js';
 
 interface Case {
@@ -33,17 +33,11 @@ const THREADS = 2;
 const CASES: Case[] = [
   {
     key: 'smolvlm', name: 'SmolVLM-256M text model', visual: 4096, visualWhat: '64 frames x 64 tokens', llamaCppDecode: 44,
-    shape: {
-      hidden_size: 576, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, head_dim: 64,
-      intermediate_size: 1536, vocab_size: 49280, tie_word_embeddings: true, rope_theta: 100000, rms_norm_eps: 1e-5, max_position_embeddings: 8192,
-    },
+    shape: SMOLVLM_TEXT_SHAPE,
   },
   {
     key: 'vila', name: 'VILA1.5-3B LLM', visual: 1568, visualWhat: '8 frames x 196 tokens',
-    shape: {
-      hidden_size: 2560, num_hidden_layers: 32, num_attention_heads: 20, num_key_value_heads: 20, head_dim: 128,
-      intermediate_size: 6912, vocab_size: 32000, tie_word_embeddings: false, rope_theta: 10000, rms_norm_eps: 1e-5, max_position_embeddings: 4096,
-    },
+    shape: VILA_3B_LLM_SHAPE,
   },
 ];
 // Baselines at SparseVILA's budgets: VisionZip keeps as many visual tokens as SparseVILA's prefill

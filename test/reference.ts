@@ -159,6 +159,20 @@ export interface KVSource {
  * head floor(h / (heads / kvHeads))). `keys(row, kvHead)` lists the cache slots that query row
  * attends to (duplicates count twice). A row with no keys gives zeros.
  */
+/** Softmax over `slots` of scale * q[qo..qo+D) . k(slot, kvh) (float64). */
+function softmaxOver(q: ArrayLike<number>, qo: number, D: number, kv: KVSource, kvh: number, slots: readonly number[], scale: number): number[] {
+  const scores = slots.map((s) => {
+    const k = kv.k(s, kvh);
+    let d = 0;
+    for (let i = 0; i < D; i++) d += q[qo + i] * k[i];
+    return d * scale;
+  });
+  const m = Math.max(...scores);
+  const e = scores.map((x) => Math.exp(x - m));
+  const l = e.reduce((a, b) => a + b, 0);
+  return e.map((x) => x / l);
+}
+
 export function attention(q: ArrayLike<number>, nq: number, heads: number, kvHeads: number, D: number, kv: KVSource,
   keys: (row: number, kvHead: number) => readonly number[], scale: number): Float64Array {
   const out = new Float64Array(nq * heads * D);
@@ -169,18 +183,10 @@ export function attention(q: ArrayLike<number>, nq: number, heads: number, kvHea
       const slots = keys(r, kvh);
       if (slots.length === 0) continue;
       const qo = r * heads * D + h * D;
-      const scores = slots.map((s) => {
-        const k = kv.k(s, kvh);
-        let d = 0;
-        for (let i = 0; i < D; i++) d += q[qo + i] * k[i];
-        return d * scale;
-      });
-      const m = Math.max(...scores);
-      const p = scores.map((x) => Math.exp(x - m));
-      const l = p.reduce((a, b) => a + b, 0);
+      const p = softmaxOver(q, qo, D, kv, kvh, slots, scale);
       for (let j = 0; j < slots.length; j++) {
         const v = kv.v(slots[j], kvh);
-        for (let i = 0; i < D; i++) out[qo + i] += (p[j] / l) * v[i];
+        for (let i = 0; i < D; i++) out[qo + i] += p[j] * v[i];
       }
     }
   }
@@ -201,16 +207,8 @@ export function keySalience(q: ArrayLike<number>, nq: number, heads: number, kvH
     const n = causal ? Math.min(count, qSlot0 + r + 1) : count;
     for (let h = 0; h < heads; h++) {
       const kvh = Math.floor(h / group), qo = r * heads * D + h * D;
-      const scores = Array.from({ length: n }, (_, j) => {
-        const k = kv.k(j, kvh);
-        let d = 0;
-        for (let i = 0; i < D; i++) d += q[qo + i] * k[i];
-        return d * scale;
-      });
-      const m = Math.max(...scores);
-      const p = scores.map((x) => Math.exp(x - m));
-      const l = p.reduce((a, b) => a + b, 0);
-      for (let j = 0; j < n; j++) out[j] += (w[r] * p[j]) / l / heads;
+      const p = softmaxOver(q, qo, D, kv, kvh, Array.from({ length: n }, (_, j) => j), scale);
+      for (let j = 0; j < n; j++) out[j] += (w[r] * p[j]) / heads;
     }
   }
   return out;
@@ -227,17 +225,8 @@ export function keyScores(q: ArrayLike<number>, nq: number, heads: number, kvHea
   for (let h = 0; h < heads; h++) {
     const g = Math.floor(h / group);
     for (let r = 0; r < nq; r++) {
-      const qo = r * heads * D + h * D;
-      const sc = keys.map((slot) => {
-        const k = kv.k(slot, g);
-        let d = 0;
-        for (let i = 0; i < D; i++) d += q[qo + i] * k[i];
-        return d * scale;
-      });
-      const m = Math.max(...sc);
-      const e = sc.map((x) => Math.exp(x - m));
-      const l = e.reduce((a, b) => a + b, 0);
-      for (let j = 0; j < n; j++) out[g * n + j] += e[j] / l / group;
+      const p = softmaxOver(q, r * heads * D + h * D, D, kv, g, keys, scale);
+      for (let j = 0; j < n; j++) out[g * n + j] += p[j] / group;
     }
   }
   return out;
