@@ -5,7 +5,7 @@ import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { WeightLoader } from '../src/model/weights.js';
 import { DecodeMethod } from '../src/sparsity/decode.js';
-import { questDecode, sparseVilaDecode } from '../src/sparsity/method.js';
+import { fastV, questDecode, sparseVilaDecode } from '../src/sparsity/method.js';
 import { keptCount } from '../src/sparsity/select.js';
 import { LlamaShape, RandomLlamaSource, SMOLVLM_TEXT_SHAPE, VILA_3B_LLM_SHAPE, llamaConfigJson } from './random-weights.js';
 import { machineDescription, markdownTable, writeSection } from './report.js';
@@ -49,6 +49,7 @@ const METHODS: Method[] = [
   { name: 'dense', visualKept: (n) => n, decode: () => null },
   { name: `SparseVILA (p ${P}, d ${D})`, visualKept: (n) => keptCount(n, P), decode: () => sparseVilaDecode(D) },
   { name: 'VisionZip (same visual tokens as SparseVILA\'s prefill)', visualKept: (n) => keptCount(n, P), decode: () => null },
+  { name: 'FastV (K 2; from layer 2 on, as many visual tokens as SparseVILA\'s prefill)', visualKept: (n) => n, decode: () => fastV(2, P) },
   {
     name: 'Quest (same KV slots per step as SparseVILA\'s decode)',
     visualKept: (n) => n,
@@ -167,7 +168,7 @@ if (only) {
     'SparseVILA\'s prefill time includes its decode retrieval scoring (every layer scores the visual tokens by the question\'s attention). ' +
     'KV bytes are the K and V rows one decode step reads (layers x KV heads x rows x head dim x 4 bytes x 2), at the middle step. ' +
     'Baselines at SparseVILA\'s budgets: VisionZip keeps as many visual tokens as SparseVILA\'s prefill (its merge runs in the vision encoder, not run here, so it shows as the same shorter prompt with dense decode); ' +
-    'Quest reads as many KV slots per decode step as SparseVILA\'s decode (16-slot pages, first two layers dense) over the dense prompt. FastV (pruning inside the language model\'s prefill) is not implemented yet.',
+    'Quest reads as many KV slots per decode step as SparseVILA\'s decode (16-slot pages, first two layers dense) over the dense prompt. FastV ranks the visual tokens by the last prompt token\'s attention in layer 1 and keeps as many as SparseVILA\'s prefill for layers 2 on.',
     '',
     markdownTable(header, rows),
     '',

@@ -4,7 +4,12 @@ import path from 'node:path';
 import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
-import { pruMergePrefill, questDecode, visionZipPrefill } from '../src/sparsity/method.js';
+import { fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../src/sparsity/method.js';
+import { LayerDrop, fastVStages, pyramidDropStages } from '../src/sparsity/layerdrop.js';
+import { LlavaModel } from '../src/model/llava.js';
+import { WeightLoader } from '../src/model/weights.js';
+import { LlavaConfig, loadConfig } from '../src/formats/config.js';
+import { readTensorInt } from '../src/formats/safetensors.js';
 import { topKInOrder } from '../src/sparsity/select.js';
 import { QuestDecode } from '../src/sparsity/quest.js';
 import { LlamaDecoder } from '../src/model/llama.js';
@@ -177,5 +182,61 @@ describe('Quest', () => {
     assert.deepEqual(Array.from(be.read(out)), [0, 1, 5, 7, 0]);
     assert.throws(() => be.pageScores(be.matrix(1, 9), q, b, { heads: 2, kvHeads: 1, nPages: 9 }), /pageScores: bounds are 8x8, not 1 x at least 9 pages/);
     be.free(b); be.free(q); be.free(out); be.free(cache);
+  });
+});
+
+describe('FastV and PyramidDrop', () => {
+  let be: WasmBackend;
+  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  after(async () => { await be.close(); });
+  const dir = fixture('llava-tiny');
+  const req = { images: [path.join(dir, 'image.png')], prompt: 'What is shown in this image?' };
+
+  it('FastV keeps, after layer K - 1 = 1, the half of the visual tokens the last token attends to most (against the head-mean attention goldens)', async () => {
+    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const cfg = loadConfig(dir) as LlavaConfig;
+    const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
+    const dec = m.language;
+    const ids = Array.from(readTensorInt(g, 'input_ids')), S = ids.length;
+    const visual = ids.flatMap((t, i) => (t === cfg.imageTokenIndex ? [i] : []));
+    const x = be.matrix(S, cfg.text.hiddenSize);
+    be.write(x, readTensorF32(g, 'llm.inputs_embeds'));
+    const cache = dec.newCache();
+    const drop = new LayerDrop(dec, visual, fastVStages(2, 0.5), S);
+    dec.forward(x, cache, 0, ids.map((_, i) => i), drop.prefillOptions(0, S));
+    const att = readTensorF32(g, 'llm.last_token_attention_mean').subarray(S, 2 * S); // layer 1
+    const want = topKInOrder(visual.map((j) => att[j]), 32).map((i) => visual[i]);
+    assert.deepEqual(drop.keptAt.get(1), want);
+    assert.equal(drop.visualPerStep, 32);
+    // Layers 0 and 1 hold all 82 prompt rows, layer 2 the 50 kept: a step at slot 82 reads (83 + 83 + 51) / 3.
+    assert.equal(drop.rowsPerStep(S), (83 + 83 + 51) / 3);
+    dec.freeCache(cache); be.free(x); ck.close(); g.close();
+  });
+
+  it('PyramidDrop stages at L/4, L/2, 3L/4 keeping lambda of what is left; FastV checks its settings', () => {
+    const st = pyramidDropStages(32);
+    assert.deepEqual(st.map((s) => s.layer), [7, 15, 23]);
+    let n = 576;
+    n = st.reduce((a, s) => s.keep(a), n);
+    assert.equal(n, 72);
+    assert.deepEqual(pyramidDropStages(3).map((s) => s.layer), [0, 1]);
+    assert.throws(() => fastVStages(2, 1), /FastV ratio 1 must be in \[0, 1\)/);
+  });
+
+  it('through generate(): R = 0 is the dense path exactly; R = 0.5 decodes over the shorter later layers; sessions refuse them', async () => {
+    const model = await VisionLanguageModel.load(dir, { backend: be });
+    const dense = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [] });
+    const keepAll = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [], decode: fastV(2, 0) });
+    assert.deepEqual(keepAll.ids, dense.ids);
+    const half = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [], decode: fastV() });
+    assert.equal(half.ids.length, 8);
+    assert.equal(half.stats.visualTokensRetrieved, 32);
+    assert.ok(half.stats.kvBytesPerStep < dense.stats.kvBytesPerStep);
+    const pd = await model.generate(req, { maxNewTokens: 4, eosTokenIds: [], decode: pyramidDrop() });
+    assert.equal(pd.stats.visualTokensRetrieved, 16);
+    const s = model.session([path.join(dir, 'image.png')]);
+    await assert.rejects(s.ask('hi', { decode: fastV() }), /fastv\(K=2, R=0.5\) drops tokens inside the prefill for good: it answers one question \(generate\), not a session/);
+    s.close();
+    await model.close();
   });
 });

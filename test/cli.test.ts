@@ -78,7 +78,7 @@ describe('sparsevila CLI', () => {
     assert.match(dense.stderr, /--prefill-sparsity and --decode-sparsity need --method sparsevila/);
     const unknown = run('run', '--model', fixture('llava-tiny'), '--prompt', 'hi', '--method', 'magic');
     assert.notEqual(unknown.status, 0);
-    assert.match(unknown.stderr, /argument 'magic' is invalid. Allowed choices are dense, sparsevila, visionzip, prumerge, quest/);
+    assert.match(unknown.stderr, /argument 'magic' is invalid. Allowed choices are dense, sparsevila, fastv, pdrop, visionzip, prumerge, quest/);
   });
 
   it('run --method visionzip / prumerge with --visual-budget: the baselines on the same model', () => {
@@ -89,6 +89,10 @@ describe('sparsevila CLI', () => {
       const j = JSON.parse(r.stdout) as { method: string; methodDetail: string; imageTokens: number; visualTokensIn: number };
       assert.deepEqual([j.method, j.methodDetail, j.imageTokens, j.visualTokensIn], [method, `${method} (budget ${budget})`, tokens, 64]);
     }
+    const f = run(...args, '--method', 'fastv');
+    assert.equal(f.status, 0, f.stderr);
+    const jf = JSON.parse(f.stdout) as { methodDetail: string; imageTokens: number; visualTokensRetrieved: number };
+    assert.deepEqual([jf.methodDetail, jf.imageTokens, jf.visualTokensRetrieved], ['fastv (K 2, R 0.5)', 64, 32]);
     const bad = run(...args, '--visual-budget', '10');
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /--visual-budget needs --method visionzip, prumerge or quest/);

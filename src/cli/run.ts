@@ -1,7 +1,7 @@
 // `sparsevila run`: answer a prompt about an image with a model folder.
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
-import { PrefillReducer, pruMergePrefill, questDecode, visionZipPrefill } from '../sparsity/method.js';
+import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
 
 export interface RunOptions {
@@ -25,8 +25,8 @@ export interface RunOptions {
 /** SparseVILA's defaults for images (the paper's): prefill 0.6, decode 0.75. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
 
-export type MethodName = 'dense' | 'sparsevila' | 'visionzip' | 'prumerge' | 'quest';
-export const METHODS: MethodName[] = ['dense', 'sparsevila', 'visionzip', 'prumerge', 'quest'];
+export type MethodName = 'dense' | 'sparsevila' | 'fastv' | 'pdrop' | 'visionzip' | 'prumerge' | 'quest';
+export const METHODS: MethodName[] = ['dense', 'sparsevila', 'fastv', 'pdrop', 'visionzip', 'prumerge', 'quest'];
 
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
 export function methodOf(o: { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number }):
@@ -36,6 +36,8 @@ export function methodOf(o: { method?: MethodName; prefillSparsity?: number; dec
     throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
   }
   if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest') throw new Error('--visual-budget needs --method visionzip, prumerge or quest');
+  if (m === 'fastv') return { prefill: 0, decode: 0, decodeMethod: fastV(), label: 'fastv (K 2, R 0.5)' };
+  if (m === 'pdrop') return { prefill: 0, decode: 0, decodeMethod: pyramidDrop(), label: 'pdrop (lambda 0.5)' };
   if (m === 'quest') return { prefill: 0, decode: 0, decodeMethod: questDecode({ budget: o.visualBudget ?? 256 }), label: `quest (budget ${o.visualBudget ?? 256})` };
   if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
   if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };

@@ -60,6 +60,7 @@ export class Session {
     if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== this.prefillSparsity) {
       throw new GenerationError(`prefill sparsity is fixed for a session (${this.prefillSparsity}); got ${opts.prefillSparsity}`);
     }
+    if (opts.decode?.singleTurn) throw new GenerationError(`${opts.decode.name} drops tokens inside the prefill for good: it answers one question (generate), not a session`);
     const m = this.model, t0 = performance.now();
     const imageCached = this.features !== null;
     if (!this.features) {

@@ -44,6 +44,14 @@ export interface ForwardOptions {
    * cache part holding the layer and the layer's index in it (e.g. to score keys by a question).
    */
   onQueries?: (layer: number, q: Matrix, part: KVCache, layerInPart: number) => void;
+  /**
+   * Token dropping inside the stack (FastV, PyramidDrop): called after a layer's attention with its
+   * query rows; returning row indices (ascending) keeps only those rows from the next layer on
+   * (their K/V go to the next layers' cache slots slot0.. in that order, with their own positions).
+   */
+  keepRows?: (layer: number, q: Matrix, part: KVCache, layerInPart: number, slot0: number) => number[] | null;
+  /** The cache slot a layer writes the first row to, given the call's slot0 (default: slot0). */
+  layerSlot0?: (layer: number, slot0: number) => number;
 }
 
 /** Options for placing a decoder in memory. */
@@ -204,9 +212,9 @@ export class LlamaDecoder {
    */
   forward(x: Matrix, cache: DecoderCache, slot0: number, positions: readonly number[] | Int32Array, opts: ForwardOptions = {}): Float32Array {
     const be = this.backend, c = this.config;
-    const S = x.rows, H = this.hidden, D = this.headDim;
+    const S0 = x.rows, H = this.hidden, D = this.headDim;
     const nq = this.heads * D, nkv = this.kvHeads * D, I = c.intermediateSize;
-    if (positions.length !== S) throw new Error(`forward: ${positions.length} positions for ${S} rows`);
+    if (positions.length !== S0) throw new Error(`forward: ${positions.length} positions for ${S0} rows`);
     let maxPos = 0;
     for (let i = 0; i < positions.length; i++) maxPos = Math.max(maxPos, positions[i]);
     if (maxPos >= c.maxPositionEmbeddings) {
@@ -214,6 +222,9 @@ export class LlamaDecoder {
     }
     const scale = 1 / Math.sqrt(D);
     let cur = x;
+    // Rows and positions shrink when opts.keepRows drops tokens.
+    let S = S0;
+    let pos_ = Array.from(positions);
     this.stages.forEach((st, si) => {
       const ws = st.ws, part = cache.parts[si];
       let xs = cur;
@@ -221,21 +232,24 @@ export class LlamaDecoder {
         xs = ws.matrix('x', S, H);
         be.copy(xs, cur);
       }
-      const pos = ws.intsOf('pos', positions);
-      const h = ws.matrix('h', S, H), qkv = ws.matrix('qkv', S, nq + 2 * nkv), att = ws.matrix('att', S, nq);
-      const o = ws.matrix('o', S, H), gu = ws.matrix('gu', S, 2 * I), act = ws.matrix('act', S, I);
-      const q = qkv.view(0, S, 0, nq), k = qkv.view(0, S, nq, nkv), v = qkv.view(0, S, nq + nkv, nkv);
+      let pos = ws.intsOf('pos', pos_);
+      const hM = ws.matrix('h', S, H), qkvM = ws.matrix('qkv', S, nq + 2 * nkv), attM = ws.matrix('att', S, nq);
+      const oM = ws.matrix('o', S, H), guM = ws.matrix('gu', S, 2 * I), actM = ws.matrix('act', S, I);
+      let h = hM, qkv = qkvM, att = attM, o = oM, gu = guM, act = actM;
+      let q = qkv.view(0, S, 0, nq), k = qkv.view(0, S, nq, nkv), v = qkv.view(0, S, nq + nkv, nkv), qk = qkv.view(0, S, 0, nq + nkv);
       // Each layer's input norm is fused with the previous layer's residual add.
       be.rmsNorm(h, xs, st.layers[0].inputNorm, c.rmsNormEps);
-      const qk = qkv.view(0, S, 0, nq + nkv);
       st.layers.forEach((L, j) => {
+        const layer = st.first + j;
+        const s0 = opts.layerSlot0?.(layer, slot0) ?? slot0;
         be.matmul(qkv, h, L.qkv, L.qkvBias);
         // q and k are adjacent columns: one rotation over heads + kvHeads heads.
         be.rope(qk, this.heads + this.kvHeads, D, pos, st.rope);
-        be.kvWrite(part, j, k, v, slot0);
-        const keys = S === 1 ? opts.attentionKeys?.(st.first + j, slot0, q, part, j) : undefined;
-        be.attention(att, q, part, j, { heads: this.heads, qSlot0: slot0, causal: true, scale, keys: keys ?? { count: slot0 + S } });
-        opts.onQueries?.(st.first + j, q, part, j);
+        be.kvWrite(part, j, k, v, s0);
+        const keys = S === 1 ? opts.attentionKeys?.(layer, s0, q, part, j) : undefined;
+        be.attention(att, q, part, j, { heads: this.heads, qSlot0: s0, causal: true, scale, keys: keys ?? { count: s0 + S } });
+        opts.onQueries?.(layer, q, part, j);
+        const keep = opts.keepRows?.(layer, q, part, j, s0) ?? null;
         be.matmul(o, att, L.o, L.oBias);
         be.addRmsNorm(h, xs, o, L.postNorm, c.rmsNormEps);
         be.matmul(gu, h, L.gateUp, L.gateUpBias);
@@ -244,12 +258,27 @@ export class LlamaDecoder {
         const next = st.layers[j + 1];
         if (next) be.addRmsNorm(h, xs, o, next.inputNorm, c.rmsNormEps);
         else be.add(xs, xs, o);
-        opts.onHidden?.(st.first + j, xs);
+        opts.onHidden?.(layer, xs);
+        if (keep && keep.length < S) {
+          // Later layers see only the kept rows: gather them (ascending, so in place is safe).
+          for (let r = 0; r < keep.length;) {
+            let run = 1;
+            while (r + run < keep.length && keep[r + run] === keep[r] + run) run++;
+            if (keep[r] !== r) { be.copy(xs.view(r, run), xs.view(keep[r], run)); be.copy(h.view(r, run), h.view(keep[r], run)); }
+            r += run;
+          }
+          S = keep.length;
+          pos_ = keep.map((r) => pos_[r]);
+          pos = ws.intsOf('pos', pos_);
+          xs = xs.view(0, S); h = hM.view(0, S); att = attM.view(0, S); o = oM.view(0, S); gu = guM.view(0, S); act = actM.view(0, S);
+          qkv = qkvM.view(0, S);
+          q = qkv.view(0, S, 0, nq); k = qkv.view(0, S, nq, nkv); v = qkv.view(0, S, nq + nkv, nkv); qk = qkv.view(0, S, 0, nq + nkv);
+        }
       });
       cur = xs;
     });
     const ws = this.last.ws;
-    const rows = opts.logitRows ?? [S - 1];
+    const rows = opts.logitRows ?? [cur.rows - 1];
     const hn = ws.matrix('hn', rows.length, H);
     const logits = ws.matrix('logits', rows.length, c.vocabSize);
     // Normalise only the rows whose logits are wanted.

@@ -1,5 +1,6 @@
-// The decode stage of a visual-sparsity method, as a strategy: hooks for the forward pass that
-// prefills a turn's new tokens and for each decode step of that turn.
+// The language-model stage of a visual-sparsity method, as a strategy: hooks for the forward pass
+// that prefills a turn's new tokens (where FastV and PyramidDrop drop tokens between layers) and
+// for each decode step of that turn (where SparseVILA and Quest choose the keys to read).
 import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
 
 /** One turn's decode-time selection (made by a DecodeMethod). */
@@ -33,5 +34,7 @@ export interface TurnContext {
 /** The decode stage of a method: makes a selector per turn (null: dense decode). */
 export interface DecodeMethod {
   readonly name: string;
+  /** Drops tokens inside the prefill for good (FastV, PyramidDrop): one turn only, not a session. */
+  readonly singleTurn?: boolean;
   create(ctx: TurnContext): DecodeSelector | null;
 }
