@@ -109,6 +109,19 @@ describe('sparsevila CLI', () => {
     assert.equal(r.stdout.trim().split('\n').length, 2, r.stdout);
   });
 
+  it('run --frames: a video as frames, each pruned on its own, with SparseVILA\'s video defaults (0.75 / 0.9)', () => {
+    const img = `${fixture('llava-tiny')}/image.png`;
+    const r = run('run', '--model', fixture('llava-tiny'), '--frames', img, img, img, '--prompt', 'What happens?', '--max-new-tokens', '2', '--method', 'sparsevila', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout) as { methodDetail: string; prefillSparsity: number; decodeSparsity: number; visualTokensIn: number; imageTokens: number; visualTokensRetrieved: number };
+    // 3 frames x 64 tokens; 16 kept per frame; 48 - floor(0.9 * 48) = 5 per decode step.
+    assert.deepEqual([j.methodDetail, j.prefillSparsity, j.decodeSparsity, j.visualTokensIn, j.imageTokens, j.visualTokensRetrieved],
+      ['sparsevila (video defaults)', 0.75, 0.9, 192, 48, 5]);
+    const both = run('run', '--model', fixture('llava-tiny'), '--frames', img, '--image', img, '--prompt', 'hi');
+    assert.equal(both.status, 1);
+    assert.match(both.stderr, /give --image or --frames, not both/);
+  });
+
   it('run --heatmap writes a PNG of the kept and retrieved patches', async () => {
     const file = path.join(tempDir(), 'look.png');
     const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '3', '--method', 'sparsevila', '--heatmap', file);

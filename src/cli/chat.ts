@@ -3,11 +3,12 @@
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { VisionLanguageModel } from '../engine/vlm.js';
-import { MethodName, methodOf } from './run.js';
+import { MethodName, methodOf, visualInputs } from './run.js';
 
 export interface ChatOptions {
   model: string;
   image?: string[];
+  frames?: string[];
   mode: 'chat' | 'independent';
   method?: MethodName;
   visualBudget?: number;
@@ -23,14 +24,15 @@ export interface ChatOptions {
 }
 
 export async function chatCommand(o: ChatOptions): Promise<void> {
-  const sparsity = methodOf(o);
+  const input = visualInputs(o);
+  const sparsity = methodOf(o, input.video);
   const tty = process.stdin.isTTY && process.stdout.isTTY;
   if (tty) process.stderr.write('loading the model…\n');
   const model = await VisionLanguageModel.load(o.model, { threads: o.threads });
-  const session = model.session(o.image ?? [], { mode: o.mode, prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, prefill: sparsity.reducer });
+  const session = model.session(input.files, { mode: o.mode, prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, prefill: sparsity.reducer });
   const rl = createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });
   const prompt = () => { if (tty) rl.setPrompt('> '), rl.prompt(); };
-  if (tty) process.stderr.write(`${o.mode} session about ${(o.image ?? []).length} image(s); ask a question, an empty line or Ctrl-D ends.\n`);
+  if (tty) process.stderr.write(`${o.mode} session about ${input.files.length} ${input.video ? 'frame' : 'image'}(s); ask a question, an empty line or Ctrl-D ends.\n`);
   try {
     prompt();
     let turn = 0;
@@ -50,7 +52,7 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
         `KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
       if (o.heatmap) {
         const ext = path.extname(o.heatmap);
-        for (const h of await model.writeHeatmaps(`${o.heatmap.slice(0, o.heatmap.length - ext.length)}-turn${turn}${ext}`, o.image ?? [], r)) console.error(`heatmap: ${h}`);
+        for (const h of await model.writeHeatmaps(`${o.heatmap.slice(0, o.heatmap.length - ext.length)}-turn${turn}${ext}`, input.files, r)) console.error(`heatmap: ${h}`);
       }
       prompt();
     }

@@ -7,6 +7,7 @@ import { DecodeMethod } from '../sparsity/decode.js';
 export interface RunOptions {
   model: string;
   image?: string[];
+  frames?: string[];
   prompt: string;
   maxNewTokens: number;
   temperature: number;
@@ -22,14 +23,21 @@ export interface RunOptions {
   heatmap?: string;
 }
 
-/** SparseVILA's defaults for images (the paper's): prefill 0.6, decode 0.75. */
+/** SparseVILA's defaults (the paper's): images prefill 0.6, decode 0.75; video 0.75, 0.9. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
+export const SPARSEVILA_VIDEO_DEFAULTS = { prefill: 0.75, decode: 0.9 };
+
+/** The visual inputs of a run: --image files, or --frames (a video as image files in time order). */
+export function visualInputs(o: { image?: string[]; frames?: string[] }): { files: string[]; video: boolean } {
+  if (o.image?.length && o.frames?.length) throw new Error('give --image or --frames, not both');
+  return o.frames?.length ? { files: o.frames, video: true } : { files: o.image ?? [], video: false };
+}
 
 export type MethodName = 'dense' | 'sparsevila' | 'fastv' | 'pdrop' | 'visionzip' | 'prumerge' | 'quest';
 export const METHODS: MethodName[] = ['dense', 'sparsevila', 'fastv', 'pdrop', 'visionzip', 'prumerge', 'quest'];
 
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
-export function methodOf(o: { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number }):
+export function methodOf(o: { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number }, video = false):
   { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
   const m = o.method ?? 'dense';
   if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
@@ -42,11 +50,13 @@ export function methodOf(o: { method?: MethodName; prefillSparsity?: number; dec
   if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
   if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };
   if (m === 'prumerge') return { prefill: 0, decode: 0, reducer: pruMergePrefill(o.visualBudget), label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})` };
-  return { prefill: o.prefillSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.prefill, decode: o.decodeSparsity ?? SPARSEVILA_IMAGE_DEFAULTS.decode, label: 'sparsevila' };
+  const defaults = video ? SPARSEVILA_VIDEO_DEFAULTS : SPARSEVILA_IMAGE_DEFAULTS;
+  return { prefill: o.prefillSparsity ?? defaults.prefill, decode: o.decodeSparsity ?? defaults.decode, label: video ? 'sparsevila (video defaults)' : 'sparsevila' };
 }
 
 export async function runCommand(o: RunOptions): Promise<void> {
-  const sparsity = methodOf(o);
+  const input = visualInputs(o);
+  const sparsity = methodOf(o, input.video);
   // Progress goes to stderr and only on a terminal; --json keeps stdout one JSON object.
   const showProgress = !o.json && process.stderr.isTTY;
   const bar = showProgress
@@ -64,10 +74,10 @@ export async function runCommand(o: RunOptions): Promise<void> {
   });
   if (bar && started) bar.stop();
   try {
-    if (showProgress && o.image?.length) process.stderr.write(' encoding image…\r');
+    if (showProgress && input.files.length) process.stderr.write(' encoding image…\r');
     let first = true;
     const r = await model.generate(
-      { images: o.image ?? [], prompt: o.prompt },
+      { images: input.files, prompt: o.prompt },
       {
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
         prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
@@ -80,7 +90,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       },
     );
     const s = r.stats;
-    const heatmaps = o.heatmap ? await model.writeHeatmaps(o.heatmap, o.image ?? [], r) : [];
+    const heatmaps = o.heatmap ? await model.writeHeatmaps(o.heatmap, input.files, r) : [];
     if (o.json) {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
