@@ -26,6 +26,10 @@ export class QuestDecode implements DecodeSelector {
   private readonly boundsReady: boolean[] = [];
   private readonly scoreMats = new Map<number, Matrix>();
   private readonly maxPages: number;
+  /** Reused on every step: scores read back, the lists written, the page order. */
+  private scoreBuf = new Float32Array(0);
+  private readonly listBuf: Int32Array;
+  private readonly order: number[] = [];
 
   /** maxSlots: the most cache slots the turn may reach. */
   constructor(private readonly decoder: LlamaDecoder, opts: QuestOptions, maxSlots: number) {
@@ -34,6 +38,7 @@ export class QuestDecode implements DecodeSelector {
     if (!Number.isInteger(opts.budget) || opts.budget < 1) throw new RangeError(`Quest budget ${opts.budget} must be a whole number >= 1`);
     this.pagesPerStep = Math.max(1, Math.floor(opts.budget / this.pageSize));
     this.maxPages = Math.ceil(maxSlots / this.pageSize);
+    this.listBuf = new Int32Array(decoder.kvHeads * this.pagesPerStep * this.pageSize);
   }
 
   prefillOptions(): ForwardOptions | undefined { return undefined; }
@@ -74,19 +79,21 @@ export class QuestDecode implements DecodeSelector {
           this.scoreMats.set(pi, sm);
         }
         be.pageScores(sm, q, b, { heads: this.decoder.heads, kvHeads, nPages });
-        const sc = be.read(sm);
+        const sc = be.read(sm, this.scoreBuf.length >= kvHeads * nPages ? this.scoreBuf.subarray(0, kvHeads * nPages) : (this.scoreBuf = new Float32Array(kvHeads * this.maxPages)).subarray(0, kvHeads * nPages));
         const stride = this.pagesPerStep * ps;
-        const list = new Int32Array(kvHeads * stride);
+        const list = this.listBuf;
+        const order = this.order;
         let count = 0;
         for (let h = 0; h < kvHeads; h++) {
-          const order: number[] = [];
+          // The page being written, and the best others by score (ties to the earlier page).
+          order.length = 0;
           for (let p = 0; p < nPages; p++) if (p !== cur) order.push(p);
           order.sort((x, y) => sc[h * nPages + y] - sc[h * nPages + x] || x - y);
-          const chosen = order.slice(0, this.pagesPerStep - 1);
-          chosen.push(cur);
-          chosen.sort((x, y) => x - y);
+          order.length = this.pagesPerStep - 1;
+          order.push(cur);
+          order.sort((x, y) => x - y);
           let o = h * stride;
-          for (const p of chosen) for (let t = p * ps; t < Math.min(len, (p + 1) * ps); t++) list[o++] = t;
+          for (const p of order) for (let t = p * ps; t < Math.min(len, (p + 1) * ps); t++) list[o++] = t;
           count = o - h * stride;
         }
         be.writeInts(this.lists[layer], list);
