@@ -93,6 +93,8 @@ describe('sparsevila CLI', () => {
     assert.equal(f.status, 0, f.stderr);
     const jf = JSON.parse(f.stdout) as { methodDetail: string; imageTokens: number; visualTokensRetrieved: number };
     assert.deepEqual([jf.methodDetail, jf.imageTokens, jf.visualTokensRetrieved], ['fastv (K 2, R 0.5)', 64, 32]);
+    // Layers 0 and 1 see all 64 visual tokens, layer 2 the 32 kept.
+    assert.deepEqual((JSON.parse(f.stdout) as { visualTokensPerLayer: unknown }).visualTokensPerLayer, { min: 32, mean: 160 / 3, max: 64 });
     const bad = run(...args, '--visual-budget', '10');
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /--visual-budget needs --method visionzip, prumerge or quest/);
@@ -104,8 +106,8 @@ describe('sparsevila CLI', () => {
     assert.equal(r.status, 0, r.stderr);
     const turns = r.stderr.split('\n').filter((l) => l.startsWith('[turn '));
     assert.equal(turns.length, 2, r.stderr);
-    assert.match(turns[0], /^\[turn 1, length\] prompt \d+ tokens, \d+ prefilled \| image encoded in \d+ ms \| visual tokens 64 in, 26 kept, 7 retrieved per layer/);
-    assert.match(turns[1], /^\[turn 2, length\] .* \| image from the session cache \| visual tokens 64 in, 26 kept, 7 retrieved per layer/);
+    assert.match(turns[0], /^\[turn 1, length\] prompt \d+ tokens, \d+ prefilled \| image encoded in \d+ ms \| visual tokens 64 in, 26 kept, 7 per layer in decode/);
+    assert.match(turns[1], /^\[turn 2, length\] .* \| image from the session cache \| visual tokens 64 in, 26 kept, 7 per layer in decode/);
     assert.equal(r.stdout.trim().split('\n').length, 2, r.stdout);
   });
 

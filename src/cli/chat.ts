@@ -3,7 +3,7 @@
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { VisionLanguageModel } from '../engine/vlm.js';
-import { MethodName, methodOf, visualInputs } from './run.js';
+import { MethodName, methodOf, perLayer, visualInputs } from './run.js';
 
 export interface ChatOptions {
   model: string;
@@ -48,7 +48,7 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
       process.stdout.write('\n');
       console.error(`[turn ${turn}, ${r.finishReason}] prompt ${s.promptTokens} tokens, ${s.prefilledTokens} prefilled | ` +
         `image ${s.imageCached ? 'from the session cache' : `encoded in ${s.imageMs.toFixed(0)} ms`} | visual tokens ${s.visualTokensIn} in, ${s.imageTokens} kept, ` +
-        `${s.visualTokensRetrieved} retrieved per layer | prefill ${s.prefillMs.toFixed(0)} ms | decode ${s.newTokens} tokens, ${s.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
+        `${perLayer(s.visualTokensPerLayer)} per layer in decode | prefill ${s.prefillMs.toFixed(0)} ms | decode ${s.newTokens} tokens, ${s.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
         `KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
       if (o.heatmap) {
         const ext = path.extname(o.heatmap);

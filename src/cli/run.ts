@@ -95,7 +95,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
         method: o.method ?? 'dense', methodDetail: sparsity.label, prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
-        promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, visualTokensRetrieved: s.visualTokensRetrieved, newTokens: s.newTokens,
+        promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, visualTokensRetrieved: s.visualTokensRetrieved, visualTokensPerLayer: s.visualTokensPerLayer, newTokens: s.newTokens,
         imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
         decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,
         kvBytesPerStep: s.kvBytesPerStep, visual: r.visual, ...(heatmaps.length ? { heatmaps } : {}),
@@ -103,7 +103,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
     } else {
       process.stdout.write('\n');
       console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}` +
-        `${s.visualTokensRetrieved !== s.imageTokens ? `, ${s.visualTokensRetrieved} retrieved per layer` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
+        `${s.visualTokensRetrieved !== s.imageTokens ? `, ${perLayer(s.visualTokensPerLayer)} per layer in decode` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
         `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
         `${s.decodeTokensPerSecond.toFixed(1)} tok/s | KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
       for (const h of heatmaps) console.error(`heatmap: ${h}`);
@@ -114,3 +114,8 @@ export async function runCommand(o: RunOptions): Promise<void> {
 }
 
 function round(x: number): number { return Math.round(x * 100) / 100; }
+
+/** "n" when every layer attends to as many visual tokens, else "min / mean / max". */
+export function perLayer(p: { min: number; mean: number; max: number }): string {
+  return p.min === p.max ? `${p.min}` : `${p.min} / ${round(p.mean)} / ${p.max} (min / mean / max)`;
+}

@@ -79,8 +79,10 @@ export interface GenerationStats {
   imageTokens: number;
   /** Visual tokens the images gave before prefill pruning. */
   visualTokensIn: number;
-  /** Visual tokens each decode step attends to per layer and KV head (all of them without decode sparsity). */
+  /** Visual tokens each decode step attends to per layer and KV head (all of them without decode sparsity; FastV/PDrop: the last layer). */
   visualTokensRetrieved: number;
+  /** The same over the LLM's layers: fewest, mean and most. */
+  visualTokensPerLayer: { min: number; mean: number; max: number };
   /** The images' features came from the session's cache (they were not encoded again). */
   imageCached: boolean;
   /** K and V bytes the first decode step reads from the cache, over all layers. */
@@ -150,6 +152,10 @@ export function decodeMethodOf(opts: Pick<GenerateOptions, 'decode' | 'decodeSpa
     return opts.decode;
   }
   return d > 0 ? sparseVilaDecode(d, opts.reretrieveEvery ?? 0) : null;
+}
+
+function spread(v: number[]): { min: number; mean: number; max: number } {
+  return { min: Math.min(...v), mean: v.reduce((a, b) => a + b, 0) / v.length, max: Math.max(...v) };
 }
 
 function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
@@ -453,6 +459,7 @@ export class VisionLanguageModel {
         imageTokens,
         visualTokensIn,
         visualTokensRetrieved: selector?.visualPerStep ?? imageTokens,
+        visualTokensPerLayer: spread(selector?.visualPerLayer?.() ?? [selector?.visualPerStep ?? imageTokens]),
         imageCached: false,
         kvBytesPerStep: this.kvBytesPerStep(selector ? selector.rowsPerStep(S) : S + 1),
         imageMs: t1 - t0,

@@ -13,6 +13,8 @@ export interface DecodeSelector {
   rowsPerStep(slot: number): number;
   /** Visual tokens a step attends to per layer and KV head, when the method selects visual tokens. */
   readonly visualPerStep?: number;
+  /** Visual tokens each layer attends to in a decode step (per KV head), when the method selects visual tokens. */
+  visualPerLayer?(): number[];
   /** Per layer, the visual slots kept for each KV head ([kvHeads][visualPerStep]), when it selects visual tokens. */
   readonly keptVisual?: Int32Array[];
   free(): void;

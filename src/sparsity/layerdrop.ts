@@ -76,6 +76,15 @@ export class LayerDrop implements DecodeSelector {
     return this.rowsAt.reduce((a, r) => a + r + step + 1, 0) / this.rowsAt.length;
   }
 
+  visualPerLayer(): number[] {
+    const L = this.decoder.config.numHiddenLayers;
+    return Array.from({ length: L }, (_, l) => {
+      let n = this.visualSlots.length;
+      for (const st of this.stages) if (st.layer < l) n = this.keptAt.get(st.layer)?.length ?? n;
+      return n;
+    });
+  }
+
   /** Visual tokens the last layer attends to. */
   get visualPerStep(): number {
     const last = this.stages[this.stages.length - 1];

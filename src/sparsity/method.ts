@@ -81,6 +81,7 @@ export function sparseVilaDecode(d: number, reretrieveEvery = 0): DecodeMethod {
         decodeOptions: () => r.decodeOptions(reretrieveEvery),
         rowsPerStep: (slot) => r.rowsPerStep(slot),
         visualPerStep: r.keep,
+        visualPerLayer: () => new Array<number>(t.decoder.config.numHiddenLayers).fill(r.keep),
         get keptVisual() { return r.kept; },
         free: () => r.free(),
       };
