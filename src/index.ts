@@ -40,6 +40,10 @@ export type { QuestOptions } from './sparsity/quest.js';
 export { visionZipSelect, visionZipMerge, visionZipContextual } from './sparsity/visionzip.js';
 export { pruMergeSelect, pruMergeMerge, iqrOutlierCount } from './sparsity/prumerge.js';
 
+// Synthetic visual-QA scenes (the default model's task).
+export { makeScene, renderScene, sceneSvg, splitSeeds, writeSplit, SHAPES, COLOURS, GLYPHS, REGIONS, QUESTION_TYPES } from './data/scenes.js';
+export type { Scene, SceneObject, Question, QuestionType, EpisodeRecord } from './data/scenes.js';
+
 // Kernels and runtime.
 export * from './kernels/backend.js';
 export { WasmBackend, BackendError } from './kernels/wasm-backend.js';

@@ -133,6 +133,14 @@ describe('sparsevila CLI', () => {
     assert.deepEqual([meta.format, meta.width, meta.height], ['png', 336, 380]);
   });
 
+  it('scenes writes a split of synthetic scenes with their episodes', () => {
+    const dir = tempDir();
+    const r = run('scenes', '--split', 'test', '--count', '2', '--out', dir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), path.join(dir, 'episodes.jsonl'));
+    assert.equal(readFileSync(path.join(dir, 'episodes.jsonl'), 'utf8').trim().split('\n').length, 2);
+  });
+
   it('run streams the answer, then the timings', () => {
     const r = run('run', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--prompt', 'What is shown in this image?', '--max-new-tokens', '12');
     assert.equal(r.status, 0, r.stderr);

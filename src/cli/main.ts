@@ -6,6 +6,7 @@ import { inspectCheckpoint, formatInspection } from './inspect.js';
 import { runtimeInfo } from './info.js';
 import { METHODS, runCommand } from './run.js';
 import { chatCommand } from './chat.js';
+import { writeSplit } from '../data/scenes.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
 
@@ -73,6 +74,16 @@ program
   .option('--heatmap <file.png>', 'after each turn, write the image with the kept and retrieved patches overlaid (file-turnN.png)')
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .action(chatCommand);
+
+program
+  .command('scenes')
+  .description('write synthetic visual-QA scenes (the default model\'s task) with their multi-turn episodes, regenerable by seed')
+  .addOption(new Option('--split <name>', 'which seeds').choices(['train', 'validation', 'test']).default('test'))
+  .option('--count <n>', 'how many scenes', int(1), 100)
+  .requiredOption('--out <dir>', 'folder for <seed>.png and episodes.jsonl')
+  .action(async (opts: { split: 'train' | 'validation' | 'test'; count: number; out: string }) => {
+    console.log(await writeSplit(opts.out, opts.split, opts.count));
+  });
 
 program
   .command('inspect')

@@ -1,0 +1,90 @@
+// The synthetic scenes of the default model's task: determinism, unambiguous questions, answers
+// that follow from the scene, and pixels that show what the scene says.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import sharp from 'sharp';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { EpisodeRecord, QUESTION_TYPES, REGIONS, makeScene, renderScene, splitSeeds, writeSplit } from '../src/data/scenes.js';
+import { tempDir } from './helpers.js';
+
+const RGB: Record<string, number[]> = {
+  red: [220, 40, 40], green: [40, 180, 60], blue: [40, 90, 230], yellow: [240, 220, 40],
+  purple: [150, 60, 200], orange: [250, 140, 30], white: [245, 245, 245],
+};
+const NUMBERS = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'];
+
+describe('synthetic scenes', () => {
+  it('are a pure function of the seed (scene, episode and PNG bytes)', async () => {
+    assert.deepEqual(makeScene(42), makeScene(42));
+    assert.notDeepEqual(makeScene(42), makeScene(43));
+    assert.deepEqual(await renderScene(makeScene(7)), await renderScene(makeScene(7)));
+  });
+
+  it('ask unambiguous questions whose answers follow from the scene', () => {
+    const seen = new Set<string>();
+    for (const seed of splitSeeds('train', 200)) {
+      const s = makeScene(seed);
+      assert.ok(s.objects.length >= 3 && s.objects.length <= 6);
+      assert.equal(new Set(s.objects.map((o) => o.region)).size, s.objects.length, 'one object per region');
+      assert.equal(new Set(s.objects.map((o) => `${o.colour} ${o.shape}`)).size, s.objects.length, 'colour + shape names one object');
+      assert.ok(s.episode.length >= 3 && s.episode.length <= 5, `seed ${seed}: ${s.episode.length} questions`);
+      const byName = (n: string) => s.objects.find((o) => `${o.colour} ${o.shape}` === n);
+      for (const q of s.episode) {
+        seen.add(q.type);
+        let m: RegExpMatchArray | null;
+        if ((m = q.question.match(/^What colour is the (\w+) in the (.+)\?$/))) {
+          const o = s.objects.find((x) => REGIONS[x.region] === m![2])!;
+          assert.deepEqual([o.shape, o.colour], [m[1], q.answer]);
+        } else if ((m = q.question.match(/^What shape is in the (.+)\?$/))) {
+          assert.equal(s.objects.find((x) => REGIONS[x.region] === m![1])!.shape, q.answer);
+        } else if ((m = q.question.match(/^Which letter or digit is on the (\w+ \w+)\?$/))) {
+          assert.equal(byName(m[1])!.glyph, q.answer);
+        } else if ((m = q.question.match(/^Is there a (\w+ \w+)\?$/))) {
+          assert.equal(byName(m[1]) ? 'yes' : 'no', q.answer);
+        } else if ((m = q.question.match(/^How many (\w+?)s are there\?$/))) {
+          assert.equal(NUMBERS[s.objects.filter((o) => o.shape === m![1]).length], q.answer);
+        } else if ((m = q.question.match(/^How many (\w+) objects are there\?$/))) {
+          assert.equal(NUMBERS[s.objects.filter((o) => o.colour === m![1]).length], q.answer);
+        } else if ((m = q.question.match(/^Which is further (left|up), the (\w+ \w+) or the (\w+ \w+)\?$/))) {
+          const a = byName(m[2])!, b = byName(m[3])!;
+          const first = m[1] === 'left' ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
+          assert.equal(`${first.colour} ${first.shape}`, q.answer);
+        } else {
+          assert.fail(`unknown question form: ${q.question}`);
+        }
+      }
+    }
+    assert.deepEqual([...seen].sort(), [...QUESTION_TYPES].sort(), 'every question type occurs');
+  });
+
+  it('render each object in its colour, at 224 px', async () => {
+    for (const seed of splitSeeds('test', 10)) {
+      const s = makeScene(seed);
+      const { data, info } = await sharp(await renderScene(s)).raw().toBuffer({ resolveWithObject: true });
+      assert.deepEqual([info.width, info.height, info.channels], [224, 224, 3]);
+      for (const o of s.objects) {
+        // A point inside the shape and clear of the glyph.
+        const [px, py] = o.shape === 'triangle' ? [o.x + 0.5 * o.r, o.y + 0.6 * o.r] : [o.x + 0.6 * o.r, o.y];
+        const i = (Math.round(py) * info.width + Math.round(px)) * 3;
+        assert.deepEqual([data[i], data[i + 1], data[i + 2]], RGB[o.colour], `seed ${seed}: ${o.colour} ${o.shape}`);
+      }
+    }
+  });
+
+  it('writeSplit writes the images and one episode line per scene', async () => {
+    const dir = tempDir();
+    const file = await writeSplit(dir, 'validation', 3);
+    const recs = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as EpisodeRecord);
+    assert.deepEqual(recs.map((r) => r.seed), splitSeeds('validation', 3));
+    for (const r of recs) {
+      assert.deepEqual(r.questions, makeScene(r.seed).episode);
+      assert.deepEqual(readFileSync(path.join(dir, r.image)), await renderScene(makeScene(r.seed)));
+    }
+  });
+
+  it('splits never share a seed', () => {
+    const t = new Set(splitSeeds('train', 1000));
+    for (const s of [...splitSeeds('validation', 1000), ...splitSeeds('test', 1000)]) assert.ok(!t.has(s));
+  });
+});
