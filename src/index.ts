@@ -44,6 +44,10 @@ export { pruMergeSelect, pruMergeMerge, iqrOutlierCount } from './sparsity/prume
 export { makeScene, renderScene, sceneSvg, splitSeeds, writeSplit, SHAPES, COLOURS, GLYPHS, REGIONS, QUESTION_TYPES } from './data/scenes.js';
 export type { Scene, SceneObject, Question, QuestionType, EpisodeRecord } from './data/scenes.js';
 
+// The accuracy harness.
+export { evaluate, readEpisodes, normaliseAnswer, summarise } from './eval/harness.js';
+export type { EvalEpisode, EvalQuestion, EvalOptions, EvalReport, QuestionResult, Accuracy } from './eval/harness.js';
+
 // Kernels and runtime.
 export * from './kernels/backend.js';
 export { WasmBackend, BackendError } from './kernels/wasm-backend.js';

@@ -6,6 +6,7 @@ import { inspectCheckpoint, formatInspection } from './inspect.js';
 import { runtimeInfo } from './info.js';
 import { METHODS, runCommand } from './run.js';
 import { chatCommand } from './chat.js';
+import { evalCommand } from './eval.js';
 import { writeSplit } from '../data/scenes.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string; description: string };
@@ -74,6 +75,21 @@ program
   .option('--heatmap <file.png>', 'after each turn, write the image with the kept and retrieved patches overlaid (file-turnN.png)')
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .action(chatCommand);
+
+program
+  .command('eval')
+  .description('exact-match accuracy of a model with a sparsity method over visual-question episodes (per type, turn 1 vs later turns)')
+  .requiredOption('--model <dir>', 'model folder (Hugging Face layout)')
+  .requiredOption('--data <file>', 'episodes.jsonl (as `sparsevila scenes` writes): { image, questions: [{ type, question, answer }] } per line')
+  .addOption(new Option('--method <name>', 'visual sparsity method').choices(METHODS).default('dense'))
+  .option('--prefill-sparsity <p>', 'sparsevila: prefill sparsity (default 0.6)', fraction)
+  .option('--decode-sparsity <d>', 'sparsevila: decode sparsity (default 0.75)', fraction)
+  .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per step', int(1))
+  .addOption(new Option('--mode <mode>', 'independent: each question sees only the image; chat: the earlier turns too').choices(['independent', 'chat']).default('independent'))
+  .option('--max-new-tokens <n>', 'most tokens per answer', int(1), 8)
+  .option('--threads <n>', 'threads (default: all cores)', int(1))
+  .option('--json', 'print one JSON object (the report and every question) instead of the table')
+  .action(evalCommand);
 
 program
   .command('scenes')
