@@ -18,6 +18,10 @@ describe('accuracy harness', () => {
     assert.equal(normaliseAnswer('Yes!'), 'yes');
     assert.equal(normaliseAnswer('"3"'), '3');
     assert.notEqual(normaliseAnswer('red square'), normaliseAnswer('red circle'));
+    // The letter A is an answer, not an article: an empty prediction must not match it.
+    assert.equal(normaliseAnswer('A'), 'a');
+    assert.notEqual(normaliseAnswer(''), normaliseAnswer('A'));
+    assert.equal(normaliseAnswer('a red circle'), 'red circle');
   });
 
   it('aggregates per type and for turn 1 against later turns', () => {

@@ -56,9 +56,12 @@ export function readEpisodes(file: string): EvalEpisode[] {
   });
 }
 
-/** Lower case, single spaces, no surrounding punctuation or articles: "The Red circle." -> "red circle". */
+/**
+ * Lower case, single spaces, no punctuation, no leading article: "The Red circle." -> "red circle".
+ * A lone "A" stays "a" (it may be the letter asked for).
+ */
 export function normaliseAnswer(s: string): string {
-  return s.toLowerCase().replace(/[.,!?;:"']/g, ' ').replace(/\b(the|a|an)\b/g, ' ').replace(/\s+/g, ' ').trim();
+  return s.toLowerCase().replace(/[.,!?;:"']/g, ' ').replace(/\s+/g, ' ').trim().replace(/^(the|a|an) (?=\S)/, '');
 }
 
 function accuracy(rs: QuestionResult[]): Accuracy {
