@@ -43,6 +43,8 @@ export { pruMergeSelect, pruMergeMerge, iqrOutlierCount } from './sparsity/prume
 // Synthetic visual-QA scenes (the default model's task).
 export { makeScene, renderScene, sceneSvg, splitSeeds, writeSplit, SHAPES, COLOURS, GLYPHS, REGIONS, QUESTION_TYPES } from './data/scenes.js';
 export type { Scene, SceneObject, Question, QuestionType, EpisodeRecord } from './data/scenes.js';
+export { writeTaskModel, taskVocabulary, taskModelConfig, taskModelTensors, tokenizerJson, TASK_MODEL_SHAPE, IMAGE_TOKEN_ID, CHAT_TEMPLATE } from './data/task-model.js';
+export type { TaskModelShape } from './data/task-model.js';
 
 // The accuracy harness.
 export { evaluate, readEpisodes, normaliseAnswer, summarise } from './eval/harness.js';
