@@ -40,8 +40,9 @@ describe('synthetic scenes', () => {
           assert.equal(s.objects.find((x) => REGIONS[x.region] === m![1])!.shape, q.answer);
         } else if ((m = q.question.match(/^Which letter or digit is on the (\w+ \w+)\?$/))) {
           assert.equal(byName(m[1])!.glyph, q.answer);
-        } else if ((m = q.question.match(/^Is there a (\w+ \w+)\?$/))) {
-          assert.equal(byName(m[1]) ? 'yes' : 'no', q.answer);
+        } else if ((m = q.question.match(/^Is there (a|an) (\w+ \w+)\?$/))) {
+          assert.equal(m[1], /^[aeiou]/.test(m[2]) ? 'an' : 'a', q.question);
+          assert.equal(byName(m[2]) ? 'yes' : 'no', q.answer);
         } else if ((m = q.question.match(/^How many (\w+?)s are there\?$/))) {
           assert.equal(NUMBERS[s.objects.filter((o) => o.shape === m![1]).length], q.answer);
         } else if ((m = q.question.match(/^How many (\w+) objects are there\?$/))) {

@@ -67,6 +67,8 @@ const shuffle = <T>(r: () => number, xs: T[]): T[] => {
 };
 const NUMBERS = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'];
 const name = (o: SceneObject) => `${o.colour} ${o.shape}`;
+/** "a" or "an" before a word. */
+const article = (w: string) => (/^[aeiou]/.test(w) ? 'an' : 'a');
 
 /** A scene and its episode from a seed; size is the image side in pixels (default 224). */
 export function makeScene(seed: number, size = 224): Scene {
@@ -132,12 +134,12 @@ function question(s: Scene, type: QuestionType, r: () => number, used: Set<Scene
       const present = r() < 0.5 && fresh.length > 0;
       if (present) {
         const o = take(pick(r, fresh));
-        return { type, question: `Is there a ${name(o)}?`, answer: 'yes' };
+        return { type, question: `Is there ${article(o.colour)} ${name(o)}?`, answer: 'yes' };
       }
       const names = new Set(s.objects.map(name));
       for (let i = 0; i < 20; i++) {
         const c = pick(r, COLOURS), sh = pick(r, SHAPES);
-        if (!names.has(`${c} ${sh}`)) return { type, question: `Is there a ${c} ${sh}?`, answer: 'no' };
+        if (!names.has(`${c} ${sh}`)) return { type, question: `Is there ${article(c)} ${c} ${sh}?`, answer: 'no' };
       }
       return null;
     }
