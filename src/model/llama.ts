@@ -224,7 +224,7 @@ export class LlamaDecoder {
     let cur = x;
     // Rows and positions shrink when opts.keepRows drops tokens.
     let S = S0;
-    let pos_ = Array.from(positions);
+    let pos_: readonly number[] | Int32Array = positions; // copied only when rows are dropped
     this.stages.forEach((st, si) => {
       const ws = st.ws, part = cache.parts[si];
       let xs = cur;
