@@ -5,7 +5,7 @@ import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../src/sparsity/method.js';
-import { LayerDrop, fastVStages, pyramidDropStages } from '../src/sparsity/layerdrop.js';
+import { LayerDrop, PrunedCacheContinuation, fastVStages, pyramidDropStages } from '../src/sparsity/layerdrop.js';
 import { LlavaModel } from '../src/model/llava.js';
 import { WeightLoader } from '../src/model/weights.js';
 import { LlavaConfig, loadConfig } from '../src/formats/config.js';
@@ -14,6 +14,8 @@ import { topKInOrder } from '../src/sparsity/select.js';
 import { QuestDecode } from '../src/sparsity/quest.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { fixture } from './helpers.js';
+
+const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => { let m = 0; for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i])); return m; };
 import assert from 'node:assert/strict';
 import { visionZipContextual, visionZipMerge, visionZipSelect } from '../src/sparsity/visionzip.js';
 import { iqrOutlierCount, pruMergeMerge, pruMergeSelect, quantile } from '../src/sparsity/prumerge.js';
@@ -223,7 +225,49 @@ describe('FastV and PyramidDrop', () => {
     assert.throws(() => fastVStages(2, 1), /FastV ratio 1 must be in \[0, 1\)/);
   });
 
-  it('through generate(): R = 0 is the dense path exactly; R = 0.5 decodes over the shorter later layers; sessions refuse them', async () => {
+  it('a later turn continues the pruned cache: the same logits as one prefill of both turns that drops the same tokens', async () => {
+    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const cfg = loadConfig(dir) as LlavaConfig;
+    const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
+    const dec = m.language, H = cfg.text.hiddenSize;
+    const ids = Array.from(readTensorInt(g, 'input_ids')), S = ids.length, T = 5;
+    const visual = ids.flatMap((t, i) => (t === cfg.imageTokenIndex ? [i] : []));
+    const embeds = readTensorF32(g, 'llm.inputs_embeds');
+    const x = be.matrix(S, H), y = be.matrix(T, H), xy = be.matrix(S + T, H);
+    be.write(x, embeds);
+    be.write(y, embeds.subarray((S - T) * H, S * H)); // the next turn's rows: any text rows will do
+    be.write(xy, Float32Array.from([...embeds.subarray(0, S * H), ...embeds.subarray((S - T) * H, S * H)]));
+    const range = (a: number, n: number) => Array.from({ length: n }, (_, i) => a + i);
+    // Turn 1 prunes; turn 2 is prefilled over the pruned cache in one pass.
+    const c1 = dec.newCache();
+    const drop = new LayerDrop(dec, visual, fastVStages(2, 0.5), S);
+    dec.forward(x, c1, 0, range(0, S), drop.prefillOptions(0, S));
+    assert.deepEqual(drop.layout.dropped, [0, 0, 32]);
+    assert.equal(drop.layout.end, visual[visual.length - 1] + 1);
+    const cont = new PrunedCacheContinuation(drop.layout);
+    const got = dec.forward(y, c1, S, range(S, T), cont.prefillOptions()).slice();
+    // Reference: both turns in one prefill, dropping after layer 1 exactly the visual rows turn 1 dropped.
+    const kept = new Set(drop.keptAt.get(1)), isVisual = new Set(visual);
+    const c2 = dec.newCache();
+    const want = dec.forward(xy, c2, 0, range(0, S + T), { keepRows: (layer) => (layer === 1 ? range(0, S + T).filter((i) => !isVisual.has(i) || kept.has(i)) : null) }).slice();
+    assert.ok(maxAbsDiff(got, want) < 1e-4, `one-pass continuation vs reference: ${maxAbsDiff(got, want)}`);
+    // And the same rows fed one decode step at a time over another pruned cache.
+    const c3 = dec.newCache();
+    be.write(x, embeds); // forward() used x and y as its residual stream
+    be.write(y, embeds.subarray((S - T) * H, S * H));
+    const drop3 = new LayerDrop(dec, visual, fastVStages(2, 0.5), S);
+    dec.forward(x, c3, 0, range(0, S), drop3.prefillOptions(0, S));
+    const cont3 = new PrunedCacheContinuation(drop3.layout);
+    let step = new Float32Array(0);
+    for (let i = 0; i < T; i++) step = dec.forward(y.view(i, 1), c3, S + i, [S + i], cont3.decodeOptions()).slice();
+    assert.ok(maxAbsDiff(step, want) < 1e-4, `step by step vs reference: ${maxAbsDiff(step, want)}`);
+    assert.deepEqual(cont.visualPerLayer(), [64, 64, 32]);
+    for (const c of [c1, c2, c3]) dec.freeCache(c);
+    for (const mm of [x, y, xy]) be.free(mm);
+    ck.close(); g.close();
+  });
+
+  it('through generate() and sessions: R = 0 is the dense path exactly; R = 0.5 prunes, and later questions see only what the first kept', async () => {
     const model = await VisionLanguageModel.load(dir, { backend: be });
     const dense = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [] });
     const keepAll = await model.generate(req, { maxNewTokens: 8, eosTokenIds: [], decode: fastV(2, 0) });
@@ -234,9 +278,31 @@ describe('FastV and PyramidDrop', () => {
     assert.ok(half.stats.kvBytesPerStep < dense.stats.kvBytesPerStep);
     const pd = await model.generate(req, { maxNewTokens: 4, eosTokenIds: [], decode: pyramidDrop() });
     assert.equal(pd.stats.visualTokensRetrieved, 16);
-    const s = model.session([path.join(dir, 'image.png')]);
-    await assert.rejects(s.ask('hi', { decode: fastV() }), /fastv\(K=2, R=0.5\) drops tokens inside the prefill for good: it answers one question \(generate\), not a session/);
-    s.close();
+    const image = [path.join(dir, 'image.png')];
+    const questions = ['What is shown in this image?', 'What colour is it?', 'Is it big?'];
+    for (const mode of ['chat', 'independent'] as const) {
+      // Keeping everything: a FastV session answers as a dense one, turn by turn.
+      const sd = model.session(image, { mode }), sk = model.session(image, { mode });
+      for (const q of questions) {
+        const a = await sd.ask(q, { maxNewTokens: 6, eosTokenIds: [] });
+        const b = await sk.ask(q, { maxNewTokens: 6, eosTokenIds: [], decode: fastV(2, 0) });
+        assert.deepEqual(b.ids, a.ids, `${mode}: ${q}`);
+      }
+      sd.close(); sk.close();
+      // Dropping half: the first question prunes, the later ones continue the pruned cache.
+      const s = model.session(image, { mode });
+      const first = await s.ask(questions[0], { maxNewTokens: 6, eosTokenIds: [], decode: fastV() });
+      assert.deepEqual(first.ids, half.ids.slice(0, 6));
+      const later = await s.ask(questions[1], { maxNewTokens: 6, eosTokenIds: [], decode: fastV() });
+      assert.deepEqual(later.stats.visualTokensPerLayer, { min: 32, mean: (64 + 64 + 32) / 3, max: 64 });
+      assert.equal(later.stats.imageCached, true);
+      await assert.rejects(s.ask(questions[2], { maxNewTokens: 2 }), /cache was pruned inside the first question's prefill \(FastV \/ PyramidDrop\): every later question must use such a method too \(got dense\)/);
+      s.close();
+    }
+    const late = model.session(image);
+    await late.ask('hi', { maxNewTokens: 2 });
+    await assert.rejects(late.ask('and?', { maxNewTokens: 2, decode: fastV() }), /fastv\(K=2, R=0.5\) drops tokens inside the prefill: it must prune the session's first question, not a later one/);
+    late.close();
     await model.close();
   });
 });

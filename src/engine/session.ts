@@ -1,9 +1,11 @@
 // Multi-turn sessions: the images are encoded and prefilled once; each question reuses their KV
-// cache and, with decode sparsity, retrieves its own visual tokens.
+// cache and, with decode sparsity, retrieves its own visual tokens. With FastV or PyramidDrop the
+// first question prunes the cache for good and the later ones continue the pruned cache.
 import { Matrix } from '../kernels/backend.js';
 import { DecoderCache } from '../model/llama.js';
 import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
 import { PrefillReducer } from '../sparsity/method.js';
+import { PrunedCacheLayout } from '../sparsity/decode.js';
 import { GenerateOptions, GenerationError, GenerationResult, ImageInput, VisionLanguageModel, prefillReducerOf } from './vlm.js';
 
 export interface SessionOptions {
@@ -32,6 +34,11 @@ export class Session {
   private history: ChatMessage[] = [];
   /** End of the visual context: the slot after the last image token (0 before the first turn). */
   private visualEnd = 0;
+  /**
+   * Set when the first question's prefill pruned the cache for good (FastV, PyramidDrop): the later
+   * questions continue that cache and see only the visual tokens it kept.
+   */
+  private layout: PrunedCacheLayout | null = null;
   /** How many times the images were encoded (once per session). */
   encodes = 0;
   private closed = false;
@@ -60,7 +67,6 @@ export class Session {
     if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== this.prefillSparsity) {
       throw new GenerationError(`prefill sparsity is fixed for a session (${this.prefillSparsity}); got ${opts.prefillSparsity}`);
     }
-    if (opts.decode?.singleTurn) throw new GenerationError(`${opts.decode.name} drops tokens inside the prefill for good: it answers one question (generate), not a session`);
     const m = this.model, t0 = performance.now();
     const imageCached = this.features !== null;
     if (!this.features) {
@@ -94,8 +100,12 @@ export class Session {
       this.visualEnd = last + 1;
     }
     m.decoder.truncateCache(this.cache, common);
+    if (opts.decode?.prunesCache && !this.layout && common > 0) {
+      throw new GenerationError(`${opts.decode.name} drops tokens inside the prefill: it must prune the session's first question, not a later one`);
+    }
     const r = m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
-      visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached });
+      visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached,
+      layout: this.layout ?? undefined, onLayout: (l) => { this.layout = l; } });
     this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
     if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });
     return r;

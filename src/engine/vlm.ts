@@ -14,7 +14,7 @@ import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { expandImageTokens } from '../io/prompt.js';
 import { PrefillReducer, densePrefill, sparseVilaDecode, sparseVilaPrefill } from '../sparsity/method.js';
-import { DecodeMethod, DecodeSelector } from '../sparsity/decode.js';
+import { DecodeMethod, DecodeSelector, PrunedCacheLayout } from '../sparsity/decode.js';
 import { Session, SessionOptions } from './session.js';
 import { writeHeatmap } from '../io/heatmap.js';
 import { Sampler, SamplingOptions } from './sampling.js';
@@ -347,11 +347,16 @@ export class VisionLanguageModel {
    * ids[slot0, S) (with SparseVILA's decode retrieval scoring when opts.decodeSparsity > 0), then
    * decodes. `features` are the images' projected rows for the placeholders of `ids`.
    */
-  runTurn(a: { ids: number[]; features: Matrix[]; keptRows: number[][]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean }): GenerationResult {
+  runTurn(a: {
+    ids: number[]; features: Matrix[]; keptRows: number[][]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean;
+    /** The cache's layout when an earlier turn pruned it for good (FastV, PyramidDrop), and a callback for the one this turn leaves. */
+    layout?: PrunedCacheLayout; onLayout?: (l: PrunedCacheLayout) => void;
+  }): GenerationResult {
     const { ids, features, cache, slot0, opts } = a;
     const S = ids.length;
     this.checkPromptLength(S);
     if (slot0 < 0 || slot0 >= S || cache.length !== slot0) throw new GenerationError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
+    if (a.layout && slot0 < a.layout.end) throw new GenerationError(`internal: a turn from slot ${slot0} cannot continue a cache pruned up to slot ${a.layout.end}`);
     const x = this.ws.matrix('prompt', S, this.text.hiddenSize);
     if (this.llava) this.llava.embedPrompt(x, ids, features);
     else this.decoder.embed(x, ids);
@@ -362,10 +367,14 @@ export class VisionLanguageModel {
       const visual = imageId === undefined ? [] : ids.flatMap((t, i) => (t === imageId ? [i] : []));
       // The question: the turn's new rows after the last image (the last row if none).
       const q0 = Math.min(Math.max(slot0, visual.length ? visual[visual.length - 1] + 1 : 0), S - 1);
-      selector = method?.create({ decoder: this.decoder, visualSlots: visual, questionSlot0: q0, promptLength: S, maxSteps: opts.maxNewTokens ?? 256 }) ?? null;
+      selector = method?.create({ decoder: this.decoder, visualSlots: visual, questionSlot0: q0, promptLength: S, maxSteps: opts.maxNewTokens ?? 256, layout: a.layout }) ?? null;
+      if (a.layout && !selector?.layout) {
+        throw new GenerationError(`this session's cache was pruned inside the first question's prefill (FastV / PyramidDrop): every later question must use such a method too (got ${method?.name ?? 'dense'})`);
+      }
       const imageTokens = features.reduce((n, f) => n + f.rows, 0);
       const r = this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, a.t0, a.t1, imageTokens, a.visualIn, selector);
       r.stats.imageCached = a.imageCached;
+      if (selector?.layout) a.onLayout?.(selector.layout);
       const kept = selector?.keptVisual;
       if (kept) this.lastRetrieved = kept.map((k) => k.slice());
       if (features.length) r.visual = { kept: a.keptRows.map((k) => k.slice()), retrieved: kept ? retrievedRows(visual, kept, features, a.keptRows) : null };

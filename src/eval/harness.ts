@@ -3,8 +3,7 @@
 // type and for the first turn against later turns.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { GenerateOptions, GenerationError, GenerationResult, VisionLanguageModel } from '../engine/vlm.js';
-import { ChatMessage } from '../io/chat-template.js';
+import { GenerateOptions, GenerationError, VisionLanguageModel } from '../engine/vlm.js';
 import { PrefillReducer } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
 
@@ -84,30 +83,19 @@ export function summarise(results: QuestionResult[]): EvalReport {
 
 /**
  * Runs the episodes: per scene a session (independent or chat), questions in order, greedy
- * answers. Methods that drop tokens inside the prefill (FastV, PyramidDrop) cannot continue a
- * cached conversation, so for them each question is a fresh generate() over the same messages.
+ * answers. With FastV or PyramidDrop the first question's prefill prunes the session's cache and
+ * the later questions continue it (as a serving engine reusing the image's cache would).
  */
 export async function evaluate(model: VisionLanguageModel, episodes: EvalEpisode[], o: EvalOptions): Promise<EvalReport> {
   const total = episodes.reduce((a, e) => a + e.questions.length, 0);
   const gen: GenerateOptions = { maxNewTokens: o.maxNewTokens ?? 8, temperature: 0, decode: o.decode, decodeSparsity: o.decodeSparsity };
   const results: QuestionResult[] = [];
   for (const [ei, ep] of episodes.entries()) {
-    const singleTurn = o.decode?.singleTurn ?? false;
-    const session = singleTurn ? null : model.session([ep.image], { mode: o.mode, prefill: o.prefill, prefillSparsity: o.prefillSparsity });
-    const history: ChatMessage[] = [];
+    const session = model.session([ep.image], { mode: o.mode, prefill: o.prefill, prefillSparsity: o.prefillSparsity });
     try {
       for (const [qi, q] of ep.questions.entries()) {
         const t0 = performance.now();
-        let r: GenerationResult;
-        if (session) {
-          r = await session.ask(q.question, gen);
-        } else {
-          const first = o.mode === 'independent' || history.length === 0;
-          const user: ChatMessage = { role: 'user', content: [...(first ? [{ type: 'image' as const }] : []), { type: 'text', text: q.question }] };
-          const messages = o.mode === 'chat' ? [...history, user] : [user];
-          r = await model.generate({ images: [ep.image], messages }, { ...gen, prefill: o.prefill, prefillSparsity: o.prefillSparsity });
-          if (o.mode === 'chat') history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });
-        }
+        const r = await session.ask(q.question, gen);
         const prediction = r.text.trim();
         results.push({
           episode: ei, turn: qi + 1, type: q.type, question: q.question, answer: q.answer, prediction,
@@ -117,7 +105,7 @@ export async function evaluate(model: VisionLanguageModel, episodes: EvalEpisode
         o.onQuestion?.(results.length, total);
       }
     } finally {
-      session?.close();
+      session.close();
     }
   }
   return summarise(results);

@@ -17,7 +17,26 @@ export interface DecodeSelector {
   visualPerLayer?(): number[];
   /** Per layer, the visual slots kept for each KV head ([kvHeads][visualPerStep]), when it selects visual tokens. */
   readonly keptVisual?: Int32Array[];
+  /**
+   * After its turn's prefill, the layout of a cache the method pruned for good (FastV, PyramidDrop):
+   * later turns of a session continue that cache and must lay their rows out by it.
+   */
+  readonly layout?: PrunedCacheLayout;
   free(): void;
+}
+
+/**
+ * A cache whose layers hold fewer rows than the prompt had: the turn that prefilled it dropped
+ * visual tokens between layers. Slots count as in the unpruned prompt; layer l holds slot s
+ * (s >= end) in row s - dropped[l].
+ */
+export interface PrunedCacheLayout {
+  /** Rows dropped before each layer's cache (0 where nothing was dropped yet). */
+  readonly dropped: readonly number[];
+  /** Every dropped slot is below this one: a turn may continue the cache from here on. */
+  readonly end: number;
+  /** Visual tokens each layer still holds. */
+  readonly visualPerLayer: readonly number[];
 }
 
 /** What a turn gives a decode method. */
@@ -31,12 +50,17 @@ export interface TurnContext {
   promptLength: number;
   /** Most decode steps of the turn. */
   maxSteps: number;
+  /** The layout of the cache the turn continues, when an earlier turn pruned it for good. */
+  layout?: PrunedCacheLayout;
 }
 
 /** The decode stage of a method: makes a selector per turn (null: dense decode). */
 export interface DecodeMethod {
   readonly name: string;
-  /** Drops tokens inside the prefill for good (FastV, PyramidDrop): one turn only, not a session. */
-  readonly singleTurn?: boolean;
+  /**
+   * Drops tokens inside the prefill for good (FastV, PyramidDrop): the first turn's question decides
+   * what every later turn of a session can see (its selectors continue the pruned cache).
+   */
+  readonly prunesCache?: boolean;
   create(ctx: TurnContext): DecodeSelector | null;
 }

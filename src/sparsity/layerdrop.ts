@@ -2,12 +2,13 @@
 // the language model's prefill. After a chosen layer, the visual tokens are ranked by the
 // attention the prompt's last token pays them in that layer (softmax over all keys, averaged over
 // heads) and only the top ones go on to the next layers; the dropped ones are gone for good (the
-// later layers' caches never hold them), which is why these methods suit one question only.
+// later layers' caches never hold them). In a session the next questions continue that pruned
+// cache (PrunedCacheContinuation): what the first question did not look at is gone for them too.
 // FastV: one stage, after layer K - 1 = 1 keep 50%. PyramidDrop: stages after layers L/4, L/2 and
 // 3L/4 (counted from 1), each keeping lambda = 0.5 of the visual tokens still there.
 import { KVCache, Matrix } from '../kernels/backend.js';
 import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
-import { DecodeSelector } from './decode.js';
+import { DecodeSelector, PrunedCacheLayout } from './decode.js';
 
 export interface DropStage {
   /** The layer whose attention ranks the visual tokens; they are dropped after it. */
@@ -91,7 +92,42 @@ export class LayerDrop implements DecodeSelector {
     return last ? this.keptAt.get(last.layer)?.length ?? this.visualSlots.length : this.visualSlots.length;
   }
 
+  /** The pruned cache's layout, once the prompt is prefilled. */
+  get layout(): PrunedCacheLayout {
+    return {
+      dropped: this.rowsAt.map((r) => this.promptLength - r),
+      end: this.visualSlots.length ? this.visualSlots[this.visualSlots.length - 1] + 1 : 0,
+      visualPerLayer: this.visualPerLayer(),
+    };
+  }
+
   free(): void { /* nothing held between calls */ }
+}
+
+/**
+ * A later turn over a cache an earlier turn pruned (FastV, PyramidDrop in a session): its rows
+ * and decode steps go right after each layer's kept rows; nothing more is dropped.
+ */
+export class PrunedCacheContinuation implements DecodeSelector {
+  private readonly options: ForwardOptions;
+
+  constructor(readonly layout: PrunedCacheLayout) {
+    const dropped = layout.dropped;
+    this.options = { layerSlot0: (layer: number, s: number) => s - dropped[layer] };
+  }
+
+  prefillOptions(): ForwardOptions { return this.options; }
+  decodeOptions(): ForwardOptions { return this.options; }
+
+  rowsPerStep(slot: number): number {
+    return this.layout.dropped.reduce((a, d) => a + slot - d + 1, 0) / this.layout.dropped.length;
+  }
+
+  visualPerLayer(): number[] { return [...this.layout.visualPerLayer]; }
+
+  get visualPerStep(): number { return this.layout.visualPerLayer[this.layout.visualPerLayer.length - 1]; }
+
+  free(): void { /* nothing held */ }
 }
 
 /** FastV's stage: after layer k - 1 (k = 2), keep (1 - r) of the visual tokens (r = 0.5). */

@@ -9,7 +9,7 @@ import { visionZipContextual, visionZipMerge, visionZipSelect } from './visionzi
 import { DecodeMethod, DecodeSelector, TurnContext } from './decode.js';
 import { DecodeRetrieval } from './retrieval.js';
 import { QuestDecode, QuestOptions } from './quest.js';
-import { LayerDrop, fastVStages, pyramidDropStages } from './layerdrop.js';
+import { DropStage, LayerDrop, PrunedCacheContinuation, fastVStages, pyramidDropStages } from './layerdrop.js';
 
 /** An image's rows for the language model. */
 export interface ReducedImage {
@@ -100,14 +100,20 @@ export function questDecode(opts: QuestOptions): DecodeMethod {
 /** FastV: after layer k - 1, the visual tokens the last prompt token attends to least (a fraction r) are dropped. */
 export function fastV(k = 2, r = 0.5): DecodeMethod {
   const stages = fastVStages(k, r);
-  return { name: `fastv(K=${k}, R=${r})`, singleTurn: true, create: (t) => (t.visualSlots.length ? new LayerDrop(t.decoder, t.visualSlots, stages, t.promptLength) : null) };
+  return { name: `fastv(K=${k}, R=${r})`, prunesCache: true, create: (t) => layerDrop(t, stages) };
 }
 
 /** PyramidDrop: after layers L/4, L/2 and 3L/4, keep lambda of the visual tokens left, by the last token's attention. */
 export function pyramidDrop(lambda = 0.5): DecodeMethod {
   return {
     name: `pdrop(lambda=${lambda})`,
-    singleTurn: true,
-    create: (t) => (t.visualSlots.length ? new LayerDrop(t.decoder, t.visualSlots, pyramidDropStages(t.decoder.config.numHiddenLayers, lambda), t.promptLength) : null),
+    prunesCache: true,
+    create: (t) => layerDrop(t, pyramidDropStages(t.decoder.config.numHiddenLayers, lambda)),
   };
+}
+
+/** The first turn drops tokens by its question; later turns of a session continue the pruned cache. */
+function layerDrop(t: TurnContext, stages: DropStage[]): DecodeSelector | null {
+  if (t.layout) return new PrunedCacheContinuation(t.layout);
+  return t.visualSlots.length ? new LayerDrop(t.decoder, t.visualSlots, stages, t.promptLength) : null;
 }
