@@ -31,10 +31,10 @@ export { prunedImageFeatures } from './sparsity/prefill.js';
 export { DecodeRetrieval } from './sparsity/retrieval.js';
 export { keptCount, topKInOrder } from './sparsity/select.js';
 export { densePrefill, sparseVilaPrefill, sparseVilaDecode, visionZipPrefill, pruMergePrefill, questDecode, fastV, pyramidDrop } from './sparsity/method.js';
-export { LayerDrop, fastVStages, pyramidDropStages } from './sparsity/layerdrop.js';
+export { LayerDrop, PrunedCacheContinuation, fastVStages, pyramidDropStages } from './sparsity/layerdrop.js';
 export type { DropStage } from './sparsity/layerdrop.js';
 export type { PrefillReducer, ReducedImage } from './sparsity/method.js';
-export type { DecodeMethod, DecodeSelector, TurnContext } from './sparsity/decode.js';
+export type { DecodeMethod, DecodeSelector, TurnContext, PrunedCacheLayout } from './sparsity/decode.js';
 export { QuestDecode } from './sparsity/quest.js';
 export type { QuestOptions } from './sparsity/quest.js';
 export { visionZipSelect, visionZipMerge, visionZipContextual } from './sparsity/visionzip.js';
@@ -44,6 +44,7 @@ export { pruMergeSelect, pruMergeMerge, iqrOutlierCount } from './sparsity/prume
 export { makeScene, renderScene, sceneSvg, splitSeeds, writeSplit, SHAPES, COLOURS, GLYPHS, REGIONS, QUESTION_TYPES } from './data/scenes.js';
 export type { Scene, SceneObject, Question, QuestionType, EpisodeRecord } from './data/scenes.js';
 export { writeTaskModel, taskVocabulary, taskModelConfig, taskModelTensors, tokenizerJson, TASK_MODEL_SHAPE, IMAGE_TOKEN_ID, CHAT_TEMPLATE } from './data/task-model.js';
+export { DEFAULT_MODEL_DIR } from './default-model.js';
 export type { TaskModelShape } from './data/task-model.js';
 
 // The accuracy harness.

@@ -98,6 +98,23 @@ describe('sparsevila CLI', () => {
     const bad = run(...args, '--visual-budget', '10');
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /--visual-budget needs --method visionzip, prumerge or quest/);
+    // Their own settings: FastV K 1, R 0.75 keeps 16 of 64 after layer 0; PDrop lambda 0.25 (stages after layers 0 and 1 of 3).
+    const k1 = JSON.parse(run(...args, '--method', 'fastv', '--fastv-k', '1', '--fastv-r', '0.75').stdout) as { methodDetail: string; visualTokensPerLayer: unknown };
+    assert.deepEqual([k1.methodDetail, k1.visualTokensPerLayer], ['fastv (K 1, R 0.75)', { min: 16, mean: 96 / 3, max: 64 }]);
+    const pd = JSON.parse(run(...args, '--method', 'pdrop', '--pdrop-lambda', '0.25').stdout) as { methodDetail: string; visualTokensPerLayer: unknown };
+    assert.deepEqual([pd.methodDetail, pd.visualTokensPerLayer], ['pdrop (lambda 0.25)', { min: 4, mean: (64 + 16 + 4) / 3, max: 64 }]);
+    const mismatch = run(...args, '--method', 'pdrop', '--fastv-r', '0.5');
+    assert.equal(mismatch.status, 1);
+    assert.match(mismatch.stderr, /--fastv-k and --fastv-r need --method fastv/);
+  });
+
+  it('chat --method fastv: the first question prunes the cache, the later ones continue it', () => {
+    const args = [cli, 'chat', '--model', fixture('llava-tiny'), '--image', `${fixture('llava-tiny')}/image.png`, '--max-new-tokens', '3', '--method', 'fastv', '--fastv-r', '0.75'];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', input: 'What is shown in this image?\nWhat colour is it?\n' });
+    assert.equal(r.status, 0, r.stderr);
+    const turns = r.stderr.split('\n').filter((l) => l.startsWith('[turn '));
+    assert.equal(turns.length, 2, r.stderr);
+    assert.match(turns[1], /image from the session cache \| visual tokens 64 in, 64 kept, 16 \/ 48 \/ 64 \(min \/ mean \/ max\) per layer in decode/);
   });
 
   it('chat answers one question per line, the image encoded once and then taken from the session cache', () => {

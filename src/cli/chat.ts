@@ -3,17 +3,14 @@
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { VisionLanguageModel } from '../engine/vlm.js';
-import { MethodName, methodOf, perLayer, visualInputs } from './run.js';
+import { MethodFlags, methodOf, perLayer, visualInputs } from './run.js';
+import { modelDir } from '../default-model.js';
 
-export interface ChatOptions {
-  model: string;
+export interface ChatOptions extends MethodFlags {
+  model?: string;
   image?: string[];
   frames?: string[];
   mode: 'chat' | 'independent';
-  method?: MethodName;
-  visualBudget?: number;
-  prefillSparsity?: number;
-  decodeSparsity?: number;
   maxNewTokens: number;
   temperature: number;
   topK?: number;
@@ -28,7 +25,7 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
   const sparsity = methodOf(o, input.video);
   const tty = process.stdin.isTTY && process.stdout.isTTY;
   if (tty) process.stderr.write('loading the model…\n');
-  const model = await VisionLanguageModel.load(o.model, { threads: o.threads });
+  const model = await VisionLanguageModel.load(modelDir(o.model), { threads: o.threads });
   const session = model.session(input.files, { mode: o.mode, prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, prefill: sparsity.reducer });
   const rl = createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });
   const prompt = () => { if (tty) rl.setPrompt('> '), rl.prompt(); };

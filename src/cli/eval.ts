@@ -2,15 +2,12 @@
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
 import { EvalReport, evaluate, readEpisodes } from '../eval/harness.js';
-import { MethodName, methodOf } from './run.js';
+import { MethodFlags, methodOf } from './run.js';
+import { modelDir } from '../default-model.js';
 
-export interface EvalCliOptions {
-  model: string;
+export interface EvalCliOptions extends MethodFlags {
+  model?: string;
   data: string;
-  method?: MethodName;
-  prefillSparsity?: number;
-  decodeSparsity?: number;
-  visualBudget?: number;
   mode: 'independent' | 'chat';
   maxNewTokens: number;
   threads?: number;
@@ -32,7 +29,7 @@ export function formatReport(label: string, mode: string, r: EvalReport): string
 export async function evalCommand(o: EvalCliOptions): Promise<void> {
   const m = methodOf(o);
   const episodes = readEpisodes(o.data);
-  const model = await VisionLanguageModel.load(o.model, { threads: o.threads });
+  const model = await VisionLanguageModel.load(modelDir(o.model), { threads: o.threads });
   const total = episodes.reduce((a, e) => a + e.questions.length, 0);
   const bar = !o.json && process.stderr.isTTY
     ? new cliProgress.SingleBar({ format: ' eval [{bar}] {value}/{total} questions', stream: process.stderr, clearOnComplete: true }, cliProgress.Presets.shades_classic)

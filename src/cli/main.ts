@@ -29,6 +29,11 @@ const num = (v: string) => {
   return n;
 };
 
+const unitFraction = (v: string) => {
+  const n = Number(v);
+  if (!(n > 0 && n <= 1)) throw new InvalidArgumentError('expected a number in (0, 1]');
+  return n;
+};
 const fraction = (v: string) => {
   const n = Number(v);
   if (!(n >= 0 && n < 1)) throw new InvalidArgumentError('expected a number in [0, 1)');
@@ -38,7 +43,7 @@ const fraction = (v: string) => {
 program
   .command('run')
   .description('answer a prompt about an image (streams the answer, then prints timings)')
-  .requiredOption('--model <dir>', 'model folder (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...)')
+  .option('--model <dir>', 'model folder (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...); default: the embedded scenes model')
   .option('--image <file...>', 'image file(s), in the order of the prompt')
   .option('--frames <file...>', 'a video as image files in time order: each frame is pruned on its own; sparsevila defaults to the video settings (0.75 / 0.9)')
   .requiredOption('--prompt <text>', 'the question')
@@ -51,6 +56,9 @@ program
   .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image (visionzip default 64; prumerge default: its IQR outliers); quest: KV slots per decode step (default 256)', int(1))
   .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM, ranked by the vision tower\'s attention (default 0.6; video 0.75)', fraction)
   .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question\'s attention (default 0.75; video 0.9)', fraction)
+  .option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
+  .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
+  .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
   .option('--threads <n>', 'threads (default: all cores)', int(1))
   .option('--heatmap <file.png>', 'write the image with the patches kept in prefill and retrieved at decode overlaid, and one grid per layer')
   .option('--json', 'print one JSON object (ids, text, timings) instead of streaming')
@@ -59,14 +67,17 @@ program
 program
   .command('chat')
   .description('an interactive multi-turn chat about images: one question per line; the images are encoded and prefilled once')
-  .requiredOption('--model <dir>', 'model folder (Hugging Face layout)')
+  .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
   .option('--image <file...>', 'image file(s) the conversation is about')
   .option('--frames <file...>', 'or a video as image files in time order (sparsevila video defaults 0.75 / 0.9)')
   .addOption(new Option('--mode <mode>', 'chat: history accumulates; independent: each question sees only the images').choices(['chat', 'independent']).default('chat'))
-  .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval per turn); the baselines visionzip, prumerge (encoder output), quest (decode); fastv and pdrop answer one question only (run)').choices(METHODS).default('dense'))
+  .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval per turn); the baselines visionzip, prumerge (encoder output), quest (decode), fastv and pdrop (the first question prunes the cache for good; later ones continue it)').choices(METHODS).default('dense'))
   .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per decode step', int(1))
   .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM (default 0.6)', fraction)
   .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, retrieved anew per question (default 0.75)', fraction)
+  .option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
+  .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
+  .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
   .option('--max-new-tokens <n>', 'most tokens per answer', int(0), 256)
   .option('--temperature <t>', '0 is greedy; > 0 samples', num, 0)
   .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
@@ -79,12 +90,15 @@ program
 program
   .command('eval')
   .description('exact-match accuracy of a model with a sparsity method over visual-question episodes (per type, turn 1 vs later turns)')
-  .requiredOption('--model <dir>', 'model folder (Hugging Face layout)')
+  .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
   .requiredOption('--data <file>', 'episodes.jsonl (as `sparsevila scenes` writes): { image, questions: [{ type, question, answer }] } per line')
   .addOption(new Option('--method <name>', 'visual sparsity method').choices(METHODS).default('dense'))
   .option('--prefill-sparsity <p>', 'sparsevila: prefill sparsity (default 0.6)', fraction)
   .option('--decode-sparsity <d>', 'sparsevila: decode sparsity (default 0.75)', fraction)
   .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per step', int(1))
+  .option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
+  .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
+  .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
   .addOption(new Option('--mode <mode>', 'independent: each question sees only the image; chat: the earlier turns too').choices(['independent', 'chat']).default('independent'))
   .option('--max-new-tokens <n>', 'most tokens per answer', int(1), 8)
   .option('--threads <n>', 'threads (default: all cores)', int(1))

@@ -3,9 +3,10 @@ import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
 import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
+import { modelDir } from '../default-model.js';
 
 export interface RunOptions {
-  model: string;
+  model?: string;
   image?: string[];
   frames?: string[];
   prompt: string;
@@ -18,10 +19,16 @@ export interface RunOptions {
   visualBudget?: number;
   prefillSparsity?: number;
   decodeSparsity?: number;
+  fastvK?: number;
+  fastvR?: number;
+  pdropLambda?: number;
   threads?: number;
   json?: boolean;
   heatmap?: string;
 }
+
+/** The flags of --method and its hyperparameters. */
+export interface MethodFlags { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number; fastvK?: number; fastvR?: number; pdropLambda?: number }
 
 /** SparseVILA's defaults (the paper's): images prefill 0.6, decode 0.75; video 0.75, 0.9. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
@@ -37,15 +44,20 @@ export type MethodName = 'dense' | 'sparsevila' | 'fastv' | 'pdrop' | 'visionzip
 export const METHODS: MethodName[] = ['dense', 'sparsevila', 'fastv', 'pdrop', 'visionzip', 'prumerge', 'quest'];
 
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
-export function methodOf(o: { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number }, video = false):
+export function methodOf(o: MethodFlags, video = false):
   { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
   const m = o.method ?? 'dense';
   if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
     throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
   }
   if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest') throw new Error('--visual-budget needs --method visionzip, prumerge or quest');
-  if (m === 'fastv') return { prefill: 0, decode: 0, decodeMethod: fastV(), label: 'fastv (K 2, R 0.5)' };
-  if (m === 'pdrop') return { prefill: 0, decode: 0, decodeMethod: pyramidDrop(), label: 'pdrop (lambda 0.5)' };
+  if ((o.fastvK !== undefined || o.fastvR !== undefined) && m !== 'fastv') throw new Error('--fastv-k and --fastv-r need --method fastv');
+  if (o.pdropLambda !== undefined && m !== 'pdrop') throw new Error('--pdrop-lambda needs --method pdrop');
+  if (m === 'fastv') {
+    const k = o.fastvK ?? 2, r = o.fastvR ?? 0.5;
+    return { prefill: 0, decode: 0, decodeMethod: fastV(k, r), label: `fastv (K ${k}, R ${r})` };
+  }
+  if (m === 'pdrop') return { prefill: 0, decode: 0, decodeMethod: pyramidDrop(o.pdropLambda ?? 0.5), label: `pdrop (lambda ${o.pdropLambda ?? 0.5})` };
   if (m === 'quest') return { prefill: 0, decode: 0, decodeMethod: questDecode({ budget: o.visualBudget ?? 256 }), label: `quest (budget ${o.visualBudget ?? 256})` };
   if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
   if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };
@@ -63,7 +75,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
     ? new cliProgress.SingleBar({ format: ' {phase} [{bar}] {percentage}% | {value}/{total} MiB', stream: process.stderr, clearOnComplete: true, hideCursor: true }, cliProgress.Presets.shades_classic)
     : null;
   let started = false;
-  const model = await VisionLanguageModel.load(o.model, {
+  const model = await VisionLanguageModel.load(modelDir(o.model), {
     threads: o.threads,
     onProgress: (loaded, total) => {
       if (!bar) return;
