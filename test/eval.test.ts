@@ -9,6 +9,8 @@ import path from 'node:path';
 import { QuestionResult, normaliseAnswer, readEpisodes, summarise } from '../src/eval/harness.js';
 import { writeSplit } from '../src/data/scenes.js';
 import { fixture, tempDir } from './helpers.js';
+import { pdropLambdaFor, tableRows } from '../bench/eval-table.js';
+import { pyramidDropStages } from '../src/sparsity/layerdrop.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
@@ -66,5 +68,21 @@ describe('accuracy harness', () => {
       assert.equal(j.overall.correct, j.results.filter((q) => q.correct).length);
       assert.equal(Object.values(j.byType).reduce((a, t) => a + t.total, 0), nq);
     }
+  });
+
+  it('eval:table matches every method to SparseVILA\'s visual-token budgets', () => {
+    const rows = tableRows(256, 4);
+    assert.deepEqual(rows.map((r) => `${r.method} ${r.budget}`.trim()), ['dense',
+      ...['(0.6, 0.75)', '(0.75, 0.9)'].flatMap((b) => ['SparseVILA', 'VisionZip', 'PruMerge', 'FastV', 'PDrop', 'Quest'].map((m) => `${m} ${b}`))]);
+    // p 0.6: 256 - floor(153.6) = 103 tokens; d 0.75: 103 - floor(77.25) = 26 per layer at decode.
+    assert.match(rows[1].settings, /103 visual tokens prefilled, 26 per layer at decode/);
+    assert.equal(rows[2].options.prefill?.name, 'visionzip(103)');
+    assert.equal(rows[4].options.decode?.name, 'fastv(K=1, R=0.6)');
+    assert.match(rows[6].settings, /^64 KV slots/); // ceil((26 + 32) / 16) * 16
+    // PDrop's lambda: the layers after its first stage hold 103 of 256 on average (to a token or two).
+    const lambda = pdropLambdaFor(4, 256, 103 / 256);
+    let n = 256, sum = 0;
+    for (const st of pyramidDropStages(4, lambda)) { n = st.keep(n); sum += n; }
+    assert.ok(Math.abs(sum / 3 - 103) < 3, `lambda ${lambda}: ${sum / 3} tokens on average`);
   });
 });

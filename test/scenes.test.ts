@@ -80,6 +80,7 @@ describe('synthetic scenes', () => {
     assert.deepEqual(recs.map((r) => r.seed), splitSeeds('validation', 3));
     for (const r of recs) {
       assert.deepEqual(r.questions, makeScene(r.seed).episode);
+      assert.deepEqual(r.objects, makeScene(r.seed).objects);
       assert.deepEqual(readFileSync(path.join(dir, r.image)), await renderScene(makeScene(r.seed)));
     }
   });

@@ -223,8 +223,11 @@ export function splitSeeds(split: 'train' | 'validation' | 'test', count: number
   return Array.from({ length: count }, (_, i) => base + i);
 }
 
-/** One line of a split's `episodes.jsonl`: the image file (relative to the file) and its questions. */
-export interface EpisodeRecord { seed: number; image: string; questions: Question[] }
+/**
+ * One line of a split's `episodes.jsonl`: the image file (relative to the file), its questions, and
+ * the scene's objects (what the training recipe derives its auxiliary per-patch labels from).
+ */
+export interface EpisodeRecord { seed: number; image: string; questions: Question[]; objects?: SceneObject[] }
 
 /**
  * Writes `count` scenes of a split into dir: `<seed>.png` each and `episodes.jsonl` (one
@@ -237,7 +240,7 @@ export async function writeSplit(dir: string, split: 'train' | 'validation' | 't
     const s = makeScene(seed, size);
     const image = `${seed}.png`;
     writeFileSync(path.join(dir, image), await renderScene(s));
-    lines.push(JSON.stringify({ seed, image, questions: s.episode } satisfies EpisodeRecord));
+    lines.push(JSON.stringify({ seed, image, questions: s.episode, objects: s.objects } satisfies EpisodeRecord));
   }
   const file = path.join(dir, 'episodes.jsonl');
   writeFileSync(file, lines.join('\n') + '\n');

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2)}
+DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
 
 
 def read_safetensors(path):
@@ -29,15 +29,23 @@ def read_safetensors(path):
             continue
         dt, _ = DTYPES[info["dtype"]]
         a, b = info["data_offsets"]
-        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=dt).reshape(info["shape"]).astype(np.float32).copy())
+        raw = np.frombuffer(data[a:b], dtype=dt).reshape(info["shape"])
+        if info["dtype"] == "BF16":  # the high half of an f32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        out[name] = torch.from_numpy(raw.astype(np.float32).copy())
     return out
 
 
-def write_safetensors(path, tensors):
+def write_safetensors(path, tensors, dtype="f32"):
+    """dtype f32, or bf16 (rounded to nearest even, as torch's bfloat16 conversion)."""
     header, blobs, offset = {}, [], 0
     for name in sorted(tensors):
-        a = tensors[name].detach().cpu().contiguous().numpy().astype(np.float32)
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        t = tensors[name].detach().cpu().contiguous().float()
+        if dtype == "bf16":
+            a = t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+        else:
+            a = t.numpy()
+        header[name] = {"dtype": "BF16" if dtype == "bf16" else "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         blobs.append(a.tobytes())
         offset += a.nbytes
     h = json.dumps(header, separators=(",", ":")).encode()
@@ -102,6 +110,7 @@ class LlamaLayer(nn.Module):
         self.mlp.down_proj = nn.Linear(ffn, d, bias=False)
         self.input_layernorm = RMSNorm(d, eps)
         self.post_attention_layernorm = RMSNorm(d, eps)
+        self.keep_probs, self.probs = False, None
 
     def forward(self, x, cos, sin, mask):
         b, t, d = x.shape
@@ -113,8 +122,9 @@ class LlamaLayer(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         rep = self.heads // self.kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        s = q @ k.transpose(-1, -2) / math.sqrt(self.hd) + mask
-        att = torch.softmax(s, dim=-1) @ v
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.hd) + mask, dim=-1)
+        self.probs = probs if self.keep_probs else None  # [B, heads, T, T], for attention supervision in training
+        att = probs @ v
         x = x + a.o_proj(att.transpose(1, 2).reshape(b, t, d))
         h = self.post_attention_layernorm(x)
         m = self.mlp
@@ -155,8 +165,8 @@ class TaskVLM(nn.Module):
         lm.norm = RMSNorm(dt, tc["rms_norm_eps"])
         self.language_model.lm_head = nn.Linear(dt, tc["vocab_size"], bias=False)
 
-    def image_features(self, pixels):
-        """pixels [B, 3, S, S] -> projected features of the patches [B, n, text hidden] (feature layer -2, CLS dropped)."""
+    def vision_hidden(self, pixels):
+        """pixels [B, 3, S, S] -> the tower's hidden states at the feature layer [B, 1 + n, vision hidden] (CLS first)."""
         vm = self.vision_tower.vision_model
         x = vm.embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
         cls = vm.embeddings.class_embedding.expand(x.shape[0], 1, -1)
@@ -166,15 +176,20 @@ class TaskVLM(nn.Module):
         keep = len(vm.encoder.layers) + 1 + layer if layer < 0 else layer  # hidden state index
         for l in vm.encoder.layers[:keep]:
             x = l(x)
-        x = x[:, 1:]
+        return x
+
+    def image_features(self, pixels, hidden=None):
+        """pixels [B, 3, S, S] -> projected features of the patches [B, n, text hidden] (feature layer -2, CLS dropped)."""
+        x = (self.vision_hidden(pixels) if hidden is None else hidden)[:, 1:]
         pr = self.multi_modal_projector
         return pr.linear_2(F.gelu(pr.linear_1(x)))
 
-    def forward(self, pixels, input_ids):
-        """pixels [B, 3, S, S], input_ids [B, T] with one run of image tokens per row -> logits [B, T, V]."""
+    def forward(self, pixels, input_ids, hidden=None):
+        """pixels [B, 3, S, S], input_ids [B, T] with one run of image tokens per row -> logits [B, T, V].
+        hidden: the tower's feature-layer states of these pixels when the caller has them already."""
         lm = self.language_model.model
         x = lm.embed_tokens(input_ids.clamp(max=lm.embed_tokens.num_embeddings - 1))
-        feats = self.image_features(pixels)
+        feats = self.image_features(pixels, hidden)
         is_img = input_ids == self.config["image_token_index"]
         x = x.masked_scatter(is_img.unsqueeze(-1), feats.reshape(-1, feats.shape[-1])[: int(is_img.sum())])
         t = input_ids.shape[1]
@@ -201,5 +216,5 @@ def load_folder(folder):
     return model
 
 
-def save_weights(model, folder):
-    write_safetensors(os.path.join(folder, "model.safetensors"), dict(model.state_dict()))
+def save_weights(model, folder, dtype="f32"):
+    write_safetensors(os.path.join(folder, "model.safetensors"), dict(model.state_dict()), dtype)
