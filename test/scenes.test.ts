@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import sharp from 'sharp';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { EpisodeRecord, QUESTION_TYPES, REGIONS, makeScene, renderScene, splitSeeds, writeSplit } from '../src/data/scenes.js';
+import { EpisodeRecord, QUESTION_TYPES, Question, REGIONS, Scene, makeScene, questionBank, renderScene, splitSeeds, writeSplit } from '../src/data/scenes.js';
 import { tempDir } from './helpers.js';
 
 const RGB: Record<string, number[]> = {
@@ -13,6 +13,33 @@ const RGB: Record<string, number[]> = {
   purple: [150, 60, 200], orange: [250, 140, 30], white: [245, 245, 245],
 };
 const NUMBERS = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'];
+
+/** Re-derives a question's answer from the scene (and fails on an unknown question form). */
+function checkAnswer(s: Scene, q: Question): void {
+  const byName = (n: string) => s.objects.find((o) => `${o.colour} ${o.shape}` === n);
+  let m: RegExpMatchArray | null;
+  if ((m = q.question.match(/^What colour is the (\w+) in the (.+)\?$/))) {
+    const o = s.objects.find((x) => REGIONS[x.region] === m![2])!;
+    assert.deepEqual([o.shape, o.colour], [m[1], q.answer]);
+  } else if ((m = q.question.match(/^What shape is in the (.+)\?$/))) {
+    assert.equal(s.objects.find((x) => REGIONS[x.region] === m![1])!.shape, q.answer);
+  } else if ((m = q.question.match(/^Which letter or digit is on the (\w+ \w+)\?$/))) {
+    assert.equal(byName(m[1])!.glyph, q.answer);
+  } else if ((m = q.question.match(/^Is there (a|an) (\w+ \w+)\?$/))) {
+    assert.equal(m[1], /^[aeiou]/.test(m[2]) ? 'an' : 'a', q.question);
+    assert.equal(byName(m[2]) ? 'yes' : 'no', q.answer);
+  } else if ((m = q.question.match(/^How many (\w+?)s are there\?$/))) {
+    assert.equal(NUMBERS[s.objects.filter((o) => o.shape === m![1]).length], q.answer);
+  } else if ((m = q.question.match(/^How many (\w+) objects are there\?$/))) {
+    assert.equal(NUMBERS[s.objects.filter((o) => o.colour === m![1]).length], q.answer);
+  } else if ((m = q.question.match(/^Which is further (left|up), the (\w+ \w+) or the (\w+ \w+)\?$/))) {
+    const a = byName(m[2])!, b = byName(m[3])!;
+    const first = m[1] === 'left' ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
+    assert.equal(`${first.colour} ${first.shape}`, q.answer);
+  } else {
+    assert.fail(`unknown question form: ${q.question}`);
+  }
+}
 
 describe('synthetic scenes', () => {
   it('are a pure function of the seed (scene, episode and PNG bytes)', async () => {
@@ -29,34 +56,25 @@ describe('synthetic scenes', () => {
       assert.equal(new Set(s.objects.map((o) => o.region)).size, s.objects.length, 'one object per region');
       assert.equal(new Set(s.objects.map((o) => `${o.colour} ${o.shape}`)).size, s.objects.length, 'colour + shape names one object');
       assert.ok(s.episode.length >= 3 && s.episode.length <= 5, `seed ${seed}: ${s.episode.length} questions`);
-      const byName = (n: string) => s.objects.find((o) => `${o.colour} ${o.shape}` === n);
       for (const q of s.episode) {
         seen.add(q.type);
-        let m: RegExpMatchArray | null;
-        if ((m = q.question.match(/^What colour is the (\w+) in the (.+)\?$/))) {
-          const o = s.objects.find((x) => REGIONS[x.region] === m![2])!;
-          assert.deepEqual([o.shape, o.colour], [m[1], q.answer]);
-        } else if ((m = q.question.match(/^What shape is in the (.+)\?$/))) {
-          assert.equal(s.objects.find((x) => REGIONS[x.region] === m![1])!.shape, q.answer);
-        } else if ((m = q.question.match(/^Which letter or digit is on the (\w+ \w+)\?$/))) {
-          assert.equal(byName(m[1])!.glyph, q.answer);
-        } else if ((m = q.question.match(/^Is there (a|an) (\w+ \w+)\?$/))) {
-          assert.equal(m[1], /^[aeiou]/.test(m[2]) ? 'an' : 'a', q.question);
-          assert.equal(byName(m[2]) ? 'yes' : 'no', q.answer);
-        } else if ((m = q.question.match(/^How many (\w+?)s are there\?$/))) {
-          assert.equal(NUMBERS[s.objects.filter((o) => o.shape === m![1]).length], q.answer);
-        } else if ((m = q.question.match(/^How many (\w+) objects are there\?$/))) {
-          assert.equal(NUMBERS[s.objects.filter((o) => o.colour === m![1]).length], q.answer);
-        } else if ((m = q.question.match(/^Which is further (left|up), the (\w+ \w+) or the (\w+ \w+)\?$/))) {
-          const a = byName(m[2])!, b = byName(m[3])!;
-          const first = m[1] === 'left' ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
-          assert.equal(`${first.colour} ${first.shape}`, q.answer);
-        } else {
-          assert.fail(`unknown question form: ${q.question}`);
-        }
+        checkAnswer(s, q);
       }
     }
     assert.deepEqual([...seen].sort(), [...QUESTION_TYPES].sort(), 'every question type occurs');
+  });
+
+  it('question banks hold every episode question and only right answers', () => {
+    for (const seed of splitSeeds('train', 50)) {
+      const s = makeScene(seed), bank = questionBank(s);
+      for (const q of bank) checkAnswer(s, q);
+      const key = (q: Question) => `${q.question} ${q.answer}`;
+      const all = new Set(bank.map(key));
+      assert.equal(all.size, bank.length, 'no question twice');
+      for (const q of s.episode) assert.ok(all.has(key(q)), `seed ${seed}: ${q.question}`);
+      // 2 per object (+1 per glyph), 28 "is there", 11 counts.
+      assert.ok(bank.length >= 2 * s.objects.length + 39);
+    }
   });
 
   it('render each object in its colour, at 224 px', async () => {
@@ -75,12 +93,13 @@ describe('synthetic scenes', () => {
 
   it('writeSplit writes the images and one episode line per scene', async () => {
     const dir = tempDir();
-    const file = await writeSplit(dir, 'validation', 3);
+    const file = await writeSplit(dir, 'validation', 3, 224, { bank: true });
     const recs = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as EpisodeRecord);
     assert.deepEqual(recs.map((r) => r.seed), splitSeeds('validation', 3));
     for (const r of recs) {
       assert.deepEqual(r.questions, makeScene(r.seed).episode);
       assert.deepEqual(r.objects, makeScene(r.seed).objects);
+      assert.deepEqual(r.bank, questionBank(makeScene(r.seed)));
       assert.deepEqual(readFileSync(path.join(dir, r.image)), await renderScene(makeScene(r.seed)));
     }
   });

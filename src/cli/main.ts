@@ -111,8 +111,9 @@ program
   .addOption(new Option('--split <name>', 'which seeds').choices(['train', 'validation', 'test']).default('test'))
   .option('--count <n>', 'how many scenes', int(1), 100)
   .requiredOption('--out <dir>', 'folder for <seed>.png and episodes.jsonl')
-  .action(async (opts: { split: 'train' | 'validation' | 'test'; count: number; out: string }) => {
-    console.log(await writeSplit(opts.out, opts.split, opts.count));
+  .option('--bank', 'also write every question the templates can ask about each scene (for training)')
+  .action(async (opts: { split: 'train' | 'validation' | 'test'; count: number; out: string; bank?: boolean }) => {
+    console.log(await writeSplit(opts.out, opts.split, opts.count, 224, { bank: opts.bank }));
   });
 
 program

@@ -167,6 +167,36 @@ function question(s: Scene, type: QuestionType, r: () => number, used: Set<Scene
   }
 }
 
+/**
+ * Every question the episode templates can ask about a scene, with its answer: the colour and the
+ * shape of each object by region, the glyph of each object that has one, "is there" for every
+ * colour-shape pair, the count of every shape and colour, and "further left/up" for each clearly
+ * separated pair in both orders. For training (many questions per image cost little next to the
+ * image); episodes draw from the same templates.
+ */
+export function questionBank(s: Scene): Question[] {
+  const out: Question[] = [];
+  for (const o of s.objects) {
+    out.push({ type: 'colour', question: `What colour is the ${o.shape} in the ${REGIONS[o.region]}?`, answer: o.colour });
+    out.push({ type: 'shape', question: `What shape is in the ${REGIONS[o.region]}?`, answer: o.shape });
+    if (o.glyph) out.push({ type: 'glyph', question: `Which letter or digit is on the ${name(o)}?`, answer: o.glyph });
+  }
+  const names = new Set(s.objects.map(name));
+  for (const c of COLOURS) for (const sh of SHAPES) out.push({ type: 'exists', question: `Is there ${article(c)} ${c} ${sh}?`, answer: names.has(`${c} ${sh}`) ? 'yes' : 'no' });
+  for (const sh of SHAPES) out.push({ type: 'count', question: `How many ${sh}s are there?`, answer: NUMBERS[s.objects.filter((o) => o.shape === sh).length] });
+  for (const c of COLOURS) out.push({ type: 'count', question: `How many ${c} objects are there?`, answer: NUMBERS[s.objects.filter((o) => o.colour === c).length] });
+  for (const a of s.objects) {
+    for (const b of s.objects) {
+      if (a === b) continue;
+      const horizontal = Math.abs(a.x - b.x) >= Math.abs(a.y - b.y);
+      if (horizontal ? Math.abs(a.x - b.x) < s.size / 6 : Math.abs(a.y - b.y) < s.size / 6) continue;
+      const first = horizontal ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
+      out.push({ type: 'relation', question: `Which is further ${horizontal ? 'left' : 'up'}, the ${name(a)} or the ${name(b)}?`, answer: name(first) });
+    }
+  }
+  return out;
+}
+
 // A 5 x 7 pixel font for the glyphs (each row a 5-bit mask, top row first).
 const FONT: Record<string, number[]> = {
   A: [0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11], E: [0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x1f],
@@ -227,20 +257,20 @@ export function splitSeeds(split: 'train' | 'validation' | 'test', count: number
  * One line of a split's `episodes.jsonl`: the image file (relative to the file), its questions, and
  * the scene's objects (what the training recipe derives its auxiliary per-patch labels from).
  */
-export interface EpisodeRecord { seed: number; image: string; questions: Question[]; objects?: SceneObject[] }
+export interface EpisodeRecord { seed: number; image: string; questions: Question[]; objects?: SceneObject[]; bank?: Question[] }
 
 /**
  * Writes `count` scenes of a split into dir: `<seed>.png` each and `episodes.jsonl` (one
- * EpisodeRecord per line). Returns the path of episodes.jsonl.
+ * EpisodeRecord per line; with `bank`, each scene's question bank too). Returns the path of episodes.jsonl.
  */
-export async function writeSplit(dir: string, split: 'train' | 'validation' | 'test', count: number, size = 224): Promise<string> {
+export async function writeSplit(dir: string, split: 'train' | 'validation' | 'test', count: number, size = 224, opts: { bank?: boolean } = {}): Promise<string> {
   mkdirSync(dir, { recursive: true });
   const lines: string[] = [];
   for (const seed of splitSeeds(split, count)) {
     const s = makeScene(seed, size);
     const image = `${seed}.png`;
     writeFileSync(path.join(dir, image), await renderScene(s));
-    lines.push(JSON.stringify({ seed, image, questions: s.episode, objects: s.objects } satisfies EpisodeRecord));
+    lines.push(JSON.stringify({ seed, image, questions: s.episode, objects: s.objects, ...(opts.bank ? { bank: questionBank(s) } : {}) } satisfies EpisodeRecord));
   }
   const file = path.join(dir, 'episodes.jsonl');
   writeFileSync(file, lines.join('\n') + '\n');

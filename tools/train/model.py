@@ -184,9 +184,12 @@ class TaskVLM(nn.Module):
         pr = self.multi_modal_projector
         return pr.linear_2(F.gelu(pr.linear_1(x)))
 
-    def forward(self, pixels, input_ids, hidden=None):
+    def forward(self, pixels, input_ids, hidden=None, positions=None, blocks=None):
         """pixels [B, 3, S, S], input_ids [B, T] with one run of image tokens per row -> logits [B, T, V].
-        hidden: the tower's feature-layer states of these pixels when the caller has them already."""
+        hidden: the tower's feature-layer states of these pixels when the caller has them already.
+        positions [B, T]: RoPE positions (default 0..T-1). blocks [B, T]: to pack independent
+        questions after one image, a row sees the earlier rows of block 0 (the shared prefix) and of
+        its own block (default: all 0, plain causal attention)."""
         lm = self.language_model.model
         x = lm.embed_tokens(input_ids.clamp(max=lm.embed_tokens.num_embeddings - 1))
         feats = self.image_features(pixels, hidden)
@@ -196,10 +199,15 @@ class TaskVLM(nn.Module):
         tc = self.config["text_config"]
         hd = tc["hidden_size"] // tc["num_attention_heads"]
         inv = 1.0 / (tc.get("rope_theta", 10000.0) ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-        ang = torch.arange(t, dtype=torch.float32)[:, None] * inv[None, :]
-        emb = torch.cat([ang, ang], dim=-1)
+        if positions is None:
+            positions = torch.arange(t).expand(input_ids.shape[0], t)
+        ang = positions[..., None].float() * inv
+        emb = torch.cat([ang, ang], dim=-1)[:, None]  # [B, 1, T, hd]
         cos, sin = emb.cos(), emb.sin()
-        mask = torch.full((t, t), float("-inf")).triu(1)
+        allowed = torch.ones(t, t, dtype=torch.bool).tril()[None]
+        if blocks is not None:
+            allowed = allowed & ((blocks[:, None, :] == 0) | (blocks[:, None, :] == blocks[:, :, None]))
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[:, None]  # [B or 1, 1, T, T]
         for l in lm.layers:
             x = l(x, cos, sin, mask)
         return self.language_model.lm_head(lm.norm(x))

@@ -238,17 +238,41 @@ class AuxHeads(nn.Module):
 
 
 def sample(tok, n_image, questions, chat):
-    """ids and loss mask for one conversation (chat: all questions in turn; else the one question)."""
-    ids, mask = [tok.vocab["<s>"]], [0]
+    """ids, loss mask, positions and blocks for one image and its questions. chat: one conversation,
+    the questions in turn (as chat mode asks them). Else independent questions packed after the
+    image: each in its own block, at the positions it has when asked alone (independent mode)."""
+    image = tok.vocab["<image>"]
+    prefix = [tok.vocab["<s>"]] + [t for u in tok.encode("USER: <image>") for t in ([u] * n_image if u == image else [u])]
+    ids, mask, pos, blk = list(prefix), [0] * len(prefix), list(range(len(prefix))), [0] * len(prefix)
     for i, q in enumerate(questions):
-        user = tok.encode("USER: " + ("<image>" if i == 0 else "") + " " + q["question"] + " ASSISTANT:")
-        user = [t for u in user for t in ([u] * n_image if u == tok.vocab["<image>"] else [u])]
+        user = tok.encode((" USER: " if chat and i > 0 else " ") + q["question"] + " ASSISTANT:")
         answer = tok.encode(q["answer"] + "</s>")
+        start = len(ids) if chat else len(prefix)
         ids += user + answer
         mask += [0] * len(user) + [1] * len(answer)
-        if not chat:
-            break
-    return ids, mask
+        pos += list(range(start, start + len(user) + len(answer)))
+        blk += [0 if chat else i + 1] * (len(user) + len(answer))
+    return ids, mask, pos, blk
+
+
+def pick_questions(e, k, rng):
+    """k questions of a scene's bank (or its episode), types in turn at random, "is there" half yes
+    and half no, no question twice."""
+    pool = list(e.get("bank") or e["questions"])
+    rng.shuffle(pool)
+    by_type = {}
+    for q in pool:
+        key = (q["type"], q["answer"] == "yes") if q["type"] == "exists" else (q["type"], None)
+        by_type.setdefault(key, []).append(q)
+    out = []
+    while len(out) < k and by_type:
+        t = rng.choice(sorted({kt for kt, _ in by_type}))
+        keys = [key for key in by_type if key[0] == t]
+        key = rng.choice(keys)
+        out.append(by_type[key].pop())
+        if not by_type[key]:
+            del by_type[key]
+    return out
 
 
 def load_episodes(folder):
@@ -262,15 +286,20 @@ def load_episodes(folder):
 
 
 def collate(tok, n_image, items, pad):
-    """items: (episode, questions, chat) -> ids [B, T], loss mask [B, T], per-row answer spans."""
+    """items: (episode, questions, chat) -> ids, loss mask, positions, blocks, each [B, T]."""
     rows = [sample(tok, n_image, qs, chat) for _, qs, chat in items]
-    t = max(len(x) for x, _ in rows)
+    t = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), t), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), t))
-    for i, (x, m) in enumerate(rows):
+    pos = torch.zeros((len(rows), t), dtype=torch.long)
+    blk = torch.zeros((len(rows), t), dtype=torch.long)  # padding: block 0, after everything
+    for i, (x, m, p, b) in enumerate(rows):
         ids[i, : len(x)] = torch.tensor(x)
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
-    return ids, mask
+        pos[i, : len(p)] = torch.tensor(p)
+        pos[i, len(p):] = max(p) + 1
+        blk[i, : len(b)] = torch.tensor(b)
+    return ids, mask, pos, blk
 
 
 def main():
@@ -279,13 +308,14 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--val", help="a validation split: answer accuracy (teacher-forced) per type is printed as training goes")
-    ap.add_argument("--steps", type=int, default=1100, help="optimizer steps (the learning-rate schedule spans them)")
+    ap.add_argument("--steps", type=int, default=600, help="optimizer steps (the learning-rate schedule spans them)")
     ap.add_argument("--minutes", type=float, default=0, help="stop early after this many minutes (0: no limit)")
-    ap.add_argument("--val-every", type=int, default=200)
+    ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="bf16", help="dtype of the saved weights")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--chat", type=float, default=0.75, help="share of samples that are whole episodes as one conversation")
+    ap.add_argument("--chat", type=float, default=0.5, help="share of samples that are conversations (3-6 questions in turn); the others pack --pack independent questions after the image")
+    ap.add_argument("--pack", type=int, default=8, help="independent questions per packed sample")
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the auxiliary tower losses")
     ap.add_argument("--attn", type=float, default=0.5, help="weight of the attention supervision (answer rows onto the asked-about objects)")
     ap.add_argument("--save-every", type=float, default=10, help="minutes between checkpoints written to --out")
@@ -344,8 +374,8 @@ def main():
         with torch.no_grad():
             for i in range(0, len(val), 16):
                 chunk = val[i : i + 16]
-                ids, mask = collate(tok, n_image, [(e, e["questions"], True) for e in chunk], pad)
-                pred = model(normalise(torch.stack([data(e)[0] for e in chunk])), ids).argmax(-1)
+                ids, mask, pos, blk = collate(tok, n_image, [(e, e["questions"], True) for e in chunk], pad)
+                pred = model(normalise(torch.stack([data(e)[0] for e in chunk])), ids, positions=pos, blocks=blk).argmax(-1)
                 ok = (pred[:, :-1] == ids[:, 1:]) | (mask[:, 1:] == 0)
                 for r, e in enumerate(chunk):
                     m = mask[r, 1:].tolist()
@@ -370,8 +400,8 @@ def main():
         for _ in range(args.batch):
             e = random.choice(episodes)
             chat = random.random() < args.chat
-            items.append((e, e["questions"] if chat else [random.choice(e["questions"])], chat))
-        ids, mask = collate(tok, n_image, items, pad)
+            items.append((e, pick_questions(e, random.randint(3, 6) if chat else args.pack, random), chat))
+        ids, mask, pos, blk = collate(tok, n_image, items, pad)
         got = [data(e) for e, _, _ in items]
         pixels = normalise(torch.stack([g[0] for g in got]))
         # Warm-up, then cosine decay over the steps.
@@ -379,7 +409,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         hidden = model.vision_hidden(pixels)
-        logits = model(pixels, ids, hidden)
+        logits = model(pixels, ids, hidden, positions=pos, blocks=blk)
         lm = (F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none") * mask[:, 1:].reshape(-1)).sum() / mask[:, 1:].sum()
         labels = torch.stack([g[1] for g in got])
         aux = heads.loss(hidden, labels, torch.stack([g[2] for g in got]))
