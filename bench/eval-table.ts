@@ -102,14 +102,14 @@ async function main(): Promise<void> {
       await model.close();
     }
     const file = fileURLToPath(new URL('../../docs/ACCURACY.md', import.meta.url));
-    writeFileSync(file, accuracyDoc(results, { scenes, questions, model: path.relative(process.cwd(), dir) || dir, n, layers }));
+    writeFileSync(file, accuracyDoc(results, { scenes, questions, model: path.relative(process.cwd(), dir) || dir, isDefault: arg('--model') === undefined, n, layers }));
     console.log(`wrote ${file}`);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
 }
 
-function accuracyDoc(results: { row: Row; mode: Mode; report: EvalReport }[], o: { scenes: number; questions: number; model: string; n: number; layers: number }): string {
+function accuracyDoc(results: { row: Row; mode: Mode; report: EvalReport }[], o: { scenes: number; questions: number; model: string; isDefault: boolean; n: number; layers: number }): string {
   const types = Object.keys(results[0].report.byType);
   const table = (mode: Mode) => markdownTable(
     ['method', 'budget (p, d)', 'settings', 'overall', 'turn 1', 'turns ≥ 2', ...types, 'visual tokens in the prompt', 'visual per layer at decode', 'ms / question'],
@@ -131,7 +131,7 @@ function accuracyDoc(results: { row: Row; mode: Mode; report: EvalReport }[], o:
   return `# Accuracy of the sparsity methods on the default model
 
 Produced by \`npm run eval:table\` (bench/eval-table.ts); every number below is what that command
-printed. Model: \`${o.model}\` (the engine's default, trained by tools/train/), ${o.n} visual tokens
+printed. Model: \`${o.model}\`${o.isDefault ? " (the engine's default, trained by tools/train/)" : ''}, ${o.n} visual tokens
 per image, ${o.layers} LLM layers. Data: the first ${o.scenes} scenes of the test split (seeds
 3000000…${3000000 + o.scenes - 1}, ${o.questions} questions in episodes of 3–5), greedy answers, exact match
 after normalisation (case, punctuation, a leading article). Machine: ${machineDescription()}.
@@ -164,13 +164,8 @@ ${table('chat')}
 Dense, chat mode: ${pct(dense.overall.accuracy)}% overall, ${types.map((t) => `${t} ${pct(dense.byType[t].accuracy)}%`).join(', ')}.
 
 ${reading.join('\n')}
-
-${READING}
 `;
 }
-
-/** What the results mean (written from the measured table; the figures above are generated). */
-const READING = ``;
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   main().catch((e) => { console.error(e instanceof Error ? e.message : e); process.exit(1); });
