@@ -297,6 +297,9 @@ describe('FastV and PyramidDrop', () => {
       assert.deepEqual(later.stats.visualTokensPerLayer, { min: 32, mean: (64 + 64 + 32) / 3, max: 64 });
       assert.equal(later.stats.imageCached, true);
       await assert.rejects(s.ask(questions[2], { maxNewTokens: 2 }), /cache was pruned inside the first question's prefill \(FastV \/ PyramidDrop\): every later question must use such a method too \(got dense\)/);
+      // The refused question leaves the session usable.
+      const again = await s.ask(questions[2], { maxNewTokens: 2, decode: fastV() });
+      assert.equal(again.stats.imageCached, true);
       s.close();
     }
     const late = model.session(image);

@@ -99,10 +99,11 @@ export class Session {
       if (this.visualEnd > 0 && last + 1 !== this.visualEnd) throw new GenerationError('internal: the images moved in the rendered prompt');
       this.visualEnd = last + 1;
     }
-    m.decoder.truncateCache(this.cache, common);
     if (opts.decode?.prunesCache && !this.layout && common > 0) {
       throw new GenerationError(`${opts.decode.name} drops tokens inside the prefill: it must prune the session's first question, not a later one`);
     }
+    m.decoder.truncateCache(this.cache, common);
+    this.cached = this.cached.slice(0, common); // stays true if the turn fails
     const r = m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
       visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached,
       layout: this.layout ?? undefined, onLayout: (l) => { this.layout = l; } });
