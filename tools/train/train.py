@@ -189,12 +189,10 @@ class QuestionHeads(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.heads = nn.ModuleList(nn.Linear(d, n) for n in self.SIZES)
 
-    def loss(self, hidden, mask, items):
+    def loss(self, hidden, spans, items):
         rows, labels = [], []
         for b, (_, qs, _) in enumerate(items):
-            m = mask[b].tolist()
-            starts = [t for t in range(1, len(m)) if m[t] and not m[t - 1]]
-            for q, a in zip(qs, starts):
+            for q, (a, _) in zip(qs, spans[b]):
                 rows.append(hidden[b, a - 1])
                 labels.append(question_labels(q))
         h = self.norm(torch.stack(rows))
@@ -202,15 +200,14 @@ class QuestionHeads(nn.Module):
         return sum(F.cross_entropy(head(h), y[:, j]) for j, head in enumerate(self.heads))
 
 
-def attention_loss(model, ids, mask, items, objmaps, image_id, layers):
+def attention_loss(model, ids, spans, items, objmaps, image_id, layers):
     """-log of the attention mass (mean over heads, over `layers`) that the row predicting each
     answer's first token puts on the patches of the objects its question is about."""
     terms = []
     for b, (e, qs, _) in enumerate(items):
         img = (ids[b] == image_id).nonzero().flatten()
-        m, objmap = mask[b].tolist(), objmaps[b].tolist()
-        starts = [t for t in range(1, len(m)) if m[t] and not m[t - 1]]
-        for q, a in zip(qs, starts):
+        objmap = objmaps[b].tolist()
+        for q, (a, _) in zip(qs, spans[b]):
             about = set(targets(q["question"], e["objects"]))
             want = [p for p, o in enumerate(objmap) if o in about]
             if not want:
@@ -244,21 +241,23 @@ class AuxHeads(nn.Module):
 
 
 def sample(tok, n_image, questions, chat):
-    """ids, loss mask, positions and blocks for one image and its questions. chat: one conversation,
+    """ids, loss mask, positions, blocks and the answers' [start, end) for one image and its questions. chat: one conversation,
     the questions in turn (as chat mode asks them). Else independent questions packed after the
     image: each in its own block, at the positions it has when asked alone (independent mode)."""
     image = tok.vocab["<image>"]
     prefix = [tok.vocab["<s>"]] + [t for u in tok.encode("USER: <image>") for t in ([u] * n_image if u == image else [u])]
     ids, mask, pos, blk = list(prefix), [0] * len(prefix), list(range(len(prefix))), [0] * len(prefix)
+    spans = []
     for i, q in enumerate(questions):
         user = tok.encode((" USER: " if chat and i > 0 else " ") + q["question"] + " ASSISTANT:")
         answer = tok.encode(q["answer"] + "</s>")
         start = len(ids) if chat else len(prefix)
+        spans.append((len(ids) + len(user), len(ids) + len(user) + len(answer)))
         ids += user + answer
         mask += [0] * len(user) + [1] * len(answer)
         pos += list(range(start, start + len(user) + len(answer)))
         blk += [0 if chat else i + 1] * (len(user) + len(answer))
-    return ids, mask, pos, blk
+    return ids, mask, pos, blk, spans
 
 
 def pick_questions(e, k, rng):
@@ -292,20 +291,21 @@ def load_episodes(folder):
 
 
 def collate(tok, n_image, items, pad):
-    """items: (episode, questions, chat) -> ids, loss mask, positions, blocks, each [B, T]."""
+    """items: (episode, questions, chat) -> ids, loss mask, positions, blocks, each [B, T], and per
+    row the answers' [start, end) in question order."""
     rows = [sample(tok, n_image, qs, chat) for _, qs, chat in items]
     t = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), t), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), t))
     pos = torch.zeros((len(rows), t), dtype=torch.long)
     blk = torch.zeros((len(rows), t), dtype=torch.long)  # padding: block 0, after everything
-    for i, (x, m, p, b) in enumerate(rows):
+    for i, (x, m, p, b, _) in enumerate(rows):
         ids[i, : len(x)] = torch.tensor(x)
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.float32)
         pos[i, : len(p)] = torch.tensor(p)
         pos[i, len(p):] = max(p) + 1
         blk[i, : len(b)] = torch.tensor(b)
-    return ids, mask, pos, blk
+    return ids, mask, pos, blk, [r[4] for r in rows]
 
 
 def main():
@@ -380,20 +380,12 @@ def main():
         with torch.no_grad():
             for i in range(0, len(val), 16):
                 chunk = val[i : i + 16]
-                ids, mask, pos, blk = collate(tok, n_image, [(e, e["questions"], True) for e in chunk], pad)
+                ids, mask, pos, blk, spans = collate(tok, n_image, [(e, e["questions"], True) for e in chunk], pad)
                 pred = model(normalise(torch.stack([data(e)[0] for e in chunk])), ids, positions=pos, blocks=blk).argmax(-1)
                 ok = (pred[:, :-1] == ids[:, 1:]) | (mask[:, 1:] == 0)
                 for r, e in enumerate(chunk):
-                    m = mask[r, 1:].tolist()
-                    spans, start = [], None
-                    for t, v in enumerate(m + [0]):
-                        if v and start is None:
-                            start = t
-                        elif not v and start is not None:
-                            spans.append((start, t))
-                            start = None
-                    for q, (a, b) in zip(e["questions"], spans):
-                        right[q["type"]] = right.get(q["type"], 0) + int(ok[r, a:b].all())
+                    for q, (a, b) in zip(e["questions"], spans[r]):
+                        right[q["type"]] = right.get(q["type"], 0) + int(ok[r, a - 1 : b - 1].all())
                         total[q["type"]] = total.get(q["type"], 0) + 1
         model.train()
         n = sum(total.values())
@@ -407,7 +399,7 @@ def main():
             e = random.choice(episodes)
             chat = random.random() < args.chat
             items.append((e, pick_questions(e, random.randint(3, 6) if chat else args.pack, random), chat))
-        ids, mask, pos, blk = collate(tok, n_image, items, pad)
+        ids, mask, pos, blk, spans = collate(tok, n_image, items, pad)
         got = [data(e) for e, _, _ in items]
         pixels = normalise(torch.stack([g[0] for g in got]))
         # Warm-up, then cosine decay over the steps.
@@ -419,8 +411,8 @@ def main():
         lm = (F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none") * mask[:, 1:].reshape(-1)).sum() / mask[:, 1:].sum()
         labels = torch.stack([g[1] for g in got])
         aux = heads.loss(hidden, labels, torch.stack([g[2] for g in got]))
-        att = attention_loss(model, ids, mask, items, labels[:, 5], cfg["image_token_index"], attn_layers)
-        ask = qheads.loss(mid["x"], mask, items)
+        att = attention_loss(model, ids, spans, items, labels[:, 5], cfg["image_token_index"], attn_layers)
+        ask = qheads.loss(mid["x"], spans, items)
         loss = lm + args.aux * (aux + ask) + args.attn * att
         opt.zero_grad()
         loss.backward()
