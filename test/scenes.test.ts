@@ -91,6 +91,28 @@ describe('synthetic scenes', () => {
     }
   });
 
+  it('place objects on the 14-px patch grid, inside their region, with the glyph in the centre patch', async () => {
+    const seeds = splitSeeds('train', 300);
+    for (const seed of seeds) {
+      const s = makeScene(seed), cell = 224 / 3;
+      for (const o of s.objects) {
+        assert.equal((o.x - 7) % 14, 0, `seed ${seed}: x ${o.x}`);
+        assert.equal((o.y - 7) % 14, 0, `seed ${seed}: y ${o.y}`);
+        // The whole object inside its region's cell.
+        const cx = (o.region % 3) * cell, cy = Math.floor(o.region / 3) * cell;
+        assert.ok(o.x - o.r >= cx && o.x + o.r <= cx + cell && o.y - o.r >= cy && o.y + o.r <= cy + cell, `seed ${seed}: ${o.colour} ${o.shape} leaves its region`);
+      }
+    }
+    // The glyph's ink lies in the object's centre patch (10 x 14 px of a 14 x 14 patch).
+    const s = makeScene(seeds.find((seed) => makeScene(seed).objects.some((o) => o.glyph && o.colour !== 'white' && o.colour !== 'yellow'))!);
+    const o = s.objects.find((x) => x.glyph && x.colour !== 'white' && x.colour !== 'yellow')!;
+    const { data } = await sharp(await renderScene(s)).raw().toBuffer({ resolveWithObject: true });
+    const ink: [number, number][] = [];
+    for (let y = o.y - 14; y < o.y + 14; y++) for (let x = o.x - 14; x < o.x + 14; x++) if (data[(y * 224 + x) * 3] === 0xf8) ink.push([x, y]);
+    assert.ok(ink.length > 10, `${ink.length} ink pixels`);
+    for (const [x, y] of ink) assert.ok(x >= o.x - 5 && x < o.x + 5 && y >= o.y - 7 && y < o.y + 7, `ink at ${x},${y} outside the centre patch of ${o.x},${o.y}`);
+  });
+
   it('writeSplit writes the images and one episode line per scene', async () => {
     const dir = tempDir();
     const file = await writeSplit(dir, 'validation', 3, 224, { bank: true });

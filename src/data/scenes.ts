@@ -70,6 +70,21 @@ const name = (o: SceneObject) => `${o.colour} ${o.shape}`;
 /** "a" or "an" before a word. */
 const article = (w: string) => (/^[aeiou]/.test(w) ? 'an' : 'a');
 
+/**
+ * A centre within `jitter` of c, on the centre of a cell of the image's 16 x 16 grid (the 14-px
+ * patches of a 224-px image), chosen by u in [0, 1); the grid cell nearest c if none is in reach.
+ * Objects sit on the patch grid so that a shape's silhouette and a glyph (drawn inside the centre
+ * cell) look the same to the vision tower wherever they are: a tower trained from scratch on the
+ * CPU then learns shapes and glyphs in minutes (off the grid, a 4-layer tower had not learnt shape
+ * after 200 steps of direct supervision).
+ */
+function onGrid(c: number, jitter: number, size: number, u: number): number {
+  const g = size / 16;
+  const lo = Math.ceil((c - jitter) / g - 0.5), hi = Math.floor((c + jitter) / g - 0.5);
+  const k = hi >= lo ? lo + Math.floor(u * (hi - lo + 1)) : Math.round(c / g - 0.5);
+  return (k + 0.5) * g;
+}
+
 /** A scene and its episode from a seed; size is the image side in pixels (default 224). */
 export function makeScene(seed: number, size = 224): Scene {
   const r = rng(seed);
@@ -85,10 +100,10 @@ export function makeScene(seed: number, size = 224): Scene {
     const size_ = r() < 0.5 ? 'small' : 'large';
     const rad = (size_ === 'large' ? 0.36 : 0.22) * cell;
     const jitter = cell / 2 - rad - 2;
-    return {
-      shape, colour, size: size_, glyph: size_ === 'large' && r() < 0.6 ? pick(r, GLYPHS) : null, region,
-      x: (region % 3 + 0.5) * cell + (r() * 2 - 1) * jitter, y: (Math.floor(region / 3) + 0.5) * cell + (r() * 2 - 1) * jitter, r: rad,
-    };
+    const glyph = size_ === 'large' && r() < 0.6 ? pick(r, GLYPHS) : null;
+    const x = onGrid((region % 3 + 0.5) * cell, jitter, size, r());
+    const y = onGrid((Math.floor(region / 3) + 0.5) * cell, jitter, size, r());
+    return { shape, colour, size: size_, glyph, region, x, y, r: rad };
   });
   const bgA = [70 + Math.floor(r() * 60), 70 + Math.floor(r() * 60), 70 + Math.floor(r() * 60)] as [number, number, number];
   const background = { a: bgA, b: bgA.map((v) => v - 25) as [number, number, number], period: 6 + Math.floor(r() * 10), angle: Math.floor(r() * 180) };
@@ -227,8 +242,9 @@ export function sceneSvg(s: Scene): string {
     else parts.push(`<polygon points="${f(x)},${f(y - r)} ${f(x + r)},${f(y)} ${f(x)},${f(y + r)} ${f(x - r)},${f(y)}" fill="${fill}"/>`);
     if (o.glyph) {
       const rows = FONT[o.glyph];
-      const px = Math.max(1, Math.floor((r * 0.9) / 7));
-      const gx = x - 2.5 * px, gy = y - 3.5 * px + (o.shape === 'triangle' ? r * 0.2 : 0);
+      // 5 x 7 font pixels of size/112 px: at 224 px, 10 x 14 px inside the object's centre patch.
+      const px = s.size / 112;
+      const gx = x - 2.5 * px, gy = y - 3.5 * px;
       const ink = o.colour === 'white' || o.colour === 'yellow' ? '#101010' : '#f8f8f8';
       rows.forEach((bits, row) => {
         for (let col = 0; col < 5; col++) {

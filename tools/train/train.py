@@ -97,8 +97,8 @@ def aux_labels(objects, size, patch):
         scene[COLOURS.index(o["colour"]) * len(SHAPES) + SHAPES.index(o["shape"])] = 1
         if o["glyph"]:
             scene[len(SHAPES) * len(COLOURS) + GLYPHS.index(o["glyph"])] = 1
-            px = max(1, math.floor(o["r"] * 0.9 / 7))
-            gx, gy = o["x"] - 2.5 * px, o["y"] - 3.5 * px + (0.2 * o["r"] if o["shape"] == "triangle" else 0)
+            px = size / 112
+            gx, gy = o["x"] - 2.5 * px, o["y"] - 3.5 * px
             di.rectangle([gx, gy, gx + 5 * px, gy + 7 * px], fill=i)
         centre[min(g - 1, int(o["y"] // patch)) * g + min(g - 1, int(o["x"] // patch))] = 1
     def blocks(m):
@@ -325,6 +325,7 @@ def main():
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the auxiliary tower losses")
     ap.add_argument("--attn", type=float, default=0.5, help="weight of the attention supervision (answer rows onto the asked-about objects)")
     ap.add_argument("--save-every", type=float, default=10, help="minutes between checkpoints written to --out")
+    ap.add_argument("--tower-steps", type=int, default=150, help="steps (32 images each) training the tower alone on its auxiliary heads before the joint steps")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     random.seed(args.seed)
@@ -393,6 +394,21 @@ def main():
 
     start, step, last_save = time.time(), 0, time.time()
     model.train()
+    # The tower first learns alone from its auxiliary heads (a step costs a quarter of a full one
+    # per image): the language model then starts on features that already tell objects apart.
+    tower = [p for n, p in model.named_parameters() if n.startswith("vision_tower.")] + list(heads.parameters())
+    for t in range(args.tower_steps):
+        got = [data(random.choice(episodes)) for _ in range(32)]
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (t + 1) / 30)
+        hidden = model.vision_hidden(normalise(torch.stack([g[0] for g in got])))
+        aux = heads.loss(hidden, torch.stack([g[1] for g in got]), torch.stack([g[2] for g in got]))
+        opt.zero_grad()
+        aux.backward()
+        torch.nn.utils.clip_grad_norm_(tower, 1.0)
+        opt.step()
+        if (t + 1) % 10 == 0:
+            print(f"tower step {t + 1}  aux {aux.item():.4f}  {time.time() - start:.0f} s", flush=True)
     while step < args.steps and (args.minutes <= 0 or time.time() - start < args.minutes * 60):
         items = []
         for _ in range(args.batch):
