@@ -18,7 +18,6 @@ Seeds are fixed; threads = all cores.
 """
 import argparse
 import json
-import math
 import os
 import random
 import re
@@ -85,11 +84,16 @@ def outline(draw, o, fill):
 
 
 def aux_labels(objects, size, patch):
-    """Per-patch labels [6, n] (colour, shape, glyph, region, centre; IGNORE where a patch is only
-    partly covered; then the object covering it, 0 for none) and the scene's multi-hot [38] (28 colour-shape pairs, then 10 glyphs)."""
+    """Per-patch labels [8, n] and the scene's multi-hot [38] (28 colour-shape pairs, then 10
+    glyphs). Rows: colour, shape and glyph of the object covering the patch (0: none; IGNORE where
+    a patch is only partly covered), the patch's 3 x 3 region, whether it holds an object's centre,
+    the object covering it (1-based, 0 for none), and that object's centre column and row on the
+    patch grid (IGNORE off objects). Every patch of an object carries its shape, glyph and centre,
+    so wherever the language model looks on the object it finds them (a glyph label on the inked
+    patch only left the object's other patches saying "no glyph")."""
     g = size // patch
-    body, ink = Image.new("L", (size, size), 0), Image.new("L", (size, size), 0)
-    db, di = ImageDraw.Draw(body), ImageDraw.Draw(ink)
+    body = Image.new("L", (size, size), 0)
+    db = ImageDraw.Draw(body)
     centre = np.zeros(g * g, dtype=np.int64)
     scene = np.zeros(len(SHAPES) * len(COLOURS) + len(GLYPHS), dtype=np.float32)
     for i, o in enumerate(objects, 1):
@@ -97,15 +101,10 @@ def aux_labels(objects, size, patch):
         scene[COLOURS.index(o["colour"]) * len(SHAPES) + SHAPES.index(o["shape"])] = 1
         if o["glyph"]:
             scene[len(SHAPES) * len(COLOURS) + GLYPHS.index(o["glyph"])] = 1
-            px = size / 112
-            gx, gy = o["x"] - 2.5 * px, o["y"] - 3.5 * px
-            di.rectangle([gx, gy, gx + 5 * px, gy + 7 * px], fill=i)
         centre[min(g - 1, int(o["y"] // patch)) * g + min(g - 1, int(o["x"] // patch))] = 1
-    def blocks(m):
-        return np.asarray(m).reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, patch * patch)
-    b, k = blocks(body), blocks(ink)
-    labels = np.full((6, g * g), IGNORE, dtype=np.int64)
-    labels[5] = 0  # the object (1-based) covering each patch, 0 for none
+    b = np.asarray(body).reshape(g, patch, g, patch).transpose(0, 2, 1, 3).reshape(g * g, patch * patch)
+    labels = np.full((8, g * g), IGNORE, dtype=np.int64)
+    labels[5] = 0
     for p in range(g * g):
         ids, counts = np.unique(b[p], return_counts=True)
         cover = {int(i): c / b.shape[1] for i, c in zip(ids, counts) if i}
@@ -114,15 +113,13 @@ def aux_labels(objects, size, patch):
         else:
             i = max(cover, key=cover.get)
             if cover[i] >= 0.3:
-                labels[5, p] = i
                 o = objects[i - 1]
+                labels[5, p] = i
                 labels[0, p] = 1 + COLOURS.index(o["colour"])
                 labels[1, p] = 1 + SHAPES.index(o["shape"])
-                inked = (k[p] == i).mean()
-                if inked >= 0.25:
-                    labels[2, p] = 1 + GLYPHS.index(o["glyph"])
-                elif inked == 0:
-                    labels[2, p] = 0
+                labels[2, p] = 1 + GLYPHS.index(o["glyph"]) if o["glyph"] else 0
+                labels[6, p] = min(g - 1, int(o["x"] // patch))
+                labels[7, p] = min(g - 1, int(o["y"] // patch))
         cy, cx = (p // g + 0.5) * patch, (p % g + 0.5) * patch
         labels[3, p] = min(2, int(cy * 3 // size)) * 3 + min(2, int(cx * 3 // size))
     labels[4] = centre
@@ -222,10 +219,10 @@ def attention_loss(model, ids, spans, items, objmaps, image_id, layers):
 class AuxHeads(nn.Module):
     """Training-only heads on the tower's feature-layer states (not saved with the model)."""
 
-    def __init__(self, d):
+    def __init__(self, d, grid):
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.patch = nn.ModuleList(nn.Linear(d, n) for n in (1 + len(COLOURS), 1 + len(SHAPES), 1 + len(GLYPHS), 9, 2))
+        self.patch = nn.ModuleList(nn.Linear(d, n) for n in (1 + len(COLOURS), 1 + len(SHAPES), 1 + len(GLYPHS), 9, 2, grid, grid))
         self.scene = nn.Linear(d, len(SHAPES) * len(COLOURS) + len(GLYPHS))
 
     def loss(self, hidden, labels, scene):
@@ -235,7 +232,7 @@ class AuxHeads(nn.Module):
         # shape and glyph from the tower's states no better than the majority class.
         shape = labels[:, 1].masked_fill(labels[:, 1] == 0, IGNORE)
         glyph = labels[:, 2].masked_fill(labels[:, 1] <= 0, IGNORE)
-        targets = [labels[:, 0], shape, glyph, labels[:, 3], labels[:, 4]]
+        targets = [labels[:, 0], shape, glyph, labels[:, 3], labels[:, 4], labels[:, 6], labels[:, 7]]
         total = sum(F.cross_entropy(head(h[:, 1:]).reshape(-1, head.out_features), y.reshape(-1), ignore_index=IGNORE) for head, y in zip(self.patch, targets))
         return total + F.binary_cross_entropy_with_logits(self.scene(h[:, 0]), scene)
 
@@ -320,8 +317,8 @@ def main():
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="bf16", help="dtype of the saved weights")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--chat", type=float, default=0.5, help="share of samples that are conversations (3-6 questions in turn); the others pack --pack independent questions after the image")
-    ap.add_argument("--pack", type=int, default=8, help="independent questions per packed sample")
+    ap.add_argument("--chat", type=float, default=0.35, help="share of samples that are conversations (3-6 questions in turn); the others pack --pack independent questions after the image")
+    ap.add_argument("--pack", type=int, default=12, help="independent questions per packed sample")
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the auxiliary tower losses")
     ap.add_argument("--attn", type=float, default=0.5, help="weight of the attention supervision (answer rows onto the asked-about objects)")
     ap.add_argument("--save-every", type=float, default=10, help="minutes between checkpoints written to --out")
@@ -349,7 +346,7 @@ def main():
             cache[key] = (image_bytes(os.path.join(e["dir"], e["image"])), *aux_labels(e["objects"], size, patch))
         return cache[key]
 
-    heads = AuxHeads(vc["hidden_size"])
+    heads = AuxHeads(vc["hidden_size"], size // patch)
     # Attention supervision in the upper half of the layers: the lower half stays free to gather
     # the question into the answer row (supervising every layer but the first left one layer for
     # that, and the answer row then looked at every object alike: 25-40% of its attention on the
