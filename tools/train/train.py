@@ -88,9 +88,10 @@ def aux_labels(objects, size, patch):
     glyphs). Rows: colour, shape and glyph of the object covering the patch (0: none; IGNORE where
     a patch is only partly covered), the patch's 3 x 3 region, whether it holds an object's centre,
     the object covering it (1-based, 0 for none), and that object's centre column and row on the
-    patch grid (IGNORE off objects). Every patch of an object carries its shape, glyph and centre,
-    so wherever the language model looks on the object it finds them (a glyph label on the inked
-    patch only left the object's other patches saying "no glyph")."""
+    patch grid (IGNORE off objects). Every patch of an object carries its colour, shape and centre;
+    the glyph is labelled on the object's centre patch only, the one it is drawn in (labelled on
+    every patch of the object, the tower did not learn it: a linear probe read it worse than the
+    majority class after 600 steps), and glyph questions look there (attention_loss)."""
     g = size // patch
     body = Image.new("L", (size, size), 0)
     db = ImageDraw.Draw(body)
@@ -117,7 +118,8 @@ def aux_labels(objects, size, patch):
                 labels[5, p] = i
                 labels[0, p] = 1 + COLOURS.index(o["colour"])
                 labels[1, p] = 1 + SHAPES.index(o["shape"])
-                labels[2, p] = 1 + GLYPHS.index(o["glyph"]) if o["glyph"] else 0
+                if centre[p]:
+                    labels[2, p] = 1 + GLYPHS.index(o["glyph"]) if o["glyph"] else 0
                 labels[6, p] = min(g - 1, int(o["x"] // patch))
                 labels[7, p] = min(g - 1, int(o["y"] // patch))
         cy, cx = (p // g + 0.5) * patch, (p % g + 0.5) * patch
@@ -197,16 +199,17 @@ class QuestionHeads(nn.Module):
         return sum(F.cross_entropy(head(h), y[:, j]) for j, head in enumerate(self.heads))
 
 
-def attention_loss(model, ids, spans, items, objmaps, image_id, layers):
+def attention_loss(model, ids, spans, items, objmaps, centres, image_id, layers):
     """-log of the attention mass (mean over heads, over `layers`) that the row predicting each
-    answer's first token puts on the patches of the objects its question is about."""
+    answer's first token puts on the patches of the objects its question is about (for a glyph
+    question, on the object's centre patch, where the glyph is drawn)."""
     terms = []
     for b, (e, qs, _) in enumerate(items):
         img = (ids[b] == image_id).nonzero().flatten()
-        objmap = objmaps[b].tolist()
+        objmap, centre = objmaps[b].tolist(), centres[b].tolist()
         for q, (a, _) in zip(qs, spans[b]):
             about = set(targets(q["question"], e["objects"]))
-            want = [p for p, o in enumerate(objmap) if o in about]
+            want = [p for p, o in enumerate(objmap) if o in about and (centre[p] or q["type"] != "glyph")]
             if not want:
                 continue
             cols = img[want]
@@ -424,7 +427,7 @@ def main():
         lm = (F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none") * mask[:, 1:].reshape(-1)).sum() / mask[:, 1:].sum()
         labels = torch.stack([g[1] for g in got])
         aux = heads.loss(hidden, labels, torch.stack([g[2] for g in got]))
-        att = attention_loss(model, ids, spans, items, labels[:, 5], cfg["image_token_index"], attn_layers)
+        att = attention_loss(model, ids, spans, items, labels[:, 5], labels[:, 4], cfg["image_token_index"], attn_layers)
         ask = qheads.loss(mid["x"], spans, items)
         loss = lm + args.aux * (aux + ask) + args.attn * att
         opt.zero_grad()
