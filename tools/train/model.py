@@ -69,6 +69,7 @@ class ClipLayer(nn.Module):
         self.mlp = nn.Module()
         self.mlp.fc1 = nn.Linear(d, ffn)
         self.mlp.fc2 = nn.Linear(ffn, d)
+        self.keep_cls, self.cls_probs = False, None
 
     def forward(self, x):
         b, t, d = x.shape
@@ -78,7 +79,9 @@ class ClipLayer(nn.Module):
         q = a.q_proj(h).view(b, t, self.heads, hd).transpose(1, 2)
         k = a.k_proj(h).view(b, t, self.heads, hd).transpose(1, 2)
         v = a.v_proj(h).view(b, t, self.heads, hd).transpose(1, 2)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1) @ v
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), dim=-1)
+        self.cls_probs = probs[:, :, 0] if self.keep_cls else None  # [B, heads, T]: the class token's row, for training its salience
+        att = probs @ v
         x = x + a.out_proj(att.transpose(1, 2).reshape(b, t, d))
         h = self.mlp.fc1(self.layer_norm2(x))
         h = h * torch.sigmoid(1.702 * h)  # quick_gelu
