@@ -241,9 +241,10 @@ class AuxHeads(nn.Module):
 
     def loss(self, hidden, labels, scene):
         h = self.norm(hidden)
-        # Shape and glyph are scored on object patches only: averaged over every patch, the
-        # background (~80% of them, all "none") hid them, and after 450 steps a linear probe read
-        # shape and glyph from the tower's states no better than the majority class.
+        # Shape and glyph are scored on object patches only (the glyph on each object's centre
+        # patch, see aux_labels): averaged over every patch, the background (~80% of them, all
+        # "none") hid them, and after 450 steps a linear probe read shape and glyph from the
+        # tower's states no better than the majority class.
         shape = labels[:, 1].masked_fill(labels[:, 1] == 0, IGNORE)
         glyph = labels[:, 2].masked_fill(labels[:, 1] <= 0, IGNORE)
         targets = [labels[:, 0], shape, glyph, labels[:, 3], labels[:, 4], labels[:, 6], labels[:, 7]]
@@ -366,6 +367,11 @@ def main():
     fl = cfg["vision_feature_layer"]
     salience_layer = vm.encoder.layers[(len(vm.encoder.layers) + fl if fl < 0 else fl - 1)]  # the last layer vision_hidden runs
     salience_layer.keep_cls = True
+
+    def tower_losses(hidden, got):
+        """The per-patch labels of the images `got` (from data()), the aux heads' loss and the class token's attention loss."""
+        labels = torch.stack([g[1] for g in got])
+        return labels, heads.loss(hidden, labels, torch.stack([g[2] for g in got])), cls_attention_loss(salience_layer, labels[:, 5])
     # Attention supervision in the upper half of the layers: the lower half stays free to gather
     # the question into the answer row (supervising every layer but the first left one layer for
     # that, and the answer row then looked at every object alike: 25-40% of its attention on the
@@ -417,9 +423,8 @@ def main():
         got = [data(random.choice(episodes)) for _ in range(32)]
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (t + 1) / 30)
-        hidden = model.vision_hidden(normalise(torch.stack([g[0] for g in got])))
-        labels = torch.stack([g[1] for g in got])
-        aux = heads.loss(hidden, labels, torch.stack([g[2] for g in got])) + args.cls_attn * cls_attention_loss(salience_layer, labels[:, 5])
+        _, aux, cls = tower_losses(model.vision_hidden(normalise(torch.stack([g[0] for g in got]))), got)
+        aux = aux + args.cls_attn * cls
         opt.zero_grad()
         aux.backward()
         torch.nn.utils.clip_grad_norm_(tower, 1.0)
@@ -442,9 +447,7 @@ def main():
         hidden = model.vision_hidden(pixels)
         logits = model(pixels, ids, hidden, positions=pos, blocks=blk)
         lm = (F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none") * mask[:, 1:].reshape(-1)).sum() / mask[:, 1:].sum()
-        labels = torch.stack([g[1] for g in got])
-        aux = heads.loss(hidden, labels, torch.stack([g[2] for g in got]))
-        cls = cls_attention_loss(salience_layer, labels[:, 5])
+        labels, aux, cls = tower_losses(hidden, got)
         att = attention_loss(model, ids, spans, items, labels[:, 5], labels[:, 4], cfg["image_token_index"], attn_layers)
         ask = qheads.loss(mid["x"], spans, items)
         loss = lm + args.aux * (aux + ask) + args.attn * att + args.cls_attn * cls
