@@ -187,17 +187,19 @@ class TaskVLM(nn.Module):
         pr = self.multi_modal_projector
         return pr.linear_2(F.gelu(pr.linear_1(x)))
 
-    def forward(self, pixels, input_ids, hidden=None, positions=None, blocks=None):
+    def forward(self, pixels, input_ids, hidden=None, positions=None, blocks=None, hide=None):
         """pixels [B, 3, S, S], input_ids [B, T] with one run of image tokens per row -> logits [B, T, V].
         hidden: the tower's feature-layer states of these pixels when the caller has them already.
         positions [B, T]: RoPE positions (default 0..T-1). blocks [B, T]: to pack independent
         questions after one image, a row sees the earlier rows of block 0 (the shared prefix) and of
-        its own block (default: all 0, plain causal attention)."""
+        its own block (default: all 0, plain causal attention). hide [B, T] (bool): tokens no other
+        row attends to (image tokens left out as by prefill pruning; give the rest contiguous
+        positions)."""
         lm = self.language_model.model
         x = lm.embed_tokens(input_ids.clamp(max=lm.embed_tokens.num_embeddings - 1))
         feats = self.image_features(pixels, hidden)
         is_img = input_ids == self.config["image_token_index"]
-        x = x.masked_scatter(is_img.unsqueeze(-1), feats.reshape(-1, feats.shape[-1])[: int(is_img.sum())])
+        x = x.masked_scatter(is_img.unsqueeze(-1), feats.reshape(-1, feats.shape[-1])[: int(is_img.sum())].to(x.dtype))
         t = input_ids.shape[1]
         tc = self.config["text_config"]
         hd = tc["hidden_size"] // tc["num_attention_heads"]
@@ -210,6 +212,8 @@ class TaskVLM(nn.Module):
         allowed = torch.ones(t, t, dtype=torch.bool).tril()[None]
         if blocks is not None:
             allowed = allowed & ((blocks[:, None, :] == 0) | (blocks[:, None, :] == blocks[:, :, None]))
+        if hide is not None:
+            allowed = allowed & (~hide[:, None, :] | torch.eye(t, dtype=torch.bool)[None])
         mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[:, None]  # [B or 1, 1, T, T]
         for l in lm.layers:
             x = l(x, cos, sin, mask)

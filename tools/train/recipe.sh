@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Rebuilds the default model (models/scenes-vlm) from nothing, on the CPU:
-#   npm run train:default            (STEPS=600 by default; WORK=dir keeps the intermediate files)
+#   npm run train:default            (STEPS=1200 by default; WORK=dir keeps the intermediate files)
 # Writes the initial folder (configs, tokenizer, chat template, seeded random weights), 8000
 # training scenes (with their question banks) and 200 validation scenes, trains (tools/train/train.py, fixed seeds), and puts the
 # bf16 weights with the folder's other files into models/scenes-vlm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STEPS=${STEPS:-600}
+STEPS=${STEPS:-1200}
 WORK=${WORK:-$(mktemp -d /tmp/sparsevila-train.XXXXXX)}
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   echo "the recipe needs Debian's PyTorch: apt-get install python3-torch libopenblas0-pthread libjemalloc2" >&2
