@@ -10,8 +10,7 @@ import os
 
 import torch
 
-from model import load_folder
-from train import Tokenizer, aux_labels, collate, image_bytes, load_episodes, normalise, targets
+from train import aux_labels, collate, image_bytes, load_episodes, load_trained, normalise, targets
 
 
 def main():
@@ -22,12 +21,7 @@ def main():
     ap.add_argument("--lam", type=float, default=0.45, help="PyramidDrop: share kept at each stage (the engine's tokens after the last stage: round(lam * n) each time)")
     ap.add_argument("--scenes", type=int, default=60)
     args = ap.parse_args()
-    model = load_folder(args.model)
-    model.eval()
-    tok = Tokenizer(args.model)
-    vc = model.config["vision_config"]
-    size, patch = vc["image_size"], vc["patch_size"]
-    n_image = (size // patch) ** 2
+    model, tok, size, patch, n_image = load_trained(args.model)
     layers = model.language_model.model.layers
     for l in layers:
         l.keep_probs = True

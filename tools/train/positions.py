@@ -11,8 +11,7 @@ import random
 
 import torch
 
-from model import load_folder
-from train import Tokenizer, aux_labels, collate, image_bytes, load_episodes, normalise
+from train import aux_labels, collate, image_bytes, load_episodes, load_trained, normalise
 
 
 def main():
@@ -22,12 +21,7 @@ def main():
     ap.add_argument("--drop", type=float, default=0.75, help="share of the background patches left out")
     ap.add_argument("--episodes", type=int, default=96)
     args = ap.parse_args()
-    model = load_folder(args.model)
-    model.eval()
-    tok = Tokenizer(args.model)
-    vc = model.config["vision_config"]
-    size, patch = vc["image_size"], vc["patch_size"]
-    n_image = (size // patch) ** 2
+    model, tok, size, patch, n_image = load_trained(args.model)
     episodes = load_episodes(args.split)[: args.episodes]
     for how in ("all patches", "original positions", "contiguous positions"):
         random.seed(0)

@@ -60,6 +60,15 @@ class Tokenizer:
         return ids
 
 
+def load_trained(folder):
+    """A trained folder, for measuring it: the model in eval mode, its tokenizer, the image size,
+    the patch size and the image tokens per image."""
+    model = load_folder(folder)
+    model.eval()
+    vc = model.config["vision_config"]
+    return model, Tokenizer(folder), vc["image_size"], vc["patch_size"], (vc["image_size"] // vc["patch_size"]) ** 2
+
+
 def image_bytes(path):
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy())
 
