@@ -140,25 +140,39 @@ def aux_labels(objects, size, patch):
 REGIONS = ["top left", "top middle", "top right", "middle left", "centre", "middle right", "bottom left", "bottom middle", "bottom right"]
 
 
+def object_name(o):
+    """How the questions name an object: "red triangle"."""
+    return f"{o['colour']} {o['shape']}"
+
+
+RELATION = re.compile(r"Which is further \w+, the (\w+ \w+) or the (\w+ \w+)\?$")
+
+
+def relation_names(question):
+    """The two objects a relation question names ("red triangle", ...), in its order; None for
+    another template."""
+    m = RELATION.match(question)
+    return m.groups() if m else None
+
+
 def targets(question, objects):
     """The objects (1-based) a question is about, from its template in src/data/scenes.ts."""
-    name = lambda o: f"{o['colour']} {o['shape']}"
     ids = lambda pred: [i for i, o in enumerate(objects, 1) if pred(o)]
     m = re.match(r"What colour is the \w+ in the (.+)\?$", question) or re.match(r"What shape is in the (.+)\?$", question)
     if m:
         return ids(lambda o: REGIONS[o["region"]] == m.group(1))
     m = re.match(r"(?:Which letter or digit is on the|Is there an?) (\w+ \w+)\?$", question)
     if m:
-        return ids(lambda o: name(o) == m.group(1))
+        return ids(lambda o: object_name(o) == m.group(1))
     m = re.match(r"How many (\w+)s are there\?$", question)
     if m:
         return ids(lambda o: o["shape"] == m.group(1))
     m = re.match(r"How many (\w+) objects are there\?$", question)
     if m:
         return ids(lambda o: o["colour"] == m.group(1))
-    m = re.match(r"Which is further \w+, the (\w+ \w+) or the (\w+ \w+)\?$", question)
-    if m:
-        return ids(lambda o: name(o) in (m.group(1), m.group(2)))
+    pair = relation_names(question)
+    if pair:
+        return ids(lambda o: object_name(o) in pair)
     raise ValueError(f"no template matches the question {question!r}")
 
 
@@ -224,9 +238,8 @@ class RelationHead(nn.Module):
         for b, (_, qs, _) in enumerate(items):
             for q, (a, _) in zip(qs, spans[b]):
                 if q["type"] == "relation":
-                    m = re.match(r"Which is further \w+, the (\w+ \w+) or", q["question"])
                     rows.append(hidden[b, a - 1])
-                    labels.append(int(q["answer"] != m.group(1)))
+                    labels.append(int(q["answer"] != relation_names(q["question"])[0]))
         if not rows:
             return torch.zeros(())
         return F.cross_entropy(self.head(self.norm(torch.stack(rows).float())), torch.tensor(labels))
@@ -259,10 +272,11 @@ def attention_loss(model, ids, spans, items, objmaps, centres, image_id, layers)
                 # every head on the answer, and so for the row that predicts its second token (the
                 # shape). With both objects spread over every head in every layer, relation stayed
                 # at 65-75%, its first token wrong in three cases of four.
-                m = re.match(r"Which is further \w+, the (\w+ \w+) or the (\w+ \w+)\?$", q["question"])
-                cols = [img[[p for p, o in enumerate(objmap) if o and f"{e['objects'][o - 1]['colour']} {e['objects'][o - 1]['shape']}" == n]] for n in m.groups()]
+                names = relation_names(q["question"])
+                named = [{i for i, o in enumerate(e["objects"], 1) if object_name(o) == n} for n in names]
+                cols = [img[[p for p, o in enumerate(objmap) if o in ids]] for ids in named]
                 if all(len(c) for c in cols):
-                    win = cols[0] if q["answer"] == m.group(1) else cols[1]
+                    win = cols[0] if q["answer"] == names[0] else cols[1]
                     for i, l in enumerate(layers):
                         probs = model.language_model.model.layers[l].probs[b]
                         if i == 0:
