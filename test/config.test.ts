@@ -236,6 +236,6 @@ test('error: llava vision feature settings', () => {
 test('error: unreadable or non-object config', () => {
   const dir = tempDir('sparsevila-cfg-');
   assert.throws(() => loadConfig(dir), (e: unknown) =>
-    e instanceof ConfigError && e.message.startsWith(`${path.join(dir, 'config.json')}: cannot read config`));
+    e instanceof ConfigError && e.message.startsWith(`${path.join(dir, 'config.json')}: cannot open the model config: no such file`));
   rejects([1, 2], 'expected a JSON object, found an array');
 });

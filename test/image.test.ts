@@ -130,7 +130,7 @@ test('decodeImage: JPEG decodes close to the source, and EXIF orientation is not
 
 test('decodeImage: failures are ImageErrors naming the input', async () => {
   const missing = path.join(tempDir, 'no-such-image.png');
-  await rejectsWith(() => decodeImage(missing), missing, 'cannot read');
+  await rejectsWith(() => decodeImage(missing), missing, 'cannot open the image: no such file');
   const text = path.join(tempDir, 'notes.png');
   fs.writeFileSync(text, 'this is not an image\n');
   await rejectsWith(() => decodeImage(text), text, 'cannot decode');

@@ -416,7 +416,7 @@ test('sharded checkpoint error: malformed index', () => {
   fs.writeFileSync(index, JSON.stringify({ weight_map: { 'a.weight': '../elsewhere.safetensors' } }));
   throwsST(() => Checkpoint.open(dir), index, 'outside the checkpoint folder');
   fs.writeFileSync(index, '{"weight_map": ');
-  throwsST(() => Checkpoint.open(dir), index, 'cannot read index JSON');
+  throwsST(() => Checkpoint.open(dir), index, 'invalid JSON');
 });
 
 test('checkpoint error: nothing there', () => {

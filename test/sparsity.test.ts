@@ -72,7 +72,7 @@ describe('prefill pruning on llava-tiny', () => {
     assert.equal(half.stats.visualTokensIn, 64);
     assert.equal(half.stats.promptTokens, dense.stats.promptTokens - 32);
     assert.equal(half.ids.length, 8);
-    await assert.rejects(model.generate(req, { prefillSparsity: 1 }), /prefill sparsity 1 must be in \[0, 1\)/);
+    await assert.rejects(model.generate(req, { prefillSparsity: 1 }), /prefillSparsity must be a number in \[0, 1\), got 1/);
     await model.close();
   });
 });
@@ -147,7 +147,7 @@ describe('decode retrieval on llava-tiny', () => {
     assert.deepEqual(again.ids, dense.ids);
     const both = await model.generate(req, { maxNewTokens: 6, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 });
     assert.deepEqual([both.stats.imageTokens, both.stats.visualTokensRetrieved], [32, 8]);
-    await assert.rejects(model.generate(req, { decodeSparsity: 1 }), /decode sparsity 1 must be in \[0, 1\)/);
+    await assert.rejects(model.generate(req, { decodeSparsity: 1 }), /decodeSparsity must be a number in \[0, 1\), got 1/);
     await model.close();
   });
 });

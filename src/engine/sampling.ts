@@ -1,5 +1,6 @@
 // Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling with a
 // seeded generator (the same seed gives the same text).
+import { OptionError } from '../base/errors.js';
 
 export interface SamplingOptions {
   /** 0 (default) is greedy decoding; > 0 samples from softmax(logits / temperature). */
@@ -39,9 +40,10 @@ export class Sampler {
 
   constructor(opts: SamplingOptions = {}) {
     const t = opts.temperature ?? 0, k = opts.topK ?? 0, p = opts.topP ?? 1;
-    if (!(t >= 0) || !Number.isFinite(t)) throw new RangeError(`temperature must be a number >= 0, got ${opts.temperature}`);
-    if (!Number.isInteger(k) || k < 0) throw new RangeError(`topK must be an integer >= 0, got ${opts.topK}`);
-    if (!(p > 0 && p <= 1)) throw new RangeError(`topP must be in (0, 1], got ${opts.topP}`);
+    if (typeof t !== 'number' || !(t >= 0) || !Number.isFinite(t)) throw new OptionError(`temperature must be a number >= 0, got ${String(opts.temperature)}`);
+    if (!Number.isInteger(k) || k < 0) throw new OptionError(`topK must be an integer >= 0, got ${String(opts.topK)}`);
+    if (typeof p !== 'number' || !(p > 0 && p <= 1)) throw new OptionError(`topP must be in (0, 1], got ${String(opts.topP)}`);
+    if (opts.seed !== undefined && !Number.isSafeInteger(opts.seed)) throw new OptionError(`seed must be an integer, got ${String(opts.seed)}`);
     this.temperature = t;
     this.topK = k;
     this.topP = p;

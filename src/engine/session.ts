@@ -6,11 +6,13 @@ import { DecoderCache } from '../model/llama.js';
 import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
 import { PrefillReducer } from '../sparsity/method.js';
 import { PrunedCacheLayout } from '../sparsity/decode.js';
-import { GenerateOptions, GenerationError, GenerationResult, ImageInput, VisionLanguageModel, prefillReducerOf } from './vlm.js';
+import { GenerateOptions, GenerationResult, ImageInput, VisionLanguageModel, decodeMethodOf, prefillReducerOf } from './vlm.js';
+import { GenerationError, checkGenerateOptions, checkNoTypedPlaceholder } from './request.js';
 
 export interface SessionOptions {
   /**
-   * `chat`: the history accumulates, each question sees the earlier turns. `independent`: before
+   * `chat`: the history accumulates, each question sees the earlier turns (when it no longer fits
+   * the context window, the oldest turns after the images are dropped). `independent`: before
    * each question the cache is truncated back to the end of the visual context, so no earlier
    * answer leaks into a later one (each answer equals asking in a fresh session). Default `chat`.
    */
@@ -31,6 +33,7 @@ export class Session {
   private cache: DecoderCache | null;
   /** The tokens whose K/V the cache holds, in slot order. */
   private cached: number[] = [];
+  /** The conversation so far as text (user, assistant, ...); the images join the first user message when it is rendered. */
   private history: ChatMessage[] = [];
   /** End of the visual context: the slot after the last image token (0 before the first turn). */
   private visualEnd = 0;
@@ -39,6 +42,8 @@ export class Session {
    * questions continue that cache and see only the visual tokens it kept.
    */
   private layout: PrunedCacheLayout | null = null;
+  /** Questions run one at a time, in the order asked. */
+  private queue: Promise<unknown> = Promise.resolve();
   /** How many times the images were encoded (once per session). */
   encodes = 0;
   private closed = false;
@@ -46,6 +51,7 @@ export class Session {
   constructor(readonly model: VisionLanguageModel, readonly images: ImageInput[], opts: SessionOptions = {}) {
     this.mode = opts.mode ?? 'chat';
     if (this.mode !== 'chat' && this.mode !== 'independent') throw new GenerationError(`session mode ${String(this.mode)} is not chat or independent`);
+    if (!Array.isArray(images)) throw new GenerationError(`a session's images must be an array, got ${typeof images}`);
     this.prefillSparsity = opts.prefillSparsity ?? 0;
     this.reducer = prefillReducerOf(opts);
     if (images.length > 0 && !model.llava) throw new GenerationError(`${model.dir}: a ${model.config.modelType} model takes no images`);
@@ -56,20 +62,46 @@ export class Session {
   get cacheLength(): number { return this.cache?.length ?? 0; }
   /** The slot after the session's last image token. */
   get visualContextEnd(): number { return this.visualEnd; }
+  /** Turns (question and answer) the chat history holds now. */
+  get turns(): number { return this.history.length / 2; }
 
   /**
    * Asks a question and streams the answer (opts as for generate; prefillSparsity is the
    * session's). The first question encodes the images and prefills them with it; later ones reuse
-   * the cached prefix and prefill only what is new.
+   * the cached prefix and prefill only what is new. Questions asked before the last one is
+   * answered wait their turn. A refused question (too long, bad options) changes nothing.
    */
-  async ask(question: string, opts: GenerateOptions = {}): Promise<GenerationResult> {
+  ask(question: string, opts: GenerateOptions = {}): Promise<GenerationResult> {
+    const run = this.queue.then(() => this.askNow(question, opts));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The messages of a question with the history (chat mode, from turn `start` on); the images join the first user message. */
+  private messagesFor(user: ChatMessage, start: number): ChatMessage[] {
+    const messages = this.mode === 'chat' ? [...this.history.slice(start), user] : [user];
+    const images: ChatContentPart[] = this.images.map(() => ({ type: 'image' }));
+    const first = messages[0];
+    messages[0] = { role: first.role, content: [...images, ...(first.content as ChatContentPart[])] };
+    return messages;
+  }
+
+  private async askNow(question: string, opts: GenerateOptions): Promise<GenerationResult> {
     if (this.closed || !this.cache) throw new GenerationError('the session is closed');
+    if (typeof question !== 'string') throw new GenerationError(`a question must be a string, got ${typeof question}`);
     if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== this.prefillSparsity) {
       throw new GenerationError(`prefill sparsity is fixed for a session (${this.prefillSparsity}); got ${opts.prefillSparsity}`);
     }
+    checkGenerateOptions(opts);
+    decodeMethodOf({ ...opts, prefillSparsity: undefined });
     const m = this.model, t0 = performance.now();
+    const user: ChatMessage = { role: 'user', content: [{ type: 'text', text: question }] };
+    // The question is checked before the images are encoded (a typed placeholder, a template error).
+    if (m.imagePlaceholder !== null) checkNoTypedPlaceholder([user], m.imagePlaceholder, 'the question');
+    m.promptText({ images: this.images, messages: this.messagesFor(user, this.history.length) });
     const imageCached = this.features !== null;
     if (!this.features) {
+      if (opts.signal?.aborted) return m.abortedResult(t0);
       if (this.images.length) {
         const f = await m.imageFeatures(this.images, this.reducer);
         this.features = f.features;
@@ -80,32 +112,41 @@ export class Session {
       this.encodes++;
     }
     const t1 = performance.now();
-    const content: ChatContentPart[] = [{ type: 'text', text: question }];
-    const first = this.mode === 'independent' || this.history.length === 0;
-    if (first) content.unshift(...this.images.map(() => ({ type: 'image' as const })));
-    const user: ChatMessage = { role: 'user', content };
-    const messages = this.mode === 'chat' ? [...this.history, user] : [user];
-    const ids = m.promptIds({ images: this.images, messages }, this.features.map((f) => f.rows));
+    const counts = this.features.map((f) => f.rows);
+    // Chat mode: while the conversation and room for the answer do not fit the context window,
+    // drop the oldest turns after the images (they stay dropped).
+    const reserve = Math.min(opts.maxNewTokens ?? 256, Math.floor(m.contextWindow / 4));
+    let start = 0;
+    let ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
+    while (this.mode === 'chat' && ids.length + reserve > m.contextWindow && start < this.history.length) {
+      start += 2;
+      ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
+    }
     m.checkPromptLength(ids.length);
+    if (start > 0 && this.layout) {
+      throw new GenerationError(`the conversation no longer fits the context window of ${m.contextWindow} tokens, and this session's cache was pruned by its first question (FastV / PyramidDrop), so its oldest turns cannot be dropped: start a new session`);
+    }
     // Reuse the longest cached prefix; independent questions never reuse past the visual context.
     let common = 0;
     while (common < this.cached.length && common < ids.length && this.cached[common] === ids[common]) common++;
     if (this.mode === 'independent' && this.visualEnd > 0) common = Math.min(common, this.visualEnd);
     common = Math.min(common, ids.length - 1);
     if (m.llava && this.images.length) {
-      const imageId = m.llava.config.imageTokenIndex;
-      const last = ids.lastIndexOf(imageId);
+      const last = ids.lastIndexOf(m.llava.config.imageTokenIndex);
       if (last < 0) throw new GenerationError('the rendered prompt has no image tokens');
-      if (this.visualEnd > 0 && last + 1 !== this.visualEnd) throw new GenerationError('internal: the images moved in the rendered prompt');
       this.visualEnd = last + 1;
     }
     if (opts.decode?.prunesCache && !this.layout && common > 0) {
       throw new GenerationError(`${opts.decode.name} drops tokens inside the prefill: it must prune the session's first question, not a later one`);
     }
+    if (this.layout && common < this.layout.end) {
+      throw new GenerationError(`this question changes the conversation before the end of the first question, which FastV / PyramidDrop pruned for good: start a new session`);
+    }
+    if (start > 0) this.history = this.history.slice(start);
     m.decoder.truncateCache(this.cache, common);
     this.cached = this.cached.slice(0, common); // stays true if the turn fails
-    const r = m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
-      visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached,
+    const r = await m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
+      visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached, historyTurnsDropped: start / 2,
       layout: this.layout ?? undefined, onLayout: (l) => { this.layout = l; } });
     this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
     if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });

@@ -1,23 +1,31 @@
 // Loading a model folder and generating text from images and a prompt: the library's main entry.
-import { existsSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { KernelBackend, Matrix } from '../kernels/backend.js';
-import { WasmBackend, WasmBackendOptions } from '../kernels/wasm-backend.js';
+import { WasmBackend, WasmBackendOptions, checkThreads } from '../kernels/wasm-backend.js';
 import { Checkpoint } from '../formats/safetensors.js';
-import { LlamaLikeConfig, LlavaConfig, ModelConfig, loadConfig } from '../formats/config.js';
+import { LlamaLikeConfig, ModelConfig } from '../formats/config.js';
 import { LlavaModel } from '../model/llava.js';
 import { DecoderCache, LlamaDecoder } from '../model/llama.js';
 import { WeightLoader } from '../model/weights.js';
 import { Workspace } from '../model/workspace.js';
-import { ClipImageProcessorConfig, RgbImage, clipPreprocess, decodeImage, loadClipImageProcessorConfig } from '../io/image.js';
+import { ClipImageProcessorConfig, ImageError, ImageLimits, RgbImage, checkImageLimits, clipPreprocess, decodeImage } from '../io/image.js';
 import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
-import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
+import { ChatMessage, ChatTemplate } from '../io/chat-template.js';
 import { expandImageTokens } from '../io/prompt.js';
 import { PrefillReducer, densePrefill, sparseVilaDecode, sparseVilaPrefill } from '../sparsity/method.js';
 import { DecodeMethod, DecodeSelector, PrunedCacheLayout } from '../sparsity/decode.js';
+import { LimitError } from '../base/errors.js';
+import { Problems } from '../base/problems.js';
+import { yieldToEventLoop } from '../runtime/platform.js';
 import { Session, SessionOptions } from './session.js';
 import { writeHeatmap } from '../io/heatmap.js';
 import { Sampler, SamplingOptions } from './sampling.js';
+import { completeFiles, imageTokenString, readModelFiles, textConfigOf } from './model-folder.js';
+import { loadWeights } from './weights-of.js';
+import { GenerationError, checkGenerateOptions, checkInputIds, checkMessages, checkNoTypedPlaceholder, normaliseContent } from './request.js';
+
+export { GenerationError } from './request.js';
 
 export type ImageInput = string | Uint8Array | RgbImage;
 
@@ -28,6 +36,14 @@ export interface LoadOptions extends WasmBackendOptions {
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   /** Weight bytes per memory place before layers continue in a new one (see PlacementOptions). */
   placeBudgetBytes?: number;
+  /**
+   * Said once each, as found: what the engine does in place of what the folder lacks (no chat
+   * template: the plain prompt layout; no EOS token; threads capped to the cores). Default:
+   * `process.emitWarning` (Node) or `console.warn`. The model keeps them in `warnings`.
+   */
+  onWarning?: (message: string) => void;
+  /** Bounds on the images this model is given, checked before decoding (see ImageLimits). */
+  imageLimits?: Partial<ImageLimits>;
 }
 
 export interface GenerateRequest {
@@ -69,6 +85,13 @@ export interface GenerateOptions extends SamplingOptions {
   reretrieveEvery?: number;
   /** A decode stage other than SparseVILA's (e.g. questDecode({ budget: 256 })); not with decodeSparsity. */
   decode?: DecodeMethod;
+  /**
+   * Stops the answer when aborted: checked before the images are encoded, before the prefill and
+   * between generated tokens (the call yields to the event loop after each token, so a signal
+   * raised by a timer, a Ctrl-C handler or a closed connection is seen). The result then holds
+   * what was generated, with finishReason 'abort'.
+   */
+  signal?: AbortSignal;
 }
 
 export interface GenerationStats {
@@ -98,9 +121,18 @@ export interface GenerationStats {
   decodeTokensPerSecond: number;
   /** Peak resident memory of the process (Node), or the backend's memory elsewhere. */
   peakMemoryBytes: number;
+  /**
+   * Sessions in chat mode: the oldest turns dropped before this question so that the conversation
+   * (and room for the answer) fits the context window; they stay dropped. 0 elsewhere.
+   */
+  historyTurnsDropped: number;
 }
 
-export type FinishReason = 'eos' | 'stop' | 'length' | 'context';
+/**
+ * Why generation ended: an end-of-sequence token, a stop string, maxNewTokens, the context window
+ * (the prompt and answer filled it), or the caller's AbortSignal.
+ */
+export type FinishReason = 'eos' | 'stop' | 'length' | 'context' | 'abort';
 
 export interface GenerationResult {
   ids: number[];
@@ -116,8 +148,6 @@ export interface GenerationResult {
    */
   visual?: { kept: number[][]; retrieved: number[][][] | null };
 }
-
-export class GenerationError extends Error {}
 
 /** Per image and layer, the feature rows a decode selection attends to (union over KV heads). */
 function retrievedRows(visualSlots: number[], kept: Int32Array[], features: Matrix[], keptRows: number[][]): number[][][] {
@@ -160,16 +190,28 @@ function spread(v: number[]): { min: number; mean: number; max: number } {
 
 function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
   const p = opts.prefillSparsity ?? 0, d = opts.decodeSparsity ?? 0;
-  if (!(p >= 0 && p < 1)) throw new GenerationError(`prefill sparsity ${p} must be in [0, 1)`);
-  if (!(d >= 0 && d < 1)) throw new GenerationError(`decode sparsity ${d} must be in [0, 1)`);
+  if (typeof p !== 'number' || !(p >= 0 && p < 1)) throw new GenerationError(`prefillSparsity must be a number in [0, 1), got ${String(p)}`);
+  if (typeof d !== 'number' || !(d >= 0 && d < 1)) throw new GenerationError(`decodeSparsity must be a number in [0, 1), got ${String(d)}`);
   return { p, d };
+}
+
+
+/** Where the engine's warnings go when the caller gives no onWarning. */
+function defaultWarning(message: string): void {
+  if (typeof process !== 'undefined' && typeof process.emitWarning === 'function') process.emitWarning(message, { type: 'SparsevilaWarning' });
+  else console.warn(`sparsevila: ${message}`);
+}
+
+/** Refuses weights larger than the machine's memory before reading any of them. */
+function checkMachineMemory(bytes: number, dir: string): void {
+  const total = os.totalmem();
+  if (bytes > total) {
+    throw new LimitError(`${dir}: the weights take ${(bytes / 2 ** 30).toFixed(1)} GiB but this machine has ${(total / 2 ** 30).toFixed(1)} GiB of memory`);
+  }
 }
 
 export class VisionLanguageModel {
   private readonly ws: Workspace;
-  private imageMatrices: Matrix[] = [];
-  /** Rows of the selected features each image of imageMatrices kept. */
-  private imageKept: number[][] = [];
 
   private constructor(
     readonly dir: string,
@@ -183,127 +225,176 @@ export class VisionLanguageModel {
     readonly imageProcessor: ClipImageProcessorConfig | null,
     private readonly generationEos: number[],
     readonly weightBytes: number,
+    /** What the engine said while loading (see LoadOptions.onWarning). */
+    readonly warnings: readonly string[],
+    readonly imageLimits: ImageLimits,
+    /** The image placeholder text of a VLM's prompts (e.g. "<image>"). */
+    private readonly imageToken: string | null,
   ) {
     this.ws = new Workspace(backend, decoder.place);
   }
 
-  /** Loads a Hugging Face model folder: llava (CLIP + projector + Llama/Qwen2), llama or qwen2. */
+  /**
+   * Loads a Hugging Face model folder: llava (CLIP + projector + Llama/Qwen2), llama or qwen2.
+   * Every file is checked first (config, tokenizer, chat template rendered on a sample,
+   * preprocessor and generation configs), then every tensor against the config in both
+   * directions: a problem is an InputError naming the file, field or tensor.
+   */
   static async load(dir: string, opts: LoadOptions = {}): Promise<VisionLanguageModel> {
-    const config = loadConfig(dir);
-    if (config.modelType === 'clip_vision_model') {
-      throw new GenerationError(`${dir}: a clip_vision_model is a vision encoder alone; load a llava checkpoint that contains it`);
-    }
+    const problems = new Problems(false, opts.onWarning ?? defaultWarning);
+    const imageLimits = checkImageLimits(opts.imageLimits);
+    const files = completeFiles(readModelFiles(dir, problems, imageLimits));
     const ck = Checkpoint.open(dir);
-    const backend = opts.backend ?? await WasmBackend.create(opts);
     try {
-      const loader = new WeightLoader(backend, ck, dir);
-      const total = ck.names().reduce((a, n) => a + ck.info(n).byteLength, 0);
-      if (opts.onProgress) loader.onProgress = (b) => opts.onProgress!(Math.min(b, total), total);
-      const placement = { placeBudgetBytes: opts.placeBudgetBytes };
-      let decoder: LlamaDecoder, llava: LlavaModel | null = null, imageProcessor: ClipImageProcessorConfig | null = null;
-      if (config.modelType === 'llava') {
-        llava = await LlavaModel.load(loader, config, placement);
-        decoder = llava.language;
-        imageProcessor = loadClipImageProcessorConfig(dir);
-        const px = config.vision.imageSize;
-        if (imageProcessor.cropSize && (imageProcessor.cropSize.height !== px || imageProcessor.cropSize.width !== px)) {
-          throw new GenerationError(`${path.join(dir, 'preprocessor_config.json')}: crop_size ${imageProcessor.cropSize.width}x${imageProcessor.cropSize.height} differs from the vision tower's image_size ${px}`);
-        }
-      } else {
-        const lmHead = loader.has('lm_head.weight') ? 'lm_head.weight' : null;
-        decoder = await LlamaDecoder.load(loader, config, { prefix: 'model.', lmHead }, placement);
+      const names = ck.names();
+      const total = names.reduce((a, n) => a + ck.info(n).byteLength, 0);
+      checkMachineMemory(total, dir);
+      if (!opts.backend && opts.threads !== undefined) {
+        const threads = checkThreads(opts.threads);
+        if (threads < opts.threads) problems.warn(`threads ${opts.threads} is more than this machine's ${threads} cores: using ${threads} (more threads than cores only wait for each other)`);
       }
-      const tokenizer = existsSync(path.join(dir, 'tokenizer.json')) ? TextTokenizer.fromDir(dir, { readGenerationConfig: false }) : null; // generation_config.json is read below
-      let template: ChatTemplate | null = null;
-      try { template = ChatTemplate.fromDir(dir); } catch (e) { if (!(e instanceof ChatTemplateError)) throw e; }
-      const text = config.modelType === 'llava' ? config.text : config;
-      return new VisionLanguageModel(dir, backend, !opts.backend, config, decoder, llava, tokenizer, template, imageProcessor,
-        mergeEosTokenIds(text.eosTokenId, readGenerationEos(dir)), loader.loadedBytes);
-    } catch (e) {
-      if (!opts.backend) await backend.close();
-      throw e;
+      const backend = opts.backend ?? await WasmBackend.create(opts);
+      try {
+        const loader = new WeightLoader(backend, ck, dir);
+        if (opts.onProgress) loader.onProgress = (b) => opts.onProgress!(Math.min(b, total), total);
+        const { decoder, llava } = await loadWeights(loader, files.config, names, { placeBudgetBytes: opts.placeBudgetBytes });
+        const text = textConfigOf(files.config)!;
+        return new VisionLanguageModel(dir, backend, !opts.backend, files.config, decoder, llava, files.tokenizer, files.template, files.imageProcessor,
+          mergeEosTokenIds(text.eosTokenId, files.generationEos), loader.loadedBytes, problems.warnings, imageLimits,
+          files.tokenizer ? imageTokenString(files.config, files.tokenizer, dir) : null);
+      } catch (e) {
+        if (!opts.backend) await backend.close();
+        throw e;
+      }
     } finally {
       ck.close();
     }
   }
 
   private get text(): LlamaLikeConfig {
-    return this.config.modelType === 'llava' ? (this.config as LlavaConfig).text : this.config as LlamaLikeConfig;
+    return textConfigOf(this.config)!;
   }
 
   /** Tokens of context the model supports (max_position_embeddings). */
   get contextWindow(): number { return this.text.maxPositionEmbeddings; }
 
+  /** The messages of a request, checked (see GenerateRequest). */
+  private messagesOf(req: GenerateRequest): { messages: ChatMessage[]; fromPrompt: boolean } {
+    const nImages = req.images?.length ?? 0;
+    if (req.messages !== undefined) {
+      if (req.prompt !== undefined) throw new GenerationError('give a prompt or messages, not both');
+      const parts = checkMessages(req.messages);
+      if (parts !== nImages) {
+        throw new GenerationError(`messages hold ${parts} image part${parts === 1 ? '' : 's'} ({ type: 'image' }) but ${nImages} image${nImages === 1 ? ' was' : 's were'} given: each image part stands for the next image, in order`);
+      }
+      return { messages: req.messages, fromPrompt: false };
+    }
+    if (req.prompt === undefined) throw new GenerationError('a request needs a prompt, messages or inputIds');
+    if (typeof req.prompt !== 'string') throw new GenerationError(`prompt must be a string, got ${typeof req.prompt}`);
+    return { messages: [{ role: 'user', content: [...Array.from({ length: nImages }, () => ({ type: 'image' as const })), { type: 'text' as const, text: req.prompt }] }], fromPrompt: true };
+  }
+
   /** The prompt text for a request (chat template, or a plain layout when the model has none). */
   promptText(req: GenerateRequest): string {
-    const nImages = req.images?.length ?? 0;
-    let messages = req.messages;
-    if (!messages) {
-      if (req.prompt === undefined) throw new GenerationError('a request needs a prompt, messages or inputIds');
-      messages = [{ role: 'user', content: [...Array.from({ length: nImages }, () => ({ type: 'image' as const })), { type: 'text' as const, text: req.prompt }] }];
-    }
+    const { messages: raw, fromPrompt } = this.messagesOf(req);
+    const vision = this.llava !== null;
+    if (vision) checkNoTypedPlaceholder(raw, this.imageTokenString(), fromPrompt ? 'the prompt' : undefined);
+    else if ((req.images?.length ?? 0) > 0) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+    const messages = normaliseContent(raw, vision);
     if (this.template) return this.template.render(messages, { addGenerationPrompt: true });
-    // No chat template: placeholders, then the text of each message.
-    const imageToken = this.imageTokenString();
+    // No chat template (said once at load): placeholders, then the text of each message.
+    const imageToken = vision ? this.imageTokenString() : '';
     return messages.map((m) => typeof m.content === 'string' ? m.content
       : m.content.map((p) => p.type === 'image' ? `${imageToken}\n` : p.text).join('')).join('\n');
   }
 
+  /** A VLM's image placeholder text (e.g. "<image>"); null for a text model or without a tokenizer. */
+  get imagePlaceholder(): string | null { return this.imageToken; }
+
   private imageTokenString(): string {
-    if (!this.llava) return '<image>';
-    const t = this.tokenizer?.idToToken(this.llava.config.imageTokenIndex);
-    if (t === undefined) throw new GenerationError(`${this.dir}: the tokenizer has no token for image_token_index ${this.llava.config.imageTokenIndex}`);
-    return t;
+    if (this.imageToken === null) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
+    return this.imageToken;
   }
 
   /** Token ids of a request, image placeholders expanded to one id per image feature row. */
   promptIds(req: GenerateRequest, perImage: number | readonly number[] = this.llava?.imageTokens ?? 0): number[] {
-    if (req.inputIds) return req.inputIds;
-    if (!this.tokenizer) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
-    let text = this.promptText(req);
     const n = req.images?.length ?? 0;
-    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), typeof perImage === 'number' ? new Array<number>(n).fill(perImage) : perImage);
-    else if (n > 0) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
-    return this.tokenizer.encode(text);
+    const counts = typeof perImage === 'number' ? new Array<number>(n).fill(perImage) : perImage;
+    if (req.inputIds !== undefined) {
+      if (req.prompt !== undefined || req.messages !== undefined) throw new GenerationError('give inputIds alone, without a prompt or messages');
+      if (n > 0 && !this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+      const image = this.llava ? { id: this.llava.config.imageTokenIndex, rows: counts.reduce((a, b) => a + b, 0) } : null;
+      return checkInputIds(req.inputIds, this.text.vocabSize, image);
+    }
+    return this.idsOfText(this.promptText(req), counts);
+  }
+
+  /** The ids of a rendered prompt, each image placeholder expanded to its count of visual tokens. */
+  private idsOfText(text: string, counts: readonly number[]): number[] {
+    if (!this.tokenizer) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
+    if (this.llava) text = expandImageTokens(text, this.imageTokenString(), counts);
+    const ids = this.tokenizer.encode(text);
+    const vocab = this.text.vocabSize, imageId = this.llava?.config.imageTokenIndex;
+    for (const t of ids) {
+      if (t >= vocab && t !== imageId) {
+        throw new GenerationError(`the prompt encodes to token id ${t} (${JSON.stringify(this.tokenizer.idToToken(t))}), outside the model's vocabulary of ${vocab} (vocab_size in ${path.join(this.dir, 'config.json')})`);
+      }
+    }
+    return ids;
   }
 
   /** Preprocesses an image as the checkpoint's image processor does: pixel values [3][H][W]. */
   async pixelValues(image: ImageInput): Promise<Float32Array> {
     if (!this.imageProcessor) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
-    const rgb = typeof image === 'string' || image instanceof Uint8Array ? await decodeImage(image) : image;
-    return clipPreprocess(rgb, this.imageProcessor).data;
-  }
-
-  /** Projected features of each image, kept until the next call. */
-  private encodeImages(pixels: Float32Array[], reducer: PrefillReducer): Matrix[] {
-    const llava = this.llava!;
-    for (const m of this.imageMatrices) this.backend.free(m);
-    this.imageKept = [];
-    this.imageMatrices = pixels.map((px) => {
-      const r = reducer.reduce(llava, px);
-      this.imageKept.push(r.kept);
-      const f = r.features;
-      const keep = this.backend.matrix(f.rows, f.cols, f.place);
-      this.backend.copy(keep, f);
-      return keep;
-    });
-    return this.imageMatrices;
+    let rgb: RgbImage;
+    if (typeof image === 'string' || image instanceof Uint8Array) {
+      rgb = await decodeImage(image, undefined, this.imageLimits);
+    } else if (image && typeof image === 'object' && 'data' in image) {
+      rgb = image;
+      if (rgb.width * rgb.height > this.imageLimits.maxPixels) {
+        throw new ImageError(`an RgbImage of ${rgb.width}×${rgb.height} is more than the ${(this.imageLimits.maxPixels / 1e6).toFixed(1)} megapixels allowed (the image limit maxPixels)`);
+      }
+    } else {
+      throw new GenerationError(`an image must be a file path, encoded bytes (Uint8Array) or an RgbImage, got ${image === null ? 'null' : typeof image}`);
+    }
+    return clipPreprocess(rgb, this.imageProcessor, this.imageLimits.maxPixels).data;
   }
 
   async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {
     const t0 = now();
+    checkGenerateOptions(opts);
     const reducer = prefillReducerOf(opts);
-    const pixels = await Promise.all((req.images ?? []).map((im) => this.pixelValues(im)));
-    const features = this.llava ? this.encodeImages(pixels, reducer) : [];
-    const ids = this.promptIds(req, features.map((f) => f.rows));
-    this.checkPromptLength(ids.length);
-    const t1 = now();
+    decodeMethodOf(opts); // checked before any work
+    const images = req.images ?? [];
+    if (!Array.isArray(images)) throw new GenerationError(`images must be an array, got ${typeof images}`);
+    // The prompt is checked (and rendered) before the images are encoded; the counts come after.
+    if (req.inputIds === undefined) this.promptText(req);
+    else if (images.length > 0 && !this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+    if (opts.signal?.aborted) return this.abortedResult(t0);
+    const { features, kept } = images.length && this.llava ? await this.imageFeatures(images, reducer) : { features: [] as Matrix[], kept: [] as number[][] };
     const cache = this.decoder.newCache();
     try {
-      return this.runTurn({ ids, features, keptRows: this.imageKept, cache, slot0: 0, opts, t0, t1, visualIn: this.llava ? this.llava.imageTokens * features.length : 0, imageCached: false });
+      const ids = this.promptIds(req, features.map((f) => f.rows));
+      this.checkPromptLength(ids.length);
+      const t1 = now();
+      return await this.runTurn({ ids, features, keptRows: kept, cache, slot0: 0, opts, t0, t1, visualIn: this.llava ? this.llava.imageTokens * features.length : 0, imageCached: false });
     } finally {
       this.decoder.freeCache(cache);
+      for (const f of features) this.backend.free(f);
     }
+  }
+
+  /** @internal The result of a call aborted before it generated anything (nothing was changed). */
+  abortedResult(t0: number): GenerationResult {
+    const ms = now() - t0;
+    return {
+      ids: [], text: '', finishReason: 'abort',
+      stats: {
+        promptTokens: 0, prefilledTokens: 0, imageTokens: 0, visualTokensIn: 0, visualTokensRetrieved: 0, visualTokensPerLayer: { min: 0, mean: 0, max: 0 },
+        imageCached: false, kvBytesPerStep: 0, imageMs: ms, prefillMs: 0, prefillTokensPerSecond: 0, newTokens: 0, decodeMs: 0, decodeTokensPerSecond: 0,
+        peakMemoryBytes: peakMemory(this.backend), historyTurnsDropped: 0,
+      },
+    };
   }
 
   /**
@@ -347,16 +438,21 @@ export class VisionLanguageModel {
    * ids[slot0, S) (with SparseVILA's decode retrieval scoring when opts.decodeSparsity > 0), then
    * decodes. `features` are the images' projected rows for the placeholders of `ids`.
    */
-  runTurn(a: {
+  async runTurn(a: {
     ids: number[]; features: Matrix[]; keptRows: number[][]; cache: DecoderCache; slot0: number; opts: GenerateOptions; t0: number; t1: number; visualIn: number; imageCached: boolean;
     /** The cache's layout when an earlier turn pruned it for good (FastV, PyramidDrop), and a callback for the one this turn leaves. */
     layout?: PrunedCacheLayout; onLayout?: (l: PrunedCacheLayout) => void;
-  }): GenerationResult {
+    /** Sessions: turns dropped from the history before this one (for the stats). */
+    historyTurnsDropped?: number;
+  }): Promise<GenerationResult> {
     const { ids, features, cache, slot0, opts } = a;
     const S = ids.length;
     this.checkPromptLength(S);
-    if (slot0 < 0 || slot0 >= S || cache.length !== slot0) throw new GenerationError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
-    if (a.layout && slot0 < a.layout.end) throw new GenerationError(`internal: a turn from slot ${slot0} cannot continue a cache pruned up to slot ${a.layout.end}`);
+    if (slot0 < 0 || slot0 >= S || cache.length !== slot0) throw new RangeError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
+    if (a.layout && slot0 < a.layout.end) throw new RangeError(`internal: a turn from slot ${slot0} cannot continue a cache pruned up to slot ${a.layout.end}`);
+    if (opts.signal?.aborted) return this.abortedResult(a.t0);
+    // The answer has at most what the context window leaves after the prompt.
+    const maxNew = Math.min(opts.maxNewTokens ?? 256, this.contextWindow - S);
     const x = this.ws.matrix('prompt', S, this.text.hiddenSize);
     if (this.llava) this.llava.embedPrompt(x, ids, features);
     else this.decoder.embed(x, ids);
@@ -367,13 +463,14 @@ export class VisionLanguageModel {
       const visual = imageId === undefined ? [] : ids.flatMap((t, i) => (t === imageId ? [i] : []));
       // The question: the turn's new rows after the last image (the last row if none).
       const q0 = Math.min(Math.max(slot0, visual.length ? visual[visual.length - 1] + 1 : 0), S - 1);
-      selector = method?.create({ decoder: this.decoder, visualSlots: visual, questionSlot0: q0, promptLength: S, maxSteps: opts.maxNewTokens ?? 256, layout: a.layout }) ?? null;
+      selector = method?.create({ decoder: this.decoder, visualSlots: visual, questionSlot0: q0, promptLength: S, maxSteps: maxNew, layout: a.layout }) ?? null;
       if (a.layout && !selector?.layout) {
         throw new GenerationError(`this session's cache was pruned inside the first question's prefill (FastV / PyramidDrop): every later question must use such a method too (got ${method?.name ?? 'dense'})`);
       }
       const imageTokens = features.reduce((n, f) => n + f.rows, 0);
-      const r = this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, a.t0, a.t1, imageTokens, a.visualIn, selector);
+      const r = await this.decodeLoop(x.view(slot0, S - slot0), ids, slot0, cache, opts, maxNew, a.t0, a.t1, imageTokens, a.visualIn, selector);
       r.stats.imageCached = a.imageCached;
+      r.stats.historyTurnsDropped = a.historyTurnsDropped ?? 0;
       if (selector?.layout) a.onLayout?.(selector.layout);
       const kept = selector?.keptVisual;
       if (kept) this.lastRetrieved = kept.map((k) => k.slice());
@@ -401,20 +498,25 @@ export class VisionLanguageModel {
     if (!this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
     const pixels = await Promise.all(images.map((im) => this.pixelValues(im)));
     const kept: number[][] = [];
-    const features = pixels.map((px) => {
-      const r = reducer.reduce(this.llava!, px);
-      kept.push(r.kept);
-      const own = this.backend.matrix(r.features.rows, r.features.cols, r.features.place);
-      this.backend.copy(own, r.features);
-      return own;
-    });
+    const features: Matrix[] = [];
+    try {
+      for (const px of pixels) {
+        const r = reducer.reduce(this.llava, px);
+        kept.push(r.kept);
+        const own = this.backend.matrix(r.features.rows, r.features.cols, r.features.place);
+        features.push(own);
+        this.backend.copy(own, r.features);
+      }
+    } catch (e) {
+      for (const f of features) this.backend.free(f);
+      throw e;
+    }
     return { features, kept };
   }
 
-  private decodeLoop(x: Matrix, ids: number[], slot0: number, cache: DecoderCache, opts: GenerateOptions, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
-    selector: DecodeSelector | null): GenerationResult {
-    const S = ids.length, maxNew = opts.maxNewTokens ?? 256;
-    if (!Number.isInteger(maxNew) || maxNew < 0) throw new RangeError(`maxNewTokens must be an integer >= 0, got ${opts.maxNewTokens}`);
+  private async decodeLoop(x: Matrix, ids: number[], slot0: number, cache: DecoderCache, opts: GenerateOptions, maxNew: number, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
+    selector: DecodeSelector | null): Promise<GenerationResult> {
+    const S = ids.length;
     const sampler = new Sampler(opts);
     const eos = new Set(opts.eosTokenIds ?? [...(this.tokenizer?.eosTokenIds ?? []), ...this.generationEos]);
     const stops = (opts.stop ?? []).filter((s) => s.length > 0);
@@ -427,7 +529,11 @@ export class VisionLanguageModel {
     const y = this.ws.matrix('step', 1, this.text.hiddenSize);
     let decodeMs = 0, decodeSteps = 0;
     while (out.length < maxNew) {
+      // The logits are the decoder's shared buffer: sample before yielding to anyone else.
       const tok = sampler.sample(logits);
+      if (!Number.isFinite(logits[tok])) {
+        throw new GenerationError(`the model's logits are not finite (${logits[tok]}): the weights in ${this.dir} hold NaN or infinite values, or overflow in their dtype`);
+      }
       if (eos.has(tok)) { finish = 'eos'; break; }
       out.push(tok);
       if (stream) text += stream.push(tok);
@@ -447,6 +553,9 @@ export class VisionLanguageModel {
       if (finish === 'stop') break;
       if (S + out.length >= this.contextWindow) { finish = 'context'; break; }
       if (out.length >= maxNew) break;
+      // Let timers, I/O and aborts run between tokens (a long answer stays interruptible).
+      await yieldToEventLoop();
+      if (opts.signal?.aborted) { finish = 'abort'; break; }
       const ts = now();
       this.decoder.embed(y, [tok]);
       const pos = S + out.length - 1;
@@ -478,6 +587,7 @@ export class VisionLanguageModel {
         decodeMs,
         decodeTokensPerSecond: decodeSteps > 0 && decodeMs > 0 ? decodeSteps / (decodeMs / 1000) : 0,
         peakMemoryBytes: peakMemory(this.backend),
+        historyTurnsDropped: 0,
       },
     };
   }
@@ -514,14 +624,4 @@ function peakMemory(backend: KernelBackend): number {
   let b = 0;
   for (let p = 0; p < backend.places; p++) b += backend.placeUsage(p);
   return b;
-}
-
-function readGenerationEos(dir: string): number | number[] | undefined {
-  const f = path.join(dir, 'generation_config.json');
-  if (!existsSync(f)) return undefined;
-  try {
-    return (JSON.parse(readFileSync(f, 'utf8')) as { eos_token_id?: number | number[] }).eos_token_id;
-  } catch (e) {
-    throw new GenerationError(`${f}: cannot read: ${(e as Error).message}`);
-  }
 }

@@ -6,16 +6,12 @@
  * that define a model's shape (hidden size, layer count, vocabulary, …) are required. Every problem is a
  * {@link ConfigError} naming the file, the JSON path of the field, and what was expected.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { InputError } from '../base/errors.js';
+import { isFolder, pathExists, readJsonFile } from '../base/files.js';
 
 /** A missing, ill-typed, inconsistent or unsupported setting in a model config. */
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+export class ConfigError extends InputError {}
 
 /** Llama-family decoder-only language model (`llama`, `qwen2`). */
 export interface LlamaLikeConfig {
@@ -104,6 +100,9 @@ const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'siglip_vision_model', 'i
 
 type JsonObject = Record<string, unknown>;
 
+/** The `hidden_act` / `projector_hidden_act` names of transformers' ACT2FN that the engine runs. */
+export const HF_ACTIVATIONS: readonly string[] = ['silu', 'swish', 'gelu', 'gelu_pytorch_tanh', 'gelu_new', 'gelu_fast', 'quick_gelu'];
+
 function isObject(v: unknown): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -188,6 +187,13 @@ class Fields {
 
   stringOr(key: string, dflt: string): string {
     return this.optString(key) ?? dflt;
+  }
+
+  /** An activation name transformers knows and the engine runs (HF_ACTIVATIONS), `dflt` when absent. */
+  activation(key: string, dflt: string): string {
+    const v = this.stringOr(key, dflt);
+    if (!HF_ACTIVATIONS.includes(v)) throw this.error(key, `activation "${v}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
+    return v;
   }
 
   /** An object, or `undefined` when absent. */
@@ -293,7 +299,7 @@ function parseLlamaLike(f: Fields, type: 'llama' | 'qwen2', inheritedDtype: stri
     tieWordEmbeddings: f.boolOr('tie_word_embeddings', false),
     attentionBias: isQwen ? { qkv: true, o: false } : { qkv: attentionBias, o: attentionBias },
     mlpBias: isQwen ? false : f.boolOr('mlp_bias', false),
-    hiddenAct: f.stringOr('hidden_act', 'silu'),
+    hiddenAct: f.activation('hidden_act', 'silu'),
     bosTokenId,
     eosTokenId,
     torchDtype: f.dtype() ?? inheritedDtype,
@@ -321,17 +327,19 @@ function parseClipVision(f: Fields, inheritedDtype: string | undefined): ClipVis
   if (hiddenSize % numAttentionHeads !== 0) {
     throw f.error('hidden_size', `${hiddenSize} is not divisible by ${f.path('num_attention_heads')} (${numAttentionHeads})`);
   }
+  const imageSize = f.size('image_size'), patchSize = f.size('patch_size');
+  if (imageSize % patchSize !== 0) throw f.error('image_size', `${imageSize} is not a multiple of ${f.path('patch_size')} (${patchSize})`);
   return {
     modelType: 'clip_vision_model',
     hiddenSize,
     intermediateSize: f.size('intermediate_size'),
     numHiddenLayers: f.size('num_hidden_layers'),
     numAttentionHeads,
-    imageSize: f.size('image_size'),
-    patchSize: f.size('patch_size'),
+    imageSize,
+    patchSize,
     numChannels: f.sizeOr('num_channels', 3),
     layerNormEps: f.positiveOr('layer_norm_eps', 1e-5),
-    hiddenAct: f.stringOr('hidden_act', 'quick_gelu'),
+    hiddenAct: f.activation('hidden_act', 'quick_gelu'),
     projectionDim: f.optInt('projection_dim', 1),
     torchDtype: f.dtype() ?? inheritedDtype,
   };
@@ -380,7 +388,7 @@ function parseLlava(f: Fields): LlavaConfig {
     vision,
     text,
     imageTokenIndex: f.optInt(imageTokenKey, 0) ?? 32000,
-    projectorHiddenAct: f.stringOr('projector_hidden_act', 'gelu'),
+    projectorHiddenAct: f.activation('projector_hidden_act', 'gelu'),
     visionFeatureLayer: featureLayer.raw,
     visionFeatureHiddenStateIndices: featureLayer.indices,
     visionFeatureSelectStrategy: strategy,
@@ -410,12 +418,7 @@ export function parseConfig(json: unknown, source: string): ModelConfig {
 
 /** Reads and parses `dir/config.json`; see {@link parseConfig}. */
 export function loadConfig(dir: string): ModelConfig {
+  if (!isFolder(dir)) throw new ConfigError(`${dir}: ${pathExists(dir) ? 'is not a folder' : 'no such folder'} (a model folder holds config.json and the weights)`);
   const file = path.join(dir, 'config.json');
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new ConfigError(`${file}: cannot read config: ${(e as Error).message}`);
-  }
-  return parseConfig(json, file);
+  return parseConfig(readJsonFile(file, { what: 'model config', error: ConfigError }), file);
 }

@@ -12,6 +12,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { InputError } from '../base/errors.js';
+import { openRegularFile, readJsonFile } from '../base/files.js';
 
 /** The element types of the safetensors format that this reader knows. */
 export type DType =
@@ -34,7 +36,7 @@ export function isDType(s: string): s is DType {
 }
 
 /** Any problem with a safetensors file, a sharded checkpoint index, or a tensor lookup. */
-export class SafetensorsError extends Error {
+export class SafetensorsError extends InputError {
   /** The file (or checkpoint folder) the problem is in. */
   readonly file: string;
   /** The tensor concerned, when there is one. */
@@ -42,7 +44,6 @@ export class SafetensorsError extends Error {
 
   constructor(file: string, message: string, tensor?: string) {
     super(tensor === undefined ? `${file}: ${message}` : `${file}: tensor "${tensor}": ${message}`);
-    this.name = 'SafetensorsError';
     this.file = file;
     this.tensor = tensor;
   }
@@ -148,9 +149,9 @@ export class SafetensorsFile implements TensorSource {
   static open(filePath: string): SafetensorsFile {
     let fd: number;
     try {
-      fd = fs.openSync(filePath, 'r');
+      fd = openRegularFile(filePath, 'safetensors file').fd;
     } catch (e) {
-      throw new SafetensorsError(filePath, `cannot open: ${(e as Error).message}`);
+      throw new SafetensorsError(filePath, (e as Error).message.replace(`${filePath}: `, ''));
     }
     try {
       const { dataOffset, metadata, tensors } = parseHeader(fd, filePath);
@@ -364,9 +365,9 @@ export class Checkpoint implements TensorSource {
     const err = (msg: string, tensor?: string) => new SafetensorsError(indexPath, msg, tensor);
     let index: unknown;
     try {
-      index = JSON.parse(fs.readFileSync(indexPath, 'utf8'));
+      index = readJsonFile(indexPath, { what: 'shard index' });
     } catch (e) {
-      throw err(`cannot read index JSON: ${(e as Error).message}`);
+      throw err((e as Error).message.replace(`${indexPath}: `, ''));
     }
     if (!isPlainObject(index)) throw err(`index must be a JSON object, found ${describe(index)}`);
     const weightMap = index['weight_map'];

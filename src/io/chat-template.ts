@@ -13,19 +13,15 @@
  * `tools` / `documents` (none), and `raise_exception`. transformers' `{% generation %}…{% endgeneration %}`
  * markers (used to build assistant masks) render as nothing but their content.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Template } from '@huggingface/jinja';
-import { readJsonObject } from './json-file.js';
+import { readJsonObjectFile, readTextFile, visible } from '../base/files.js';
+import { DEFAULT_TEMPLATE_BUDGET, TemplateBudget, renderWithBudget } from './template-budget.js';
 import { tokenContent } from './tokenizer.js';
+import { InputError } from '../base/errors.js';
 
 /** No chat template, an unreadable/invalid template file, a template syntax error, or a render failure. */
-export class ChatTemplateError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ChatTemplateError';
-  }
-}
+export class ChatTemplateError extends InputError {}
 
 export type ChatContentPart = { type: 'image' } | { type: 'text'; text: string };
 
@@ -52,20 +48,18 @@ const SPECIAL_TOKEN_KEYS = [
   'bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token',
 ] as const;
 
+/** Characters a chat template may have (real ones have a few thousand; the largest known, tens of thousands). */
+export const MAX_TEMPLATE_CHARS = 2 ** 20;
+
 /** Matches transformers' markers for assistant-token masks; they only delimit text. */
 const GENERATION_TAG = /{%(-?)\s*(end)?generation\s*(-?)%}/g;
 
 function readText(file: string): string | undefined {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new ChatTemplateError(`cannot read ${file}: ${(e as Error).message}`);
-  }
+  return readTextFile(file, { required: false, what: 'chat template', error: ChatTemplateError });
 }
 
 function readJson(file: string): Json | undefined {
-  return readJsonObject(file, false, (m) => new ChatTemplateError(m));
+  return readJsonObjectFile(file, { required: false, error: ChatTemplateError });
 }
 
 
@@ -100,6 +94,18 @@ function pickTemplate(value: unknown, file: string, name: string | undefined): s
 
 /** Where a folder's chat template comes from, and its text. Throws {@link ChatTemplateError} if it has none. */
 export function loadChatTemplateSource(dir: string, options: LoadOptions = {}): { source: string; file: string } {
+  const found = findChatTemplateSource(dir, options);
+  if (found) return found;
+  throw new ChatTemplateError(
+    `there is no chat template in ${dir} (looked for chat_template.jinja, chat_template.json and "chat_template" in tokenizer_config.json)`,
+  );
+}
+
+/**
+ * Where a folder's chat template comes from, and its text; null when the folder has none. A
+ * template file that exists but cannot be read or is not valid is an error, never "none".
+ */
+export function findChatTemplateSource(dir: string, options: LoadOptions = {}): { source: string; file: string } | null {
   const jinjaFile = path.join(dir, 'chat_template.jinja');
   const jinja = readText(jinjaFile);
   if (jinja !== undefined && options.name === undefined) return { source: jinja, file: jinjaFile };
@@ -115,9 +121,7 @@ export function loadChatTemplateSource(dir: string, options: LoadOptions = {}): 
   if (config !== undefined && config.chat_template !== undefined && config.chat_template !== null) {
     return { source: pickTemplate(config.chat_template, configFile, options.name), file: configFile };
   }
-  throw new ChatTemplateError(
-    `there is no chat template in ${dir} (looked for chat_template.jinja, chat_template.json and "chat_template" in tokenizer_config.json)`,
-  );
+  return null;
 }
 
 /** The special-token template variables of a folder: tokenizer_config.json, gaps filled by special_tokens_map.json. */
@@ -146,7 +150,10 @@ export class ChatTemplate {
   private readonly template: Template;
   private readonly defaults: Record<string, unknown>;
 
-  constructor(source: string, file = '<chat template>', defaults: Record<string, unknown> = {}) {
+  constructor(source: string, file = '<chat template>', defaults: Record<string, unknown> = {}, readonly budget: TemplateBudget = DEFAULT_TEMPLATE_BUDGET) {
+    if (source.length > MAX_TEMPLATE_CHARS) {
+      throw new ChatTemplateError(`${file}: the chat template has ${source.length} characters, more than the ${MAX_TEMPLATE_CHARS} allowed`);
+    }
     this.source = source;
     this.file = file;
     this.defaults = defaults;
@@ -158,7 +165,8 @@ export class ChatTemplate {
     try {
       this.template = new Template(text);
     } catch (e) {
-      throw new ChatTemplateError(`${file}: cannot parse the chat template: ${(e as Error).message}`);
+      const why = e instanceof RangeError ? 'it is nested too deeply' : visible((e as Error).message);
+      throw new ChatTemplateError(`${file}: cannot parse the chat template: ${why}`);
     }
   }
 
@@ -166,6 +174,12 @@ export class ChatTemplate {
   static fromDir(dir: string, options: LoadOptions = {}): ChatTemplate {
     const { source, file } = loadChatTemplateSource(dir, options);
     return new ChatTemplate(source, file, loadSpecialTokenVariables(dir));
+  }
+
+  /** The folder's chat template, or null when it has none (a broken one is an error). */
+  static fromDirIfAny(dir: string, options: LoadOptions = {}): ChatTemplate | null {
+    const found = findChatTemplateSource(dir, options);
+    return found ? new ChatTemplate(found.source, found.file, loadSpecialTokenVariables(dir)) : null;
   }
 
   /** Renders `messages` to the prompt text (not tokenised; special tokens appear as text). */
@@ -180,14 +194,17 @@ export class ChatTemplate {
         content: typeof m.content === 'string' ? m.content : m.content.map((p) => ({ ...p })),
       })),
       add_generation_prompt: options.addGenerationPrompt ?? true,
-      // raise_exception is a built-in global of @huggingface/jinja (it throws Error(message)); the library
-      // refuses to have it redefined ("Variable already declared"), so it is not passed here.
+      // raise_exception, range and strftime_now are globals of the renderer (template-budget.ts).
     };
+    // Output may hold the conversation several times over (e.g. a system copy); the budget scales with it.
+    const inputChars = messages.reduce((a, m) => a + (typeof m.content === 'string' ? m.content.length
+      : m.content.reduce((b, p) => b + (p.type === 'text' ? p.text.length : 0), 0)), 0);
+    const budget = { ...this.budget, maxChars: Math.max(this.budget.maxChars, 4 * inputChars) };
     try {
-      return this.template.render(vars);
+      return renderWithBudget(this.template.parsed, vars, budget);
     } catch (e) {
       // Includes the template's own raise_exception('...') calls, whose message is kept.
-      throw new ChatTemplateError(`${this.file}: cannot render the chat template: ${(e as Error).message}`);
+      throw new ChatTemplateError(`${this.file}: cannot render the chat template: ${visible((e as Error).message)}`);
     }
   }
 }

@@ -10,9 +10,9 @@
  * 4. normalise in float32: `(x - mean) / std` with mean and std rounded to float32;
  * 5. channel-first layout `[3][H][W]`.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkRgbImage, ImageError, type RgbImage } from './image-types.js';
+import { isFolder, readJsonFile } from '../base/files.js';
+import { checkRgbImage, DEFAULT_IMAGE_LIMITS, ImageError, type RgbImage } from './image-types.js';
 import { PIL_RESAMPLE_FILTERS, resize, type ResampleFilter } from './image-resample.js';
 
 /** The settings of a CLIP or SigLIP image processor, with transformers' defaults filled in. */
@@ -57,21 +57,8 @@ const PROCESSOR_TYPES: Readonly<Record<string, ClipImageProcessorConfig['process
 
 /** Reads `preprocessor_config.json` from a model folder, or the given JSON file. */
 export function loadClipImageProcessorConfig(fileOrDir: string): ClipImageProcessorConfig {
-  let file = fileOrDir;
-  let text: string;
-  try {
-    if (fs.statSync(file).isDirectory()) file = path.join(file, 'preprocessor_config.json');
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new ImageError(`${file}: cannot read the image processor config: ${(e as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new ImageError(`${file}: invalid JSON: ${(e as Error).message}`);
-  }
-  return parseClipImageProcessorConfig(json, file);
+  const file = isFolder(fileOrDir) ? path.join(fileOrDir, 'preprocessor_config.json') : fileOrDir;
+  return parseClipImageProcessorConfig(readJsonFile(file, { what: 'image processor config', error: ImageError }), file);
 }
 
 /**
@@ -209,11 +196,15 @@ function centerCrop(img: RgbImage, ch: number, cw: number): RgbImage {
 }
 
 /** The `pixel_values` of one RGB image under `cfg`, exactly as transformers' slow image processor computes them. */
-export function clipPreprocess(img: RgbImage, cfg: ClipImageProcessorConfig): PixelValues {
+export function clipPreprocess(img: RgbImage, cfg: ClipImageProcessorConfig, maxPixels = DEFAULT_IMAGE_LIMITS.maxPixels): PixelValues {
   checkRgbImage(img, 'clipPreprocess');
   let im = img;
   if (cfg.doResize) {
     const { width, height } = resizeTarget(im, cfg.size);
+    if (width * height > maxPixels) {
+      throw new ImageError(`resizing the ${img.width}×${img.height} image as the processor's "size" asks gives ${width}×${height}, ` +
+        `more than the ${(maxPixels / 1e6).toFixed(1)} megapixels allowed (the image limit maxPixels; --max-image-pixels)`);
+    }
     im = resize(im, width, height, cfg.resample);
   }
   if (cfg.doCenterCrop) im = centerCrop(im, cfg.cropSize.height, cfg.cropSize.width);

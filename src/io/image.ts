@@ -21,11 +21,11 @@
  *
  * Every problem is an {@link ImageError} naming the file (or the given name, or `<buffer>`) and the reason.
  */
-import * as fs from 'node:fs';
 import sharp, { type Sharp, type SharpOptions } from 'sharp';
-import { ImageError, type RgbImage } from './image-types.js';
+import { readRegularFileAsync } from '../base/files.js';
+import { ImageError, checkImageLimits, type ImageLimits, type RgbImage } from './image-types.js';
 
-export { ImageError, type RgbImage } from './image-types.js';
+export { ImageError, DEFAULT_IMAGE_LIMITS, checkImageLimits, type ImageLimits, type RgbImage } from './image-types.js';
 export { resize, PIL_RESAMPLE_FILTERS, type ResampleFilter } from './image-resample.js';
 export {
   clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig,
@@ -41,24 +41,32 @@ const SHARP_INPUT: SharpOptions = { autoOrient: false, ignoreIcc: true, failOn: 
 /**
  * Decodes an image file (a path) or encoded bytes (PNG, JPEG, WebP, GIF, TIFF, …) into 8-bit RGB, converted
  * as Pillow's `convert('RGB')` does (see the module notes). `name` labels the input in error messages.
+ * Only regular files are read; files over `limits.maxBytes` and images over `limits.maxPixels` are
+ * refused before decoding.
  */
-export async function decodeImage(input: string | Uint8Array, name?: string): Promise<RgbImage> {
+export async function decodeImage(input: string | Uint8Array, name?: string, limits: Partial<ImageLimits> = {}): Promise<RgbImage> {
   const label = name ?? (typeof input === 'string' ? input : '<buffer>');
+  const lim = checkImageLimits(limits);
   let bytes: Uint8Array;
   if (typeof input === 'string') {
     try {
-      bytes = await fs.promises.readFile(input);
+      bytes = await readRegularFileAsync(input, lim.maxBytes, 'image', 'the image limit maxBytes; --max-image-bytes', ImageError);
     } catch (e) {
-      throw new ImageError(`${label}: cannot read the file: ${(e as Error).message}`);
+      throw new ImageError(`${label}: ${(e as Error).message.replace(`${input}: `, '')}`);
     }
   } else {
     bytes = input;
+    if (bytes.length > lim.maxBytes) throw new ImageError(`${label}: the image has ${bytes.length} bytes, more than the ${lim.maxBytes} allowed (the image limit maxBytes; --max-image-bytes)`);
   }
   if (bytes.length === 0) throw new ImageError(`${label}: cannot decode an image from empty input`);
 
   let img: RgbImage;
   try {
-    const meta = await sharp(bytes, SHARP_INPUT).metadata();
+    const meta = await sharp(bytes, { ...SHARP_INPUT, limitInputPixels: false }).metadata();
+    const w = meta.width ?? 0, h = meta.height ?? 0;
+    if (w * h > lim.maxPixels) {
+      throw new ImageError(`the image is ${w}×${h} = ${(w * h / 1e6).toFixed(1)} megapixels, more than the ${(lim.maxPixels / 1e6).toFixed(1)} allowed (the image limit maxPixels; --max-image-pixels)`);
+    }
     if (meta.space === 'cmyk') img = await decodeCmyk(bytes);
     else if (meta.depth === 'ushort' && meta.channels === 1) img = await decodeGrey16(bytes);
     else img = await decodeDefault(bytes);

@@ -1,14 +1,10 @@
 /**
  * Prompt-text utilities that run between the chat template and the tokenizer.
  */
+import { InputError } from '../base/errors.js';
 
 /** A prompt that does not fit its images, or a bad argument. */
-export class PromptError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'PromptError';
-  }
-}
+export class PromptError extends InputError {}
 
 /**
  * Replaces the i-th occurrence of `imageToken` in `text` with `countPerImage[i]` copies of it, as

@@ -19,15 +19,11 @@
  */
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { readJsonObject as readJsonFile } from './json-file.js';
+import { readJsonObjectFile } from '../base/files.js';
+import { InputError } from '../base/errors.js';
 
 /** A missing, unreadable, invalid or unsupported tokenizer file, or a bad argument. */
-export class TokenizerError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'TokenizerError';
-  }
-}
+export class TokenizerError extends InputError {}
 
 export interface EncodeOptions {
   /** Add the special tokens of a single sequence (BOS, and EOS where configured). Default true. */
@@ -96,9 +92,24 @@ export function mergeEosTokenIds(...sources: (number | readonly number[] | null 
   return out;
 }
 
-/** Reads and parses a JSON object file; undefined if the file does not exist. */
+/**
+ * The `eos_token_id` of a folder's `generation_config.json` (an id or a list of ids); undefined
+ * when the file or the field is absent. Anything else is an error naming the file and the field.
+ */
+export function readGenerationEos(dir: string): number[] | undefined {
+  const file = path.join(dir, 'generation_config.json');
+  const v = readJsonObjectFile(file, { required: false, what: 'generation config', error: TokenizerError })?.eos_token_id;
+  if (v === undefined || v === null) return undefined;
+  const ok = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+  if (ok(v)) return [v];
+  if (Array.isArray(v) && v.every(ok)) return v;
+  const found = typeof v === 'string' ? `the string ${JSON.stringify(v.slice(0, 40))}` : Array.isArray(v) ? `the list ${JSON.stringify(v).slice(0, 60)}` : `${typeof v} ${JSON.stringify(v)?.slice(0, 40)}`;
+  throw new TokenizerError(`${file}: eos_token_id: expected a token id (a non-negative integer) or a list of them, found ${found}`);
+}
+
+/** Reads and parses a JSON object file; undefined if the file does not exist and is optional. */
 function readJsonObject(file: string, required: boolean): Json | undefined {
-  return readJsonFile(file, required, (m) => new TokenizerError(m.startsWith('file not found') ? `tokenizer ${m}` : m));
+  return readJsonObjectFile(file, { required, what: 'tokenizer file', error: TokenizerError });
 }
 
 /** A Hugging Face tokenizer loaded from a model folder. */
@@ -240,18 +251,7 @@ export class TextTokenizer {
       throw new TokenizerError(`${tokenizerFile}: unsupported or invalid tokenizer: ${(e as Error).message}`);
     }
 
-    let genEos: number | number[] | undefined;
-    if (options.readGenerationConfig ?? true) {
-      const genFile = path.join(dir, 'generation_config.json');
-      const gen = readJsonObject(genFile, false);
-      const v = gen?.eos_token_id;
-      if (v !== undefined && v !== null) {
-        const ok = (x: unknown): x is number => Number.isInteger(x) && (x as number) >= 0;
-        if (ok(v)) genEos = v;
-        else if (Array.isArray(v) && v.every(ok)) genEos = v;
-        else throw new TokenizerError(`${genFile}: eos_token_id must be an id or a list of ids`);
-      }
-    }
+    const genEos = options.readGenerationConfig ?? true ? readGenerationEos(dir) : undefined;
     const extra = mergeEosTokenIds(genEos, options.extraEosTokenIds);
     return new TextTokenizer(tok, config, special, extra, tokenizerFile);
   }
@@ -285,6 +285,11 @@ export class TextTokenizer {
   /** The token string of an id, or undefined. */
   idToToken(id: number): string | undefined {
     return Number.isInteger(id) && id >= 0 ? this.tok.id_to_token(id) : undefined;
+  }
+
+  /** Whether `id` is an added token (special tokens, `<image>`, ...), not a word of the model's vocabulary. */
+  isAddedToken(id: number): boolean {
+    return this.tok.get_added_tokens_decoder().has(id);
   }
 
   /** Whether `id` is a special token (skipped by `skipSpecialTokens`). */

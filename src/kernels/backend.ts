@@ -138,6 +138,8 @@ export interface KernelBackend {
   placeUsage(place: number): number;
   /** Bytes one place can hold at most. */
   readonly placeCapacity: number;
+  /** Largest head dimension the attention kernels take (a multiple of 4). */
+  readonly maxHeadDim: number;
   /** Releases the backend's threads and memory. */
   close(): Promise<void>;
 

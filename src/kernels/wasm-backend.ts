@@ -3,6 +3,7 @@
 import { Arena, MAX_ARENA_BYTES } from '../runtime/arena.js';
 import { KernelModule, SimdLevel, loadKernelModule } from '../runtime/kernel-module.js';
 import { hardwareThreads } from '../runtime/platform.js';
+import { OptionError } from '../base/errors.js';
 import { ThreadPool } from '../runtime/pool.js';
 import {
   Activation, AttentionOptions, KeyScoreOptions, EmbeddingTable, IntVector, KVCache, KernelBackend, LinearWeight, Matrix,
@@ -55,10 +56,21 @@ class WKVCache implements KVCache {
 }
 
 export interface WasmBackendOptions {
-  /** Threads (default: all cores). */
+  /** Threads (default: all cores; more than the cores is capped to them: extra threads only contend). */
   threads?: number;
   /** Kernel build: relaxed SIMD (FMA) where available, or plain SIMD128. */
   simd?: 'auto' | SimdLevel;
+}
+
+/**
+ * The threads a backend starts: `threads` (an integer >= 1; default all cores), at most the
+ * cores this machine has, since kernel threads that share a core only wait for each other.
+ */
+export function checkThreads(threads: number | undefined): number {
+  const cores = hardwareThreads();
+  if (threads === undefined) return cores;
+  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1) throw new OptionError(`threads must be an integer >= 1, got ${String(threads)}`);
+  return Math.min(threads, cores);
 }
 
 export class WasmBackend implements KernelBackend {
@@ -72,8 +84,9 @@ export class WasmBackend implements KernelBackend {
   }
 
   static async create(opts: WasmBackendOptions = {}): Promise<WasmBackend> {
+    const threads = checkThreads(opts.threads);
     const kernels = await loadKernelModule(opts.simd ?? 'auto');
-    const pool = await ThreadPool.create(kernels, opts.threads ?? hardwareThreads());
+    const pool = await ThreadPool.create(kernels, threads);
     const b = new WasmBackend(kernels, pool);
     await b.addPlace();
     return b;
@@ -98,6 +111,7 @@ export class WasmBackend implements KernelBackend {
 
   placeUsage(place: number): number { return this.arena(place).usedBytes; }
   get placeCapacity(): number { return MAX_ARENA_BYTES; }
+  get maxHeadDim(): number { return MAX_HEAD_DIM; }
 
   /** Bytes allocated in each arena. */
   memoryUsage(): { place: number; usedBytes: number; committedBytes: number }[] {

@@ -1,7 +1,8 @@
 // Hugging Face activation names (config `hidden_act`, `projector_hidden_act`) to kernel activations.
 import { Activation } from '../kernels/backend.js';
+import { ConfigError, HF_ACTIVATIONS } from '../formats/config.js';
 
-const HF_ACTIVATIONS: Record<string, Activation> = {
+const KERNEL_ACTIVATION: Record<string, Activation> = {
   silu: 'silu',
   swish: 'silu',
   gelu: 'gelu',
@@ -11,8 +12,9 @@ const HF_ACTIVATIONS: Record<string, Activation> = {
   quick_gelu: 'quick_gelu',
 };
 
+/** The kernel activation of a config's activation name (parseConfig has checked it is one of HF_ACTIVATIONS). */
 export function activationOf(name: string, field: string): Activation {
-  const a = HF_ACTIVATIONS[name];
-  if (!a) throw new Error(`${field}: activation "${name}" is not supported (supported: ${Object.keys(HF_ACTIVATIONS).join(', ')})`);
+  const a = KERNEL_ACTIVATION[name];
+  if (!a || !HF_ACTIVATIONS.includes(name)) throw new ConfigError(`${field}: activation "${name}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
   return a;
 }

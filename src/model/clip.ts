@@ -1,7 +1,8 @@
 // The CLIP vision transformer (pre-LayerNorm, class token, learned position embeddings,
 // quick_gelu MLP). Runs only the layers up to the hidden state the projector reads.
 import { Activation, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
-import { ClipVisionConfig } from '../formats/config.js';
+import { ClipVisionConfig, ConfigError } from '../formats/config.js';
+import { checkHeadDim } from './limits.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
@@ -66,11 +67,17 @@ export class ClipVisionTower {
    */
   static load(loader: WeightLoader, config: ClipVisionConfig, prefix: string, layers: number): ClipVisionTower {
     const c = config, D = c.hiddenSize, P = c.patchSize, C = c.numChannels, I = c.intermediateSize;
-    if (c.imageSize % P !== 0) throw new Error(`${loader.label}: vision_config.image_size ${c.imageSize} is not a multiple of patch_size ${P}`);
-    if (D % c.numAttentionHeads !== 0) throw new Error(`${loader.label}: vision hidden size ${D} is not a multiple of ${c.numAttentionHeads} heads`);
+    if (c.imageSize % P !== 0) throw new ConfigError(`${loader.label}: vision_config.image_size ${c.imageSize} is not a multiple of patch_size ${P}`);
+    if (D % c.numAttentionHeads !== 0) throw new ConfigError(`${loader.label}: vision hidden size ${D} is not a multiple of ${c.numAttentionHeads} heads`);
+    checkHeadDim(loader.backend, D / c.numAttentionHeads, `${loader.label}: the vision tower's head dimension (vision_config hidden_size / num_attention_heads in config.json)`);
     activationOf(c.hiddenAct, 'vision_config.hidden_act');
     const grid = c.imageSize / P, tokens = grid * grid + 1;
     const e = `${prefix}embeddings.`;
+    // What a tower that stops at the projector's layer leaves unread, on purpose.
+    const layerOf = (n: string) => Number(/^encoder\.layers\.(\d+)\./.exec(n.slice(prefix.length))?.[1] ?? -1);
+    loader.skip((n) => n.startsWith(prefix) && layerOf(n) >= layers, 'an encoder layer after the one the projector reads (vision_feature_layer)');
+    loader.skip((n) => n.startsWith(`${prefix}post_layernorm.`), 'the final LayerNorm, after the hidden state the projector reads');
+    loader.skip((n) => n === `${e}position_ids`, 'a constant buffer some checkpoints store');
     const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }]);
     const pos = loader.f32([{ name: `${e}position_embedding.weight`, shape: [tokens, D] }]);
     const cls = loader.f32([{ name: `${e}class_embedding`, shape: [D] }]);

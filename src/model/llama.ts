@@ -5,6 +5,8 @@ import { Activation, AttentionKeys, EmbeddingTable, KVCache, KernelBackend, Line
 import { LlamaLikeConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
+import { ConfigError } from '../formats/config.js';
+import { checkHeadDim } from './limits.js';
 import { Workspace } from './workspace.js';
 
 /** Where the decoder's tensors are in a checkpoint. */
@@ -62,6 +64,9 @@ export interface PlacementOptions {
    */
   placeBudgetBytes?: number;
 }
+
+/** Positions the rotary tables cover at first (they grow with use, see growRope). */
+const INITIAL_ROPE_POSITIONS = 2048;
 
 /** Layers [first, first + layers.length) and what they use, in one memory place. */
 interface Stage {
@@ -128,11 +133,12 @@ export class LlamaDecoder {
   static async load(loader: WeightLoader, config: LlamaLikeConfig, names: DecoderNames, opts: PlacementOptions = {}): Promise<LlamaDecoder> {
     const c = config, be = loader.backend;
     if (c.ropeScaling) {
-      throw new Error(`${loader.label}: rope_scaling ${JSON.stringify(c.ropeScaling)} is not supported yet (plain RoPE only)`);
+      throw new ConfigError(`${loader.label}: config.json: rope_scaling ${JSON.stringify(c.ropeScaling).slice(0, 200)} is not supported yet (plain RoPE only)`);
     }
     if (c.slidingWindow !== null && c.layerTypes.some((t) => t === 'sliding_attention')) {
-      throw new Error(`${loader.label}: sliding-window attention is not supported yet`);
+      throw new ConfigError(`${loader.label}: config.json: use_sliding_window / layer_types ask for sliding-window attention, which is not supported yet`);
     }
+    checkHeadDim(be, c.headDim, `${loader.label}: the language model's head dimension (head_dim, or hidden_size / num_attention_heads, in config.json)`);
     activationOf(c.hiddenAct, 'hidden_act'); // fail before loading anything
     const H = c.hiddenSize, D = c.headDim, nq = c.numAttentionHeads * D, nkv = c.numKeyValueHeads * D, I = c.intermediateSize;
     const p = names.prefix;
@@ -147,6 +153,8 @@ export class LlamaDecoder {
     };
     const embedName = `${p}embed_tokens.weight`;
     const tied = !names.lmHead || c.tieWordEmbeddings;
+    loader.skip((n) => n.startsWith(`${p}layers.`) && n.endsWith('.self_attn.rotary_emb.inv_freq'), 'a RoPE buffer older checkpoints store (recomputed from rope_theta)');
+    if (tied && names.lmHead) loader.skip((n) => n === names.lmHead, 'tie_word_embeddings is true: the output layer is the embedding table, as in transformers');
     const embedTable = tied ? null : loader.embedding(embedName, [c.vocabSize, H]);
     const tablePlace = loader.place;
     const stages: Stage[] = [];
@@ -154,7 +162,7 @@ export class LlamaDecoder {
       await ensureRoom(layerBytes(l));
       let stage = stages[stages.length - 1];
       if (!stage || stage.place !== loader.place) {
-        stage = { place: loader.place, first: l, layers: [], ws: new Workspace(be, loader.place), rope: be.ropeTable(D, c.ropeTheta, c.maxPositionEmbeddings, loader.place) };
+        stage = { place: loader.place, first: l, layers: [], ws: new Workspace(be, loader.place), rope: be.ropeTable(D, c.ropeTheta, Math.min(c.maxPositionEmbeddings, INITIAL_ROPE_POSITIONS), loader.place) };
         stages.push(stage);
       }
       const a = `${p}layers.${l}.self_attn.`, m = `${p}layers.${l}.mlp.`;
@@ -171,13 +179,30 @@ export class LlamaDecoder {
         downBias: c.mlpBias ? loader.params([{ name: `${m}down_proj.bias`, shape: [H] }]) : undefined,
       });
     }
-    if (stages.length === 0) throw new Error(`${loader.label}: the decoder has no layers (num_hidden_layers ${c.numHiddenLayers})`);
+    if (stages.length === 0) throw new ConfigError(`${loader.label}: the decoder has no layers (num_hidden_layers ${c.numHiddenLayers})`);
     // The lm_head and final norm go with the last layers (a tied lm_head also serves embeddings).
     const lastPlace = stages[stages.length - 1].place;
     loader.place = lastPlace;
     const finalNorm = loader.params([{ name: `${p}norm.weight`, shape: [H] }]);
     const lmHead = loader.linear([{ name: tied ? embedName : names.lmHead!, shape: [c.vocabSize, H] }]);
     return new LlamaDecoder(be, c, stages, embedTable, lmHead, finalNorm, tied ? lastPlace : tablePlace);
+  }
+
+  /**
+   * The rotary tables hold the positions used so far (at first INITIAL_ROPE_POSITIONS), grown by
+   * doubling up to max_position_embeddings: a config's context window costs nothing until it is
+   * used. The values of a position do not depend on the table's size.
+   */
+  private growRope(positions: number): void {
+    for (const st of this.stages) {
+      if (st.rope.maxPositions >= positions) continue;
+      let n = st.rope.maxPositions;
+      while (n < positions) n *= 2;
+      n = Math.min(n, this.config.maxPositionEmbeddings);
+      const old = st.rope;
+      st.rope = this.backend.ropeTable(this.headDim, this.config.ropeTheta, n, st.place);
+      this.backend.free(old);
+    }
   }
 
   /** A KV cache for this decoder. */
@@ -218,8 +243,9 @@ export class LlamaDecoder {
     let maxPos = 0;
     for (let i = 0; i < positions.length; i++) maxPos = Math.max(maxPos, positions[i]);
     if (maxPos >= c.maxPositionEmbeddings) {
-      throw new Error(`position ${maxPos} is past the model's context window of ${c.maxPositionEmbeddings} tokens (max_position_embeddings)`);
+      throw new RangeError(`position ${maxPos} is past the model's context window of ${c.maxPositionEmbeddings} tokens (max_position_embeddings)`);
     }
+    this.growRope(maxPos + 1);
     const scale = 1 / Math.sqrt(D);
     let cur = x;
     // Rows and positions shrink when opts.keepRows drops tokens.

@@ -1,7 +1,7 @@
 // LLaVA: a CLIP vision tower, a two-layer MLP projector, and a Llama/Qwen2 decoder. The image
 // placeholder tokens of the prompt are replaced, in order, by the projected image features.
 import { Activation, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
-import { LlavaConfig } from '../formats/config.js';
+import { ConfigError, LlavaConfig } from '../formats/config.js';
 import { activationOf } from './activations.js';
 import { ClipVisionTower, SalienceRequest } from './clip.js';
 import { LlamaDecoder, PlacementOptions } from './llama.js';
@@ -27,7 +27,7 @@ export class LlavaModel {
   static async load(loader: WeightLoader, config: LlavaConfig, opts: PlacementOptions = {}): Promise<LlavaModel> {
     const idx = config.visionFeatureHiddenStateIndices;
     if (idx.length !== 1) {
-      throw new Error(`${loader.label}: vision_feature_layer ${JSON.stringify(config.visionFeatureLayer)} selects ${idx.length} layers; only one feature layer is supported`);
+      throw new ConfigError(`${loader.label}: config.json: vision_feature_layer ${JSON.stringify(config.visionFeatureLayer)} selects ${idx.length} layers; only one feature layer is supported`);
     }
     activationOf(config.projectorHiddenAct, 'projector_hidden_act');
     const vision = ClipVisionTower.load(loader, config.vision, 'vision_tower.vision_model.', idx[0]);
@@ -116,12 +116,12 @@ export class LlavaModel {
     // Placeholder ids may lie past the vocabulary: embed them as 0, they are overwritten.
     const safe = ids.map((t, i) => {
       if (t === imageId) { positions.push(i); return 0; }
-      if (t < 0 || t >= vocab) throw new Error(`token id ${t} at position ${i} is outside the vocabulary [0, ${vocab})`);
+      if (!Number.isInteger(t) || t < 0 || t >= vocab) throw new RangeError(`token id ${t} at position ${i} is outside the vocabulary [0, ${vocab})`);
       return t;
     });
     const rows = images.reduce((a, m) => a + m.rows, 0);
     if (positions.length !== rows) {
-      throw new Error(`the prompt has ${positions.length} image tokens but the images give ${rows} feature rows (${images.length} image(s) of ${this.imageTokens})`);
+      throw new RangeError(`the prompt has ${positions.length} image tokens but the images give ${rows} feature rows (${images.length} image(s) of ${this.imageTokens})`);
     }
     this.language.embed(out, safe);
     let k = 0;

@@ -1,18 +1,28 @@
 // Reading a model's parameters from a tensor source (a checkpoint) onto a backend, with the
-// checks that turn a config/weights mismatch into a clear error instead of a wrong answer.
-// Weights go to the backend in their storage dtype; only small vectors (norm weights, biases,
-// embedding rows that are combined at load time) are widened to f32.
-import { EmbeddingTable, KernelBackend, LinearWeight, ParamVector, WeightDType } from '../kernels/backend.js';
-import { TensorInfo, TensorSource, readTensorF32 } from '../formats/safetensors.js';
+// checks that turn a config/weights mismatch into a clear error instead of a wrong answer: every
+// tensor the config implies must be there with its shape, and every tensor there must be used (or
+// be one the family knowingly skips). Weights go to the backend in their storage dtype; only small
+// vectors (norm weights, biases, embedding rows that are combined at load time) are widened to f32.
+import { EmbeddingTable, KernelBackend, LinearWeight, ParamVector, WEIGHT_DTYPE_BYTES, WeightDType } from '../kernels/backend.js';
+import { DType, TensorInfo, TensorSource, readTensorF32 } from '../formats/safetensors.js';
+import { InputError } from '../base/errors.js';
+import { Problems } from '../base/problems.js';
 
-export class WeightError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'WeightError';
-  }
-}
+export class WeightError extends InputError {}
 
 const WEIGHT_DTYPES: Record<string, WeightDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+/** A tensor a family leaves in the checkpoint on purpose, and why (shown by inspect). */
+interface Skipped { test: (name: string) => boolean; why: string }
+
+export interface WeightLoaderOptions {
+  /**
+   * Check mode (inspect): problems are reported here instead of thrown, no tensor data is read,
+   * and missing or mismatched tensors stand in with the shape the config implies. Use it with a
+   * backend that holds no data (MetaBackend).
+   */
+  check?: Problems;
+}
 
 export class WeightLoader {
   /** Memory place new weights go to (see KernelBackend). */
@@ -21,32 +31,73 @@ export class WeightLoader {
   loadedBytes = 0;
   /** Called after each tensor with the bytes loaded so far (progress bars). */
   onProgress?: (loadedBytes: number) => void;
+  private readonly used = new Set<string>();
+  private readonly skipped: Skipped[] = [];
+  private readonly check: Problems | undefined;
 
-  constructor(readonly backend: KernelBackend, readonly source: TensorSource, readonly label: string) {}
+  constructor(readonly backend: KernelBackend, readonly source: TensorSource, readonly label: string, opts: WeightLoaderOptions = {}) {
+    this.check = opts.check;
+  }
+
+  /** Whether the loader only checks (inspect) and reads no data. */
+  get checking(): boolean { return this.check !== undefined; }
 
   has(name: string): boolean {
     try { this.source.info(name); return true; } catch { return false; }
   }
 
+  private fail(e: WeightError): void {
+    if (this.check) this.check.report(e);
+    else throw e;
+  }
+
+  /**
+   * Declares tensors the family leaves unused on purpose (layers past the one a projector reads,
+   * buffers older checkpoints saved, a duplicate lm_head under tied embeddings).
+   */
+  skip(test: (name: string) => boolean, why: string): void {
+    this.skipped.push({ test, why });
+  }
+
   /** The tensor's description, checked against the shape the config implies. */
   info(name: string, shape: number[]): TensorInfo {
+    this.used.add(name);
     let info: TensorInfo;
     try {
       info = this.source.info(name);
     } catch (e) {
-      throw new WeightError(`${this.label}: the config needs tensor "${name}" [${shape.join(', ')}], but the weights do not have it (${(e as Error).message})`);
+      this.fail(new WeightError(`${this.label}: the config needs tensor "${name}" [${shape.join(', ')}], but the weights do not have it (${(e as Error).message})`));
+      return this.standIn(name, shape, 'F32');
     }
     const same = info.shape.length === shape.length && info.shape.every((d, i) => d === shape[i]);
     if (!same) {
-      throw new WeightError(`${this.label}: tensor "${name}" has shape [${info.shape.join(', ')}], but the config implies [${shape.join(', ')}] (config.json and the weights do not match)`);
+      this.fail(new WeightError(`${this.label}: tensor "${name}" has shape [${info.shape.join(', ')}], but the config implies [${shape.join(', ')}] (config.json and the weights do not match)`));
+      return this.standIn(name, shape, info.dtype);
     }
     return info;
   }
 
+  /** In check mode, what a missing or mismatched tensor stands in as: the config's shape. */
+  private standIn(name: string, shape: number[], dtype: DType): TensorInfo {
+    const numel = shape.reduce((a, b) => a * b, 1);
+    return { name, dtype, shape, numel, byteLength: numel * (WEIGHT_DTYPES[dtype] ? WEIGHT_DTYPE_BYTES[WEIGHT_DTYPES[dtype]] : 4), file: '', fileOffset: 0 };
+  }
+
   private dtypeOf(info: TensorInfo): WeightDType {
     const d = WEIGHT_DTYPES[info.dtype];
-    if (!d) throw new WeightError(`${this.label}: tensor "${info.name}" is ${info.dtype}; weights must be F32, F16 or BF16`);
+    if (!d) {
+      this.fail(new WeightError(`${this.label}: tensor "${info.name}" is ${info.dtype}; weights must be F32, F16 or BF16`));
+      return 'f32';
+    }
     return d;
+  }
+
+  /** Throws (or reports) when `bytes` more do not fit the current memory place. */
+  private room(bytes: number, names: string): void {
+    const be = this.backend, free = be.placeCapacity - be.placeUsage(this.place);
+    if (bytes > free) {
+      this.fail(new WeightError(`${this.label}: ${names} (${bytes} bytes) does not fit: memory place ${this.place} has ${free} of its ${be.placeCapacity} bytes free (one tensor must fit one ${be.placeCapacity / 2 ** 30} GiB memory)`));
+    }
   }
 
   private done(bytes: number): void {
@@ -62,12 +113,15 @@ export class WeightLoader {
     const infos = parts.map((p) => this.info(p.name, p.shape));
     const dtype = this.dtypeOf(infos[0]);
     for (const i of infos) {
-      if (this.dtypeOf(i) !== dtype) throw new WeightError(`${this.label}: tensors "${infos[0].name}" (${infos[0].dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`);
+      if (this.dtypeOf(i) !== dtype) this.fail(new WeightError(`${this.label}: tensors "${infos[0].name}" (${infos[0].dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`));
     }
     // A convolution kernel [out][c][kh][kw] is a linear weight [out][c*kh*kw] in the same bytes.
     const inFeatures = infos[0].shape.slice(1).reduce((a, b) => a * b, 1);
     const out = infos.reduce((a, i) => a + i.shape[0], 0);
+    const bytes = out * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
+    this.room(bytes, infos.map((i) => `"${i.name}"`).join(' + '));
     const w = this.backend.linear(out, inFeatures, dtype, (dest) => {
+      if (this.checking) return;
       let off = 0;
       for (const i of infos) {
         this.source.readInto(i.name, dest.subarray(off, off + i.byteLength));
@@ -84,13 +138,17 @@ export class WeightLoader {
     return this.backend.params(data, this.place);
   }
 
-  /** Tensors widened to one f32 array (small tensors only: norms, biases, embeddings rows). */
+  /**
+   * Tensors widened to one f32 array (small tensors only: norms, biases, embeddings rows). In
+   * check mode nothing is read and the array is empty.
+   */
   f32(parts: { name: string; shape: number[] }[]): Float32Array {
-    const arrays = parts.map((p) => {
-      const info = this.info(p.name, p.shape);
-      this.dtypeOf(info);
+    const infos = parts.map((p) => this.info(p.name, p.shape));
+    for (const i of infos) this.dtypeOf(i);
+    if (this.checking) return new Float32Array(0);
+    const arrays = infos.map((info) => {
       this.done(info.byteLength);
-      return readTensorF32(this.source, p.name);
+      return readTensorF32(this.source, info.name);
     });
     const out = new Float32Array(arrays.reduce((a, x) => a + x.length, 0));
     let off = 0;
@@ -101,8 +159,36 @@ export class WeightLoader {
   /** An embedding table [rows][dim] in its storage dtype. */
   embedding(name: string, shape: [number, number]): EmbeddingTable {
     const info = this.info(name, shape);
-    const t = this.backend.embedding(shape[0], shape[1], this.dtypeOf(info), (dest) => this.source.readInto(name, dest), this.place);
+    const dtype = this.dtypeOf(info);
+    this.room(shape[0] * shape[1] * WEIGHT_DTYPE_BYTES[dtype], `"${name}"`);
+    const t = this.backend.embedding(shape[0], shape[1], dtype, (dest) => { if (!this.checking) this.source.readInto(name, dest); }, this.place);
     this.done(info.byteLength);
     return t;
+  }
+
+  /** Tensors of the source that nothing read and no family skips on purpose (names given: all of them). */
+  unused(allNames: readonly string[]): string[] {
+    return allNames.filter((n) => !this.used.has(n) && !this.skipped.some((s) => s.test(n)));
+  }
+
+  /** Why each skipped tensor of `allNames` is left unused (for inspect). */
+  skippedTensors(allNames: readonly string[]): { name: string; why: string }[] {
+    return allNames.flatMap((n) => {
+      if (this.used.has(n)) return [];
+      const s = this.skipped.find((x) => x.test(n));
+      return s ? [{ name: n, why: s.why }] : [];
+    });
+  }
+
+  /**
+   * After a model is loaded: every tensor of the checkpoint must be used or skipped on purpose,
+   * else config.json and the weights disagree (e.g. fewer layers declared than stored).
+   */
+  checkAllUsed(allNames: readonly string[]): void {
+    const extra = this.unused(allNames);
+    if (extra.length === 0) return;
+    const shown = extra.slice(0, 8).map((n) => `"${n}"`).join(', ');
+    this.fail(new WeightError(`${this.label}: ${extra.length} tensor${extra.length === 1 ? '' : 's'} of the weights ${extra.length === 1 ? 'is' : 'are'} not used by the model config.json describes: ` +
+      `${shown}${extra.length > 8 ? `, ... (${extra.length - 8} more)` : ''} (config.json and the weights do not match: check num_hidden_layers and the architecture)`));
   }
 }

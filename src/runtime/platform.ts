@@ -102,3 +102,21 @@ export function startWorker(url: URL): WorkerLike {
     unref: () => {},
   };
 }
+
+let channel: MessageChannel | undefined;
+const pendingYields: (() => void)[] = [];
+/**
+ * Resolves after the event loop has had a turn (timers, I/O, signals, aborts), without the 4 ms
+ * clamp of nested setTimeout in browsers: between decode steps a long answer stays interruptible.
+ */
+export function yieldToEventLoop(): Promise<void> {
+  if (typeof setImmediate === 'function') return new Promise((resolve) => setImmediate(resolve));
+  if (!channel) {
+    channel = new MessageChannel();
+    channel.port1.onmessage = () => pendingYields.shift()?.();
+  }
+  return new Promise((resolve) => {
+    pendingYields.push(resolve);
+    channel!.port2.postMessage(0);
+  });
+}

@@ -9,6 +9,7 @@
 import { KVCache, Matrix } from '../kernels/backend.js';
 import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
 import { DecodeSelector, PrunedCacheLayout } from './decode.js';
+import { OptionError } from '../base/errors.js';
 
 export interface DropStage {
   /** The layer whose attention ranks the visual tokens; they are dropped after it. */
@@ -132,14 +133,14 @@ export class PrunedCacheContinuation implements DecodeSelector {
 
 /** FastV's stage: after layer k - 1 (k = 2), keep (1 - r) of the visual tokens (r = 0.5). */
 export function fastVStages(k = 2, r = 0.5): DropStage[] {
-  if (!Number.isInteger(k) || k < 1) throw new RangeError(`FastV K ${k} must be a whole number >= 1`);
-  if (!(r >= 0 && r < 1)) throw new RangeError(`FastV ratio ${r} must be in [0, 1)`);
+  if (!Number.isInteger(k) || k < 1) throw new OptionError(`FastV K ${k} must be a whole number >= 1`);
+  if (typeof r !== 'number' || !(r >= 0 && r < 1)) throw new OptionError(`FastV ratio ${r} must be in [0, 1)`);
   return [{ layer: k - 1, keep: (n) => n - Math.floor(r * n) }];
 }
 
 /** PyramidDrop's stages for L layers: after layers L/4, L/2, 3L/4, keep lambda of the visual tokens left. */
 export function pyramidDropStages(layers: number, lambda = 0.5): DropStage[] {
-  if (!(lambda > 0 && lambda <= 1)) throw new RangeError(`PyramidDrop lambda ${lambda} must be in (0, 1]`);
+  if (typeof lambda !== 'number' || !(lambda > 0 && lambda <= 1)) throw new OptionError(`PyramidDrop lambda ${lambda} must be in (0, 1]`);
   const at = [...new Set([1, 2, 3].map((i) => Math.max(1, Math.round((i * layers) / 4)) - 1))].filter((l) => l < layers - 1);
   return at.map((layer) => ({ layer, keep: (n) => Math.round(lambda * n) }));
 }

@@ -10,6 +10,7 @@ import { DecodeMethod, DecodeSelector, TurnContext } from './decode.js';
 import { DecodeRetrieval } from './retrieval.js';
 import { QuestDecode, QuestOptions } from './quest.js';
 import { DropStage, LayerDrop, PrunedCacheContinuation, fastVStages, pyramidDropStages } from './layerdrop.js';
+import { OptionError } from '../base/errors.js';
 
 /** An image's rows for the language model. */
 export interface ReducedImage {
@@ -35,7 +36,7 @@ export function sparseVilaPrefill(p: number): PrefillReducer {
 
 /** VisionZip with a budget of output tokens per image (its paper's 64 = 54 dominant + 10 contextual). */
 export function visionZipPrefill(budget = 64): PrefillReducer {
-  if (!Number.isInteger(budget) || budget < 2) throw new RangeError(`VisionZip budget ${budget} must be a whole number >= 2`);
+  if (!Number.isInteger(budget) || budget < 2) throw new OptionError(`VisionZip budget ${budget} must be a whole number >= 2`);
   return {
     name: `visionzip(${budget})`,
     reduce: (m, px) => {
@@ -53,7 +54,7 @@ export function visionZipPrefill(budget = 64): PrefillReducer {
 
 /** PruMerge: the IQR outliers of the class-token attention (or a fixed budget), merged with their key-nearest tokens. */
 export function pruMergePrefill(budget?: number): PrefillReducer {
-  if (budget !== undefined && (!Number.isInteger(budget) || budget < 1)) throw new RangeError(`PruMerge budget ${budget} must be a whole number >= 1`);
+  if (budget !== undefined && (!Number.isInteger(budget) || budget < 1)) throw new OptionError(`PruMerge budget ${budget} must be a whole number >= 1`);
   return {
     name: budget === undefined ? 'prumerge' : `prumerge(${budget})`,
     reduce: (m, px) => {
@@ -70,7 +71,7 @@ export function pruMergePrefill(budget?: number): PrefillReducer {
  * `reretrieveEvery` generated tokens (0: once per turn).
  */
 export function sparseVilaDecode(d: number, reretrieveEvery = 0): DecodeMethod {
-  if (!(d >= 0 && d < 1)) throw new RangeError(`decode sparsity ${d} must be in [0, 1)`);
+  if (!(d >= 0 && d < 1)) throw new OptionError(`decode sparsity ${d} must be in [0, 1)`);
   return {
     name: `sparsevila(d=${d})`,
     create: (t: TurnContext): DecodeSelector | null => {
@@ -100,7 +101,15 @@ export function questDecode(opts: QuestOptions): DecodeMethod {
 /** FastV: after layer k - 1, the visual tokens the last prompt token attends to least (a fraction r) are dropped. */
 export function fastV(k = 2, r = 0.5): DecodeMethod {
   const stages = fastVStages(k, r);
-  return { name: `fastv(K=${k}, R=${r})`, prunesCache: true, create: (t) => layerDrop(t, stages) };
+  return {
+    name: `fastv(K=${k}, R=${r})`,
+    prunesCache: true,
+    create: (t) => {
+      const L = t.decoder.config.numHiddenLayers;
+      if (k > L - 1) throw new OptionError(`FastV K = ${k}: tokens are dropped after layer K, and the language model has ${L} layers, so K must be in 1..${L - 1}`);
+      return layerDrop(t, stages);
+    },
+  };
 }
 
 /** PyramidDrop: after layers L/4, L/2 and 3L/4, keep lambda of the visual tokens left, by the last token's attention. */

@@ -7,6 +7,7 @@
 import { AttentionKeys, IntVector, KVCache, Matrix } from '../kernels/backend.js';
 import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
 import { DecodeSelector } from './decode.js';
+import { OptionError } from '../base/errors.js';
 
 export interface QuestOptions {
   /** Slots each decode step attends to per layer and KV head (rounded down to whole pages, at least one). */
@@ -26,16 +27,18 @@ export class QuestDecode implements DecodeSelector {
   private readonly boundsReady: boolean[] = [];
   private readonly scoreMats = new Map<number, Matrix>();
   private readonly maxPages: number;
+  /** Per layer, the pages its bounds matrix has room for (it grows by doubling, up to maxPages). */
+  private readonly pageRoom: number[] = [];
   /** Reused on every step: scores read back, the lists written, the page order. */
   private scoreBuf = new Float32Array(0);
   private readonly listBuf: Int32Array;
   private readonly order: number[] = [];
 
-  /** maxSlots: the most cache slots the turn may reach. */
+  /** maxSlots: the most cache slots the turn may reach (buffers grow with use up to it). */
   constructor(private readonly decoder: LlamaDecoder, opts: QuestOptions, maxSlots: number) {
     this.pageSize = opts.pageSize ?? 16;
     this.denseLayers = opts.denseLayers ?? 2;
-    if (!Number.isInteger(opts.budget) || opts.budget < 1) throw new RangeError(`Quest budget ${opts.budget} must be a whole number >= 1`);
+    if (!Number.isInteger(opts.budget) || opts.budget < 1) throw new OptionError(`Quest budget ${opts.budget} must be a whole number >= 1`);
     this.pagesPerStep = Math.max(1, Math.floor(opts.budget / this.pageSize));
     this.maxPages = Math.ceil(maxSlots / this.pageSize);
     this.listBuf = new Int32Array(decoder.kvHeads * this.pagesPerStep * this.pageSize);
@@ -60,10 +63,15 @@ export class QuestDecode implements DecodeSelector {
         if (nPages > this.maxPages) throw new RangeError(`Quest: slot ${slot0} is past the ${this.maxPages * ps} slots it was sized for`);
         const { place, part: pi } = this.decoder.layerPart(layer);
         let b = this.bounds[layer];
-        if (!b) {
-          b = be.matrix(kvHeads * this.maxPages, 2 * D, place);
+        if (!b || this.pageRoom[layer] < nPages) {
+          // Room for twice the pages used now; a new matrix holds no bounds yet (all are computed again).
+          const room = Math.min(this.maxPages, Math.max(2 * nPages, 64));
+          if (b) be.free(b);
+          b = be.matrix(kvHeads * room, 2 * D, place);
           this.bounds[layer] = b;
-          this.lists[layer] = be.ints(kvHeads * this.pagesPerStep * ps, place);
+          this.pageRoom[layer] = room;
+          this.boundsReady[layer] = false;
+          this.lists[layer] ??= be.ints(kvHeads * this.pagesPerStep * ps, place);
         }
         // Summaries of every page once, then only of the page being written.
         if (!this.boundsReady[layer]) {
@@ -79,7 +87,7 @@ export class QuestDecode implements DecodeSelector {
           this.scoreMats.set(pi, sm);
         }
         be.pageScores(sm, q, b, { heads: this.decoder.heads, kvHeads, nPages });
-        const sc = be.read(sm, this.scoreBuf.length >= kvHeads * nPages ? this.scoreBuf.subarray(0, kvHeads * nPages) : (this.scoreBuf = new Float32Array(kvHeads * this.maxPages)).subarray(0, kvHeads * nPages));
+        const sc = be.read(sm, this.scoreBuf.length >= kvHeads * nPages ? this.scoreBuf.subarray(0, kvHeads * nPages) : (this.scoreBuf = new Float32Array(kvHeads * 2 * nPages)).subarray(0, kvHeads * nPages));
         const stride = this.pagesPerStep * ps;
         const list = this.listBuf;
         const order = this.order;

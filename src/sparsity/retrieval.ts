@@ -16,6 +16,9 @@ import { DecodeSelector } from './decode.js';
  * Usage: pass `prefillOptions()` to the forward pass that writes the question (its rows from
  * `questionSlot0` on are the question), then `decodeOptions()` to each decode step.
  */
+/** Decode steps the lists have room for at first. */
+const INITIAL_STEPS = 32;
+
 export class DecodeRetrieval implements DecodeSelector {
   readonly keep: number;
   /** Per layer: the kept visual slots of each KV head, [kvHeads][keep] (after the prefill). */
@@ -27,6 +30,8 @@ export class DecodeRetrieval implements DecodeSelector {
   private readonly visualByPart = new Map<number, IntVector>();
   private readonly scores = new Map<number, Matrix>();
   private stride = 0;
+  /** Decode steps the lists have room for: it starts small and doubles when a step needs more. */
+  private capacity = 0;
   /** Entries of each list that are valid before the first decode step (kept visual + other slots). */
   private base = 0;
   /** Cache slot of the first decode step. */
@@ -39,7 +44,7 @@ export class DecodeRetrieval implements DecodeSelector {
   /**
    * visualSlots: the cache slots holding visual tokens (ascending); d: decode sparsity in [0, 1);
    * questionSlot0: the first slot of the turn's question (the rows scoring the visual tokens);
-   * maxSteps: most decode steps the turn may take (the lists are sized for them up front).
+   * maxSteps: most decode steps the turn may take (the lists grow to it with use, never beyond).
    */
   constructor(private readonly decoder: LlamaDecoder, readonly visualSlots: readonly number[],
     readonly sparsity: number, readonly questionSlot0: number, private readonly maxSteps: number) {
@@ -60,8 +65,7 @@ export class DecodeRetrieval implements DecodeSelector {
     for (let t = 0; t < end; t++) if (!visual.has(t)) this.others.push(t);
     this.firstStep = end;
     this.base = this.keep + this.others.length;
-    this.stride = this.base + this.maxSteps;
-    this.list = new Int32Array(this.decoder.kvHeads * this.stride);
+    this.setCapacity(Math.min(this.maxSteps, INITIAL_STEPS));
     return {
       onQueries: (layer: number, q: Matrix, part: KVCache, layerInPart: number) =>
         this.retrieve(layer, q.view(this.questionSlot0 - slot0, end - this.questionSlot0), part, layerInPart),
@@ -83,10 +87,10 @@ export class DecodeRetrieval implements DecodeSelector {
     let current = -1;
     return {
       attentionKeys: (layer: number, slot0: number): AttentionKeys => {
-        const lv = this.lists[layer];
-        if (!lv) throw new Error(`decode retrieval: layer ${layer} was not scored (prefill the question with prefillOptions first)`);
+        if (!this.lists[layer]) throw new Error(`decode retrieval: layer ${layer} was not scored (prefill the question with prefillOptions first)`);
         current = steps(slot0);
-        return { count: this.base + current, indices: lv, perKvHead: true, stride: this.stride };
+        if (current > this.capacity) this.grow(current);
+        return { count: this.base + current, indices: this.lists[layer], perKvHead: true, stride: this.stride };
       },
       onQueries: reretrieveEvery > 0
         ? (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
@@ -123,22 +127,47 @@ export class DecodeRetrieval implements DecodeSelector {
     const sc = be.read(out);
     this.visualScores[layer] = sc;
     const kept = new Int32Array(kvHeads * this.keep);
-    const list = this.list, others = this.others;
     for (let g = 0; g < kvHeads; g++) {
       const top = topKInOrder(sc.subarray(g * n, (g + 1) * n), this.keep);
-      // Kept visual slots merged with every other slot, ascending (cache order), then the slots
-      // the decode steps write.
-      let a = 0, b = 0, o = g * this.stride;
-      while (a < top.length || b < others.length) {
-        const va = a < top.length ? this.visualSlots[top[a]] : Infinity, vb = b < others.length ? others[b] : Infinity;
-        if (va < vb) { list[o++] = va; kept[g * this.keep + a] = va; a++; } else { list[o++] = vb; b++; }
-      }
-      for (let t = 0; t < this.maxSteps; t++) list[o++] = this.firstStep + t;
+      for (let a = 0; a < top.length; a++) kept[g * this.keep + a] = this.visualSlots[top[a]];
     }
-    let lv = this.lists[layer];
+    this.kept[layer] = kept;
+    this.writeList(layer, place);
+  }
+
+  private setCapacity(steps: number): void {
+    this.capacity = Math.max(1, steps);
+    this.stride = this.base + this.capacity;
+    this.list = new Int32Array(this.decoder.kvHeads * this.stride);
+  }
+
+  /** Room for `steps` decode steps (doubling, up to maxSteps): every layer's list is rewritten at the new stride. */
+  private grow(steps: number): void {
+    let c = this.capacity;
+    while (c < steps) c *= 2;
+    this.setCapacity(Math.min(c, this.maxSteps));
+    this.kept.forEach((_, layer) => this.writeList(layer, this.decoder.layerPart(layer).place));
+  }
+
+  /**
+   * Writes a layer's lists: per KV head, its kept visual slots merged with every other slot,
+   * ascending (cache order), then the slots the decode steps write.
+   */
+  private writeList(layer: number, place: number): void {
+    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, kept = this.kept[layer];
+    const list = this.list, others = this.others;
+    for (let g = 0; g < kvHeads; g++) {
+      let a = 0, b = 0, o = g * this.stride;
+      while (a < this.keep || b < others.length) {
+        const va = a < this.keep ? kept[g * this.keep + a] : Infinity, vb = b < others.length ? others[b] : Infinity;
+        if (va < vb) { list[o++] = va; a++; } else { list[o++] = vb; b++; }
+      }
+      for (let t = 0; t < this.capacity; t++) list[o++] = this.firstStep + t;
+    }
+    let lv: IntVector | undefined = this.lists[layer];
+    if (lv && lv.length !== list.length) { be.free(lv); lv = undefined; }
     if (!lv) { lv = be.ints(list.length, place); this.lists[layer] = lv; }
     be.writeInts(lv, list);
-    this.kept[layer] = kept;
   }
 
   /** Releases the backend memory this retrieval holds. */
