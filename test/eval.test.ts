@@ -41,9 +41,9 @@ describe('accuracy harness', () => {
     const dir = tempDir();
     const f = path.join(dir, 'e.jsonl');
     writeFileSync(f, '{"image": "a.png", "questions": [{"type": "colour", "question": "q?", "answer": "red"}]}\n');
-    assert.deepEqual(readEpisodes(f), [{ image: path.join(dir, 'a.png'), questions: [{ type: 'colour', question: 'q?', answer: 'red' }] }]);
+    assert.deepEqual(readEpisodes(f), [{ image: path.join(dir, 'a.png'), questions: [{ type: 'colour', question: 'q?', answer: 'red' }], source: `${f}:1` }]);
     writeFileSync(f, '{"image": "a.png"}\n');
-    assert.throws(() => readEpisodes(f), /e\.jsonl:1: expected \{ image, questions: \[\.\.\.\] \}/);
+    assert.throws(() => readEpisodes(f), /e\.jsonl:1: "questions" must be a non-empty array/);
     writeFileSync(f, 'not json\n');
     assert.throws(() => readEpisodes(f), /e\.jsonl:1: not JSON/);
   });

@@ -310,3 +310,14 @@ export async function readRegularFileAsync(file: string, maxBytes: number, what 
     await h.close();
   }
 }
+
+/** Checks, before any work, that a file the user named can be read: it exists and is a regular file. */
+export function checkInputFile(file: string, flag?: string, what = 'file'): void {
+  let fd: number;
+  try {
+    fd = openRegularFile(file, what, FileError).fd;
+  } catch (e) {
+    throw new FileError(flag ? `${flag} ${(e as Error).message}` : (e as Error).message);
+  }
+  fs.closeSync(fd);
+}

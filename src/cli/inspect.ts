@@ -1,57 +1,43 @@
-// `sparsevila inspect DIR`: validates a checkpoint folder and summarises it.
-import { loadConfig, ModelConfig } from '../formats/config.js';
-import { Checkpoint } from '../formats/safetensors.js';
+// `sparsevila inspect DIR`: checks a model folder as loading does and summarises it; exits 1 with
+// every problem listed when it would not load.
+import { Inspection, inspectModel } from '../engine/inspect.js';
+import { setExitCode } from './exit.js';
 
-export interface Inspection {
-  dir: string;
-  modelType: string;
-  config: ModelConfig;
-  files: string[];
-  tensors: number;
-  parameters: number;
-  bytes: number;
-  /** Tensor count and bytes per storage dtype. */
-  dtypes: Record<string, { tensors: number; bytes: number }>;
-}
-
-export function inspectCheckpoint(dir: string): Inspection {
-  const config = loadConfig(dir);
-  const ck = Checkpoint.open(dir);
-  try {
-    const dtypes: Inspection['dtypes'] = {};
-    let parameters = 0, bytes = 0;
-    const names = ck.names();
-    for (const n of names) {
-      const t = ck.info(n);
-      parameters += t.numel;
-      bytes += t.byteLength;
-      const d = (dtypes[t.dtype] ??= { tensors: 0, bytes: 0 });
-      d.tensors++;
-      d.bytes += t.byteLength;
-    }
-    return { dir, modelType: config.modelType, config, files: ck.files.map((f) => f.path), tensors: names.length, parameters, bytes, dtypes };
-  } finally {
-    ck.close();
+export async function inspectCommand(dir: string, opts: { json?: boolean }): Promise<void> {
+  const r = await inspectModel(dir);
+  console.log(opts.json ? JSON.stringify(r, null, 2) : formatInspection(r));
+  // Text: the summary on stdout, each problem and warning on stderr.
+  if (!opts.json) {
+    for (const w of r.warnings) console.error(`sparsevila: warning: ${w}`);
+    for (const p of r.problems) console.error(`sparsevila: ${p}`);
   }
+  if (r.problems.length > 0) setExitCode(1);
 }
 
 export function formatInspection(r: Inspection): string {
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   const lines = [
     `model folder: ${r.dir}`,
-    `model type:   ${r.modelType}`,
-    `files:        ${r.files.join(', ')}`,
+    `model type:   ${r.modelType ?? '(unknown: config.json could not be read)'}`,
+  ];
+  if (r.family) lines.push(`runs as:      ${r.family}`);
+  lines.push(
+    `files:        ${r.files.join(', ') || '(no weights read)'}`,
     `tensors:      ${r.tensors} (${r.parameters.toLocaleString('en-US')} parameters, ${mb(r.bytes)})`,
     ...Object.entries(r.dtypes).map(([d, v]) => `  ${d.padEnd(5)} ${String(v.tensors).padStart(5)} tensors, ${mb(v.bytes)}`),
-  ];
+  );
   const c = r.config;
-  if (c.modelType === 'llava') {
+  if (c?.modelType === 'llava') {
     lines.push(`vision:       CLIP ${c.vision.numHiddenLayers} layers, hidden ${c.vision.hiddenSize}, ${c.vision.numAttentionHeads} heads, image ${c.vision.imageSize}, patch ${c.vision.patchSize}`);
-    lines.push(`language:     ${c.text.modelType} ${c.text.numHiddenLayers} layers, hidden ${c.text.hiddenSize}, ${c.text.numAttentionHeads} heads / ${c.text.numKeyValueHeads} KV heads, vocab ${c.text.vocabSize}`);
-  } else if (c.modelType === 'clip_vision_model') {
+    lines.push(`language:     ${c.text.modelType} ${c.text.numHiddenLayers} layers, hidden ${c.text.hiddenSize}, ${c.text.numAttentionHeads} heads / ${c.text.numKeyValueHeads} KV heads, vocab ${c.text.vocabSize}, context ${c.text.maxPositionEmbeddings}`);
+  } else if (c?.modelType === 'clip_vision_model') {
     lines.push(`vision:       CLIP ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads, image ${c.imageSize}, patch ${c.patchSize}`);
-  } else {
-    lines.push(`language:     ${c.modelType} ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads / ${c.numKeyValueHeads} KV heads, vocab ${c.vocabSize}`);
+  } else if (c) {
+    lines.push(`language:     ${c.modelType} ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads / ${c.numKeyValueHeads} KV heads, vocab ${c.vocabSize}, context ${c.maxPositionEmbeddings}`);
   }
+  if (r.memoryPlaces !== undefined) lines.push(`memory:       ${r.memoryPlaces} wasm memor${r.memoryPlaces === 1 ? 'y' : 'ies'} of 4 GiB`);
+  if (r.skipped.length) lines.push(`not used:     ${r.skipped.length} tensor${r.skipped.length === 1 ? '' : 's'} on purpose (${[...new Set(r.skipped.map((s) => s.why))].join('; ')})`);
+  lines.push(`warnings:     ${r.warnings.length}${r.warnings.length ? ' (on stderr)' : ''}`);
+  lines.push(r.problems.length === 0 ? 'problems:     none (the folder loads)' : `problems:     ${r.problems.length} (on stderr): the folder does not load`);
   return lines.join('\n');
 }

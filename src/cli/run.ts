@@ -1,6 +1,11 @@
 // `sparsevila run`: answer a prompt about an image with a model folder.
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
+import { OptionError } from '../base/errors.js';
+import { checkInputFile, checkOutputFile } from '../base/files.js';
+import { ImageLimits } from '../io/image-types.js';
+import { EXIT_INTERRUPTED, Interrupts } from './interrupt.js';
+import { setExitCode } from './exit.js';
 import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
 import { modelDir } from '../default-model.js';
@@ -25,6 +30,35 @@ export interface RunOptions {
   threads?: number;
   json?: boolean;
   heatmap?: string;
+  maxImageBytes?: number;
+  maxImagePixels?: number;
+}
+
+/** The image bounds the --max-image-* flags set (the library's defaults for the others). */
+export function imageLimitsOf(o: { maxImageBytes?: number; maxImagePixels?: number }): Partial<ImageLimits> {
+  return { ...(o.maxImageBytes !== undefined ? { maxBytes: o.maxImageBytes } : {}), ...(o.maxImagePixels !== undefined ? { maxPixels: o.maxImagePixels } : {}) };
+}
+
+/** A warning of the engine or the command, on stderr. */
+export function cliWarning(message: string): void {
+  console.error(`sparsevila: warning: ${message}`);
+}
+
+/** Checks, before the model is loaded, the files a command will read and write. */
+export function checkPaths(input: { files: string[]; video: boolean }, heatmap: string | undefined): void {
+  for (const f of input.files) checkInputFile(f, input.video ? '--frames' : '--image', 'image');
+  if (heatmap !== undefined) checkOutputFile(heatmap, '--heatmap');
+}
+
+/** Checks the method flags against the loaded model (what they can only be checked with). */
+export function checkMethodFlags(o: MethodFlags, model: VisionLanguageModel): void {
+  const L = model.decoder.config.numHiddenLayers;
+  if (o.method === 'fastv' && o.fastvK !== undefined && o.fastvK > L - 1) {
+    throw new OptionError(`--fastv-k ${o.fastvK}: visual tokens are dropped after layer K, and this model's language model has ${L} layers, so K must be in 1..${L - 1}`);
+  }
+  if (o.method === 'fastv' && o.fastvK === undefined && L < 3) {
+    throw new OptionError(`--method fastv: the default K = 2 needs at least 3 layers, and this model's language model has ${L}: give --fastv-k 1`);
+  }
 }
 
 /** The flags of --method and its hyperparameters. */
@@ -36,7 +70,7 @@ export const SPARSEVILA_VIDEO_DEFAULTS = { prefill: 0.75, decode: 0.9 };
 
 /** The visual inputs of a run: --image files, or --frames (a video as image files in time order). */
 export function visualInputs(o: { image?: string[]; frames?: string[] }): { files: string[]; video: boolean } {
-  if (o.image?.length && o.frames?.length) throw new Error('give --image or --frames, not both');
+  if (o.image?.length && o.frames?.length) throw new OptionError('give --image or --frames, not both');
   return o.frames?.length ? { files: o.frames, video: true } : { files: o.image ?? [], video: false };
 }
 
@@ -48,11 +82,12 @@ export function methodOf(o: MethodFlags, video = false):
   { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
   const m = o.method ?? 'dense';
   if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
-    throw new Error('--prefill-sparsity and --decode-sparsity need --method sparsevila');
+    throw new OptionError('--prefill-sparsity and --decode-sparsity need --method sparsevila');
   }
-  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest') throw new Error('--visual-budget needs --method visionzip, prumerge or quest');
-  if ((o.fastvK !== undefined || o.fastvR !== undefined) && m !== 'fastv') throw new Error('--fastv-k and --fastv-r need --method fastv');
-  if (o.pdropLambda !== undefined && m !== 'pdrop') throw new Error('--pdrop-lambda needs --method pdrop');
+  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest') throw new OptionError('--visual-budget needs --method visionzip, prumerge or quest');
+  if ((o.fastvK !== undefined || o.fastvR !== undefined) && m !== 'fastv') throw new OptionError('--fastv-k and --fastv-r need --method fastv');
+  if (o.pdropLambda !== undefined && m !== 'pdrop') throw new OptionError('--pdrop-lambda needs --method pdrop');
+  if (m === 'visionzip' && o.visualBudget !== undefined && o.visualBudget < 2) throw new OptionError('--visual-budget: visionzip keeps dominant and contextual tokens, so at least 2');
   if (m === 'fastv') {
     const k = o.fastvK ?? 2, r = o.fastvR ?? 0.5;
     return { prefill: 0, decode: 0, decodeMethod: fastV(k, r), label: `fastv (K ${k}, R ${r})` };
@@ -69,6 +104,7 @@ export function methodOf(o: MethodFlags, video = false):
 export async function runCommand(o: RunOptions): Promise<void> {
   const input = visualInputs(o);
   const sparsity = methodOf(o, input.video);
+  checkPaths(input, o.heatmap);
   // Progress goes to stderr and only on a terminal; --json keeps stdout one JSON object.
   const showProgress = !o.json && process.stderr.isTTY;
   const bar = showProgress
@@ -77,6 +113,8 @@ export async function runCommand(o: RunOptions): Promise<void> {
   let started = false;
   const model = await VisionLanguageModel.load(modelDir(o.model), {
     threads: o.threads,
+    onWarning: cliWarning,
+    imageLimits: imageLimitsOf(o),
     onProgress: (loaded, total) => {
       if (!bar) return;
       const mib = (b: number) => Math.round(b / 2 ** 20);
@@ -85,12 +123,18 @@ export async function runCommand(o: RunOptions): Promise<void> {
     },
   });
   if (bar && started) bar.stop();
+  const interrupts = new Interrupts(() => {});
   try {
+    checkMethodFlags(o, model);
+    if (model.llava && input.files.length === 0) cliWarning('no --image given: the model answers from the prompt text alone');
+    if (o.prompt.trim() === '') cliWarning(`the prompt is empty: the model answers ${input.files.length ? 'the image' : 'nothing'} with no question`);
     if (showProgress && input.files.length) process.stderr.write(' encoding image…\r');
     let first = true;
+    const signal = interrupts.begin();
     const r = await model.generate(
       { images: input.files, prompt: o.prompt },
       {
+        signal,
         maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
         prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
         prefill: sparsity.reducer, decode: sparsity.decodeMethod,
@@ -101,8 +145,10 @@ export async function runCommand(o: RunOptions): Promise<void> {
         },
       },
     );
+    interrupts.end();
+    if (r.finishReason === 'abort') setExitCode(EXIT_INTERRUPTED);
     const s = r.stats;
-    const heatmaps = o.heatmap ? await model.writeHeatmaps(o.heatmap, input.files, r) : [];
+    const heatmaps = o.heatmap && r.visual ? await model.writeHeatmaps(o.heatmap, input.files, r) : [];
     if (o.json) {
       console.log(JSON.stringify({
         ids: r.ids, text: r.text, finishReason: r.finishReason,
@@ -121,6 +167,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
       for (const h of heatmaps) console.error(`heatmap: ${h}`);
     }
   } finally {
+    interrupts.dispose();
     await model.close();
   }
 }

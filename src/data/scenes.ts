@@ -2,7 +2,8 @@
 // objects (shape, colour, size, some with a letter or digit inside) on a textured background, each
 // scene with a multi-turn episode of short-answer questions about different objects or regions.
 // Everything is a pure function of the seed, so any split can be regenerated exactly.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { ensureOutputDir, writeFileChecked } from '../base/files.js';
+import { OptionError } from '../base/errors.js';
 import path from 'node:path';
 import sharp from 'sharp';
 
@@ -265,7 +266,7 @@ export async function renderScene(s: Scene): Promise<Buffer> {
 /** Seeds of a split: disjoint ranges, so train, validation and test never share a scene. */
 export function splitSeeds(split: 'train' | 'validation' | 'test', count: number): number[] {
   const base = { train: 1_000_000, validation: 2_000_000, test: 3_000_000 }[split];
-  if (count > 1_000_000) throw new RangeError(`a split holds at most 1000000 scenes, asked for ${count}`);
+  if (count > 1_000_000) throw new OptionError(`a split holds at most 1000000 scenes, asked for ${count}`);
   return Array.from({ length: count }, (_, i) => base + i);
 }
 
@@ -280,15 +281,15 @@ export interface EpisodeRecord { seed: number; image: string; questions: Questio
  * EpisodeRecord per line; with `bank`, each scene's question bank too). Returns the path of episodes.jsonl.
  */
 export async function writeSplit(dir: string, split: 'train' | 'validation' | 'test', count: number, size = 224, opts: { bank?: boolean } = {}): Promise<string> {
-  mkdirSync(dir, { recursive: true });
+  ensureOutputDir(dir);
   const lines: string[] = [];
   for (const seed of splitSeeds(split, count)) {
     const s = makeScene(seed, size);
     const image = `${seed}.png`;
-    writeFileSync(path.join(dir, image), await renderScene(s));
+    writeFileChecked(path.join(dir, image), await renderScene(s));
     lines.push(JSON.stringify({ seed, image, questions: s.episode, objects: s.objects, ...(opts.bank ? { bank: questionBank(s) } : {}) } satisfies EpisodeRecord));
   }
   const file = path.join(dir, 'episodes.jsonl');
-  writeFileSync(file, lines.join('\n') + '\n');
+  writeFileChecked(file, lines.join('\n') + '\n');
   return file;
 }

@@ -1,14 +1,20 @@
 // The accuracy harness: runs a model with a sparsity method over episodes of visual questions
 // (one session per scene, questions in turn order) and scores exact-match answers per question
 // type and for the first turn against later turns.
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { GenerateOptions, GenerationError, VisionLanguageModel } from '../engine/vlm.js';
+import { InputError } from '../base/errors.js';
+import { readTextFile, visible } from '../base/files.js';
 import { PrefillReducer } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
 
 export interface EvalQuestion { type: string; question: string; answer: string }
-export interface EvalEpisode { image: string; questions: EvalQuestion[] }
+export interface EvalEpisode {
+  image: string;
+  questions: EvalQuestion[];
+  /** Where the episode came from (`file:line`), for messages. */
+  source?: string;
+}
 
 export interface EvalOptions {
   mode: 'independent' | 'chat';
@@ -27,6 +33,10 @@ export interface QuestionResult {
 }
 
 export interface Accuracy { correct: number; total: number; accuracy: number }
+
+/** An episode that could not run (its image missing or unreadable, ...): the others go on. */
+export interface FailedEpisode { episode: number; source?: string; image: string; questions: number; error: string }
+
 export interface EvalReport {
   overall: Accuracy;
   byType: Record<string, Accuracy>;
@@ -36,23 +46,36 @@ export interface EvalReport {
   meanVisualTokens: number;
   meanVisualPerLayer: number;
   results: QuestionResult[];
+  /** Episodes that failed (their questions are not in the accuracies). */
+  failed: FailedEpisode[];
 }
 
-/** Reads episodes.jsonl (each line: { image, questions: [{ type, question, answer }] }), images resolved against its folder. */
+/**
+ * Reads episodes.jsonl (each line: { image, questions: [{ type, question, answer }] }), images
+ * resolved against its folder. Blank lines are skipped; a problem names the file and its line as
+ * an editor counts it; a file without episodes is an error.
+ */
 export function readEpisodes(file: string): EvalEpisode[] {
-  let text: string;
-  try { text = readFileSync(file, 'utf8'); } catch (e) { throw new GenerationError(`${file}: cannot read the episodes (${(e as Error).message})`); }
-  return text.split('\n').filter((l) => l.trim()).map((line, i) => {
-    let rec: { image?: unknown; questions?: unknown };
-    try { rec = JSON.parse(line) as typeof rec; } catch (e) { throw new GenerationError(`${file}:${i + 1}: not JSON (${(e as Error).message})`); }
-    if (typeof rec.image !== 'string' || !Array.isArray(rec.questions)) throw new GenerationError(`${file}:${i + 1}: expected { image, questions: [...] }`);
-    const questions = rec.questions.map((q: unknown, j: number) => {
-      const o = q as Partial<EvalQuestion>;
-      if (typeof o.question !== 'string' || typeof o.answer !== 'string' || typeof o.type !== 'string') throw new GenerationError(`${file}:${i + 1}: question ${j + 1} needs type, question and answer strings`);
+  const text = readTextFile(file, { what: 'episodes file', error: GenerationError })!;
+  const episodes: EvalEpisode[] = [];
+  text.split(/\r?\n/).forEach((line, i) => {
+    if (!line.trim()) return;
+    const at = `${file}:${i + 1}`;
+    let rec: unknown;
+    try { rec = JSON.parse(line); } catch (e) { throw new GenerationError(`${at}: not JSON (${visible((e as Error).message).slice(0, 120)})`); }
+    if (typeof rec !== 'object' || rec === null || Array.isArray(rec)) throw new GenerationError(`${at}: expected an object { image, questions: [...] }, found ${rec === null ? 'null' : Array.isArray(rec) ? 'an array' : typeof rec}`);
+    const { image, questions } = rec as { image?: unknown; questions?: unknown };
+    if (typeof image !== 'string' || image === '') throw new GenerationError(`${at}: "image" must be the path of an image file (a non-empty string)`);
+    if (!Array.isArray(questions) || questions.length === 0) throw new GenerationError(`${at}: "questions" must be a non-empty array of { type, question, answer }`);
+    const qs = questions.map((q: unknown, j: number) => {
+      const o = (typeof q === 'object' && q !== null ? q : {}) as Partial<EvalQuestion>;
+      if (typeof o.question !== 'string' || typeof o.answer !== 'string' || typeof o.type !== 'string') throw new GenerationError(`${at}: question ${j + 1} needs type, question and answer strings`);
       return { type: o.type, question: o.question, answer: o.answer };
     });
-    return { image: path.resolve(path.dirname(file), rec.image), questions };
+    episodes.push({ image: path.resolve(path.dirname(file), image), questions: qs, source: at });
   });
+  if (episodes.length === 0) throw new GenerationError(`${file}: no episodes (the file is empty or holds only blank lines)`);
+  return episodes;
 }
 
 /**
@@ -69,7 +92,7 @@ function accuracy(rs: QuestionResult[]): Accuracy {
 }
 
 /** Aggregates per-question results into the report. */
-export function summarise(results: QuestionResult[]): EvalReport {
+export function summarise(results: QuestionResult[], failed: FailedEpisode[] = []): EvalReport {
   const byType: Record<string, Accuracy> = {};
   for (const t of [...new Set(results.map((r) => r.type))].sort()) byType[t] = accuracy(results.filter((r) => r.type === t));
   const mean = (f: (r: QuestionResult) => number) => (results.length ? results.reduce((a, r) => a + f(r), 0) / results.length : 0);
@@ -77,7 +100,7 @@ export function summarise(results: QuestionResult[]): EvalReport {
     overall: accuracy(results), byType,
     firstTurn: accuracy(results.filter((r) => r.turn === 1)), laterTurns: accuracy(results.filter((r) => r.turn > 1)),
     meanMsPerQuestion: mean((r) => r.ms), meanVisualTokens: mean((r) => r.visualTokens), meanVisualPerLayer: mean((r) => r.visualPerLayerMean),
-    results,
+    results, failed,
   };
 }
 
@@ -90,23 +113,33 @@ export async function evaluate(model: VisionLanguageModel, episodes: EvalEpisode
   const total = episodes.reduce((a, e) => a + e.questions.length, 0);
   const gen: GenerateOptions = { maxNewTokens: o.maxNewTokens ?? 8, temperature: 0, decode: o.decode, decodeSparsity: o.decodeSparsity };
   const results: QuestionResult[] = [];
+  const failed: FailedEpisode[] = [];
+  let done = 0;
   for (const [ei, ep] of episodes.entries()) {
     const session = model.session([ep.image], { mode: o.mode, prefill: o.prefill, prefillSparsity: o.prefillSparsity });
+    const mine: QuestionResult[] = [];
     try {
       for (const [qi, q] of ep.questions.entries()) {
         const t0 = performance.now();
         const r = await session.ask(q.question, gen);
         const prediction = r.text.trim();
-        results.push({
+        mine.push({
           episode: ei, turn: qi + 1, type: q.type, question: q.question, answer: q.answer, prediction,
           correct: normaliseAnswer(prediction) === normaliseAnswer(q.answer), ms: performance.now() - t0,
           visualTokens: r.stats.imageTokens, visualPerLayerMean: r.stats.visualTokensPerLayer.mean,
         });
-        o.onQuestion?.(results.length, total);
+        o.onQuestion?.(++done, total);
       }
+      results.push(...mine);
+    } catch (e) {
+      // An episode that cannot run (its image is missing, ...) fails alone; the run goes on.
+      if (!(e instanceof InputError)) throw e;
+      failed.push({ episode: ei, source: ep.source, image: ep.image, questions: ep.questions.length, error: e.message });
+      done += ep.questions.length - mine.length;
+      o.onQuestion?.(done, total);
     } finally {
       session.close();
     }
   }
-  return summarise(results);
+  return summarise(results, failed);
 }

@@ -1,6 +1,7 @@
 // Pictures of what a sparse model looked at: the image as the vision tower saw it, with the patches
 // kept in prefill and those retrieved at decode overlaid, and one small grid per LLM layer.
 import sharp from 'sharp';
+import { FileError } from '../base/errors.js';
 import { ClipImageProcessorConfig } from './image-processor.js';
 
 export interface HeatmapInput {
@@ -75,6 +76,10 @@ export async function writeHeatmap(file: string, h: HeatmapInput): Promise<{ wid
       }
     }
   }
-  await sharp(out, { raw: { width, height, channels: 3 } }).png().toFile(file);
+  try {
+    await sharp(out, { raw: { width, height, channels: 3 } }).png().toFile(file);
+  } catch (e) {
+    throw new FileError(`${file}: cannot write the heatmap: ${(e as Error).message.split('\n')[0]}`);
+  }
   return { width, height };
 }

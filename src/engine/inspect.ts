@@ -1,0 +1,87 @@
+// Checking a model folder without running it: every check loading makes (config, tokenizer, chat
+// template rendered on a sample conversation, preprocessor and generation configs, every tensor
+// against the config in both directions, the machine's memory), each problem listed instead of
+// stopping at the first. The weights are "loaded" onto a MetaBackend: the same code as a real
+// load, no tensor data read.
+import os from 'node:os';
+import { Problems } from '../base/problems.js';
+import { LimitError } from '../base/errors.js';
+import { Checkpoint } from '../formats/safetensors.js';
+import { ModelConfig } from '../formats/config.js';
+import { MetaBackend } from '../kernels/meta-backend.js';
+import { WeightLoader } from '../model/weights.js';
+import { readModelFiles } from './model-folder.js';
+import { loadWeights } from './weights-of.js';
+
+export interface Inspection {
+  dir: string;
+  /** The config's model_type (absent when config.json could not be read). */
+  modelType?: string;
+  config?: ModelConfig;
+  /** What the engine runs it as, e.g. "llava: CLIP tower, MLP projector, llama decoder". */
+  family?: string;
+  files: string[];
+  tensors: number;
+  parameters: number;
+  bytes: number;
+  /** Tensor count and bytes per storage dtype. */
+  dtypes: Record<string, { tensors: number; bytes: number }>;
+  /** Memory places (4 GiB wasm memories) the weights take. */
+  memoryPlaces?: number;
+  /** Tensors the family leaves unused on purpose, and why. */
+  skipped: { name: string; why: string }[];
+  /** Everything loading would refuse, each naming its file, field or tensor. Empty: the folder loads. */
+  problems: string[];
+  /** What loading would warn about. */
+  warnings: string[];
+}
+
+function familyOf(c: ModelConfig): string {
+  if (c.modelType === 'llava') return `llava: CLIP vision tower, MLP projector, ${c.text.modelType} decoder`;
+  if (c.modelType === 'clip_vision_model') return 'a CLIP vision encoder alone (not runnable by itself)';
+  return `${c.modelType}: text-only decoder`;
+}
+
+/** Runs every check of VisionLanguageModel.load on `dir` and lists every problem found. */
+export async function inspectModel(dir: string): Promise<Inspection> {
+  const problems = new Problems(true);
+  const files = readModelFiles(dir, problems);
+  const out: Inspection = { dir, files: [], tensors: 0, parameters: 0, bytes: 0, dtypes: {}, skipped: [], problems: [], warnings: [] };
+  if (files.config) {
+    out.config = files.config;
+    out.modelType = files.config.modelType;
+    out.family = familyOf(files.config);
+  }
+  const ck = problems.attempt(() => Checkpoint.open(dir));
+  if (ck) {
+    try {
+      const names = ck.names();
+      for (const n of names) {
+        const t = ck.info(n);
+        out.parameters += t.numel;
+        out.bytes += t.byteLength;
+        const d = (out.dtypes[t.dtype] ??= { tensors: 0, bytes: 0 });
+        d.tensors++;
+        d.bytes += t.byteLength;
+      }
+      out.files = ck.files.map((f) => f.path);
+      out.tensors = names.length;
+      if (out.bytes > os.totalmem()) {
+        problems.report(new LimitError(`${dir}: the weights take ${(out.bytes / 2 ** 30).toFixed(1)} GiB but this machine has ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB of memory`));
+      }
+      const config = files.config;
+      if (config && config.modelType !== 'clip_vision_model') {
+        const meta = new MetaBackend();
+        const loader = new WeightLoader(meta, ck, dir, { check: problems });
+        await problems.attemptAsync(() => loadWeights(loader, config, names));
+        out.memoryPlaces = meta.places;
+        out.skipped = loader.skippedTensors(names);
+      }
+    } finally {
+      ck.close();
+    }
+  }
+  out.problems = problems.errors.map((e) => e.message);
+  out.warnings = [...problems.warnings];
+  return out;
+}
