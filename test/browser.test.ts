@@ -62,12 +62,11 @@ window.ready = true;
 </script>`;
 
 describe('kernels in a browser (headless Chromium)', () => {
-  let server: http.Server;
-  let browser: Browser;
+  let server: http.Server | undefined;
+  let browser: Browser | undefined;
   let base = '';
 
   before(async () => {
-    assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM_PATH`);
     server = http.createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://localhost');
       // Cross-origin isolation: required for SharedArrayBuffer and shared wasm memory.
@@ -79,20 +78,22 @@ describe('kernels in a browser (headless Chromium)', () => {
       res.setHeader('Content-Type', TYPES[path.extname(file)] ?? 'application/octet-stream');
       res.end(readFileSync(file));
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
     base = `http://127.0.0.1:${(server.address() as { port: number }).port}/`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-    });
   });
 
   after(async () => {
     await browser?.close();
-    await new Promise<void>((resolve) => server?.close(() => resolve()));
+    if (server) await new Promise<void>((resolve) => server!.close(() => resolve()));
   });
 
   it('runs a matmul and an attention call on 2 threads in Web Workers, matching plain references', async () => {
+    // The hint must be the failure's message: a failing hook would hide it behind node:test's own.
+    assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install it (apt-get install chromium) or set CHROMIUM_PATH`);
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+    });
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));

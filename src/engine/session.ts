@@ -113,14 +113,18 @@ export class Session {
     }
     const t1 = performance.now();
     const counts = this.features.map((f) => f.rows);
-    // Chat mode: while the conversation and room for the answer do not fit the context window,
-    // drop the oldest turns after the images (they stay dropped).
+    // Chat mode: when the conversation and room for the answer no longer fit the context window,
+    // drop the oldest turns after the images (for good) until a quarter of the window is free
+    // besides, so that the next questions reuse the cache again instead of shifting it each time.
     const reserve = Math.min(opts.maxNewTokens ?? 256, Math.floor(m.contextWindow / 4));
     let start = 0;
     let ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
-    while (this.mode === 'chat' && ids.length + reserve > m.contextWindow && start < this.history.length) {
-      start += 2;
-      ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
+    if (this.mode === 'chat' && ids.length + reserve > m.contextWindow) {
+      const target = m.contextWindow - reserve - Math.floor(m.contextWindow / 4);
+      while (start < this.history.length && (ids.length + reserve > m.contextWindow || ids.length > target)) {
+        start += 2;
+        ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
+      }
     }
     m.checkPromptLength(ids.length);
     if (start > 0 && this.layout) {

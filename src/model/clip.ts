@@ -73,10 +73,6 @@ export class ClipVisionTower {
     activationOf(c.hiddenAct, 'vision_config.hidden_act');
     const grid = c.imageSize / P, tokens = grid * grid + 1;
     const e = `${prefix}embeddings.`;
-    // What a tower that stops at the projector's layer leaves unread, on purpose.
-    const layerOf = (n: string) => Number(/^encoder\.layers\.(\d+)\./.exec(n.slice(prefix.length))?.[1] ?? -1);
-    loader.skip((n) => n.startsWith(prefix) && layerOf(n) >= layers, 'an encoder layer after the one the projector reads (vision_feature_layer)');
-    loader.skip((n) => n.startsWith(`${prefix}post_layernorm.`), 'the final LayerNorm, after the hidden state the projector reads');
     loader.skip((n) => n === `${e}position_ids`, 'a constant buffer some checkpoints store');
     const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }]);
     const pos = loader.f32([{ name: `${e}position_embedding.weight`, shape: [tokens, D] }]);
@@ -88,24 +84,37 @@ export class ClipVisionTower {
       loader.params([{ name: `${prefix}pre_layrnorm.weight`, shape: [D] }]),
       loader.params([{ name: `${prefix}pre_layrnorm.bias`, shape: [D] }]),
     ];
+    // The tensors of encoder layer l, by role.
+    const layerTensors = (l: number) => {
+      const p = `${prefix}encoder.layers.${l}.`, a = `${p}self_attn.`;
+      const t = (name: string, shape: number[]) => ({ name: `${p}${name}`, shape });
+      return {
+        ln1w: t('layer_norm1.weight', [D]), ln1b: t('layer_norm1.bias', [D]),
+        qkv: ['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.weight`, shape: [D, D] })),
+        qkvBias: ['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.bias`, shape: [D] })),
+        o: t('self_attn.out_proj.weight', [D, D]), oBias: t('self_attn.out_proj.bias', [D]),
+        ln2w: t('layer_norm2.weight', [D]), ln2b: t('layer_norm2.bias', [D]),
+        fc1: t('mlp.fc1.weight', [I, D]), fc1Bias: t('mlp.fc1.bias', [I]),
+        fc2: t('mlp.fc2.weight', [D, I]), fc2Bias: t('mlp.fc2.bias', [D]),
+      };
+    };
     const ls: ClipLayer[] = [];
     for (let l = 0; l < layers; l++) {
-      const p = `${prefix}encoder.layers.${l}.`, a = `${p}self_attn.`;
+      const t = layerTensors(l);
       ls.push({
-        ln1w: loader.params([{ name: `${p}layer_norm1.weight`, shape: [D] }]),
-        ln1b: loader.params([{ name: `${p}layer_norm1.bias`, shape: [D] }]),
-        qkv: loader.linear(['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.weight`, shape: [D, D] }))),
-        qkvBias: loader.params(['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.bias`, shape: [D] }))),
-        o: loader.linear([{ name: `${a}out_proj.weight`, shape: [D, D] }]),
-        oBias: loader.params([{ name: `${a}out_proj.bias`, shape: [D] }]),
-        ln2w: loader.params([{ name: `${p}layer_norm2.weight`, shape: [D] }]),
-        ln2b: loader.params([{ name: `${p}layer_norm2.bias`, shape: [D] }]),
-        fc1: loader.linear([{ name: `${p}mlp.fc1.weight`, shape: [I, D] }]),
-        fc1Bias: loader.params([{ name: `${p}mlp.fc1.bias`, shape: [I] }]),
-        fc2: loader.linear([{ name: `${p}mlp.fc2.weight`, shape: [D, I] }]),
-        fc2Bias: loader.params([{ name: `${p}mlp.fc2.bias`, shape: [D] }]),
+        ln1w: loader.params([t.ln1w]), ln1b: loader.params([t.ln1b]),
+        qkv: loader.linear(t.qkv), qkvBias: loader.params(t.qkvBias),
+        o: loader.linear([t.o]), oBias: loader.params([t.oBias]),
+        ln2w: loader.params([t.ln2w]), ln2b: loader.params([t.ln2b]),
+        fc1: loader.linear([t.fc1]), fc1Bias: loader.params([t.fc1Bias]),
+        fc2: loader.linear([t.fc2]), fc2Bias: loader.params([t.fc2Bias]),
       });
     }
+    // The layers after the one the projector reads, and the final LayerNorm, are not run, but the
+    // config declares them: they must be there (a config that miscounts the layers would move the
+    // feature layer, vision_feature_layer counting from the end).
+    for (let l = layers; l < c.numHiddenLayers; l++) loader.expect(Object.values(layerTensors(l)).flat());
+    loader.expect([{ name: `${prefix}post_layernorm.weight`, shape: [D] }, { name: `${prefix}post_layernorm.bias`, shape: [D] }]);
     return new ClipVisionTower(loader.backend, config, patchEmbed, posClass, preNorm, ls, loader.place);
   }
 

@@ -59,6 +59,15 @@ export class WeightLoader {
     this.skipped.push({ test, why });
   }
 
+  /**
+   * Tensors the config implies but the model does not run (e.g. a tower's layers after the one a
+   * projector reads): they must be there with their shapes, so that a config that miscounts the
+   * layers is an error, but nothing is read.
+   */
+  expect(parts: { name: string; shape: number[] }[]): void {
+    for (const p of parts) this.dtypeOf(this.info(p.name, p.shape));
+  }
+
   /** The tensor's description, checked against the shape the config implies. */
   info(name: string, shape: number[]): TensorInfo {
     this.used.add(name);
