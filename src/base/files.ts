@@ -166,10 +166,15 @@ export function parseJson(text: string, source: string, E: ErrorClass = FileErro
       const before = t.slice(0, pos);
       const line = before.split('\n').length, col = pos - before.lastIndexOf('\n');
       const ch = t.codePointAt(pos);
-      const found = ch === undefined ? 'the end of the text' : describeChar(ch);
+      const found = ch === undefined ? 'end of the text' : describeChar(ch);
       throw new E(`${source}: invalid JSON at line ${line}, column ${col}: unexpected ${found}`);
     }
-    throw new E(`${source}: invalid JSON: ${visible(msg.split('\n')[0]).slice(0, 200)}`);
+    // Node's message then quotes the text itself: say where it goes wrong in our own words.
+    const first = t.trimStart().codePointAt(0);
+    if (first !== undefined && !'{["-0123456789tfn'.includes(String.fromCodePoint(first))) {
+      throw new E(`${source}: invalid JSON: the text starts with ${describeChar(first)}, not a JSON value`);
+    }
+    throw new E(`${source}: invalid JSON: ${visible(msg.split('\n')[0]).replace(/\uFFFD/g, 'U+FFFD').slice(0, 200)}`);
   }
 }
 

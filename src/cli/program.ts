@@ -60,7 +60,7 @@ function build(): Command {
     .name('sparsevila')
     .description(pkg.description)
     .version(pkg.version, '-v, --version')
-    .showHelpAfterError()
+    .showHelpAfterError('(sparsevila <command> --help lists the flags)')
     .exitOverride();
 
   imageLimitOptions(program

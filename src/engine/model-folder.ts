@@ -9,7 +9,7 @@ import { ConfigError, LlamaLikeConfig, LlavaConfig, ModelConfig, loadConfig } fr
 import { TextTokenizer, TokenizerError, readGenerationEos } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { ClipImageProcessorConfig, ImageError, loadClipImageProcessorConfig } from '../io/image.js';
-import { DEFAULT_IMAGE_LIMITS, ImageLimits } from '../io/image-types.js';
+import { DEFAULT_IMAGE_LIMITS, ImageLimits, pixels } from '../io/image-types.js';
 
 export interface ModelFiles {
   dir: string;
@@ -35,7 +35,7 @@ export function imageTokenString(config: ModelConfig, tokenizer: TextTokenizer |
   const t = tokenizer?.idToToken(id);
   if (t === undefined) throw new ConfigError(`${path.join(dir, 'config.json')}: image_token_index ${id} is not a token of the tokenizer (tokenizer.json)`);
   if (!tokenizer!.isAddedToken(id)) {
-    throw new ConfigError(`${path.join(dir, 'config.json')}: image_token_index ${id} is the ordinary word ${JSON.stringify(t)} of the tokenizer, not an added image token such as "<image>"`);
+    throw new ConfigError(`${path.join(dir, 'config.json')}: image_token_index ${id} is ${JSON.stringify(t)}, a word of the tokenizer's vocabulary, not one of its added tokens (tokenizer.json "added_tokens"), as an image placeholder is`);
   }
   return t;
 }
@@ -52,7 +52,7 @@ function checkImageProcessor(p: ClipImageProcessorConfig, c: LlavaConfig, dir: s
   const file = path.join(dir, 'preprocessor_config.json'), px = c.vision.imageSize;
   const size = 'shortestEdge' in p.size ? { height: p.size.shortestEdge, width: p.size.shortestEdge } : p.size;
   if (p.doResize && size.height * size.width > limits.maxPixels) {
-    throw new ImageError(`${file}: size ${size.width}×${size.height} asks for more than the ${(limits.maxPixels / 1e6).toFixed(1)} megapixels an image may have (the image limit maxPixels; --max-image-pixels); the vision tower takes ${px}×${px}`);
+    throw new ImageError(`${file}: size resizes images to ${size.width}×${size.height} = ${pixels(size.width * size.height)}, more than the image limit maxPixels of ${pixels(limits.maxPixels)} (--max-image-pixels); the vision tower takes ${px}×${px}`);
   }
   if (p.doCenterCrop) {
     if (p.cropSize.height !== px || p.cropSize.width !== px) {
@@ -96,6 +96,11 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
   }
 
   if (config?.modelType === 'llava') {
+    const grid = config.vision.imageSize / config.vision.patchSize;
+    const perImage = grid * grid + (config.visionFeatureSelectStrategy === 'full' ? 1 : 0);
+    if (config.text.maxPositionEmbeddings <= perImage) {
+      problems.report(new ConfigError(`${path.join(dir, 'config.json')}: text_config.max_position_embeddings ${config.text.maxPositionEmbeddings} cannot hold one image: it takes ${perImage} visual tokens (vision_config image_size / patch_size)`));
+    }
     const proc = problems.attempt(() => loadClipImageProcessorConfig(dir));
     if (proc && problems.attempt(() => { checkImageProcessor(proc, config, dir, limits); return true; })) out.imageProcessor = proc;
   } else {
@@ -123,15 +128,18 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
       if (single !== undefined && imageToken !== null) {
         const n = single.split(imageToken).length - 1;
         if (n !== 1) {
-          problems.report(new ChatTemplateError(`${template.file}: the chat template placed ${n} image placeholders ${JSON.stringify(imageToken)} for one image ` +
+          problems.report(new ChatTemplateError(`${template.file}: the chat template placed ${n} image placeholders ${JSON.stringify(imageToken)} ` +
+            `(the token of image_token_index ${(config as LlavaConfig).imageTokenIndex} in config.json) for one image ` +
             `(a user message with one image part and one text part renders as ${JSON.stringify(single.slice(0, 200))})`));
         }
       }
-      try {
-        template.render(sampleConversation(images, 2), { addGenerationPrompt: true });
-      } catch (e) {
-        if (!(e instanceof ChatTemplateError)) throw e;
-        problems.warn(`${template.file}: the chat template cannot render a two-turn conversation, so chat sessions will fail (${e.message.replace(`${template.file}: `, '')})`);
+      if (single !== undefined) {
+        try {
+          template.render(sampleConversation(images, 2), { addGenerationPrompt: true });
+        } catch (e) {
+          if (!(e instanceof ChatTemplateError)) throw e;
+          problems.warn(`${template.file}: the chat template cannot render a two-turn conversation, so chat sessions will fail (${e.message.replace(`${template.file}: `, '')})`);
+        }
       }
     }
   }

@@ -10,6 +10,7 @@ import { DecoderCache, LlamaDecoder } from '../model/llama.js';
 import { WeightLoader } from '../model/weights.js';
 import { Workspace } from '../model/workspace.js';
 import { ClipImageProcessorConfig, ImageError, ImageLimits, RgbImage, checkImageLimits, clipPreprocess, decodeImage } from '../io/image.js';
+import { pixels } from '../io/image-types.js';
 import { TextTokenizer, mergeEosTokenIds } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate } from '../io/chat-template.js';
 import { expandImageTokens } from '../io/prompt.js';
@@ -352,12 +353,17 @@ export class VisionLanguageModel {
     } else if (image && typeof image === 'object' && 'data' in image) {
       rgb = image;
       if (rgb.width * rgb.height > this.imageLimits.maxPixels) {
-        throw new ImageError(`an RgbImage of ${rgb.width}×${rgb.height} is more than the ${(this.imageLimits.maxPixels / 1e6).toFixed(1)} megapixels allowed (the image limit maxPixels)`);
+        throw new ImageError(`an RgbImage of ${rgb.width}×${rgb.height} is more than the ${pixels(this.imageLimits.maxPixels)} allowed (the image limit maxPixels)`);
       }
     } else {
       throw new GenerationError(`an image must be a file path, encoded bytes (Uint8Array) or an RgbImage, got ${image === null ? 'null' : typeof image}`);
     }
-    return clipPreprocess(rgb, this.imageProcessor, this.imageLimits.maxPixels).data;
+    try {
+      return clipPreprocess(rgb, this.imageProcessor, this.imageLimits.maxPixels).data;
+    } catch (e) {
+      if (e instanceof ImageError && typeof image === 'string') throw new ImageError(`${image}: ${e.message}`);
+      throw e;
+    }
   }
 
   async generate(req: GenerateRequest, opts: GenerateOptions = {}): Promise<GenerationResult> {

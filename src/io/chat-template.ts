@@ -165,7 +165,10 @@ export class ChatTemplate {
     try {
       this.template = new Template(text);
     } catch (e) {
-      const why = e instanceof RangeError ? 'it is nested too deeply' : visible((e as Error).message);
+      // The parser reads past the last token of an unfinished template (an unclosed block) as a TypeError.
+      const why = e instanceof RangeError ? 'it is nested too deeply'
+        : e instanceof TypeError ? 'it ends inside an unfinished block or expression (a missing {% endfor %}, {% endif %} or }}?)'
+          : visible((e as Error).message);
       throw new ChatTemplateError(`${file}: cannot parse the chat template: ${why}`);
     }
   }

@@ -12,7 +12,7 @@
  */
 import * as path from 'node:path';
 import { isFolder, readJsonFile } from '../base/files.js';
-import { checkRgbImage, DEFAULT_IMAGE_LIMITS, ImageError, type RgbImage } from './image-types.js';
+import { checkRgbImage, DEFAULT_IMAGE_LIMITS, ImageError, pixels, type RgbImage } from './image-types.js';
 import { PIL_RESAMPLE_FILTERS, resize, type ResampleFilter } from './image-resample.js';
 
 /** The settings of a CLIP or SigLIP image processor, with transformers' defaults filled in. */
@@ -203,7 +203,7 @@ export function clipPreprocess(img: RgbImage, cfg: ClipImageProcessorConfig, max
     const { width, height } = resizeTarget(im, cfg.size);
     if (width * height > maxPixels) {
       throw new ImageError(`resizing the ${img.width}×${img.height} image as the processor's "size" asks gives ${width}×${height}, ` +
-        `more than the ${(maxPixels / 1e6).toFixed(1)} megapixels allowed (the image limit maxPixels; --max-image-pixels)`);
+        `more than the ${pixels(maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`);
     }
     im = resize(im, width, height, cfg.resample);
   }

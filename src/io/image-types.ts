@@ -24,6 +24,11 @@ export interface ImageLimits {
 
 export const DEFAULT_IMAGE_LIMITS: Readonly<ImageLimits> = Object.freeze({ maxBytes: 128 * 2 ** 20, maxPixels: 2 ** 26 });
 
+/** A pixel count for a message: megapixels when large. */
+export function pixels(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(1)} megapixels` : `${n} pixels`;
+}
+
 /** Checks user-given limits (positive integers). */
 export function checkImageLimits(l: Partial<ImageLimits> | undefined): ImageLimits {
   const out = { ...DEFAULT_IMAGE_LIMITS, ...l };

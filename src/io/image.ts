@@ -23,7 +23,7 @@
  */
 import sharp, { type Sharp, type SharpOptions } from 'sharp';
 import { readRegularFileAsync } from '../base/files.js';
-import { ImageError, checkImageLimits, type ImageLimits, type RgbImage } from './image-types.js';
+import { ImageError, checkImageLimits, pixels, type ImageLimits, type RgbImage } from './image-types.js';
 
 export { ImageError, DEFAULT_IMAGE_LIMITS, checkImageLimits, type ImageLimits, type RgbImage } from './image-types.js';
 export { resize, PIL_RESAMPLE_FILTERS, type ResampleFilter } from './image-resample.js';
@@ -65,7 +65,7 @@ export async function decodeImage(input: string | Uint8Array, name?: string, lim
     const meta = await sharp(bytes, { ...SHARP_INPUT, limitInputPixels: false }).metadata();
     const w = meta.width ?? 0, h = meta.height ?? 0;
     if (w * h > lim.maxPixels) {
-      throw new ImageError(`the image is ${w}×${h} = ${(w * h / 1e6).toFixed(1)} megapixels, more than the ${(lim.maxPixels / 1e6).toFixed(1)} allowed (the image limit maxPixels; --max-image-pixels)`);
+      throw new ImageError(`the image is ${w}×${h} = ${pixels(w * h)}, more than the ${pixels(lim.maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`);
     }
     if (meta.space === 'cmyk') img = await decodeCmyk(bytes);
     else if (meta.depth === 'ushort' && meta.channels === 1) img = await decodeGrey16(bytes);

@@ -64,6 +64,9 @@ export interface StreamDecoder {
 
 type Json = Record<string, unknown>;
 
+/** The `model.type`s of the tokenizers library. */
+const TOKENIZER_MODELS = ['BPE', 'WordPiece', 'WordLevel', 'Unigram'];
+
 const SPECIAL_TOKEN_KEYS = [
   'bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token',
 ] as const;
@@ -196,6 +199,11 @@ export class TextTokenizer {
     if (tokJson.model === null || typeof tokJson.model !== 'object') {
       throw new TokenizerError(`${tokenizerFile}: no "model" object; is this a tokenizers-library tokenizer.json?`);
     }
+    // The library would read an unknown type as a legacy vocabulary and tokenise something else.
+    const modelType = (tokJson.model as Json).type;
+    if (modelType !== undefined && !TOKENIZER_MODELS.includes(modelType as string)) {
+      throw new TokenizerError(`${tokenizerFile}: model.type ${JSON.stringify(modelType)} is not a tokenizer model (${TOKENIZER_MODELS.join(', ')})`);
+    }
 
     // Special tokens: tokenizer_config first; special_tokens_map fills gaps (or overrides, for legacy configs).
     const legacy = !('added_tokens_decoder' in rawConfig);
@@ -227,6 +235,9 @@ export class TextTokenizer {
 
     // added_tokens.json (legacy): tokens missing from tokenizer.json become added tokens.
     const tokenizerJson: Json = { ...tokJson };
+    if (tokJson.added_tokens !== undefined && tokJson.added_tokens !== null && !Array.isArray(tokJson.added_tokens)) {
+      throw new TokenizerError(`${tokenizerFile}: "added_tokens" must be a list of tokens, found ${typeof tokJson.added_tokens}`);
+    }
     const added = Array.isArray(tokJson.added_tokens) ? [...(tokJson.added_tokens as Json[])] : [];
     if (addedTokens) {
       const haveIds = new Set(added.map((t) => t.id));
