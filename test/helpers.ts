@@ -190,3 +190,53 @@ export function maxAbs(a: ArrayLike<number>): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
   return m;
 }
+
+// ---- model folders made by tests ----------------------------------------------------------------
+
+/** A copy of a model folder whose files link to the originals; `edit` then changes what it needs. */
+export function modelVariant(src: string, edit: (dir: string) => void = () => {}): string {
+  const dir = tempDir('sparsevila-variant-');
+  for (const f of fs.readdirSync(src)) fs.symlinkSync(path.join(src, f), path.join(dir, f));
+  edit(dir);
+  return dir;
+}
+
+/** Replaces a (linked) file of a folder with `content`, or removes it (null). */
+export function replaceFile(dir: string, file: string, content: string | Buffer | null): void {
+  const p = path.join(dir, file);
+  fs.rmSync(p, { force: true });
+  if (content !== null) fs.writeFileSync(p, content);
+}
+
+/** Rewrites a JSON file of a folder through `edit`. */
+export function editJson(dir: string, file: string, edit: (j: Record<string, any>) => void): void {
+  const j = JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')) as Record<string, any>;
+  edit(j);
+  replaceFile(dir, file, JSON.stringify(j, null, 2));
+}
+
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+/** CRC-32 of PNG chunks. */
+export function crc32(b: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const x of b) c = CRC_TABLE[(c ^ x) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** The PNG `src` with a header (valid chunk, CRC included) that declares width x height: a small file that lies. */
+export function pngDeclaring(src: string, width: number, height: number): Buffer {
+  const b = Buffer.from(fs.readFileSync(src));
+  b.writeUInt32BE(width, 16);
+  b.writeUInt32BE(height, 20);
+  b.writeUInt32BE(crc32(b.subarray(12, 29)), 29);
+  return b;
+}

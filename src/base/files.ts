@@ -24,6 +24,7 @@ function kind(st: fs.Stats): string {
   if (st.isBlockDevice()) return 'a block device';
   if (st.isFIFO()) return 'a named pipe (FIFO)';
   if (st.isSocket()) return 'a socket';
+  if (st.isFile()) return 'a file';
   return 'not a regular file';
 }
 
@@ -217,7 +218,8 @@ export function ensureOutputDir(dir: string, flag?: string): void {
       st = fs.statSync(p);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') throw new FileError(`${label(dir, flag)}cannot use the folder ${p}: ${reason(e)}`);
+      // ENOTDIR: an ancestor is a file; walking up finds it and says so.
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new FileError(`${label(dir, flag)}cannot use the folder ${p}: ${reason(e)}`);
     }
     if (st) {
       if (!st.isDirectory()) throw new FileError(`${label(dir, flag)}${p} exists and is ${kind(st)}, not a folder`);

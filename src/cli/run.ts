@@ -123,7 +123,8 @@ export async function runCommand(o: RunOptions): Promise<void> {
     },
   });
   if (bar && started) bar.stop();
-  const interrupts = new Interrupts(() => {});
+  // Ctrl-C outside the answer (writing the heatmap, ...) exits at once, as before it is installed.
+  const interrupts = new Interrupts(() => process.exit(EXIT_INTERRUPTED));
   try {
     checkMethodFlags(o, model);
     if (model.llava && input.files.length === 0) cliWarning('no --image given: the model answers from the prompt text alone');

@@ -10,6 +10,9 @@ import { Problems } from '../base/problems.js';
 
 export class WeightError extends InputError {}
 
+/** Whether a tensor description is a check-mode stand-in for a tensor already reported. */
+const isStandIn = (i: TensorInfo): boolean => i.file === '';
+
 const WEIGHT_DTYPES: Record<string, WeightDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 /** A tensor a family leaves in the checkpoint on purpose, and why (shown by inspect). */
@@ -86,7 +89,7 @@ export class WeightLoader {
     return info;
   }
 
-  /** In check mode, what a missing or mismatched tensor stands in as: the config's shape. */
+  /** In check mode, what a missing or mismatched tensor stands in as: the config's shape (no file: see isStandIn). */
   private standIn(name: string, shape: number[], dtype: DType): TensorInfo {
     const numel = shape.reduce((a, b) => a * b, 1);
     return { name, dtype, shape, numel, byteLength: numel * (WEIGHT_DTYPES[dtype] ? WEIGHT_DTYPE_BYTES[WEIGHT_DTYPES[dtype]] : 4), file: '', fileOffset: 0 };
@@ -120,9 +123,12 @@ export class WeightLoader {
    */
   linear(parts: { name: string; shape: number[] }[]): LinearWeight {
     const infos = parts.map((p) => this.info(p.name, p.shape));
-    const dtype = this.dtypeOf(infos[0]);
-    for (const i of infos) {
-      if (this.dtypeOf(i) !== dtype) this.fail(new WeightError(`${this.label}: tensors "${infos[0].name}" (${infos[0].dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`));
+    // (Check mode: a tensor already reported missing stands in without a dtype of its own.)
+    const real = infos.filter((i) => !isStandIn(i));
+    const first = real[0] ?? infos[0];
+    const dtype = this.dtypeOf(first);
+    for (const i of real) {
+      if (this.dtypeOf(i) !== dtype) this.fail(new WeightError(`${this.label}: tensors "${first.name}" (${first.dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`));
     }
     // A convolution kernel [out][c][kh][kw] is a linear weight [out][c*kh*kw] in the same bytes.
     const inFeatures = infos[0].shape.slice(1).reduce((a, b) => a * b, 1);

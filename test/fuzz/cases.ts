@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import sharp from 'sharp';
-import { Rng } from '../helpers.js';
+import { Rng, pngDeclaring } from '../helpers.js';
 
 export const MODEL_DIR = new URL('../../../models/scenes-vlm/', import.meta.url).pathname;
 export const SAMPLES = new URL('../../../samples/scenes/', import.meta.url).pathname;
@@ -109,30 +109,6 @@ function writeSafetensors(file: string, header: unknown, data: Buffer, lengthOve
 }
 
 // ---- images ----------------------------------------------------------------------------------------
-
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-function crc32(b: Buffer): number {
-  let c = 0xffffffff;
-  for (const x of b) c = CRC_TABLE[(c ^ x) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-
-/** A PNG whose header says width × height (a valid chunk) over the sample's pixel data. */
-function lyingPng(width: number, height: number): Buffer {
-  const b = Buffer.from(fs.readFileSync(SAMPLE_IMAGE));
-  b.writeUInt32BE(width, 16);
-  b.writeUInt32BE(height, 20);
-  b.writeUInt32BE(crc32(b.subarray(12, 29)), 29);
-  return b;
-}
 
 // ---- the cases -------------------------------------------------------------------------------------
 
@@ -466,8 +442,8 @@ const imageMakers: Maker[] = [
         case 'fifo': execFileSync('mkfifo', [p]); break;
         case 'device': fs.symlinkSync('/dev/zero', p); break;
         case 'missing': break;
-        case 'lying-huge': fs.writeFileSync(p, lyingPng(100000, 100000)); break;
-        case 'lying-wide': fs.writeFileSync(p, lyingPng(2 ** 30, 3)); break;
+        case 'lying-huge': fs.writeFileSync(p, pngDeclaring(SAMPLE_IMAGE, 100000, 100000)); break;
+        case 'lying-wide': fs.writeFileSync(p, pngDeclaring(SAMPLE_IMAGE, 2 ** 30, 3)); break;
         case 'svg-huge': fs.writeFileSync(p, '<svg xmlns="http://www.w3.org/2000/svg" width="200000" height="200000"><rect width="10" height="10"/></svg>'); break;
         case 'html': fs.writeFileSync(p, '<html><body>hi</body></html>'); break;
       }
