@@ -7,12 +7,17 @@ export type {
 } from './engine/vlm.js';
 export { Session } from './engine/session.js';
 export type { SessionOptions } from './engine/session.js';
+export { inspectModel } from './engine/inspect.js';
+export type { Inspection } from './engine/inspect.js';
+
+// Errors: every problem with the input is an InputError naming its file, field, tensor or flag.
+export { InputError, FileError, OptionError, LimitError } from './base/errors.js';
 export { Sampler, Rng, argmax } from './engine/sampling.js';
 export type { SamplingOptions } from './engine/sampling.js';
 
 // Input: images, tokenizer, chat templates.
-export { decodeImage, resize, clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, ImageError } from './io/image.js';
-export type { RgbImage, ClipImageProcessorConfig, PixelValues, ResampleFilter } from './io/image.js';
+export { decodeImage, resize, clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, ImageError, DEFAULT_IMAGE_LIMITS } from './io/image.js';
+export type { RgbImage, ClipImageProcessorConfig, PixelValues, ResampleFilter, ImageLimits } from './io/image.js';
 export { TextTokenizer, TokenizerError } from './io/tokenizer.js';
 export { ChatTemplate, ChatTemplateError } from './io/chat-template.js';
 export type { ChatMessage, ChatContentPart } from './io/chat-template.js';
@@ -54,6 +59,7 @@ export type { EvalEpisode, EvalQuestion, EvalOptions, EvalReport, QuestionResult
 // Kernels and runtime.
 export * from './kernels/backend.js';
 export { WasmBackend, BackendError } from './kernels/wasm-backend.js';
+export { MetaBackend } from './kernels/meta-backend.js';
 export type { WasmBackendOptions } from './kernels/wasm-backend.js';
 export { loadKernelModule, relaxedSimdSupported } from './runtime/kernel-module.js';
 export type { SimdLevel, KernelModule } from './runtime/kernel-module.js';

@@ -442,3 +442,19 @@ describe('class 7: messages that name what the user wrote', () => {
     assert.doesNotMatch(r.stdout, /Promise resolution is still pending/);
   });
 });
+
+describe('the README', () => {
+  it('its library example (messages with parts and with a string) runs as documented on the default model', () => {
+    const readme = fs.readFileSync(fileURLToPath(new URL('../../README.md', import.meta.url)), 'utf8');
+    const library = readme.slice(readme.indexOf('## Library'));
+    const code = /```ts\n([\s\S]*?)```/.exec(library)![1];
+    const index = fileURLToPath(new URL('../src/index.js', import.meta.url));
+    const file = path.join(tempDir(), 'example.mjs');
+    fs.writeFileSync(file, code.replace("from 'sparsevila'", `from ${JSON.stringify(index)}`));
+    const r = spawnSync(process.execPath, [file], { encoding: 'utf8', cwd: fileURLToPath(new URL('../..', import.meta.url)), timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines[lines.length - 2], 'yellow (eos)');
+    assert.match(lines[lines.length - 1], /^(yes|no)$/);
+  });
+});

@@ -47,8 +47,19 @@ const fraction = (v: string) => {
   return n;
 };
 
-/** The flags every command that takes images has: bounds checked before an image is decoded. */
-function imageLimitOptions(c: Command): Command {
+/**
+ * The flags the generating commands share: the baselines' settings, sampling (run, chat) and the
+ * image bounds checked before an image is decoded.
+ */
+function withOptions(c: Command, o: { sampling: boolean }): Command {
+  c.option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
+    .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
+    .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction);
+  if (o.sampling) {
+    c.option('--temperature <t>', '0 is greedy; > 0 samples', nonNegative, 0)
+      .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
+      .option('--top-p <p>', 'sample among the most likely tokens up to probability p', probability);
+  }
   return c
     .option('--max-image-bytes <n>', `largest image file accepted, in bytes (default ${DEFAULT_IMAGE_LIMITS.maxBytes})`, int(1))
     .option('--max-image-pixels <n>', `largest image accepted, width x height (default ${DEFAULT_IMAGE_LIMITS.maxPixels})`, int(1));
@@ -63,7 +74,7 @@ function build(): Command {
     .showHelpAfterError('(sparsevila <command> --help lists the flags)')
     .exitOverride();
 
-  imageLimitOptions(program
+  withOptions(program
     .command('run')
     .description('answer a prompt about an image (streams the answer, then prints timings); Ctrl-C stops the answer')
     .option('--model <dir>', 'model folder (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...); default: the embedded scenes model')
@@ -71,23 +82,17 @@ function build(): Command {
     .option('--frames <file...>', 'a video as image files in time order: each frame is pruned on its own; sparsevila defaults to the video settings (0.75 / 0.9)')
     .requiredOption('--prompt <text>', 'the question')
     .option('--max-new-tokens <n>', 'most tokens to generate (at most what the context window leaves)', int(0), 256)
-    .option('--temperature <t>', '0 is greedy; > 0 samples', nonNegative, 0)
-    .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
-    .option('--top-p <p>', 'sample among the most likely tokens up to probability p', probability)
     .option('--seed <s>', 'sampling seed', int(0), 0)
     .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval); the baselines fastv, pdrop (inside the LLM prefill), visionzip, prumerge (encoder output), quest (decode)').choices(METHODS).default('dense'))
     .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image (visionzip default 64; prumerge default: its IQR outliers); quest: KV slots per decode step (default 256)', int(1))
     .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM, ranked by the vision tower\'s attention (default 0.6; video 0.75)', fraction)
     .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question\'s attention (default 0.75; video 0.9)', fraction)
-    .option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
-    .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
-    .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
     .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1))
     .option('--heatmap <file.png>', 'write the image with the patches kept in prefill and retrieved at decode overlaid, and one grid per layer')
-    .option('--json', 'print one JSON object (ids, text, timings) instead of streaming'))
+    .option('--json', 'print one JSON object (ids, text, timings) instead of streaming'), { sampling: true })
     .action(runCommand);
 
-  imageLimitOptions(program
+  withOptions(program
     .command('chat')
     .description('an interactive multi-turn chat about images: one question per line; the images are encoded and prefilled once; Ctrl-C stops an answer, at the prompt it exits')
     .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
@@ -98,19 +103,13 @@ function build(): Command {
     .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per decode step', int(1))
     .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM (default 0.6)', fraction)
     .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, retrieved anew per question (default 0.75)', fraction)
-    .option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
-    .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
-    .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
     .option('--max-new-tokens <n>', 'most tokens per answer', int(0), 256)
-    .option('--temperature <t>', '0 is greedy; > 0 samples', nonNegative, 0)
-    .option('--top-k <k>', 'sample among the k most likely tokens', int(0))
-    .option('--top-p <p>', 'sample among the most likely tokens up to probability p', probability)
     .option('--seed <s>', 'sampling seed (turn i uses seed + i)', int(0), 0)
     .option('--heatmap <file.png>', 'after each turn, write the image with the kept and retrieved patches overlaid (file-turnN.png)')
-    .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1)))
+    .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1)), { sampling: true })
     .action(chatCommand);
 
-  imageLimitOptions(program
+  withOptions(program
     .command('eval')
     .description('exact-match accuracy of a model with a sparsity method over visual-question episodes (per type, turn 1 vs later turns)')
     .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
@@ -119,13 +118,10 @@ function build(): Command {
     .option('--prefill-sparsity <p>', 'sparsevila: prefill sparsity (default 0.6)', fraction)
     .option('--decode-sparsity <d>', 'sparsevila: decode sparsity (default 0.75)', fraction)
     .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per step', int(1))
-    .option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
-    .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
-    .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
     .addOption(new Option('--mode <mode>', 'independent: each question sees only the image; chat: the earlier turns too').choices(['independent', 'chat']).default('independent'))
     .option('--max-new-tokens <n>', 'most tokens per answer', int(1), 8)
     .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1))
-    .option('--json', 'print one JSON object (the report and every question) instead of the table'))
+    .option('--json', 'print one JSON object (the report and every question) instead of the table'), { sampling: false })
     .action(evalCommand);
 
   program
