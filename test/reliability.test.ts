@@ -287,6 +287,35 @@ describe('class 4: a chat that survives its user', () => {
     }
   });
 
+  it('generation yields between tokens, and overlapping calls and sessions give what they give one at a time', async () => {
+    const m = await VisionLanguageModel.load(fixture('llava-tiny'), { backend: be });
+    const image = path.join(fixture('llava-tiny'), 'image.png');
+    const jobs = [
+      () => m.generate({ images: [image], prompt: 'What is shown?' }, { maxNewTokens: 20, eosTokenIds: [] }),
+      () => m.generate({ images: [image, image], prompt: 'Compare them.' }, { maxNewTokens: 15, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 }),
+      () => m.generate({ prompt: 'Say something.' }, { maxNewTokens: 25, eosTokenIds: [], temperature: 0.8, seed: 3 }),
+      async () => {
+        const s = m.session([image], { mode: 'chat' });
+        const a = await s.ask('What is shown?', { maxNewTokens: 10, eosTokenIds: [], decodeSparsity: 0.5 });
+        const b = await s.ask('And then?', { maxNewTokens: 10, eosTokenIds: [] });
+        s.close();
+        return { ...b, ids: [...a.ids, ...b.ids] };
+      },
+    ];
+    try {
+      const alone = [];
+      for (const j of jobs) alone.push((await j()).ids);
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 0);
+      const together = (await Promise.all(jobs.map((j) => j()))).map((r) => r.ids);
+      clearInterval(timer);
+      assert.deepEqual(together, alone);
+      assert.ok(ticks > 3, `the event loop ran ${ticks} timers during generation`);
+    } finally {
+      await m.close();
+    }
+  });
+
   it('Ctrl-C in chat stops the answer and the next question is answered; at the prompt it ends the chat', async () => {
     const p = spawn(process.execPath, [cli, 'chat', '--model', fixture('llava-tiny'), '--image', path.join(fixture('llava-tiny'), 'image.png'), '--max-new-tokens', '3000', '--threads', '1']);
     let out = '', err = '', state = 0;
