@@ -10,6 +10,7 @@ import { TextTokenizer, TokenizerError, readGenerationEos } from '../io/tokenize
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { ClipImageProcessorConfig, ImageError, loadClipImageProcessorConfig } from '../io/image.js';
 import { DEFAULT_IMAGE_LIMITS, ImageLimits, pixels } from '../io/image-types.js';
+import { normaliseContent } from './request.js';
 
 export interface ModelFiles {
   dir: string;
@@ -124,7 +125,9 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
     // The template must render a conversation, and place each image once.
     if (template && imageToken !== undefined) {
       const images = imageToken === null ? 0 : 1;
-      const single = problems.attempt(() => template.render(sampleConversation(images, 1), { addGenerationPrompt: true }));
+      // Content in the form requests give it (a text model's template prints a string).
+      const sample = (turns: 1 | 2) => normaliseContent(sampleConversation(images, turns), config.modelType === 'llava');
+      const single = problems.attempt(() => template.render(sample(1), { addGenerationPrompt: true }));
       if (single !== undefined && imageToken !== null) {
         const n = single.split(imageToken).length - 1;
         if (n !== 1) {
@@ -135,7 +138,7 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
       }
       if (single !== undefined) {
         try {
-          template.render(sampleConversation(images, 2), { addGenerationPrompt: true });
+          template.render(sample(2), { addGenerationPrompt: true });
         } catch (e) {
           if (!(e instanceof ChatTemplateError)) throw e;
           problems.warn(`${template.file}: the chat template cannot render a two-turn conversation, so chat sessions will fail (${e.message.replace(`${template.file}: `, '')})`);

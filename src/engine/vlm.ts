@@ -196,7 +196,6 @@ function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
   return { p, d };
 }
 
-
 /** Where the engine's warnings go when the caller gives no onWarning. */
 function defaultWarning(message: string): void {
   if (typeof process !== 'undefined' && typeof process.emitWarning === 'function') process.emitWarning(message, { type: 'SparsevilaWarning' });
