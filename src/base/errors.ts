@@ -18,8 +18,3 @@ export class OptionError extends InputError {}
 
 /** A limit of the machine or of the configured bounds that the input would exceed. */
 export class LimitError extends InputError {}
-
-/** Whether an error is the input's fault (its message is meant for the user as it is). */
-export function isInputError(e: unknown): e is InputError {
-  return e instanceof InputError;
-}

@@ -64,11 +64,19 @@ export function openRegularFile(file: string, what = 'file', E: ErrorClass = Fil
     fs.closeSync(fd);
     throw new E(`${file}: cannot read the ${what}: ${reason(e)}`);
   }
-  if (!st.isFile()) {
+  try {
+    checkRegular(st, file, what, E);
+  } catch (e) {
     fs.closeSync(fd);
-    throw new E(`${file}: the ${what} is ${kind(st)}, not a regular file`);
+    throw e;
   }
   return { fd, size: st.size };
+}
+
+/** The checks every read makes on the opened file: a regular file, of at most `maxBytes`. */
+function checkRegular(st: fs.Stats, file: string, what: string, E: ErrorClass, maxBytes = Infinity, limitName?: string): void {
+  if (!st.isFile()) throw new E(`${file}: the ${what} is ${kind(st)}, not a regular file`);
+  if (st.size > maxBytes) throw new E(`${file}: the ${what} has ${st.size} bytes, more than the ${maxBytes} allowed${limitName ? ` (${limitName})` : ''}`);
 }
 
 /** Reads `length` bytes at `position`, looping over short reads. */
@@ -111,15 +119,6 @@ export function pathExists(p: string): boolean {
   try {
     fs.statSync(p);
     return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether `p` is a regular file (following links). */
-export function isRegularFile(p: string): boolean {
-  try {
-    return fs.statSync(p).isFile();
   } catch {
     return false;
   }
@@ -298,8 +297,7 @@ export async function readRegularFileAsync(file: string, maxBytes: number, what 
     } catch (e) {
       throw new E(`${file}: cannot read the ${what}: ${reason(e)}`);
     }
-    if (!st.isFile()) throw new E(`${file}: the ${what} is ${kind(st)}, not a regular file`);
-    if (st.size > maxBytes) throw new E(`${file}: the ${what} has ${st.size} bytes, more than the ${maxBytes} allowed${limitName ? ` (${limitName})` : ''}`);
+    checkRegular(st, file, what, E, maxBytes, limitName);
     const out = Buffer.alloc(st.size);
     let done = 0;
     while (done < out.length) {

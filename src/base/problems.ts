@@ -52,6 +52,4 @@ export class Problems {
       return undefined;
     }
   }
-
-  get ok(): boolean { return this.errors.length === 0; }
 }

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Problems } from '../base/problems.js';
 import { pathExists } from '../base/files.js';
 import { ConfigError, LlamaLikeConfig, LlavaConfig, ModelConfig, loadConfig } from '../formats/config.js';
-import { TextTokenizer, TokenizerError, readGenerationEos } from '../io/tokenizer.js';
+import { TextTokenizer, readGenerationEos } from '../io/tokenizer.js';
 import { ChatMessage, ChatTemplate, ChatTemplateError } from '../io/chat-template.js';
 import { ClipImageProcessorConfig, ImageError, loadClipImageProcessorConfig } from '../io/image.js';
 import { DEFAULT_IMAGE_LIMITS, ImageLimits, pixels } from '../io/image-types.js';
@@ -151,6 +151,6 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
 
 /** The files of a folder that loading must have: all present after readModelFiles without problems. */
 export function completeFiles(f: Partial<ModelFiles> & { dir: string }): ModelFiles {
-  if (!f.config) throw new TokenizerError(`${f.dir}: the model folder could not be read`);
+  if (!f.config) throw new Error(`internal: ${f.dir} was read without a config and without an error`);
   return { dir: f.dir, config: f.config, tokenizer: f.tokenizer ?? null, template: f.template ?? null, imageProcessor: f.imageProcessor ?? null, generationEos: f.generationEos ?? [] };
 }

@@ -96,9 +96,10 @@ export class Session {
     decodeMethodOf({ ...opts, prefillSparsity: undefined });
     const m = this.model, t0 = performance.now();
     const user: ChatMessage = { role: 'user', content: [{ type: 'text', text: question }] };
-    // The question is checked before the images are encoded (a typed placeholder, a template error).
+    // The question is checked before the images are encoded (a typed placeholder, a template error);
+    // once they are, rendering the conversation below checks it.
     if (m.imagePlaceholder !== null) checkNoTypedPlaceholder([user], m.imagePlaceholder, 'the question');
-    m.promptText({ images: this.images, messages: this.messagesFor(user, this.history.length) });
+    if (!this.features) m.promptText({ images: this.images, messages: this.messagesFor(user, this.history.length) });
     const imageCached = this.features !== null;
     if (!this.features) {
       if (opts.signal?.aborted) return m.abortedResult(t0);

@@ -372,14 +372,15 @@ export class VisionLanguageModel {
     decodeMethodOf(opts); // checked before any work
     const images = req.images ?? [];
     if (!Array.isArray(images)) throw new GenerationError(`images must be an array, got ${typeof images}`);
-    // The prompt is checked (and rendered) before the images are encoded; the counts come after.
-    if (req.inputIds === undefined) this.promptText(req);
-    else if (images.length > 0 && !this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
+    // The prompt is checked and rendered before the images are encoded; their token counts come after.
+    const text = req.inputIds === undefined ? this.promptText(req) : null;
+    if (text === null && images.length > 0 && !this.llava) throw new GenerationError(`${this.dir}: a ${this.config.modelType} model takes no images`);
     if (opts.signal?.aborted) return this.abortedResult(t0);
     const { features, kept } = images.length && this.llava ? await this.imageFeatures(images, reducer) : { features: [] as Matrix[], kept: [] as number[][] };
     const cache = this.decoder.newCache();
     try {
-      const ids = this.promptIds(req, features.map((f) => f.rows));
+      const counts = features.map((f) => f.rows);
+      const ids = text === null ? this.promptIds(req, counts) : this.idsOfText(text, counts);
       this.checkPromptLength(ids.length);
       const t1 = now();
       return await this.runTurn({ ids, features, keptRows: kept, cache, slot0: 0, opts, t0, t1, visualIn: this.llava ? this.llava.imageTokens * features.length : 0, imageCached: false });

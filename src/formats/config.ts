@@ -101,7 +101,9 @@ const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'siglip_vision_model', 'i
 type JsonObject = Record<string, unknown>;
 
 /** The `hidden_act` / `projector_hidden_act` names of transformers' ACT2FN that the engine runs. */
-export const HF_ACTIVATIONS: readonly string[] = ['silu', 'swish', 'gelu', 'gelu_pytorch_tanh', 'gelu_new', 'gelu_fast', 'quick_gelu'];
+export const HF_ACTIVATIONS = ['silu', 'swish', 'gelu', 'gelu_pytorch_tanh', 'gelu_new', 'gelu_fast', 'quick_gelu'] as const;
+export type HfActivation = (typeof HF_ACTIVATIONS)[number];
+const isHfActivation = (v: string): v is HfActivation => (HF_ACTIVATIONS as readonly string[]).includes(v);
 
 function isObject(v: unknown): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -192,7 +194,7 @@ class Fields {
   /** An activation name transformers knows and the engine runs (HF_ACTIVATIONS), `dflt` when absent. */
   activation(key: string, dflt: string): string {
     const v = this.stringOr(key, dflt);
-    if (!HF_ACTIVATIONS.includes(v)) throw this.error(key, `activation "${v}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
+    if (!isHfActivation(v)) throw this.error(key, `activation "${v}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
     return v;
   }
 

@@ -36,9 +36,6 @@ export class MetaBackend implements KernelBackend {
   placeUsage(place: number): number { return this.used[place] ?? 0; }
   async close(): Promise<void> {}
 
-  /** Bytes the handles made so far would take, in all places. */
-  get totalBytes(): number { return this.used.reduce((a, b) => a + b, 0); }
-
   private take<T extends object>(h: T, bytes: number, place: number): T {
     if (place < 0 || place >= this.used.length) throw new MetaBackendError(`no memory place ${place}`);
     this.used[place] += bytes;

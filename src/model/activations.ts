@@ -1,8 +1,9 @@
 // Hugging Face activation names (config `hidden_act`, `projector_hidden_act`) to kernel activations.
 import { Activation } from '../kernels/backend.js';
-import { ConfigError, HF_ACTIVATIONS } from '../formats/config.js';
+import { ConfigError, HF_ACTIVATIONS, HfActivation } from '../formats/config.js';
 
-const KERNEL_ACTIVATION: Record<string, Activation> = {
+/** Every name parseConfig accepts (the type keeps the two lists one). */
+const KERNEL_ACTIVATION: Record<HfActivation, Activation> = {
   silu: 'silu',
   swish: 'silu',
   gelu: 'gelu',
@@ -14,7 +15,6 @@ const KERNEL_ACTIVATION: Record<string, Activation> = {
 
 /** The kernel activation of a config's activation name (parseConfig has checked it is one of HF_ACTIVATIONS). */
 export function activationOf(name: string, field: string): Activation {
-  const a = KERNEL_ACTIVATION[name];
-  if (!a || !HF_ACTIVATIONS.includes(name)) throw new ConfigError(`${field}: activation "${name}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
-  return a;
+  if (!Object.hasOwn(KERNEL_ACTIVATION, name)) throw new ConfigError(`${field}: activation "${name}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
+  return KERNEL_ACTIVATION[name as HfActivation];
 }
