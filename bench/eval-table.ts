@@ -89,9 +89,9 @@ async function main(): Promise<void> {
     const episodes = readEpisodes(await writeSplit(tmp, 'test', scenes));
     const questions = episodes.reduce((a, e) => a + e.questions.length, 0);
     const model = await VisionLanguageModel.load(dir, { threads });
-    const n = model.llava?.imageTokens;
+    const n = model.config.imageFacts?.minTokens;
     if (!n) throw new Error(`${dir}: the accuracy table needs a vision-language model`);
-    const layers = model.decoder.config.numHiddenLayers;
+    const layers = model.decoder.layers;
     const results: { row: Row; mode: Mode; report: EvalReport }[] = [];
     try {
       for (const row of tableRows(n, layers)) {

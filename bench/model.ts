@@ -3,7 +3,8 @@
 // 256 and 1024 tokens, decode tok/s at contexts 256 and 2048, peak memory; beside llama.cpp's
 // figures for the same shapes. The models are generated here (see random-weights.ts), never
 // written to disk. Writes its section of docs/BENCHMARKS.md.
-import { parseConfig } from '../src/formats/config.js';
+import { parseConfig } from '../src/model/registry.js';
+import { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { WeightLoader } from '../src/model/weights.js';
@@ -102,7 +103,7 @@ async function benchModel(spec: ModelSpec, threads: number): Promise<RunResult> 
   };
   const log = (s: string) => console.log(`  [${spec.key}, ${threads} thread${threads > 1 ? 's' : ''}] ${s}`);
   try {
-    const config = parseConfig(llamaConfigJson(spec.shape), spec.label);
+    const config = parseConfig(llamaConfigJson(spec.shape), spec.label).config as CausalLmConfig;
     if (config.modelType !== 'llama') throw new Error(`${spec.label}: expected a llama config`);
     const t0 = performance.now();
     const decoder = await LlamaDecoder.load(new WeightLoader(be, source, spec.label), config,

@@ -1,6 +1,7 @@
 // npm run bench:sparsity: dense against SparseVILA on a long visual context, on random-weight
 // language models of real shapes (bf16, 2 threads). Writes its section of docs/BENCHMARKS.md.
-import { parseConfig } from '../src/formats/config.js';
+import { parseConfig } from '../src/model/registry.js';
+import { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { WeightLoader } from '../src/model/weights.js';
@@ -70,7 +71,7 @@ function rng(seed: number): () => number {
 async function benchCase(c: Case): Promise<Result[]> {
   const be = await WasmBackend.create({ threads: THREADS });
   const source = new RandomLlamaSource(c.shape, `<random ${c.key}>`);
-  const config = parseConfig(llamaConfigJson(c.shape), c.key);
+  const config = parseConfig(llamaConfigJson(c.shape), c.key).config as CausalLmConfig;
   if (config.modelType !== 'llama') throw new Error('expected a llama config');
   const decoder = await LlamaDecoder.load(new WeightLoader(be, source, c.key), config,
     { prefix: 'model.', lmHead: config.tieWordEmbeddings ? null : 'lm_head.weight' });

@@ -16,7 +16,7 @@ export { Sampler, Rng, argmax } from './engine/sampling.js';
 export type { SamplingOptions } from './engine/sampling.js';
 
 // Input: images, tokenizer, chat templates.
-export { decodeImage, resize, clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, ImageError, DEFAULT_IMAGE_LIMITS } from './io/image.js';
+export { decodeImage, resize, clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, pixelsToRgb, ImageError, DEFAULT_IMAGE_LIMITS } from './io/image.js';
 export type { RgbImage, ClipImageProcessorConfig, PixelValues, ResampleFilter, ImageLimits } from './io/image.js';
 export { TextTokenizer, TokenizerError } from './io/tokenizer.js';
 export { ChatTemplate, ChatTemplateError } from './io/chat-template.js';
@@ -24,11 +24,23 @@ export type { ChatMessage, ChatContentPart } from './io/chat-template.js';
 export { expandImageTokens, PromptError } from './io/prompt.js';
 
 // Models, written against the kernel interface.
-export { LlamaDecoder, DecoderCache } from './model/llama.js';
-export type { DecoderNames, ForwardOptions, PlacementOptions } from './model/llama.js';
+// The families (one registry row each) and the interfaces they implement.
+export { FAMILIES, SUPPORTED_MODEL_TYPES, familyOf, parseConfig, loadConfig } from './model/registry.js';
+export type { ParsedConfig } from './model/registry.js';
+export type {
+  Family, AnyFamily, FamilyConfig, FamilyModel, TextFacts, ImageProcessor, ProcessedImage, ImageEncoder, EncodedTile, UnitRegion,
+  AssembledImage, PromptLayout, PromptImage,
+} from './model/family.js';
+export { DecoderCache } from './model/decoder.js';
+export type { LanguageDecoder, ForwardOptions, PlacementOptions } from './model/decoder.js';
+export { LlamaDecoder } from './model/llama.js';
+export type { DecoderNames } from './model/llama.js';
+export type { LlamaLikeConfig } from './model/llama-config.js';
 export { ClipVisionTower } from './model/clip.js';
 export type { SalienceRequest } from './model/clip.js';
-export { LlavaModel } from './model/llava.js';
+export type { ClipVisionConfig } from './model/clip-config.js';
+export { LlavaModel } from './model/llava/model.js';
+export type { LlavaConfig } from './model/llava/config.js';
 export { WeightLoader, WeightError } from './model/weights.js';
 
 // Visual sparsity (SparseVILA).

@@ -6,9 +6,10 @@ import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../src/sparsity/method.js';
 import { LayerDrop, PrunedCacheContinuation, fastVStages, pyramidDropStages } from '../src/sparsity/layerdrop.js';
-import { LlavaModel } from '../src/model/llava.js';
+import { LlavaModel } from '../src/model/llava/model.js';
 import { WeightLoader } from '../src/model/weights.js';
-import { LlavaConfig, loadConfig } from '../src/formats/config.js';
+import { loadConfig } from '../src/model/registry.js';
+import { LlavaConfig } from '../src/model/llava/config.js';
 import { readTensorInt } from '../src/formats/safetensors.js';
 import { topKInOrder } from '../src/sparsity/select.js';
 import { QuestDecode } from '../src/sparsity/quest.js';
@@ -196,7 +197,7 @@ describe('FastV and PyramidDrop', () => {
 
   it('FastV keeps, after layer K - 1 = 1, the half of the visual tokens the last token attends to most (against the head-mean attention goldens)', async () => {
     const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-    const cfg = loadConfig(dir) as LlavaConfig;
+    const cfg = loadConfig(dir).config as LlavaConfig;
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
     const dec = m.language;
     const ids = Array.from(readTensorInt(g, 'input_ids')), S = ids.length;
@@ -227,7 +228,7 @@ describe('FastV and PyramidDrop', () => {
 
   it('a later turn continues the pruned cache: the same logits as one prefill of both turns that drops the same tokens', async () => {
     const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-    const cfg = loadConfig(dir) as LlavaConfig;
+    const cfg = loadConfig(dir).config as LlavaConfig;
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
     const dec = m.language, H = cfg.text.hiddenSize;
     const ids = Array.from(readTensorInt(g, 'input_ids')), S = ids.length, T = 5;

@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fixture, tempDir } from './helpers.js';
-import {
-  ConfigError, loadConfig, parseConfig, type ClipVisionConfig, type LlamaLikeConfig, type LlavaConfig,
-} from '../src/formats/config.js';
+import { ConfigError } from '../src/formats/config.js';
+import { loadConfig, parseConfig } from '../src/model/registry.js';
+import type { ClipTowerConfig } from '../src/model/clip-vision/family.js';
+import type { CausalLmConfig } from '../src/model/causal-lm/family.js';
+import type { LlavaConfig } from '../src/model/llava/config.js';
 
 /** Writes `json` as config.json into a fresh folder; returns the folder and the file path. */
 function writeConfig(json: unknown): { dir: string; file: string } {
@@ -37,7 +39,7 @@ const llama = (extra: Record<string, unknown> = {}): Record<string, unknown> => 
 });
 
 test('llava-tiny: llava with nested CLIP vision and Llama text configs', () => {
-  const cfg = loadConfig(fixture('llava-tiny'));
+  const cfg = loadConfig(fixture('llava-tiny')).config;
   assert.equal(cfg.modelType, 'llava');
   const c = cfg as LlavaConfig;
   assert.deepEqual(c.vision, {
@@ -77,7 +79,8 @@ test('llava-tiny: llava with nested CLIP vision and Llama text configs', () => {
 });
 
 test('qwen2-tiny: qwen2 with qkv bias, tied embeddings and rope_theta 1e6', () => {
-  const c = loadConfig(fixture('qwen2-tiny')) as LlamaLikeConfig;
+  const { textFacts, imageFacts, ...c } = loadConfig(fixture('qwen2-tiny')).config as CausalLmConfig;
+  assert.deepEqual([textFacts, imageFacts], [{ vocabSize: 2048, contextWindow: 32768, eosTokenIds: [1], contextField: 'max_position_embeddings' }, null]);
   assert.deepEqual(c, {
     modelType: 'qwen2', hiddenSize: 64, intermediateSize: 160, numHiddenLayers: 3, numAttentionHeads: 4,
     numKeyValueHeads: 2, headDim: 16, vocabSize: 2048, maxPositionEmbeddings: 32768, rmsNormEps: 1e-6,
@@ -109,7 +112,7 @@ test('smolvlm-tiny: idefics3 is recognised but unsupported', () => {
 });
 
 test('defaults follow transformers', () => {
-  const c = parseConfig(llama({ torch_dtype: 'float16', head_dim: null, num_key_value_heads: null }), 'x.json') as LlamaLikeConfig;
+  const c = parseConfig(llama({ torch_dtype: 'float16', head_dim: null, num_key_value_heads: null }), 'x.json').config as CausalLmConfig;
   assert.equal(c.numKeyValueHeads, 4);
   assert.equal(c.headDim, 16);
   assert.equal(c.ropeTheta, 10000);
@@ -122,13 +125,13 @@ test('defaults follow transformers', () => {
   assert.deepEqual(c.attentionBias, { qkv: false, o: false });
 
   const d = parseConfig(llama({ eos_token_id: [128001, 128009], bos_token_id: null, attention_bias: true, mlp_bias: true }),
-    'x.json') as LlamaLikeConfig;
+    'x.json').config as CausalLmConfig;
   assert.deepEqual(d.eosTokenId, [128001, 128009]);
   assert.equal(d.bosTokenId, undefined);
   assert.deepEqual(d.attentionBias, { qkv: true, o: true });
   assert.equal(d.mlpBias, true);
 
-  const q = parseConfig({ ...llama(), model_type: 'qwen2' }, 'x.json') as LlamaLikeConfig;
+  const q = parseConfig({ ...llama(), model_type: 'qwen2' }, 'x.json').config as CausalLmConfig;
   assert.equal(q.maxPositionEmbeddings, 32768);
   assert.equal(q.bosTokenId, undefined);
   assert.deepEqual(q.eosTokenId, []);
@@ -137,17 +140,17 @@ test('defaults follow transformers', () => {
 
 test('qwen2 sliding window and transformers-5 rope_parameters', () => {
   const q = parseConfig({ ...llama({ num_hidden_layers: 4 }), model_type: 'qwen2', use_sliding_window: true,
-    sliding_window: 512, max_window_layers: 2 }, 'x.json') as LlamaLikeConfig;
+    sliding_window: 512, max_window_layers: 2 }, 'x.json').config as CausalLmConfig;
   assert.equal(q.slidingWindow, 512);
   assert.deepEqual(q.layerTypes, ['full_attention', 'full_attention', 'sliding_attention', 'sliding_attention']);
 
-  const plain = parseConfig(llama({ rope_parameters: { rope_type: 'default', rope_theta: 500000 } }), 'x.json') as LlamaLikeConfig;
+  const plain = parseConfig(llama({ rope_parameters: { rope_type: 'default', rope_theta: 500000 } }), 'x.json').config as CausalLmConfig;
   assert.equal(plain.ropeTheta, 500000);
   assert.equal(plain.ropeScaling, null);
   const scaled = { rope_type: 'llama3', rope_theta: 500000, factor: 8 };
-  const s = parseConfig(llama({ rope_parameters: scaled }), 'x.json') as LlamaLikeConfig;
+  const s = parseConfig(llama({ rope_parameters: scaled }), 'x.json').config as CausalLmConfig;
   assert.deepEqual(s.ropeScaling, scaled);
-  const old = parseConfig(llama({ rope_scaling: { type: 'linear', factor: 2 } }), 'x.json') as LlamaLikeConfig;
+  const old = parseConfig(llama({ rope_scaling: { type: 'linear', factor: 2 } }), 'x.json').config as CausalLmConfig;
   assert.deepEqual(old.ropeScaling, { type: 'linear', factor: 2 });
 });
 
@@ -156,7 +159,7 @@ test('llava: nested model types default to clip_vision_model / llama; feature la
   const vision = { ...(base['vision_config'] as object), model_type: undefined };
   const text = { ...(base['text_config'] as object), model_type: undefined };
   const c = parseConfig({ ...base, vision_config: vision, text_config: text, vision_feature_layer: [-1, 0, 3],
-    vision_feature_select_strategy: 'full', image_token_index: undefined, image_token_id: 5 }, 'x.json') as LlavaConfig;
+    vision_feature_select_strategy: 'full', image_token_index: undefined, image_token_id: 5 }, 'x.json').config as LlavaConfig;
   assert.equal(c.vision.modelType, 'clip_vision_model');
   assert.equal(c.text.modelType, 'llama');
   assert.deepEqual(c.visionFeatureLayer, [-1, 0, 3]);
@@ -167,7 +170,7 @@ test('llava: nested model types default to clip_vision_model / llama; feature la
 
 test('clip_vision_model at top level', () => {
   const vision = readFixtureJson('llava-tiny')['vision_config'] as Record<string, unknown>;
-  const c = parseConfig(vision, 'x.json') as ClipVisionConfig;
+  const c = parseConfig(vision, 'x.json').config as ClipTowerConfig;
   assert.equal(c.modelType, 'clip_vision_model');
   assert.equal(c.patchSize, 14);
   assert.equal(c.torchDtype, undefined);
@@ -217,7 +220,7 @@ test('error: attention heads not divisible by kv heads', () => {
 
 test('error: hidden size not divisible by heads when head_dim is absent', () => {
   rejects(llama({ hidden_size: 66 }), 'hidden_size: 66 is not divisible by num_attention_heads (4)');
-  const ok = parseConfig(llama({ hidden_size: 66, head_dim: 16 }), 'x.json') as LlamaLikeConfig;
+  const ok = parseConfig(llama({ hidden_size: 66, head_dim: 16 }), 'x.json').config as CausalLmConfig;
   assert.equal(ok.headDim, 16);
   const base = readFixtureJson('llava-tiny');
   rejects({ ...base, vision_config: { ...(base['vision_config'] as object), hidden_size: 66 } },

@@ -9,11 +9,15 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Checkpoint, readTensorF32, readTensorInt, writeSafetensors, TensorToWrite } from '../src/formats/safetensors.js';
-import { ConfigError, LlamaLikeConfig, LlavaConfig, loadConfig } from '../src/formats/config.js';
+import { ConfigError } from '../src/formats/config.js';
+import { loadConfig } from '../src/model/registry.js';
+import { LlavaConfig } from '../src/model/llava/config.js';
+import { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightError, WeightLoader } from '../src/model/weights.js';
 import { LlamaDecoder } from '../src/model/llama.js';
-import { LlavaModel } from '../src/model/llava.js';
+import { LlavaModel } from '../src/model/llava/model.js';
+import { embedPrompt } from '../src/model/embed-prompt.js';
 import { ClipVisionTower, SalienceRequest } from '../src/model/clip.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
@@ -72,7 +76,7 @@ describe('model parity with the transformers goldens', () => {
   it('qwen2-tiny (bf16, qkv bias, GQA, tied embeddings, theta 1e6): embeddings, hidden states, logits, greedy tokens', async () => {
     const dir = fixture('qwen2-tiny');
     const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-    const cfg = loadConfig(dir) as LlamaLikeConfig;
+    const cfg = loadConfig(dir).config as CausalLmConfig;
     const dec = await LlamaDecoder.load(new WeightLoader(be, ck, dir), cfg, { prefix: 'model.', lmHead: null });
     const ids = readTensorInt(g, 'input_ids'), S = ids.length, H = cfg.hiddenSize, V = cfg.vocabSize;
     const x = be.matrix(S, H);
@@ -106,7 +110,7 @@ describe('model parity with the transformers goldens', () => {
   it('llava-tiny: vision hidden states, selected and projected features, merged embeddings, LLM hidden states, logits, greedy tokens', async () => {
     const dir = fixture('llava-tiny');
     const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-    const cfg = loadConfig(dir) as LlavaConfig;
+    const cfg = loadConfig(dir).config as LlavaConfig;
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
     const px = readTensorF32(g, 'pixel_values');
     const vhs = readTensorF32(g, 'vision.hidden_states');
@@ -146,7 +150,7 @@ describe('model parity with the transformers goldens', () => {
     close('image_features', be.read(feats), readTensorF32(g, 'image_features'));
     const ids = readTensorInt(g, 'input_ids'), S = ids.length, H = cfg.text.hiddenSize;
     const x = be.matrix(S, H);
-    m.embedPrompt(x, ids, [feats]);
+    embedPrompt(m.language, x, ids, cfg.imageTokenIndex, [feats]);
     close('inputs_embeds', be.read(x), readTensorF32(g, 'llm.inputs_embeds'));
     const hs = readTensorF32(g, 'llm.hidden_states');
     const cache = m.language.newCache();
@@ -165,8 +169,8 @@ describe('model parity with the transformers goldens', () => {
     const g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
     const model = await VisionLanguageModel.load(dir, { backend: be });
     const req = { images: [path.join(dir, 'image.png')], prompt: 'What is shown in this image?' };
-    assert.deepEqual(model.promptIds(req), readTensorInt(g, 'input_ids'));
-    close('pixel values', await model.pixelValues(req.images[0]), readTensorF32(g, 'pixel_values'), 1e-6);
+    assert.deepEqual(await model.promptIds(req), readTensorInt(g, 'input_ids'));
+    close('pixel values', (await model.preprocess(req.images[0])).tiles[0], readTensorF32(g, 'pixel_values'), 1e-6);
     const streamed: string[] = [];
     const r = await model.generate(req, { maxNewTokens: 12, onToken: (t) => streamed.push(t) });
     assert.deepEqual(r.ids, readTensorInt(g, 'generate.new_tokens'));
@@ -183,13 +187,13 @@ describe('model parity with the transformers goldens', () => {
     const dir = fixture('llava-tiny');
     const model = await VisionLanguageModel.load(dir, { backend: be });
     const img = path.join(dir, 'image.png');
-    const ids = model.promptIds({ images: [img, img], prompt: 'Compare them.' });
+    const ids = await model.promptIds({ images: [img, img], prompt: 'Compare them.' });
     assert.equal(ids.filter((t) => t === 32000).length, 128);
     const r = await model.generate({ images: [img, img], prompt: 'Compare them.' }, { maxNewTokens: 3 });
     assert.equal(r.stats.imageTokens, 128);
     assert.equal(r.ids.length, 3);
     // The same two images through explicit messages give the same ids.
-    const viaMessages = model.promptIds({ images: [img, img], messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'image' }, { type: 'text', text: 'Compare them.' }] }] });
+    const viaMessages = await model.promptIds({ images: [img, img], messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'image' }, { type: 'text', text: 'Compare them.' }] }] });
     assert.deepEqual(viaMessages, ids);
   });
 

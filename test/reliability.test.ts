@@ -88,7 +88,7 @@ describe('class 1: no silent wrong answers', () => {
   it('inputIds are checked: integers, ids of the vocabulary, as many image placeholders as visual tokens', async () => {
     const m = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { backend: be });
     try {
-      const ids = m.promptIds({ images: [IMAGE], prompt: QUESTION });
+      const ids = await m.promptIds({ images: [IMAGE], prompt: QUESTION });
       await assert.rejects(m.generate({ images: [IMAGE], inputIds: ids.map((t, i) => (i === 3 ? 5.5 : t)) }, { maxNewTokens: 1 }), /inputIds\[3\] is number 5\.5: token ids are integers in \[0, 72\)/);
       await assert.rejects(m.generate({ images: [IMAGE], inputIds: [...ids, 999] }, { maxNewTokens: 1 }), /inputIds\[\d+\] is number 999/);
       await assert.rejects(m.generate({ images: [IMAGE], inputIds: ids.map(String) as unknown as number[] }, { maxNewTokens: 1 }), /inputIds\[0\] is the string "1"/);

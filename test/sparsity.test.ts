@@ -5,10 +5,11 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
-import { LlavaConfig, loadConfig } from '../src/formats/config.js';
+import { loadConfig } from '../src/model/registry.js';
+import { LlavaConfig } from '../src/model/llava/config.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightLoader } from '../src/model/weights.js';
-import { LlavaModel } from '../src/model/llava.js';
+import { LlavaModel } from '../src/model/llava/model.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { prunedImageFeatures } from '../src/sparsity/prefill.js';
 import { keptCount, topKInOrder } from '../src/sparsity/select.js';
@@ -44,13 +45,14 @@ describe('prefill pruning on llava-tiny', () => {
 
   it('p = 0 computes exactly the dense image features; p = 0.5 keeps the 32 tokens the CLS attention ranks highest, rows equal to the dense rows', async () => {
     const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-    const m = await LlavaModel.load(new WeightLoader(be, ck, dir), loadConfig(dir) as LlavaConfig);
+    const m = await LlavaModel.load(new WeightLoader(be, ck, dir), loadConfig(dir).config as LlavaConfig);
     const px = readTensorF32(g, 'pixel_values');
     const dense = be.read(m.imageFeatures(px));
-    const p0 = prunedImageFeatures(m, px, 0);
+    const image = { tiles: [px], dense: { rows: 64, tileRows: [64] } };
+    const p0 = prunedImageFeatures(m, image, 0, 0);
     assert.deepEqual(p0.kept, Array.from({ length: 64 }, (_, i) => i));
     assert.deepEqual(be.read(p0.features), dense);
-    const half = prunedImageFeatures(m, px, 0.5);
+    const half = prunedImageFeatures(m, image, 0, 0.5);
     const cls = readTensorF32(g, 'vision.cls_salience_layer_m2');
     assert.deepEqual(half.kept, topKInOrder(cls, 32), 'kept tokens differ from the top 32 of the golden CLS salience');
     const got = be.read(half.features), H = got.length / 32;
@@ -85,7 +87,7 @@ describe('decode retrieval on llava-tiny', () => {
 
   it('scores the visual tokens by the question\'s attention (softmax over visual keys, GQA group mean), against the per-head attention goldens', async () => {
     const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-    const cfg = loadConfig(dir) as LlavaConfig;
+    const cfg = loadConfig(dir).config as LlavaConfig;
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
     const dec = m.language;
     const ids = readTensorInt(g, 'input_ids'), S = ids.length;

@@ -44,7 +44,7 @@ describe('task model layout', () => {
     assert.equal(r.stats.imageTokens, 256);
     assert.equal(r.ids.length, 3);
     // The template's rendering: "USER: <image>\n<question> ASSISTANT:" with <s> first.
-    const ids = model.promptIds({ images: [img], prompt: 'Is there a red circle?' });
+    const ids = await model.promptIds({ images: [img], prompt: 'Is there a red circle?' });
     assert.deepEqual(ids.slice(0, 4), [1, model.tokenizer!.tokenToId('user'), model.tokenizer!.tokenToId(':'), IMAGE_TOKEN_ID]);
     assert.equal(ids.filter((t) => t === IMAGE_TOKEN_ID).length, 256);
     await model.close();

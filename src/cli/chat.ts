@@ -44,7 +44,7 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
   }, [rl]);
   try {
     checkMethodFlags(o, model);
-    if (model.llava && input.files.length === 0) cliWarning('no --image given: the conversation is about the text alone');
+    if (model.takesImages && input.files.length === 0) cliWarning('no --image given: the conversation is about the text alone');
     session = model.session(input.files, { mode: o.mode, prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, prefill: sparsity.reducer });
     const prompt = () => { if (tty) rl.setPrompt('> '), rl.prompt(); };
     if (tty) process.stderr.write(`${o.mode} session about ${input.files.length} ${input.video ? 'frame' : 'image'}(s); ask a question, an empty line or Ctrl-D ends, Ctrl-C stops an answer.\n`);

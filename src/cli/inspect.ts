@@ -26,15 +26,7 @@ export function formatInspection(r: Inspection): string {
     `tensors:      ${r.tensors} (${r.parameters.toLocaleString('en-US')} parameters, ${mb(r.bytes)})`,
     ...Object.entries(r.dtypes).map(([d, v]) => `  ${d.padEnd(5)} ${String(v.tensors).padStart(5)} tensors, ${mb(v.bytes)}`),
   );
-  const c = r.config;
-  if (c?.modelType === 'llava') {
-    lines.push(`vision:       CLIP ${c.vision.numHiddenLayers} layers, hidden ${c.vision.hiddenSize}, ${c.vision.numAttentionHeads} heads, image ${c.vision.imageSize}, patch ${c.vision.patchSize}`);
-    lines.push(`language:     ${c.text.modelType} ${c.text.numHiddenLayers} layers, hidden ${c.text.hiddenSize}, ${c.text.numAttentionHeads} heads / ${c.text.numKeyValueHeads} KV heads, vocab ${c.text.vocabSize}, context ${c.text.maxPositionEmbeddings}`);
-  } else if (c?.modelType === 'clip_vision_model') {
-    lines.push(`vision:       CLIP ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads, image ${c.imageSize}, patch ${c.patchSize}`);
-  } else if (c) {
-    lines.push(`language:     ${c.modelType} ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads / ${c.numKeyValueHeads} KV heads, vocab ${c.vocabSize}, context ${c.maxPositionEmbeddings}`);
-  }
+  lines.push(...(r.parts ?? []));
   if (r.memoryPlaces !== undefined) lines.push(`memory:       ${r.memoryPlaces} wasm memor${r.memoryPlaces === 1 ? 'y' : 'ies'} of 4 GiB`);
   if (r.skipped.length) lines.push(`not used:     ${r.skipped.length} tensor${r.skipped.length === 1 ? '' : 's'} on purpose (${[...new Set(r.skipped.map((s) => s.why))].join('; ')})`);
   lines.push(`warnings:     ${r.warnings.length}${r.warnings.length ? ' (on stderr)' : ''}`);

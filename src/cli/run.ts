@@ -52,7 +52,7 @@ export function checkPaths(input: { files: string[]; video: boolean }, heatmap: 
 
 /** Checks the method flags against the loaded model (what they can only be checked with). */
 export function checkMethodFlags(o: MethodFlags, model: VisionLanguageModel): void {
-  const L = model.decoder.config.numHiddenLayers;
+  const L = model.decoder.layers;
   if (o.method === 'fastv' && o.fastvK !== undefined && o.fastvK > L - 1) {
     throw new OptionError(`--fastv-k ${o.fastvK}: visual tokens are dropped after layer K, and this model's language model has ${L} layers, so K must be in 1..${L - 1}`);
   }
@@ -127,7 +127,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
   const interrupts = new Interrupts(() => process.exit(EXIT_INTERRUPTED));
   try {
     checkMethodFlags(o, model);
-    if (model.llava && input.files.length === 0) cliWarning('no --image given: the model answers from the prompt text alone');
+    if (model.takesImages && input.files.length === 0) cliWarning('no --image given: the model answers from the prompt text alone');
     if (o.prompt.trim() === '') cliWarning(`the prompt is empty: the model answers ${input.files.length ? 'the image' : 'nothing'} with no question`);
     if (showProgress && input.files.length) process.stderr.write(' encoding image…\r');
     let first = true;

@@ -7,7 +7,7 @@ import os from 'node:os';
 import { Problems } from '../base/problems.js';
 import { LimitError } from '../base/errors.js';
 import { Checkpoint } from '../formats/safetensors.js';
-import { ModelConfig } from '../formats/config.js';
+import { FamilyConfig } from '../model/family.js';
 import { MetaBackend } from '../kernels/meta-backend.js';
 import { WeightLoader } from '../model/weights.js';
 import { readModelFiles } from './model-folder.js';
@@ -17,9 +17,11 @@ export interface Inspection {
   dir: string;
   /** The config's model_type (absent when config.json could not be read). */
   modelType?: string;
-  config?: ModelConfig;
-  /** What the engine runs it as, e.g. "llava: CLIP tower, MLP projector, llama decoder". */
+  config?: FamilyConfig;
+  /** What the engine runs it as, e.g. "llava: CLIP vision tower, MLP projector, llama decoder". */
   family?: string;
+  /** Its parts (tower, connector, language model), one line each. */
+  parts?: string[];
   files: string[];
   tensors: number;
   parameters: number;
@@ -36,12 +38,6 @@ export interface Inspection {
   warnings: string[];
 }
 
-function familyOf(c: ModelConfig): string {
-  if (c.modelType === 'llava') return `llava: CLIP vision tower, MLP projector, ${c.text.modelType} decoder`;
-  if (c.modelType === 'clip_vision_model') return 'a CLIP vision encoder alone (not runnable by itself)';
-  return `${c.modelType}: text-only decoder`;
-}
-
 /** Runs every check of VisionLanguageModel.load on `dir` and lists every problem found. */
 export async function inspectModel(dir: string): Promise<Inspection> {
   const problems = new Problems(true);
@@ -50,7 +46,9 @@ export async function inspectModel(dir: string): Promise<Inspection> {
   if (files.config) {
     out.config = files.config;
     out.modelType = files.config.modelType;
-    out.family = familyOf(files.config);
+    const d = files.family!.describe(files.config);
+    out.family = d.family;
+    out.parts = d.parts;
   }
   const ck = problems.attempt(() => Checkpoint.open(dir));
   if (ck) {
@@ -69,11 +67,11 @@ export async function inspectModel(dir: string): Promise<Inspection> {
       if (out.bytes > os.totalmem()) {
         problems.report(new LimitError(`${dir}: the weights take ${(out.bytes / 2 ** 30).toFixed(1)} GiB but this machine has ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB of memory`));
       }
-      const config = files.config;
-      if (config && config.modelType !== 'clip_vision_model') {
+      const config = files.config, family = files.family;
+      if (config && family && !family.notRunnable) {
         const meta = new MetaBackend();
         const loader = new WeightLoader(meta, ck, dir, { check: problems });
-        await problems.attemptAsync(() => loadWeights(loader, config, names));
+        await problems.attemptAsync(() => loadWeights(loader, family, config, names));
         out.memoryPlaces = meta.places;
         out.skipped = loader.skippedTensors(names);
       }

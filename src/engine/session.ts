@@ -1,12 +1,13 @@
 // Multi-turn sessions: the images are encoded and prefilled once; each question reuses their KV
 // cache and, with decode sparsity, retrieves its own visual tokens. With FastV or PyramidDrop the
 // first question prunes the cache for good and the later ones continue the pruned cache.
-import { Matrix } from '../kernels/backend.js';
-import { DecoderCache } from '../model/llama.js';
+import { DecoderCache } from '../model/decoder.js';
 import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
 import { PrefillReducer } from '../sparsity/method.js';
 import { PrunedCacheLayout } from '../sparsity/decode.js';
-import { GenerateOptions, GenerationResult, ImageInput, VisionLanguageModel, decodeMethodOf, prefillReducerOf } from './vlm.js';
+import { GenerateOptions, GenerationResult, ImageInput, decodeMethodOf, prefillReducerOf } from './options.js';
+import { ImageRows, ModelCore } from './core.js';
+import { runTurn } from './generation.js';
 import { GenerationError, checkGenerateOptions, checkNoTypedPlaceholder } from './request.js';
 
 export interface SessionOptions {
@@ -28,8 +29,8 @@ export class Session {
   readonly mode: 'chat' | 'independent';
   readonly prefillSparsity: number;
   private readonly reducer: PrefillReducer;
-  private features: Matrix[] | null = null;
-  private keptRows: number[][] = [];
+  /** The images' rows once encoded (owned by the session). */
+  private features: ImageRows[] | null = null;
   private cache: DecoderCache | null;
   /** The tokens whose K/V the cache holds, in slot order. */
   private cached: number[] = [];
@@ -48,13 +49,13 @@ export class Session {
   encodes = 0;
   private closed = false;
 
-  constructor(readonly model: VisionLanguageModel, readonly images: ImageInput[], opts: SessionOptions = {}) {
+  constructor(readonly model: ModelCore, readonly images: ImageInput[], opts: SessionOptions = {}) {
     this.mode = opts.mode ?? 'chat';
     if (this.mode !== 'chat' && this.mode !== 'independent') throw new GenerationError(`session mode ${String(this.mode)} is not chat or independent`);
     if (!Array.isArray(images)) throw new GenerationError(`a session's images must be an array, got ${typeof images}`);
     this.prefillSparsity = opts.prefillSparsity ?? 0;
     this.reducer = prefillReducerOf(opts);
-    if (images.length > 0 && !model.llava) throw new GenerationError(`${model.dir}: a ${model.config.modelType} model takes no images`);
+    if (images.length > 0 && !model.takesImages) throw model.noImages();
     this.cache = model.decoder.newCache();
   }
 
@@ -104,27 +105,25 @@ export class Session {
     if (!this.features) {
       if (opts.signal?.aborted) return m.abortedResult(t0);
       if (this.images.length) {
-        const f = await m.imageFeatures(this.images, this.reducer);
-        this.features = f.features;
-        this.keptRows = f.kept;
+        this.features = await m.imageFeatures(this.images, this.reducer);
       } else {
         this.features = [];
       }
       this.encodes++;
     }
     const t1 = performance.now();
-    const counts = this.features.map((f) => f.rows);
+    const counts = this.features;
     // Chat mode: when the conversation and room for the answer no longer fit the context window,
     // drop the oldest turns after the images (for good) until a quarter of the window is free
     // besides, so that the next questions reuse the cache again instead of shifting it each time.
     const reserve = Math.min(opts.maxNewTokens ?? 256, Math.floor(m.contextWindow / 4));
     let start = 0;
-    let ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
+    let ids = m.idsFor({ images: this.images, messages: this.messagesFor(user, start) }, counts);
     if (this.mode === 'chat' && ids.length + reserve > m.contextWindow) {
       const target = m.contextWindow - reserve - Math.floor(m.contextWindow / 4);
       while (start < this.history.length && (ids.length + reserve > m.contextWindow || ids.length > target)) {
         start += 2;
-        ids = m.promptIds({ images: this.images, messages: this.messagesFor(user, start) }, counts);
+        ids = m.idsFor({ images: this.images, messages: this.messagesFor(user, start) }, counts);
       }
     }
     m.checkPromptLength(ids.length);
@@ -136,8 +135,8 @@ export class Session {
     while (common < this.cached.length && common < ids.length && this.cached[common] === ids[common]) common++;
     if (this.mode === 'independent' && this.visualEnd > 0) common = Math.min(common, this.visualEnd);
     common = Math.min(common, ids.length - 1);
-    if (m.llava && this.images.length) {
-      const last = ids.lastIndexOf(m.llava.config.imageTokenIndex);
+    if (m.config.imageFacts && this.images.length) {
+      const last = ids.lastIndexOf(m.config.imageFacts.tokenId);
       if (last < 0) throw new GenerationError('the rendered prompt has no image tokens');
       this.visualEnd = last + 1;
     }
@@ -150,8 +149,8 @@ export class Session {
     if (start > 0) this.history = this.history.slice(start);
     m.decoder.truncateCache(this.cache, common);
     this.cached = this.cached.slice(0, common); // stays true if the turn fails
-    const r = await m.runTurn({ ids, features: this.features, keptRows: this.keptRows, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
-      visualIn: m.llava ? m.llava.imageTokens * this.images.length : 0, imageCached, historyTurnsDropped: start / 2,
+    const r = await runTurn(m, { ids, images: this.features, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
+      visualIn: this.features.reduce((a, f) => a + f.denseRows, 0), imageCached, historyTurnsDropped: start / 2,
       layout: this.layout ?? undefined, onLayout: (l) => { this.layout = l; } });
     this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
     if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });
@@ -163,7 +162,7 @@ export class Session {
     if (this.closed) return;
     this.closed = true;
     if (this.cache) this.model.decoder.freeCache(this.cache);
-    for (const f of this.features ?? []) this.model.backend.free(f);
+    for (const f of this.features ?? []) this.model.backend.free(f.features);
     this.cache = null;
     this.features = null;
   }

@@ -1,10 +1,9 @@
 /**
  * Parsing and validation of Hugging Face `config.json` files into typed, normalised objects.
  *
- * Supported `model_type`s: `llava` (CLIP vision tower + Llama/Qwen2 language model), `clip_vision_model`,
- * `llama` and `qwen2`. Absent optional fields take the defaults of transformers' config classes; fields
- * that define a model's shape (hidden size, layer count, vocabulary, …) are required. Every problem is a
- * {@link ConfigError} naming the file, the JSON path of the field, and what was expected.
+ * The shared part: typed access to fields (`Fields`) with errors that name the file, the JSON path of the
+ * field and what was expected. Each family parses its own config beside its model (`src/model/`), with
+ * transformers' defaults for absent optional fields; fields that define a model's shape are required.
  */
 import * as path from 'node:path';
 import { InputError } from '../base/errors.js';
@@ -13,103 +12,18 @@ import { isFolder, pathExists, readJsonFile } from '../base/files.js';
 /** A missing, ill-typed, inconsistent or unsupported setting in a model config. */
 export class ConfigError extends InputError {}
 
-/** Llama-family decoder-only language model (`llama`, `qwen2`). */
-export interface LlamaLikeConfig {
-  modelType: 'llama' | 'qwen2';
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  /** KV heads for grouped-query attention; query heads `k·r … k·r+r−1` share KV head `k`, `r = heads / kvHeads`. */
-  numKeyValueHeads: number;
-  /** Per-head dimension: `head_dim`, or `hidden_size / num_attention_heads` when absent. */
-  headDim: number;
-  vocabSize: number;
-  maxPositionEmbeddings: number;
-  rmsNormEps: number;
-  ropeTheta: number;
-  /** The raw `rope_scaling` object (or non-default transformers-5 `rope_parameters`); null for plain RoPE. */
-  ropeScaling: Record<string, unknown> | null;
-  tieWordEmbeddings: boolean;
-  /** Biases of the attention projections: qwen2 has them on q/k/v only; llama on all four iff `attention_bias`. */
-  attentionBias: { qkv: boolean; o: boolean };
-  /** Biases on gate/up/down projections (`mlp_bias`; always false for qwen2). */
-  mlpBias: boolean;
-  hiddenAct: string;
-  bosTokenId?: number;
-  /** End-of-sequence ids (the config may give one number or a list); empty when none is set. */
-  eosTokenId: number[];
-  /**
-   * Storage dtype name from `dtype` (transformers ≥ 4.56) or `torch_dtype`, e.g. `"bfloat16"`; a llava
-   * `text_config`/`vision_config` without one inherits the top-level value.
-   */
-  torchDtype?: string;
-  /** Sliding-window size when `use_sliding_window` is set (qwen2), else null. */
-  slidingWindow: number | null;
-  /** Attention kind of each layer, from `layer_types` or derived as transformers does (qwen2: sliding from `max_window_layers` on). */
-  layerTypes: ('full_attention' | 'sliding_attention')[];
-}
-
-/** CLIP vision transformer (`clip_vision_model`). */
-export interface ClipVisionConfig {
-  modelType: 'clip_vision_model';
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  imageSize: number;
-  patchSize: number;
-  numChannels: number;
-  layerNormEps: number;
-  hiddenAct: string;
-  projectionDim?: number;
-  torchDtype?: string;
-}
-
-/** LLaVA: vision tower, two-layer MLP projector and language model (`llava`). */
-export interface LlavaConfig {
-  modelType: 'llava';
-  vision: ClipVisionConfig;
-  text: LlamaLikeConfig;
-  /** Token id of the `<image>` placeholder (`image_token_index`, alias `image_token_id`). */
-  imageTokenIndex: number;
-  projectorHiddenAct: string;
-  /**
-   * Which vision hidden states feed the projector, in transformers' convention: an index (or list of indices,
-   * concatenated along features) into `hidden_states`, which has L+1 entries (0 = embeddings, i = output of
-   * encoder layer i−1); negative values count from the end, so −1 is the last layer and −2 the one before.
-   */
-  visionFeatureLayer: number | number[];
-  /** `visionFeatureLayer` as non-negative indices into the L+1 hidden states (−2 with L = 3 gives [2]). */
-  visionFeatureHiddenStateIndices: number[];
-  /** `default` drops the CLS token from the selected features; `full` keeps it. */
-  visionFeatureSelectStrategy: 'default' | 'full';
-  imageSeqLength?: number;
-  multimodalProjectorBias: boolean;
-  padTokenId?: number;
-  torchDtype?: string;
-}
-
-export type ModelConfig = LlavaConfig | ClipVisionConfig | LlamaLikeConfig;
-
-/** The `model_type`s {@link parseConfig} accepts. */
-export const SUPPORTED_MODEL_TYPES = ['llava', 'clip_vision_model', 'llama', 'qwen2'] as const;
-
-/** Model types that are recognised but that this engine cannot run yet. */
-const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'siglip_vision_model', 'idefics3_vision'];
-
-type JsonObject = Record<string, unknown>;
+export type JsonObject = Record<string, unknown>;
 
 /** The `hidden_act` / `projector_hidden_act` names of transformers' ACT2FN that the engine runs. */
 export const HF_ACTIVATIONS = ['silu', 'swish', 'gelu', 'gelu_pytorch_tanh', 'gelu_new', 'gelu_fast', 'quick_gelu'] as const;
 export type HfActivation = (typeof HF_ACTIVATIONS)[number];
-const isHfActivation = (v: string): v is HfActivation => (HF_ACTIVATIONS as readonly string[]).includes(v);
+export const isHfActivation = (v: string): v is HfActivation => (HF_ACTIVATIONS as readonly string[]).includes(v);
 
-function isObject(v: unknown): v is JsonObject {
+export function isObject(v: unknown): v is JsonObject {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function describe(v: unknown): string {
+export function describe(v: unknown): string {
   if (v === undefined) return 'nothing (field is missing)';
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -122,7 +36,7 @@ function describe(v: unknown): string {
  * Typed access to the fields of one JSON object of a config, producing {@link ConfigError}s that name the file
  * and the field's JSON path. A `null` value counts as absent, as transformers treats `None`.
  */
-class Fields {
+export class Fields {
   constructor(readonly obj: JsonObject, readonly source: string, readonly prefix: string) {}
 
   /** JSON path of `key` within the file, e.g. `text_config.hidden_size`. */
@@ -237,190 +151,18 @@ class Fields {
   }
 }
 
-function unsupportedModelType(f: Fields, type: string, allowed: readonly string[]): ConfigError {
-  const known = RECOGNISED_UNSUPPORTED.includes(type) ? ' (recognised, but not supported yet)' : '';
-  return f.error('model_type', `"${type}" is not supported${known}; supported here: ${allowed.join(', ')}`);
-}
 
-/** Head dimension: `head_dim`, or hidden/heads, which must then divide exactly. */
-function headDim(f: Fields, hiddenSize: number, heads: number): number {
-  const explicit = f.optInt('head_dim', 1);
-  if (explicit !== undefined) return explicit;
-  if (hiddenSize % heads !== 0) {
-    throw f.error('hidden_size', `${hiddenSize} is not divisible by ${f.path('num_attention_heads')} (${heads})`);
-  }
-  return hiddenSize / heads;
-}
-
-/** RoPE base and scaling, from `rope_theta`/`rope_scaling` or transformers-5 `rope_parameters`. */
-function rope(f: Fields): { theta: number; scaling: Record<string, unknown> | null } {
-  const params = f.optObject('rope_parameters');
-  const theta = f.obj['rope_theta'] == null && params !== undefined
-    ? f.nested('rope_parameters').positiveOr('rope_theta', 10000)
-    : f.positiveOr('rope_theta', 10000);
-  const paramsScaling = params !== undefined && params['rope_type'] != null && params['rope_type'] !== 'default'
-    ? params : null;
-  return { theta, scaling: f.optObject('rope_scaling') ?? paramsScaling };
-}
-
-/** Parses a `llama` or `qwen2` config (top level or a llava `text_config`). */
-function parseLlamaLike(f: Fields, type: 'llama' | 'qwen2', inheritedDtype: string | undefined): LlamaLikeConfig {
-  const isQwen = type === 'qwen2';
-  const hiddenSize = f.size('hidden_size');
-  const numHiddenLayers = f.size('num_hidden_layers');
-  const numAttentionHeads = f.size('num_attention_heads');
-  const numKeyValueHeads = f.sizeOr('num_key_value_heads', numAttentionHeads);
-  if (numAttentionHeads % numKeyValueHeads !== 0) {
-    throw f.error('num_attention_heads',
-      `${numAttentionHeads} is not divisible by ${f.path('num_key_value_heads')} (${numKeyValueHeads})`);
-  }
-  const { theta, scaling } = rope(f);
-  const attentionBias = f.boolOr('attention_bias', false);
-
-  const slidingWindow = isQwen && f.boolOr('use_sliding_window', false) ? f.sizeOr('sliding_window', 4096) : null;
-  const maxWindowLayers = f.optInt('max_window_layers', 0) ?? 28;
-  const layerTypes = parseLayerTypes(f, numHiddenLayers) ?? Array.from({ length: numHiddenLayers },
-    (_, i) => (slidingWindow !== null && i >= maxWindowLayers ? 'sliding_attention' : 'full_attention'));
-
-  // LlamaConfig defaults bos/eos to 1/2; Qwen2Config leaves them unset. An explicit null means unset.
-  const bosTokenId = isQwen || 'bos_token_id' in f.obj ? f.optInt('bos_token_id', 0) : 1;
-  const eosTokenId = isQwen || 'eos_token_id' in f.obj ? f.intList('eos_token_id') : [2];
-  return {
-    modelType: type,
-    hiddenSize,
-    intermediateSize: f.size('intermediate_size'),
-    numHiddenLayers,
-    numAttentionHeads,
-    numKeyValueHeads,
-    headDim: headDim(f, hiddenSize, numAttentionHeads),
-    vocabSize: f.size('vocab_size'),
-    maxPositionEmbeddings: f.sizeOr('max_position_embeddings', isQwen ? 32768 : 2048),
-    rmsNormEps: f.positiveOr('rms_norm_eps', 1e-6),
-    ropeTheta: theta,
-    ropeScaling: scaling,
-    tieWordEmbeddings: f.boolOr('tie_word_embeddings', false),
-    attentionBias: isQwen ? { qkv: true, o: false } : { qkv: attentionBias, o: attentionBias },
-    mlpBias: isQwen ? false : f.boolOr('mlp_bias', false),
-    hiddenAct: f.activation('hidden_act', 'silu'),
-    bosTokenId,
-    eosTokenId,
-    torchDtype: f.dtype() ?? inheritedDtype,
-    slidingWindow,
-    layerTypes,
-  };
-}
-
-/** `layer_types` when given: one entry per layer, each full or sliding attention. */
-function parseLayerTypes(f: Fields, numLayers: number): LlamaLikeConfig['layerTypes'] | undefined {
-  const v = f.obj['layer_types'];
-  if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || v.length !== numLayers ||
-    !v.every((t) => t === 'full_attention' || t === 'sliding_attention')) {
-    throw f.error('layer_types',
-      `expected an array of ${numLayers} entries "full_attention" or "sliding_attention", found ${describe(v)}`);
-  }
-  return v as LlamaLikeConfig['layerTypes'];
-}
-
-/** Parses a `clip_vision_model` config (top level or a llava `vision_config`). */
-function parseClipVision(f: Fields, inheritedDtype: string | undefined): ClipVisionConfig {
-  const hiddenSize = f.size('hidden_size');
-  const numAttentionHeads = f.size('num_attention_heads');
-  if (hiddenSize % numAttentionHeads !== 0) {
-    throw f.error('hidden_size', `${hiddenSize} is not divisible by ${f.path('num_attention_heads')} (${numAttentionHeads})`);
-  }
-  const imageSize = f.size('image_size'), patchSize = f.size('patch_size');
-  if (imageSize % patchSize !== 0) throw f.error('image_size', `${imageSize} is not a multiple of ${f.path('patch_size')} (${patchSize})`);
-  return {
-    modelType: 'clip_vision_model',
-    hiddenSize,
-    intermediateSize: f.size('intermediate_size'),
-    numHiddenLayers: f.size('num_hidden_layers'),
-    numAttentionHeads,
-    imageSize,
-    patchSize,
-    numChannels: f.sizeOr('num_channels', 3),
-    layerNormEps: f.positiveOr('layer_norm_eps', 1e-5),
-    hiddenAct: f.activation('hidden_act', 'quick_gelu'),
-    projectionDim: f.optInt('projection_dim', 1),
-    torchDtype: f.dtype() ?? inheritedDtype,
-  };
-}
-
-/** `vision_feature_layer` (default −2), checked against the L+1 vision hidden states. */
-function parseFeatureLayer(f: Fields, numLayers: number): { raw: number | number[]; indices: number[] } {
-  const v = f.obj['vision_feature_layer'] ?? -2;
-  const list = Array.isArray(v) ? v : [v];
-  const states = numLayers + 1;
-  if (list.length === 0 || !list.every((x) => typeof x === 'number' && Number.isSafeInteger(x))) {
-    throw f.error('vision_feature_layer', `expected an integer or a non-empty array of integers, found ${describe(v)}`);
-  }
-  const indices = (list as number[]).map((x) => {
-    if (x < -states || x >= states) {
-      throw f.error('vision_feature_layer', `${x} is outside [${-states}, ${states - 1}]: ` +
-        `the vision tower has ${numLayers} layers, so ${states} hidden states (index 0 = embeddings)`);
-    }
-    return x < 0 ? x + states : x;
-  });
-  return { raw: v as number | number[], indices };
-}
-
-/** Parses a `llava` config with its nested `vision_config` and `text_config`. */
-function parseLlava(f: Fields): LlavaConfig {
-  const dtype = f.dtype();
-  const vf = f.nested('vision_config');
-  const visionType = vf.modelType('clip_vision_model');
-  if (visionType !== 'clip_vision_model') throw unsupportedModelType(vf, visionType, ['clip_vision_model']);
-  const vision = parseClipVision(vf, dtype);
-
-  const tf = f.nested('text_config');
-  const textType = tf.modelType('llama');
-  if (textType !== 'llama' && textType !== 'qwen2') throw unsupportedModelType(tf, textType, ['llama', 'qwen2']);
-  const text = parseLlamaLike(tf, textType, dtype);
-
-  const strategy = f.stringOr('vision_feature_select_strategy', 'default');
-  if (strategy !== 'default' && strategy !== 'full') {
-    throw f.error('vision_feature_select_strategy', `expected "default" or "full", found "${strategy}"`);
-  }
-  const featureLayer = parseFeatureLayer(f, vision.numHiddenLayers);
-  const imageTokenKey = f.obj['image_token_index'] == null && f.obj['image_token_id'] != null
-    ? 'image_token_id' : 'image_token_index';
-  return {
-    modelType: 'llava',
-    vision,
-    text,
-    imageTokenIndex: f.optInt(imageTokenKey, 0) ?? 32000,
-    projectorHiddenAct: f.activation('projector_hidden_act', 'gelu'),
-    visionFeatureLayer: featureLayer.raw,
-    visionFeatureHiddenStateIndices: featureLayer.indices,
-    visionFeatureSelectStrategy: strategy,
-    imageSeqLength: f.optInt('image_seq_length', 1),
-    multimodalProjectorBias: f.boolOr('multimodal_projector_bias', true),
-    padTokenId: f.optInt('pad_token_id', 0),
-    torchDtype: dtype,
-  };
-}
-
-/**
- * Validates a parsed `config.json` and normalises it. `source` (normally the file path) prefixes every
- * error message. Throws a {@link ConfigError} for unsupported model types and bad or inconsistent fields.
- */
-export function parseConfig(json: unknown, source: string): ModelConfig {
-  if (!isObject(json)) throw new ConfigError(`${source}: expected a JSON object, found ${describe(json)}`);
-  const f = new Fields(json, source, '');
-  const type = f.modelType();
-  switch (type) {
-    case 'llava': return parseLlava(f);
-    case 'clip_vision_model': return parseClipVision(f, undefined);
-    case 'llama':
-    case 'qwen2': return parseLlamaLike(f, type, undefined);
-    default: throw unsupportedModelType(f, type, SUPPORTED_MODEL_TYPES);
-  }
-}
-
-/** Reads and parses `dir/config.json`; see {@link parseConfig}. */
-export function loadConfig(dir: string): ModelConfig {
+/** Reads `dir/config.json` as a JSON object (ConfigError naming the folder or file otherwise). */
+export function readConfigJson(dir: string): { json: JsonObject; file: string } {
   if (!isFolder(dir)) throw new ConfigError(`${dir}: ${pathExists(dir) ? 'is not a folder' : 'no such folder'} (a model folder holds config.json and the weights)`);
   const file = path.join(dir, 'config.json');
-  return parseConfig(readJsonFile(file, { what: 'model config', error: ConfigError }), file);
+  const json = readJsonFile(file, { what: 'model config', error: ConfigError });
+  if (!isObject(json)) throw new ConfigError(`${file}: expected a JSON object, found ${describe(json)}`);
+  return { json, file };
+}
+
+/** The error for a `model_type` (or other type field) the engine does not run, listing what it runs. */
+export function unsupportedType(f: Fields, key: string, type: string, allowed: readonly string[], recognised: readonly string[] = []): ConfigError {
+  const known = recognised.includes(type) ? ' (recognised, but not supported yet)' : '';
+  return f.error(key, `"${type}" is not supported${known}; supported here: ${allowed.join(', ')}`);
 }

@@ -229,3 +229,23 @@ export function clipPreprocess(img: RgbImage, cfg: ClipImageProcessorConfig, max
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
+
+/**
+ * Normalised pixel values [3][height][width] back to RGB bytes (undoing normalise and rescale),
+ * for pictures of what a vision tower saw.
+ */
+export function pixelsToRgb(pixels: Float32Array, width: number, height: number,
+  cfg: Pick<ClipImageProcessorConfig, 'doRescale' | 'rescaleFactor' | 'doNormalize' | 'imageMean' | 'imageStd'>): RgbImage {
+  const plane = width * height;
+  if (pixels.length !== 3 * plane) throw new ImageError(`expected 3x${height}x${width} pixel values, got ${pixels.length}`);
+  const data = new Uint8Array(3 * plane);
+  for (let i = 0; i < plane; i++) {
+    for (let c = 0; c < 3; c++) {
+      let v = pixels[c * plane + i];
+      if (cfg.doNormalize) v = v * cfg.imageStd[c] + cfg.imageMean[c];
+      if (cfg.doRescale) v = v / cfg.rescaleFactor;
+      data[i * 3 + c] = Math.round(Math.max(0, Math.min(255, v)));
+    }
+  }
+  return { width, height, data };
+}

@@ -28,7 +28,7 @@ import { ImageError, checkImageLimits, pixels, type ImageLimits, type RgbImage }
 export { ImageError, DEFAULT_IMAGE_LIMITS, checkImageLimits, type ImageLimits, type RgbImage } from './image-types.js';
 export { resize, PIL_RESAMPLE_FILTERS, type ResampleFilter } from './image-resample.js';
 export {
-  clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig,
+  clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, pixelsToRgb,
   type ClipImageProcessorConfig, type PixelValues,
 } from './image-processor.js';
 

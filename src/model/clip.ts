@@ -1,7 +1,8 @@
 // The CLIP vision transformer (pre-LayerNorm, class token, learned position embeddings,
 // quick_gelu MLP). Runs only the layers up to the hidden state the projector reads.
 import { Activation, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
-import { ClipVisionConfig, ConfigError } from '../formats/config.js';
+import { ConfigError } from '../formats/config.js';
+import { ClipVisionConfig } from './clip-config.js';
 import { checkHeadDim } from './limits.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';

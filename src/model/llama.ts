@@ -1,13 +1,17 @@
 // The Llama-family decoder (Llama, Qwen2): RMSNorm, rotary embedding, grouped-query attention
 // with a KV cache, SwiGLU MLP. Qwen2 differs only in its q/k/v biases (from the config).
 // Written against KernelBackend; q/k/v and gate/up projections are fused into one matmul each.
-import { Activation, AttentionKeys, EmbeddingTable, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector, RopeTable } from '../kernels/backend.js';
-import { LlamaLikeConfig } from '../formats/config.js';
+import { Activation, EmbeddingTable, KernelBackend, LinearWeight, Matrix, ParamVector, RopeTable } from '../kernels/backend.js';
+import { LlamaLikeConfig } from './llama-config.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
 import { ConfigError } from '../formats/config.js';
 import { checkHeadDim } from './limits.js';
 import { Workspace } from './workspace.js';
+import { DecoderCache, ForwardOptions, LanguageDecoder, PlacementOptions } from './decoder.js';
+
+export { DecoderCache } from './decoder.js';
+export type { ForwardOptions, PlacementOptions } from './decoder.js';
 
 /** Where the decoder's tensors are in a checkpoint. */
 export interface DecoderNames {
@@ -30,41 +34,6 @@ interface LayerWeights {
   downBias?: ParamVector;
 }
 
-export interface ForwardOptions {
-  /** Rows of the input whose logits are returned (default: the last row). */
-  logitRows?: number[];
-  /** When given, receives each layer's output (the residual stream) as it is computed. */
-  onHidden?: (layer: number, x: Matrix) => void;
-  /**
-   * The keys a layer's attention reads, for one-row (decode) calls (default: every slot up to the
-   * row's own), given the row's query (after RoPE; its own K/V are already in the cache). This is
-   * how decode-time methods attend to a subset of the cache in place.
-   */
-  attentionKeys?: (layer: number, slot0: number, q: Matrix, part: KVCache, layerInPart: number) => AttentionKeys | undefined;
-  /**
-   * Called after each layer's attention with its query rows [n][heads * headDim] (after RoPE), the
-   * cache part holding the layer and the layer's index in it (e.g. to score keys by a question).
-   */
-  onQueries?: (layer: number, q: Matrix, part: KVCache, layerInPart: number) => void;
-  /**
-   * Token dropping inside the stack (FastV, PyramidDrop): called after a layer's attention with its
-   * query rows; returning row indices (ascending) keeps only those rows from the next layer on
-   * (their K/V go to the next layers' cache slots slot0.. in that order, with their own positions).
-   */
-  keepRows?: (layer: number, q: Matrix, part: KVCache, layerInPart: number, slot0: number) => number[] | null;
-  /** The cache slot a layer writes the first row to, given the call's slot0 (default: slot0). */
-  layerSlot0?: (layer: number, slot0: number) => number;
-}
-
-/** Options for placing a decoder in memory. */
-export interface PlacementOptions {
-  /**
-   * Weight bytes one memory place may take before the next layers go to a new place (the rest of
-   * the place is left to the KV cache and activations). Default: 3/4 of a place.
-   */
-  placeBudgetBytes?: number;
-}
-
 /** Positions the rotary tables cover at first (they grow with use, see growRope). */
 const INITIAL_ROPE_POSITIONS = 2048;
 
@@ -77,14 +46,7 @@ interface Stage {
   rope: RopeTable;
 }
 
-/** A decoder's KV cache: one part per memory place the layers span. */
-export class DecoderCache {
-  constructor(readonly parts: KVCache[]) {}
-  /** Slots stored (the same in every layer after a complete forward pass). */
-  get length(): number { return this.parts[0].length; }
-}
-
-export class LlamaDecoder {
+export class LlamaDecoder implements LanguageDecoder {
   readonly heads: number;
   readonly kvHeads: number;
   readonly headDim: number;
@@ -118,6 +80,10 @@ export class LlamaDecoder {
 
   /** The memory place of the first layers (where inputs embeddings should be). */
   get place(): number { return this.stages[0].place; }
+  get layers(): number { return this.config.numHiddenLayers; }
+  get vocabSize(): number { return this.config.vocabSize; }
+  get contextWindow(): number { return this.config.maxPositionEmbeddings; }
+  get eosTokenIds(): readonly number[] { return this.config.eosTokenId; }
 
   /** Where layer `layer` lives: its memory place, the index of its cache part, and its index there. */
   layerPart(layer: number): { place: number; part: number; layerInPart: number } {

@@ -1,7 +1,7 @@
 // The language-model stage of a visual-sparsity method, as a strategy: hooks for the forward pass
 // that prefills a turn's new tokens (where FastV and PyramidDrop drop tokens between layers) and
 // for each decode step of that turn (where SparseVILA and Quest choose the keys to read).
-import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
+import { ForwardOptions, LanguageDecoder } from '../model/decoder.js';
 
 /** One turn's decode-time selection (made by a DecodeMethod). */
 export interface DecodeSelector {
@@ -41,7 +41,7 @@ export interface PrunedCacheLayout {
 
 /** What a turn gives a decode method. */
 export interface TurnContext {
-  decoder: LlamaDecoder;
+  decoder: LanguageDecoder;
   /** Cache slots of the visual tokens (ascending). */
   visualSlots: number[];
   /** First slot of the turn's question (the rows that score, for query-aware methods). */

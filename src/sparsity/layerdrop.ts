@@ -7,7 +7,7 @@
 // FastV: one stage, after layer K - 1 = 1 keep 50%. PyramidDrop: stages after layers L/4, L/2 and
 // 3L/4 (counted from 1), each keeping lambda = 0.5 of the visual tokens still there.
 import { KVCache, Matrix } from '../kernels/backend.js';
-import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
+import { ForwardOptions, LanguageDecoder } from '../model/decoder.js';
 import { DecodeSelector, PrunedCacheLayout } from './decode.js';
 import { OptionError } from '../base/errors.js';
 
@@ -25,8 +25,8 @@ export class LayerDrop implements DecodeSelector {
   readonly keptAt = new Map<number, number[]>();
   private readonly stages: DropStage[];
 
-  constructor(private readonly decoder: LlamaDecoder, readonly visualSlots: readonly number[], stages: DropStage[], private readonly promptLength: number) {
-    const L = decoder.config.numHiddenLayers;
+  constructor(private readonly decoder: LanguageDecoder, readonly visualSlots: readonly number[], stages: DropStage[], private readonly promptLength: number) {
+    const L = decoder.layers;
     this.stages = [...stages].sort((a, b) => a.layer - b.layer);
     for (const st of this.stages) if (!Number.isInteger(st.layer) || st.layer < 0 || st.layer >= L - 1) throw new RangeError(`token dropping after layer ${st.layer}: expected 0..${L - 2}`);
     this.rowsAt = new Array<number>(L).fill(promptLength);
@@ -79,7 +79,7 @@ export class LayerDrop implements DecodeSelector {
   }
 
   visualPerLayer(): number[] {
-    const L = this.decoder.config.numHiddenLayers;
+    const L = this.decoder.layers;
     return Array.from({ length: L }, (_, l) => {
       let n = this.visualSlots.length;
       for (const st of this.stages) if (st.layer < l) n = this.keptAt.get(st.layer)?.length ?? n;

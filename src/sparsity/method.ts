@@ -2,7 +2,7 @@
 // and which cached visual tokens each decode step reads (decode stage). Dense, SparseVILA and the
 // baselines all run on the same model through these.
 import { Matrix } from '../kernels/backend.js';
-import { LlavaModel } from '../model/llava.js';
+import { ImageEncoder, ProcessedImage } from '../model/family.js';
 import { prunedImageFeatures } from './prefill.js';
 import { pruMergeMerge, pruMergeSelect } from './prumerge.js';
 import { visionZipContextual, visionZipMerge, visionZipSelect } from './visionzip.js';
@@ -16,22 +16,25 @@ import { OptionError } from '../base/errors.js';
 export interface ReducedImage {
   /** Projected rows [n][text hidden] (reused by the model's next call). */
   features: Matrix;
-  /** For each output row, the selected-feature row it stands for (a merged row: its anchor). */
+  /** For each output row, the unit (row of the encoded tile) it stands for (a merged row: its anchor). */
   kept: number[];
 }
 
-/** The prefill stage of a method: reduces an image's visual tokens before the language model. */
+/**
+ * The prefill stage of a method: reduces the visual tokens of one tile of an image before the
+ * language model (each tile on its own; the family lays the tiles out, with its markers).
+ */
 export interface PrefillReducer {
   readonly name: string;
-  reduce(model: LlavaModel, pixels: Float32Array): ReducedImage;
+  reduce(encoder: ImageEncoder, image: ProcessedImage, tile: number): ReducedImage;
 }
 
 /** Every visual token (the dense path, exactly). */
-export const densePrefill: PrefillReducer = { name: 'dense', reduce: (m, px) => prunedImageFeatures(m, px, 0) };
+export const densePrefill: PrefillReducer = { name: 'dense', reduce: (e, im, t) => prunedImageFeatures(e, im, t, 0) };
 
-/** SparseVILA's query-agnostic pruning with prefill sparsity p. */
+/** SparseVILA's query-agnostic pruning with prefill sparsity p (per tile). */
 export function sparseVilaPrefill(p: number): PrefillReducer {
-  return { name: `sparsevila(p=${p})`, reduce: (m, px) => prunedImageFeatures(m, px, p) };
+  return { name: `sparsevila(p=${p})`, reduce: (e, im, t) => prunedImageFeatures(e, im, t, p) };
 }
 
 /** VisionZip with a budget of output tokens per image (its paper's 64 = 54 dominant + 10 contextual). */
@@ -39,15 +42,14 @@ export function visionZipPrefill(budget = 64): PrefillReducer {
   if (!Number.isInteger(budget) || budget < 2) throw new OptionError(`VisionZip budget ${budget} must be a whole number >= 2`);
   return {
     name: `visionzip(${budget})`,
-    reduce: (m, px) => {
-      const { features, salience, keys } = m.salientFeatures(px, true);
-      const n = salience.length;
-      if (budget >= n) return prunedImageFeatures(m, px, 0);
+    reduce: (e, im, t) => {
+      const { units, salience, keys } = e.encodeTile(im, t, { salience: true, keys: true });
+      const n = salience!.length;
+      if (budget >= n) return prunedImageFeatures(e, im, t, 0);
       const contextual = visionZipContextual(budget);
-      const heads = m.config.vision.numAttentionHeads, hd = m.config.vision.hiddenSize / heads;
-      const sel = visionZipSelect(salience, keys!, heads, hd, budget - contextual, contextual);
-      const merged = visionZipMerge(m.backend.read(features), features.cols, sel);
-      return { features: m.project(m.featureRows(merged)), kept: [...sel.dominant, ...sel.targets] };
+      const sel = visionZipSelect(salience!, keys!, e.heads, e.headDim, budget - contextual, contextual);
+      const merged = visionZipMerge(e.backend.read(units), units.cols, sel);
+      return { features: e.project(e.unitRows(merged, units.cols)), kept: [...sel.dominant, ...sel.targets] };
     },
   };
 }
@@ -57,11 +59,11 @@ export function pruMergePrefill(budget?: number): PrefillReducer {
   if (budget !== undefined && (!Number.isInteger(budget) || budget < 1)) throw new OptionError(`PruMerge budget ${budget} must be a whole number >= 1`);
   return {
     name: budget === undefined ? 'prumerge' : `prumerge(${budget})`,
-    reduce: (m, px) => {
-      const { features, salience, keys } = m.salientFeatures(px, true);
-      const sel = pruMergeSelect(salience, keys!, features.cols, { budget: budget === undefined ? undefined : Math.min(budget, salience.length) });
-      const merged = pruMergeMerge(m.backend.read(features), features.cols, salience, sel);
-      return { features: m.project(m.featureRows(merged)), kept: sel.kept };
+    reduce: (e, im, t) => {
+      const { units, salience, keys } = e.encodeTile(im, t, { salience: true, keys: true });
+      const sel = pruMergeSelect(salience!, keys!, e.heads * e.headDim, { budget: budget === undefined ? undefined : Math.min(budget, salience!.length) });
+      const merged = pruMergeMerge(e.backend.read(units), units.cols, salience!, sel);
+      return { features: e.project(e.unitRows(merged, units.cols)), kept: sel.kept };
     },
   };
 }
@@ -82,7 +84,7 @@ export function sparseVilaDecode(d: number, reretrieveEvery = 0): DecodeMethod {
         decodeOptions: () => r.decodeOptions(reretrieveEvery),
         rowsPerStep: (slot) => r.rowsPerStep(slot),
         visualPerStep: r.keep,
-        visualPerLayer: () => new Array<number>(t.decoder.config.numHiddenLayers).fill(r.keep),
+        visualPerLayer: () => new Array<number>(t.decoder.layers).fill(r.keep),
         get keptVisual() { return r.kept; },
         free: () => r.free(),
       };
@@ -105,7 +107,7 @@ export function fastV(k = 2, r = 0.5): DecodeMethod {
     name: `fastv(K=${k}, R=${r})`,
     prunesCache: true,
     create: (t) => {
-      const L = t.decoder.config.numHiddenLayers;
+      const L = t.decoder.layers;
       if (k > L - 1) throw new OptionError(`FastV K = ${k}: tokens are dropped after layer K, and the language model has ${L} layers, so K must be in 1..${L - 1}`);
       return layerDrop(t, stages);
     },
@@ -117,7 +119,7 @@ export function pyramidDrop(lambda = 0.5): DecodeMethod {
   return {
     name: `pdrop(lambda=${lambda})`,
     prunesCache: true,
-    create: (t) => layerDrop(t, pyramidDropStages(t.decoder.config.numHiddenLayers, lambda)),
+    create: (t) => layerDrop(t, pyramidDropStages(t.decoder.layers, lambda)),
   };
 }
 

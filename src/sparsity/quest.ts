@@ -5,7 +5,7 @@
 // are per KV head, so under GQA the query heads of a group add their page scores; the page being
 // written is always attended to.
 import { AttentionKeys, IntVector, KVCache, Matrix } from '../kernels/backend.js';
-import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
+import { ForwardOptions, LanguageDecoder } from '../model/decoder.js';
 import { DecodeSelector } from './decode.js';
 import { OptionError } from '../base/errors.js';
 
@@ -35,7 +35,7 @@ export class QuestDecode implements DecodeSelector {
   private readonly order: number[] = [];
 
   /** maxSlots: the most cache slots the turn may reach (buffers grow with use up to it). */
-  constructor(private readonly decoder: LlamaDecoder, opts: QuestOptions, maxSlots: number) {
+  constructor(private readonly decoder: LanguageDecoder, opts: QuestOptions, maxSlots: number) {
     this.pageSize = opts.pageSize ?? 16;
     this.denseLayers = opts.denseLayers ?? 2;
     if (!Number.isInteger(opts.budget) || opts.budget < 1) throw new OptionError(`Quest budget ${opts.budget} must be a whole number >= 1`);
@@ -48,7 +48,7 @@ export class QuestDecode implements DecodeSelector {
 
   /** Slots a step at `slot` reads in a layer, on average over layers. */
   rowsPerStep(slot: number): number {
-    const L = this.decoder.config.numHiddenLayers, len = slot + 1;
+    const L = this.decoder.layers, len = slot + 1;
     const sparse = Math.min(len, (this.pagesPerStep - 1) * this.pageSize + (slot % this.pageSize) + 1);
     return (this.denseLayers * len + (L - this.denseLayers) * sparse) / L;
   }

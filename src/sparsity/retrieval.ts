@@ -1,6 +1,6 @@
 // SparseVILA's decode stage: query-aware retrieval of visual tokens from the KV cache.
 import { AttentionKeys, IntVector, KVCache, Matrix } from '../kernels/backend.js';
-import { ForwardOptions, LlamaDecoder } from '../model/llama.js';
+import { ForwardOptions, LanguageDecoder } from '../model/decoder.js';
 import { keptCount, topKInOrder } from './select.js';
 import { DecodeSelector } from './decode.js';
 
@@ -46,7 +46,7 @@ export class DecodeRetrieval implements DecodeSelector {
    * questionSlot0: the first slot of the turn's question (the rows scoring the visual tokens);
    * maxSteps: most decode steps the turn may take (the lists grow to it with use, never beyond).
    */
-  constructor(private readonly decoder: LlamaDecoder, readonly visualSlots: readonly number[],
+  constructor(private readonly decoder: LanguageDecoder, readonly visualSlots: readonly number[],
     readonly sparsity: number, readonly questionSlot0: number, private readonly maxSteps: number) {
     this.keep = keptCount(visualSlots.length, sparsity);
     for (let i = 1; i < visualSlots.length; i++) {
@@ -96,7 +96,7 @@ export class DecodeRetrieval implements DecodeSelector {
         ? (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
           if (current > 0 && current % reretrieveEvery === 0) {
             this.retrieve(layer, q, part, layerInPart);
-            if (layer === this.decoder.config.numHiddenLayers - 1) this.reretrievals++;
+            if (layer === this.decoder.layers - 1) this.reretrievals++;
           }
         }
         : undefined,

@@ -1,14 +1,17 @@
 // LLaVA: a CLIP vision tower, a two-layer MLP projector, and a Llama/Qwen2 decoder. The image
 // placeholder tokens of the prompt are replaced, in order, by the projected image features.
-import { Activation, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
-import { ConfigError, LlavaConfig } from '../formats/config.js';
-import { activationOf } from './activations.js';
-import { ClipVisionTower, SalienceRequest } from './clip.js';
-import { LlamaDecoder, PlacementOptions } from './llama.js';
-import { WeightLoader } from './weights.js';
-import { Workspace } from './workspace.js';
+import { Activation, KernelBackend, LinearWeight, Matrix, ParamVector } from '../../kernels/backend.js';
+import { ConfigError } from '../../formats/config.js';
+import { activationOf } from '../activations.js';
+import { ClipVisionTower, SalienceRequest } from '../clip.js';
+import { LlamaDecoder } from '../llama.js';
+import { PlacementOptions } from '../decoder.js';
+import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion } from '../family.js';
+import { WeightLoader } from '../weights.js';
+import { Workspace } from '../workspace.js';
+import { LlavaConfig } from './config.js';
 
-export class LlavaModel {
+export class LlavaModel implements ImageEncoder {
   private readonly ws: Workspace;
   private readonly act: Activation;
 
@@ -84,16 +87,45 @@ export class LlavaModel {
     return { features: hs, salience: req.result!, keys: req.keys };
   }
 
-  /** A matrix holding `rows` (row-major [n][vision hidden]), reused by the next call. */
-  featureRows(rows: Float32Array): Matrix {
-    const D = this.config.vision.hiddenSize;
-    const m = this.ws.matrix('merged', rows.length / D, D);
-    this.backend.write(m, rows);
+  // ---- ImageEncoder: one tile per image, one unit per selected feature row ----
+
+  get heads(): number { return this.config.vision.numAttentionHeads; }
+  get headDim(): number { return this.config.vision.hiddenSize / this.config.vision.numAttentionHeads; }
+
+  encodeTile(image: ProcessedImage, tile: number, want: { salience?: boolean; keys?: boolean } = {}): EncodedTile {
+    if (tile !== 0 || image.tiles.length !== 1) throw new RangeError(`llava: an image is one tile, asked for tile ${tile} of ${image.tiles.length}`);
+    if (!want.salience && !want.keys) return { units: this.selectedFeatures(image.tiles[0]) };
+    const r = this.salientFeatures(image.tiles[0], want.keys);
+    return { units: r.features, salience: r.salience, keys: r.keys };
+  }
+
+  unitIds(_image: ProcessedImage, _tile: number): number[] {
+    return Array.from({ length: this.imageTokens }, (_, i) => i);
+  }
+
+  /** A unit is a selected feature row: a patch (row 0 the class token with strategy "full", which has no place). */
+  unitRegion(_image: ProcessedImage, unit: number): UnitRegion | null {
+    const patch = this.config.visionFeatureSelectStrategy === 'default' ? unit : unit - 1;
+    const G = this.vision.grid, P = this.config.vision.patchSize;
+    if (patch < 0 || patch >= G * G) return null;
+    return { tile: 0, x: (patch % G) * P, y: Math.floor(patch / G) * P, width: P, height: P };
+  }
+
+  /** A matrix holding `data` (row-major [n][cols]), reused by the next call. */
+  unitRows(data: Float32Array, cols: number): Matrix {
+    const m = this.ws.matrix('merged', data.length / cols, cols);
+    this.backend.write(m, data);
     return m;
   }
 
+  /** One tile: its rows are the image's rows. */
+  assemble(_image: ProcessedImage, tiles: { features: Matrix; units: number[] }[]): AssembledImage {
+    if (tiles.length !== 1) throw new RangeError(`llava: an image is one tile, got ${tiles.length}`);
+    return { features: tiles[0].features, units: tiles[0].units, tileRows: [tiles[0].features.rows] };
+  }
+
   /** Rows `rows` (ascending) of m, gathered into a matrix reused by the next call. */
-  gatherRows(m: Matrix, rows: readonly number[]): Matrix {
+  gather(m: Matrix, rows: readonly number[]): Matrix {
     const g = this.ws.matrix('gathered', rows.length, m.cols);
     for (let i = 0; i < rows.length;) {
       let run = 1;
@@ -102,38 +134,5 @@ export class LlavaModel {
       i += run;
     }
     return g;
-  }
-
-  /**
-   * The input embeddings of a prompt into out [ids.length][hidden]: token embeddings, with the
-   * rows of image placeholder tokens replaced in order by the rows of `images` (one matrix per
-   * image, concatenated in prompt order).
-   */
-  embedPrompt(out: Matrix, ids: readonly number[], images: Matrix[]): void {
-    const imageId = this.config.imageTokenIndex;
-    const vocab = this.config.text.vocabSize;
-    const positions: number[] = [];
-    // Placeholder ids may lie past the vocabulary: embed them as 0, they are overwritten.
-    const safe = ids.map((t, i) => {
-      if (t === imageId) { positions.push(i); return 0; }
-      if (!Number.isInteger(t) || t < 0 || t >= vocab) throw new RangeError(`token id ${t} at position ${i} is outside the vocabulary [0, ${vocab})`);
-      return t;
-    });
-    const rows = images.reduce((a, m) => a + m.rows, 0);
-    if (positions.length !== rows) {
-      throw new RangeError(`the prompt has ${positions.length} image tokens but the images give ${rows} feature rows (${images.length} image(s) of ${this.imageTokens})`);
-    }
-    this.language.embed(out, safe);
-    let k = 0;
-    for (const img of images) {
-      for (let r = 0; r < img.rows;) {
-        // Copy runs of consecutive placeholder positions in one go.
-        let n = 1;
-        while (r + n < img.rows && positions[k + n] === positions[k] + n) n++;
-        this.backend.copy(out.view(positions[k], n), img.view(r, n));
-        r += n;
-        k += n;
-      }
-    }
   }
 }

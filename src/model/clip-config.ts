@@ -1,0 +1,43 @@
+// The config of a CLIP vision transformer (`clip_vision_model`; top level or a VLM's `vision_config`).
+import { Fields } from '../formats/config.js';
+
+/** CLIP vision transformer (`clip_vision_model`). */
+export interface ClipVisionConfig {
+  modelType: 'clip_vision_model';
+  hiddenSize: number;
+  intermediateSize: number;
+  numHiddenLayers: number;
+  numAttentionHeads: number;
+  imageSize: number;
+  patchSize: number;
+  numChannels: number;
+  layerNormEps: number;
+  hiddenAct: string;
+  projectionDim?: number;
+  torchDtype?: string;
+}
+
+/** Parses a `clip_vision_model` config (top level or a llava `vision_config`). */
+export function parseClipVision(f: Fields, inheritedDtype: string | undefined): ClipVisionConfig {
+  const hiddenSize = f.size('hidden_size');
+  const numAttentionHeads = f.size('num_attention_heads');
+  if (hiddenSize % numAttentionHeads !== 0) {
+    throw f.error('hidden_size', `${hiddenSize} is not divisible by ${f.path('num_attention_heads')} (${numAttentionHeads})`);
+  }
+  const imageSize = f.size('image_size'), patchSize = f.size('patch_size');
+  if (imageSize % patchSize !== 0) throw f.error('image_size', `${imageSize} is not a multiple of ${f.path('patch_size')} (${patchSize})`);
+  return {
+    modelType: 'clip_vision_model',
+    hiddenSize,
+    intermediateSize: f.size('intermediate_size'),
+    numHiddenLayers: f.size('num_hidden_layers'),
+    numAttentionHeads,
+    imageSize,
+    patchSize,
+    numChannels: f.sizeOr('num_channels', 3),
+    layerNormEps: f.positiveOr('layer_norm_eps', 1e-5),
+    hiddenAct: f.activation('hidden_act', 'quick_gelu'),
+    projectionDim: f.optInt('projection_dim', 1),
+    torchDtype: f.dtype() ?? inheritedDtype,
+  };
+}
