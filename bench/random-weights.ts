@@ -43,7 +43,8 @@ export function fillBf16(dest: Uint8Array, seed: number, norm: boolean): void {
   // other → sign | exponent 0x78 or 0x79 | 7 random mantissa bits.
   const mask = norm ? 0x00070007 : 0x80ff80ff;
   const base = norm ? 0x3f803f80 : 0x3c003c00;
-  let off = dest.byteOffset, end = dest.byteOffset + dest.byteLength;
+  let off = dest.byteOffset;
+  const end = dest.byteOffset + dest.byteLength;
   if (dest.byteLength % 2 !== 0) throw new Error(`fillBf16: odd byte length ${dest.byteLength}`);
   if (off % 4 !== 0 && off < end) {
     new Uint16Array(dest.buffer, off, 1)[0] = ((next() & mask) | base) & 0xffff;

@@ -46,7 +46,11 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
     checkMethodFlags(o, model);
     if (model.takesImages && input.files.length === 0) cliWarning('no --image given: the conversation is about the text alone');
     session = model.session(input.files, { mode: o.mode, prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, prefill: sparsity.reducer });
-    const prompt = () => { if (tty) rl.setPrompt('> '), rl.prompt(); };
+    const prompt = () => {
+      if (!tty) return;
+      rl.setPrompt('> ');
+      rl.prompt();
+    };
     if (tty) process.stderr.write(`${o.mode} session about ${input.files.length} ${input.video ? 'frame' : 'image'}(s); ask a question, an empty line or Ctrl-D ends, Ctrl-C stops an answer.\n`);
     prompt();
     let turn = 0;

@@ -85,7 +85,6 @@ export class Arena {
     if (lo > 0 && this.free[lo - 1].ptr + this.free[lo - 1].size === this.free[lo].ptr) {
       this.free[lo - 1].size += this.free[lo].size;
       this.free.splice(lo, 1);
-      lo--;
     }
     // A free block at the top goes back to the bump region.
     const last = this.free[this.free.length - 1];

@@ -44,7 +44,7 @@ async function compile(level: SimdLevel): Promise<KernelModule> {
     module = await WebAssembly.compile(bytes);
   } catch (e) {
     throw new Error(`cannot compile build/kernels-${level}.wasm on this runtime (${(e as Error).message}); ` +
-      (level === 'relaxed' ? 'relaxed SIMD is not available: use the plain SIMD build' : 'WebAssembly SIMD128 is required'));
+      (level === 'relaxed' ? 'relaxed SIMD is not available: use the plain SIMD build' : 'WebAssembly SIMD128 is required'), { cause: e });
   }
   const kernelNames = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function').map((e) => e.name).sort();
   // Read the kernels' constants from a throwaway instance over a tiny shared memory.
