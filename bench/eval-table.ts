@@ -17,7 +17,7 @@ import { keptCount } from '../src/sparsity/select.js';
 import { machineDescription, markdownTable } from './report.js';
 
 const MODES = ['independent', 'chat'] as const;
-type Mode = typeof MODES[number];
+type Mode = (typeof MODES)[number];
 
 interface Row {
   method: string;
@@ -35,17 +35,20 @@ export function pdropLambdaFor(layers: number, n: number, share: number): number
   const meanShare = (lambda: number) => {
     const stages = pyramidDropStages(layers, lambda);
     const first = stages[0].layer;
-    let left = n, sum = 0;
+    let left = n,
+      sum = 0;
     for (let l = first + 1; l < layers; l++) {
       for (const st of stages) if (st.layer === l - 1) left = st.keep(left);
       sum += left;
     }
     return sum / (layers - first - 1) / n;
   };
-  let lo = 0.01, hi = 1;
+  let lo = 0.01,
+    hi = 1;
   for (let i = 0; i < 40; i++) {
     const mid = (lo + hi) / 2;
-    if (meanShare(mid) < share) lo = mid; else hi = mid;
+    if (meanShare(mid) < share) lo = mid;
+    else hi = mid;
   }
   return Math.round(((lo + hi) / 2) * 100) / 100;
 }
@@ -53,18 +56,37 @@ export function pdropLambdaFor(layers: number, n: number, share: number): number
 /** The rows of the table for a model with n visual tokens per image and `layers` LLM layers. */
 export function tableRows(n: number, layers: number): Row[] {
   const rows: Row[] = [{ method: 'dense', settings: '', budget: '', options: {} }];
-  for (const [p, d] of [[0.6, 0.75], [0.75, 0.9]] as const) {
+  for (const [p, d] of [
+    [0.6, 0.75],
+    [0.75, 0.9],
+  ] as const) {
     const budget = `(${p}, ${d})`;
-    const keep = keptCount(n, p), decodeVisual = keptCount(keep, d);
+    const keep = keptCount(n, p),
+      decodeVisual = keptCount(keep, d);
     const lambda = pdropLambdaFor(layers, n, keep / n);
     const questBudget = Math.ceil((decodeVisual + 32) / 16) * 16;
     rows.push(
-      { method: 'SparseVILA', settings: `p ${p}, d ${d}: ${keep} visual tokens prefilled, ${decodeVisual} per layer at decode`, budget, options: { prefillSparsity: p, decodeSparsity: d } },
+      {
+        method: 'SparseVILA',
+        settings: `p ${p}, d ${d}: ${keep} visual tokens prefilled, ${decodeVisual} per layer at decode`,
+        budget,
+        options: { prefillSparsity: p, decodeSparsity: d },
+      },
       { method: 'VisionZip', settings: `${keep} tokens`, budget, options: { prefill: visionZipPrefill(keep) } },
       { method: 'PruMerge', settings: `${keep} tokens`, budget, options: { prefill: pruMergePrefill(keep) } },
       { method: 'FastV', settings: `K 1, R ${p}: ${keep} tokens after layer 1`, budget, options: { decode: fastV(1, p) } },
-      { method: 'PDrop', settings: `lambda ${lambda}: ${keep} tokens on average after layer ${pyramidDropStages(layers, lambda)[0].layer + 1}`, budget, options: { decode: pyramidDrop(lambda) } },
-      { method: 'Quest', settings: `${questBudget} KV slots per decode step (${decodeVisual} visual + 32 of text, in 16-slot pages)`, budget, options: { decode: questDecode({ budget: questBudget }) } },
+      {
+        method: 'PDrop',
+        settings: `lambda ${lambda}: ${keep} tokens on average after layer ${pyramidDropStages(layers, lambda)[0].layer + 1}`,
+        budget,
+        options: { decode: pyramidDrop(lambda) },
+      },
+      {
+        method: 'Quest',
+        settings: `${questBudget} KV slots per decode step (${decodeVisual} visual + 32 of text, in 16-slot pages)`,
+        budget,
+        options: { decode: questDecode({ budget: questBudget }) },
+      },
     );
   }
   return rows;
@@ -74,7 +96,10 @@ const pct = (x: number) => (100 * x).toFixed(1);
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const arg = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+  const arg = (name: string) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
   const scenes = Number(arg('--scenes') ?? 250);
   if (!Number.isInteger(scenes) || scenes < 1) throw new Error(`--scenes: expected a whole number >= 1, got ${arg('--scenes')}`);
   const dir = modelDir(arg('--model'));
@@ -98,38 +123,77 @@ async function main(): Promise<void> {
         for (const mode of MODES) {
           const report = await evaluate(model, episodes, { ...row.options, mode, maxNewTokens: 8 });
           results.push({ row, mode, report });
-          console.log(`${(row.method + ' ' + row.budget).padEnd(22)} ${mode.padEnd(11)} overall ${pct(report.overall.accuracy).padStart(5)}%  turn 1 ${pct(report.firstTurn.accuracy).padStart(5)}%  turns >= 2 ${pct(report.laterTurns.accuracy).padStart(5)}%  ` +
-            Object.entries(report.byType).map(([t, a]) => `${t} ${pct(a.accuracy)}`).join('  ') + `  ${report.meanMsPerQuestion.toFixed(1)} ms/question`);
+          console.log(
+            `${(row.method + ' ' + row.budget).padEnd(22)} ${mode.padEnd(11)} overall ${pct(report.overall.accuracy).padStart(5)}%  turn 1 ${pct(report.firstTurn.accuracy).padStart(5)}%  turns >= 2 ${pct(report.laterTurns.accuracy).padStart(5)}%  ` +
+              Object.entries(report.byType)
+                .map(([t, a]) => `${t} ${pct(a.accuracy)}`)
+                .join('  ') +
+              `  ${report.meanMsPerQuestion.toFixed(1)} ms/question`,
+          );
         }
       }
     } finally {
       await model.close();
     }
     const file = fileURLToPath(new URL('../../docs/ACCURACY.md', import.meta.url));
-    writeFileSync(file, accuracyDoc(results, { scenes, questions, model: path.relative(process.cwd(), dir) || dir, isDefault: arg('--model') === undefined, n, layers }) + findings);
+    writeFileSync(
+      file,
+      accuracyDoc(results, { scenes, questions, model: path.relative(process.cwd(), dir) || dir, isDefault: arg('--model') === undefined, n, layers }) +
+        findings,
+    );
     console.log(`wrote ${file}`);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
 }
 
-function accuracyDoc(results: { row: Row; mode: Mode; report: EvalReport }[], o: { scenes: number; questions: number; model: string; isDefault: boolean; n: number; layers: number }): string {
+function accuracyDoc(
+  results: { row: Row; mode: Mode; report: EvalReport }[],
+  o: { scenes: number; questions: number; model: string; isDefault: boolean; n: number; layers: number },
+): string {
   const types = Object.keys(results[0].report.byType);
-  const table = (mode: Mode) => markdownTable(
-    ['method', 'budget (p, d)', 'settings', 'overall', 'turn 1', 'turns ≥ 2', ...types, 'visual tokens in the prompt', 'visual per layer at decode', 'ms / question'],
-    results.filter((r) => r.mode === mode).map(({ row, report: r }) => [
-      row.method, row.budget || '—', row.settings || 'all tokens', `**${pct(r.overall.accuracy)}**`, pct(r.firstTurn.accuracy), pct(r.laterTurns.accuracy),
-      ...types.map((t) => pct(r.byType[t].accuracy)), r.meanVisualTokens.toFixed(0), r.meanVisualPerLayer.toFixed(1), r.meanMsPerQuestion.toFixed(1),
-    ]),
-  );
-  const get = (method: string, budget: string, mode: Mode) => results.find((r) => r.row.method === method && r.row.budget === budget && r.mode === mode)!.report;
+  const table = (mode: Mode) =>
+    markdownTable(
+      [
+        'method',
+        'budget (p, d)',
+        'settings',
+        'overall',
+        'turn 1',
+        'turns ≥ 2',
+        ...types,
+        'visual tokens in the prompt',
+        'visual per layer at decode',
+        'ms / question',
+      ],
+      results
+        .filter((r) => r.mode === mode)
+        .map(({ row, report: r }) => [
+          row.method,
+          row.budget || '—',
+          row.settings || 'all tokens',
+          `**${pct(r.overall.accuracy)}**`,
+          pct(r.firstTurn.accuracy),
+          pct(r.laterTurns.accuracy),
+          ...types.map((t) => pct(r.byType[t].accuracy)),
+          r.meanVisualTokens.toFixed(0),
+          r.meanVisualPerLayer.toFixed(1),
+          r.meanMsPerQuestion.toFixed(1),
+        ]),
+    );
+  const get = (method: string, budget: string, mode: Mode) =>
+    results.find((r) => r.row.method === method && r.row.budget === budget && r.mode === mode)!.report;
   const dense = get('dense', '', 'chat');
   const reading: string[] = [];
   for (const budget of ['(0.6, 0.75)', '(0.75, 0.9)']) {
     for (const mode of MODES) {
-      const sv = get('SparseVILA', budget, mode), fv = get('FastV', budget, mode), pd = get('PDrop', budget, mode);
-      reading.push(`- ${mode} mode, budget ${budget}: turns ≥ 2 — SparseVILA ${pct(sv.laterTurns.accuracy)}%, FastV ${pct(fv.laterTurns.accuracy)}%, PDrop ${pct(pd.laterTurns.accuracy)}% ` +
-        `(turn 1: ${pct(sv.firstTurn.accuracy)}%, ${pct(fv.firstTurn.accuracy)}%, ${pct(pd.firstTurn.accuracy)}%; dense ${pct(get('dense', '', mode).laterTurns.accuracy)}% / ${pct(get('dense', '', mode).firstTurn.accuracy)}%).`);
+      const sv = get('SparseVILA', budget, mode),
+        fv = get('FastV', budget, mode),
+        pd = get('PDrop', budget, mode);
+      reading.push(
+        `- ${mode} mode, budget ${budget}: turns ≥ 2 — SparseVILA ${pct(sv.laterTurns.accuracy)}%, FastV ${pct(fv.laterTurns.accuracy)}%, PDrop ${pct(pd.laterTurns.accuracy)}% ` +
+          `(turn 1: ${pct(sv.firstTurn.accuracy)}%, ${pct(fv.firstTurn.accuracy)}%, ${pct(pd.firstTurn.accuracy)}%; dense ${pct(get('dense', '', mode).laterTurns.accuracy)}% / ${pct(get('dense', '', mode).firstTurn.accuracy)}%).`,
+      );
     }
   }
   return `# Accuracy of the sparsity methods on the default model
@@ -173,5 +237,8 @@ ${reading.join('\n')}
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
-  main().catch((e) => { console.error(e instanceof Error ? e.message : e); process.exit(1); });
+  main().catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
 }

@@ -27,9 +27,14 @@ function fillWeights(dest: Uint8Array, dtype: WeightDType): void {
 }
 
 interface Row {
-  dtype: WeightDType; threads: number; prefillGflops: number; prefillBest: number;
+  dtype: WeightDType;
+  threads: number;
+  prefillGflops: number;
+  prefillBest: number;
   /** The same weight again and again (it partly stays in the last-level caches). */
-  decodeGBs: number; decodeBest: number; decodeMs: number;
+  decodeGBs: number;
+  decodeBest: number;
+  decodeMs: number;
   /** Distinct weights in rotation, > 256 MiB in all, as in a real decode step (read from DRAM). */
   streamGBs: number;
 }
@@ -48,9 +53,14 @@ function stats(t: number[]): { median: number; best: number } {
  * Medians are over all blocks' samples.
  */
 function benchMatmul(be: KernelBackend, threads: number): Row[] {
-  const x = be.matrix(PREFILL.M, PREFILL.K), y = be.matrix(PREFILL.M, PREFILL.N);
-  be.write(x, new Float32Array(PREFILL.M * PREFILL.K).map((_, i) => ((i * 7919) % 1000) / 1000 - 0.5));
-  const x1 = x.view(0, 1), y1 = be.matrix(1, DECODE.N);
+  const x = be.matrix(PREFILL.M, PREFILL.K),
+    y = be.matrix(PREFILL.M, PREFILL.N);
+  be.write(
+    x,
+    new Float32Array(PREFILL.M * PREFILL.K).map((_, i) => ((i * 7919) % 1000) / 1000 - 0.5),
+  );
+  const x1 = x.view(0, 1),
+    y1 = be.matrix(1, DECODE.N);
   const flops = 2 * PREFILL.M * PREFILL.K * PREFILL.N;
   const per = DTYPES.map((dtype) => {
     const weightBytes = DECODE.N * DECODE.K * WEIGHT_DTYPE_BYTES[dtype];
@@ -58,8 +68,16 @@ function benchMatmul(be: KernelBackend, threads: number): Row[] {
     const ws = Array.from({ length: copies }, () => be.linear(DECODE.N, DECODE.K, dtype, (d) => fillWeights(d, dtype)));
     return { dtype, weightBytes, ws, next: 0, prefill: [] as number[], decode: [] as number[], stream: [] as number[] };
   });
-  const sample = (out: number[], fn: () => void) => { const t0 = performance.now(); fn(); out.push(performance.now() - t0); };
-  const warm = (ms: number, fn: () => void) => { const t0 = performance.now(); do fn(); while (performance.now() - t0 < ms); };
+  const sample = (out: number[], fn: () => void) => {
+    const t0 = performance.now();
+    fn();
+    out.push(performance.now() - t0);
+  };
+  const warm = (ms: number, fn: () => void) => {
+    const t0 = performance.now();
+    do fn();
+    while (performance.now() - t0 < ms);
+  };
   for (let r = 0; r < 3; r++) {
     for (const d of per) {
       warm(400, () => be.matmul(y, x, d.ws[0]));
@@ -71,39 +89,65 @@ function benchMatmul(be: KernelBackend, threads: number): Row[] {
     }
   }
   const rows = per.map((d) => {
-    const tp = stats(d.prefill), td = stats(d.decode), ts = stats(d.stream);
+    const tp = stats(d.prefill),
+      td = stats(d.decode),
+      ts = stats(d.stream);
     return {
-      dtype: d.dtype, threads, prefillGflops: flops / tp.median / 1e6, prefillBest: flops / tp.best / 1e6,
-      decodeGBs: d.weightBytes / td.median / 1e6, decodeBest: d.weightBytes / td.best / 1e6, decodeMs: td.median,
+      dtype: d.dtype,
+      threads,
+      prefillGflops: flops / tp.median / 1e6,
+      prefillBest: flops / tp.best / 1e6,
+      decodeGBs: d.weightBytes / td.median / 1e6,
+      decodeBest: d.weightBytes / td.best / 1e6,
+      decodeMs: td.median,
       streamGBs: d.weightBytes / ts.median / 1e6,
     };
   });
   for (const d of per) for (const w of d.ws) be.free(w);
-  be.free(x); be.free(y); be.free(y1);
+  be.free(x);
+  be.free(y);
+  be.free(y1);
   return rows;
 }
 
-interface AttnShape { name: string; heads: number; kvHeads: number; headDim: number }
+interface AttnShape {
+  name: string;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
 const ATTN_SHAPES: AttnShape[] = [
   { name: 'VILA1.5-3B LLM (20 heads, 20 KV heads, d 128)', heads: 20, kvHeads: 20, headDim: 128 },
   { name: 'SmolVLM-256M text (9 heads, 3 KV heads, d 64)', heads: 9, kvHeads: 3, headDim: 64 },
 ];
 
 function benchAttention(be: KernelBackend, s: AttnShape): { decodeMs: number; prefillMs: number } {
-  const kvw = s.kvHeads * s.headDim, qw = s.heads * s.headDim;
+  const kvw = s.kvHeads * s.headDim,
+    qw = s.heads * s.headDim;
   const cache = be.kvCache(1, s.kvHeads, s.headDim);
   const keys = 4096;
-  const k = be.matrix(keys, kvw), v = be.matrix(keys, kvw);
+  const k = be.matrix(keys, kvw),
+    v = be.matrix(keys, kvw);
   const rnd = new Float32Array(keys * kvw).map((_, i) => Math.sin(i * 0.37));
-  be.write(k, rnd); be.write(v, rnd);
+  be.write(k, rnd);
+  be.write(v, rnd);
   be.kvWrite(cache, 0, k, v, 0);
-  const q = be.matrix(1024, qw), o = be.matrix(1024, qw);
-  be.write(q, new Float32Array(1024 * qw).map((_, i) => Math.cos(i * 0.11)));
+  const q = be.matrix(1024, qw),
+    o = be.matrix(1024, qw);
+  be.write(
+    q,
+    new Float32Array(1024 * qw).map((_, i) => Math.cos(i * 0.11)),
+  );
   const scale = 1 / Math.sqrt(s.headDim);
-  const q1 = q.view(0, 1), o1 = o.view(0, 1);
+  const q1 = q.view(0, 1),
+    o1 = o.view(0, 1);
   const dec = time(() => be.attention(o1, q1, cache, 0, { heads: s.heads, qSlot0: keys - 1, causal: true, scale, keys: { count: keys } }), 30, 3);
   const pre = time(() => be.attention(o, q, cache, 0, { heads: s.heads, qSlot0: 0, causal: true, scale, keys: { count: 1024 } }), 3, 1);
-  be.free(cache); be.free(k); be.free(v); be.free(q); be.free(o);
+  be.free(cache);
+  be.free(k);
+  be.free(v);
+  be.free(q);
+  be.free(o);
   return { decodeMs: dec.median, prefillMs: pre.median };
 }
 
@@ -122,8 +166,10 @@ for (const threads of [1, 2]) {
   for (const r of benchMatmul(be, threads)) {
     const dtype = r.dtype;
     rows.push(r);
-    console.log(`  ${dtype.padEnd(4)} prefill ${PREFILL.M}x${PREFILL.K}x${PREFILL.N}: ${r.prefillGflops.toFixed(1)} GFLOPS (best ${r.prefillBest.toFixed(1)}; peak ${lim.peakGflops.toFixed(1)}) | ` +
-      `decode 1x${DECODE.K}x${DECODE.N}: ${r.decodeGBs.toFixed(1)} GB/s of weights (best ${r.decodeBest.toFixed(1)}), ${r.decodeMs.toFixed(3)} ms; streamed ${r.streamGBs.toFixed(1)} GB/s (read ${lim.readGBs.toFixed(1)})`);
+    console.log(
+      `  ${dtype.padEnd(4)} prefill ${PREFILL.M}x${PREFILL.K}x${PREFILL.N}: ${r.prefillGflops.toFixed(1)} GFLOPS (best ${r.prefillBest.toFixed(1)}; peak ${lim.peakGflops.toFixed(1)}) | ` +
+        `decode 1x${DECODE.K}x${DECODE.N}: ${r.decodeGBs.toFixed(1)} GB/s of weights (best ${r.decodeBest.toFixed(1)}), ${r.decodeMs.toFixed(3)} ms; streamed ${r.streamGBs.toFixed(1)} GB/s (read ${lim.readGBs.toFixed(1)})`,
+    );
   }
   for (const s of ATTN_SHAPES) {
     const a = benchAttention(be, s);
@@ -152,20 +198,41 @@ const body = [
   '',
   'Limits measured in the same run: "read" is a plain SIMD read of a 256 MiB buffer (far larger than the caches), "peak" is f32 SIMD multiply-adds in registers (both on the same number of threads).',
   '',
-  markdownTable(['threads', 'read GB/s', 'peak GFLOPS', 'stalled calls'], [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops), stalls.get(t) ?? 0])),
+  markdownTable(
+    ['threads', 'read GB/s', 'peak GFLOPS', 'stalled calls'],
+    [...limits].map(([t, l]) => [t, f1(l.readGBs), f1(l.peakGflops), stalls.get(t) ?? 0]),
+  ),
   '',
   `Matmul: prefill shape ${PREFILL.M}×${PREFILL.K}×${PREFILL.N} (GFLOPS, median and best of 9, including the packing of the activations) and decode shape 1×${DECODE.K}×${DECODE.N} (GB/s of weight bytes, median of 60). Each dtype is measured in three blocks taken in turn with the other dtypes, each after a warm-up of its own kind of call, so that a slow phase of the machine spoils one block rather than a whole figure. "decode" repeats one weight matrix, as the issue's shape asks; at 35 MB (bf16) it partly stays in this machine's last-level caches, so it can exceed the DRAM read probe. "streamed" rotates over distinct weights of more than 256 MiB in all, as a real decode step reads a model's layers one after another: that figure is the one to compare with "read".`,
   '',
-  markdownTable(['weights', 'threads', 'prefill GFLOPS', 'best', 'peak', 'decode GB/s', 'best', 'decode ms', 'streamed GB/s', 'read GB/s'],
-    rows.map((r) => [r.dtype, r.threads, f1(r.prefillGflops), f1(r.prefillBest), f1(limits.get(r.threads)!.peakGflops),
-      f1(r.decodeGBs), f1(r.decodeBest), r.decodeMs.toFixed(3), f1(r.streamGBs), f1(limits.get(r.threads)!.readGBs)])),
+  markdownTable(
+    ['weights', 'threads', 'prefill GFLOPS', 'best', 'peak', 'decode GB/s', 'best', 'decode ms', 'streamed GB/s', 'read GB/s'],
+    rows.map((r) => [
+      r.dtype,
+      r.threads,
+      f1(r.prefillGflops),
+      f1(r.prefillBest),
+      f1(limits.get(r.threads)!.peakGflops),
+      f1(r.decodeGBs),
+      f1(r.decodeBest),
+      r.decodeMs.toFixed(3),
+      f1(r.streamGBs),
+      f1(limits.get(r.threads)!.readGBs),
+    ]),
+  ),
   '',
   'Targets (bf16 weights, from the foundation issue) beside this run:',
   '',
-  markdownTable(['bf16 figure', 'target', 'median', 'best'], targets.map(([w, m, b, t]) => [w, `≥ ${t}`, f1(m), f1(b)])),
+  markdownTable(
+    ['bf16 figure', 'target', 'median', 'best'],
+    targets.map(([w, m, b, t]) => [w, `≥ ${t}`, f1(m), f1(b)]),
+  ),
   '',
   'Attention, one layer, f32 KV cache: decode = 1 query over 4096 cached keys; prefill = 1024 queries over 1024 keys, causal (ms, median).',
   '',
-  markdownTable(['shape', 'threads', '1 × 4096 ms', '1024 × 1024 ms'], attn.map((a) => [a.shape, a.threads, a.decodeMs.toFixed(3), f1(a.prefillMs)])),
+  markdownTable(
+    ['shape', 'threads', '1 × 4096 ms', '1024 × 1024 ms'],
+    attn.map((a) => [a.shape, a.threads, a.decodeMs.toFixed(3), f1(a.prefillMs)]),
+  ),
 ].join('\n');
 console.log(`wrote ${writeSection('kernels', body)}`);

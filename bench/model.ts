@@ -37,7 +37,8 @@ const PROMPTS = [256, 1024];
 /** Decode contexts; llama.cpp's short-context figure is at context 0, ours at 256. */
 const CONTEXTS = [256, 2048];
 const REF_CONTEXT: Record<number, number> = { 256: 0, 2048: 2048 };
-const PREFILL_TARGET = 0.45, DECODE_TARGET = 0.8;
+const PREFILL_TARGET = 0.45,
+  DECODE_TARGET = 0.8;
 
 const SMOLVLM: ModelSpec = {
   key: 'smolvlm',
@@ -45,7 +46,10 @@ const SMOLVLM: ModelSpec = {
   label: '<random smolvlm-256m text>',
   shape: SMOLVLM_TEXT_SHAPE,
   ref: { prefill: { 256: 585, 1024: 483 }, decode: { 0: 108, 2048: 59 } },
-  warmupTokens: 256, prefillReps: 3, decodeWarmup: 4, decodeSteps: 32,
+  warmupTokens: 256,
+  prefillReps: 3,
+  decodeWarmup: 4,
+  decodeSteps: 32,
 };
 
 const VILA: ModelSpec = {
@@ -54,7 +58,10 @@ const VILA: ModelSpec = {
   label: '<random vila1.5-3b llm>',
   shape: VILA_3B_LLM_SHAPE,
   ref: { prefill: { 256: 35, 1024: 35 }, decode: { 0: 6.1, 2048: 4.2 } },
-  warmupTokens: 32, prefillReps: 1, decodeWarmup: 2, decodeSteps: 8,
+  warmupTokens: 32,
+  prefillReps: 1,
+  decodeWarmup: 2,
+  decodeSteps: 8,
 };
 
 interface RunResult {
@@ -93,12 +100,27 @@ async function benchModel(spec: ModelSpec, threads: number): Promise<RunResult> 
   level = be.simdLevel;
   const source = new RandomLlamaSource(spec.shape, spec.label);
   const result: RunResult = {
-    spec, threads, weightBytes: source.totalBytes, loadS: 0, prefill: [], decode: [], maxRss: 0, wasmUsed: 0, wasmCommitted: 0, places: 0,
+    spec,
+    threads,
+    weightBytes: source.totalBytes,
+    loadS: 0,
+    prefill: [],
+    decode: [],
+    maxRss: 0,
+    wasmUsed: 0,
+    wasmCommitted: 0,
+    places: 0,
   };
   const sample = () => {
     const u = be.memoryUsage();
-    result.wasmUsed = Math.max(result.wasmUsed, u.reduce((a, p) => a + p.usedBytes, 0));
-    result.wasmCommitted = Math.max(result.wasmCommitted, u.reduce((a, p) => a + p.committedBytes, 0));
+    result.wasmUsed = Math.max(
+      result.wasmUsed,
+      u.reduce((a, p) => a + p.usedBytes, 0),
+    );
+    result.wasmCommitted = Math.max(
+      result.wasmCommitted,
+      u.reduce((a, p) => a + p.committedBytes, 0),
+    );
     result.places = u.length;
   };
   const log = (s: string) => console.log(`  [${spec.key}, ${threads} thread${threads > 1 ? 's' : ''}] ${s}`);
@@ -106,13 +128,22 @@ async function benchModel(spec: ModelSpec, threads: number): Promise<RunResult> 
     const config = parseConfig(llamaConfigJson(spec.shape), spec.label).config as CausalLmConfig;
     if (config.modelType !== 'llama') throw new Error(`${spec.label}: expected a llama config`);
     const t0 = performance.now();
-    const decoder = await LlamaDecoder.load(new WeightLoader(be, source, spec.label), config,
-      { prefix: 'model.', lmHead: config.tieWordEmbeddings ? null : 'lm_head.weight' });
+    const decoder = await LlamaDecoder.load(new WeightLoader(be, source, spec.label), config, {
+      prefix: 'model.',
+      lmHead: config.tieWordEmbeddings ? null : 'lm_head.weight',
+    });
     result.loadS = (performance.now() - t0) / 1000;
     sample();
-    log(`loaded ${(source.totalBytes / 2 ** 30).toFixed(2)} GiB of bf16 weights in ${result.loadS.toFixed(1)} s over ${be.places} memor${be.places > 1 ? 'ies' : 'y'}`);
-    const H = config.hiddenSize, vocab = config.vocabSize, kvw = config.numKeyValueHeads * config.headDim;
-    const nextId = (() => { const r = rng(0xc0ffee); return () => Math.floor(r() * vocab); })();
+    log(
+      `loaded ${(source.totalBytes / 2 ** 30).toFixed(2)} GiB of bf16 weights in ${result.loadS.toFixed(1)} s over ${be.places} memor${be.places > 1 ? 'ies' : 'y'}`,
+    );
+    const H = config.hiddenSize,
+      vocab = config.vocabSize,
+      kvw = config.numKeyValueHeads * config.headDim;
+    const nextId = (() => {
+      const r = rng(0xc0ffee);
+      return () => Math.floor(r() * vocab);
+    })();
 
     const prefill = (n: number): number => {
       const x = be.matrix(n, H, decoder.place);
@@ -151,10 +182,14 @@ async function benchModel(spec: ModelSpec, threads: number): Promise<RunResult> 
         const kv = Float32Array.from({ length: ctx * kvw }, () => 2 * r() - 1);
         cache.parts.forEach((part, i) => {
           const place = decoder.place + i; // one cache part per memory place, in order
-          const k = be.matrix(ctx, kvw, place), v = be.matrix(ctx, kvw, place);
+          const k = be.matrix(ctx, kvw, place),
+            v = be.matrix(ctx, kvw, place);
           try {
             be.write(k, kv);
-            be.write(v, kv.map((a) => -a));
+            be.write(
+              v,
+              kv.map((a) => -a),
+            );
             for (let l = 0; l < part.layers; l++) be.kvWrite(part, l, k, v, 0);
           } finally {
             be.free(k);
@@ -185,7 +220,9 @@ async function benchModel(spec: ModelSpec, threads: number): Promise<RunResult> 
         sample();
         const d = { ctx, msPerToken: total / spec.decodeSteps, tokS: (spec.decodeSteps * 1000) / total, bestMs: Math.min(...steps) };
         result.decode.push(d);
-        log(`decode at context ${ctx}: ${d.tokS.toFixed(1)} tok/s (${d.msPerToken.toFixed(1)} ms/token over ${spec.decodeSteps} steps, best step ${d.bestMs.toFixed(1)} ms)`);
+        log(
+          `decode at context ${ctx}: ${d.tokS.toFixed(1)} tok/s (${d.msPerToken.toFixed(1)} ms/token over ${spec.decodeSteps} steps, best step ${d.bestMs.toFixed(1)} ms)`,
+        );
       } finally {
         decoder.freeCache(cache);
         be.free(y);
@@ -205,7 +242,11 @@ async function benchModel(spec: ModelSpec, threads: number): Promise<RunResult> 
 
 const started = performance.now();
 const only = process.env.SPARSEVILA_BENCH_MODELS?.split(',').map((s) => s.trim());
-const plan: [ModelSpec, number][] = [[SMOLVLM, 2], [VILA, 2], [SMOLVLM, 1]];
+const plan: [ModelSpec, number][] = [
+  [SMOLVLM, 2],
+  [VILA, 2],
+  [SMOLVLM, 1],
+];
 const results: RunResult[] = [];
 for (const [spec, threads] of plan) {
   if (only && !only.includes(spec.key)) continue;
@@ -237,17 +278,39 @@ for (const r of results) {
   }
 }
 const compareRows = compare.map(([model, what, ours, ref, target]) => [
-  model, what, f1(ours), `${ref}`, ratio(ours, ref), `≥ ${target}× (${f1(ref * target)})`, ours >= ref * target ? 'yes' : 'no',
+  model,
+  what,
+  f1(ours),
+  `${ref}`,
+  ratio(ours, ref),
+  `≥ ${target}× (${f1(ref * target)})`,
+  ours >= ref * target ? 'yes' : 'no',
 ]);
 const compareHeader = ['model shape', 'tok/s', 'ours, 2 threads', 'llama.cpp F16, 2 threads *', 'ours / llama.cpp', 'target', 'met'];
 
-const detailHeader = ['model shape', 'threads', 'weights GiB', 'load s',
-  ...PROMPTS.map((n) => `prefill ${n} tok/s`), ...CONTEXTS.map((c) => `decode ctx ${c} tok/s (ms/token)`),
-  'peak RSS GiB', 'wasm in use / committed GiB (memories)'];
+const detailHeader = [
+  'model shape',
+  'threads',
+  'weights GiB',
+  'load s',
+  ...PROMPTS.map((n) => `prefill ${n} tok/s`),
+  ...CONTEXTS.map((c) => `decode ctx ${c} tok/s (ms/token)`),
+  'peak RSS GiB',
+  'wasm in use / committed GiB (memories)',
+];
 const detailRows = results.map((r) => [
-  r.spec.name, r.threads, gib(r.weightBytes), f1(r.loadS),
-  ...PROMPTS.map((n) => { const p = r.prefill.find((q) => q.tokens === n); return p ? f1(p.tokS) : '—'; }),
-  ...CONTEXTS.map((c) => { const d = r.decode.find((q) => q.ctx === c); return d ? `${f1(d.tokS)} (${f1(d.msPerToken)})` : '—'; }),
+  r.spec.name,
+  r.threads,
+  gib(r.weightBytes),
+  f1(r.loadS),
+  ...PROMPTS.map((n) => {
+    const p = r.prefill.find((q) => q.tokens === n);
+    return p ? f1(p.tokS) : '—';
+  }),
+  ...CONTEXTS.map((c) => {
+    const d = r.decode.find((q) => q.ctx === c);
+    return d ? `${f1(d.tokS)} (${f1(d.msPerToken)})` : '—';
+  }),
   // maxRSS is a process-wide peak: after the 3B run it no longer describes a smaller model run later.
   results.indexOf(r) > results.findIndex((q) => q.spec === VILA) && results.some((q) => q.spec === VILA) ? `(${gib(r.maxRss)}, process peak)` : gib(r.maxRss),
   `${gib(r.wasmUsed)} / ${gib(r.wasmCommitted)} (${r.places})`,
@@ -269,21 +332,21 @@ if (only) {
     '',
     `Machine: ${machineDescription([`kernel build: ${level}`])}. Run on ${new Date().toISOString().slice(0, 10)}; the whole benchmark took ${f1(wallS / 60)} min.`,
     '',
-    'The decoder alone, on random-weight models generated by the benchmark with the exact shapes of SmolVLM-256M\'s text model ' +
-    '(llama, hidden 576, 30 layers, 9 heads / 3 KV heads of 64, FFN 1536, vocabulary 49280, tied embeddings) and of VILA1.5-3B\'s LLM ' +
-    '(llama, hidden 2560, 32 layers, 20 heads / 20 KV heads of 128, FFN 6912, vocabulary 32000, separate lm_head); bf16 weights, f32 KV cache. ' +
-    `Prefill: random token ids from position 0 in a fresh cache, after a warm-up prefill (median of ${SMOLVLM.prefillReps} runs for SmolVLM, one run for the 3B model), ` +
-    'including the embedding lookup and the logits of the last row. ' +
-    `Decode: the cache's first slots are filled with random K/V rows (no prefill), then ${SMOLVLM.decodeSteps} (SmolVLM) / ${VILA.decodeSteps} (3B) single-token steps are timed ` +
-    '(embedding, all layers, lm_head over the whole vocabulary); tok/s = steps / time.',
+    "The decoder alone, on random-weight models generated by the benchmark with the exact shapes of SmolVLM-256M's text model " +
+      "(llama, hidden 576, 30 layers, 9 heads / 3 KV heads of 64, FFN 1536, vocabulary 49280, tied embeddings) and of VILA1.5-3B's LLM " +
+      '(llama, hidden 2560, 32 layers, 20 heads / 20 KV heads of 128, FFN 6912, vocabulary 32000, separate lm_head); bf16 weights, f32 KV cache. ' +
+      `Prefill: random token ids from position 0 in a fresh cache, after a warm-up prefill (median of ${SMOLVLM.prefillReps} runs for SmolVLM, one run for the 3B model), ` +
+      'including the embedding lookup and the logits of the last row. ' +
+      `Decode: the cache's first slots are filled with random K/V rows (no prefill), then ${SMOLVLM.decodeSteps} (SmolVLM) / ${VILA.decodeSteps} (3B) single-token steps are timed ` +
+      '(embedding, all layers, lm_head over the whole vocabulary); tok/s = steps / time.',
     '',
     markdownTable(compareHeader, compareRows),
     '',
     '\\* llama.cpp figures are not from this run: they were measured elsewhere, on the same kind of machine (2 cores), with F16 weights and 2 threads. ' +
-    'llama.cpp\'s short-context decode figure is at context 0, ours at context 256 (slightly more attention work); its 3B prefill figure is one number, compared with both of our prompt lengths. ' +
-    `Targets: decode ≥ ${DECODE_TARGET}× and prefill ≥ ${PREFILL_TARGET}× llama.cpp's figure.`,
+      "llama.cpp's short-context decode figure is at context 0, ours at context 256 (slightly more attention work); its 3B prefill figure is one number, compared with both of our prompt lengths. " +
+      `Targets: decode ≥ ${DECODE_TARGET}× and prefill ≥ ${PREFILL_TARGET}× llama.cpp's figure.`,
     '',
-    'All runs (peak RSS is the process\'s peak so far, `process.resourceUsage().maxRSS`; wasm bytes are the largest in use / committed over the run, summed over the wasm memories, with their count):',
+    "All runs (peak RSS is the process's peak so far, `process.resourceUsage().maxRSS`; wasm bytes are the largest in use / committed over the run, summed over the wasm memories, with their count):",
     '',
     markdownTable(detailHeader, detailRows),
     ...(failures.length ? ['', ...failures] : []),

@@ -61,8 +61,15 @@ export function fillBf16(dest: Uint8Array, seed: number, norm: boolean): void {
 export class RandomLlamaSource implements TensorSource {
   private readonly tensors = new Map<string, TensorInfo>();
 
-  constructor(readonly shape: LlamaShape, readonly label: string, readonly seed = 0x5eed) {
-    const s = shape, H = s.hidden_size, D = s.head_dim, I = s.intermediate_size;
+  constructor(
+    readonly shape: LlamaShape,
+    readonly label: string,
+    readonly seed = 0x5eed,
+  ) {
+    const s = shape,
+      H = s.hidden_size,
+      D = s.head_dim,
+      I = s.intermediate_size;
     const add = (name: string, dims: number[]) => {
       const numel = dims.reduce((a, b) => a * b, 1);
       this.tensors.set(name, { name, dtype: 'BF16', shape: dims, numel, byteLength: numel * 2, file: label, fileOffset: 0 });
@@ -106,14 +113,30 @@ export class RandomLlamaSource implements TensorSource {
 
 /** SmolVLM-256M's text model (hidden 576, 30 layers, 9 heads / 3 KV heads of 64, FFN 1536, vocabulary 49280, tied embeddings). */
 export const SMOLVLM_TEXT_SHAPE: LlamaShape = {
-  hidden_size: 576, num_hidden_layers: 30, num_attention_heads: 9, num_key_value_heads: 3, head_dim: 64,
-  intermediate_size: 1536, vocab_size: 49280, tie_word_embeddings: true, rope_theta: 100000, rms_norm_eps: 1e-5,
+  hidden_size: 576,
+  num_hidden_layers: 30,
+  num_attention_heads: 9,
+  num_key_value_heads: 3,
+  head_dim: 64,
+  intermediate_size: 1536,
+  vocab_size: 49280,
+  tie_word_embeddings: true,
+  rope_theta: 100000,
+  rms_norm_eps: 1e-5,
   max_position_embeddings: 8192,
 };
 
 /** VILA1.5-3B's language model (hidden 2560, 32 layers, 20 heads / 20 KV heads of 128, FFN 6912, vocabulary 32000). */
 export const VILA_3B_LLM_SHAPE: LlamaShape = {
-  hidden_size: 2560, num_hidden_layers: 32, num_attention_heads: 20, num_key_value_heads: 20, head_dim: 128,
-  intermediate_size: 6912, vocab_size: 32000, tie_word_embeddings: false, rope_theta: 10000, rms_norm_eps: 1e-5,
+  hidden_size: 2560,
+  num_hidden_layers: 32,
+  num_attention_heads: 20,
+  num_key_value_heads: 20,
+  head_dim: 128,
+  intermediate_size: 6912,
+  vocab_size: 32000,
+  tie_word_embeddings: false,
+  rope_theta: 10000,
+  rms_norm_eps: 1e-5,
   max_position_embeddings: 4096,
 };

@@ -41,10 +41,14 @@ export function markdownTable(header: string[], rows: (string | number)[][]): st
 /** Replaces (or appends) the section `name` of docs/BENCHMARKS.md. */
 export function writeSection(name: string, body: string): string {
   const file = fileURLToPath(new URL('../../docs/BENCHMARKS.md', import.meta.url));
-  const begin = `<!-- bench:${name} -->`, end = `<!-- /bench:${name} -->`;
-  let doc = existsSync(file) ? readFileSync(file, 'utf8') : '# Benchmarks\n\nEvery figure here is written by a benchmark script (`npm run bench:…`); rerun it to refresh its section.\n';
+  const begin = `<!-- bench:${name} -->`,
+    end = `<!-- /bench:${name} -->`;
+  let doc = existsSync(file)
+    ? readFileSync(file, 'utf8')
+    : '# Benchmarks\n\nEvery figure here is written by a benchmark script (`npm run bench:…`); rerun it to refresh its section.\n';
   const block = `${begin}\n${body.trim()}\n${end}`;
-  const i = doc.indexOf(begin), j = doc.indexOf(end);
+  const i = doc.indexOf(begin),
+    j = doc.indexOf(end);
   if (i >= 0 && j > i) doc = doc.slice(0, i) + block + doc.slice(j + end.length);
   else doc = `${doc.trimEnd()}\n\n${block}\n`;
   writeFileSync(file, doc);

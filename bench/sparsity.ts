@@ -29,15 +29,24 @@ interface Method {
   decode: (n: number) => DecodeMethod | null;
 }
 
-const SYSTEM_TOKENS = 16, QUESTION_TOKENS = 32, NEW_TOKENS = 64;
+const SYSTEM_TOKENS = 16,
+  QUESTION_TOKENS = 32,
+  NEW_TOKENS = 64;
 const THREADS = 2;
 const CASES: Case[] = [
   {
-    key: 'smolvlm', name: 'SmolVLM-256M text model', visual: 4096, visualWhat: '64 frames x 64 tokens', llamaCppDecode: 44,
+    key: 'smolvlm',
+    name: 'SmolVLM-256M text model',
+    visual: 4096,
+    visualWhat: '64 frames x 64 tokens',
+    llamaCppDecode: 44,
     shape: SMOLVLM_TEXT_SHAPE,
   },
   {
-    key: 'vila', name: 'VILA1.5-3B LLM', visual: 1568, visualWhat: '8 frames x 196 tokens',
+    key: 'vila',
+    name: 'VILA1.5-3B LLM',
+    visual: 1568,
+    visualWhat: '8 frames x 196 tokens',
     shape: VILA_3B_LLM_SHAPE,
   },
 ];
@@ -45,22 +54,30 @@ const CASES: Case[] = [
 // (its merge runs in the vision encoder, which this benchmark does not run, so in the language
 // model it is a shorter prompt with dense decode); Quest reads as many KV slots per decode step as
 // SparseVILA's decode (its kept visual tokens plus the text), over the dense prompt.
-const P = 0.75, D = 0.9;
+const P = 0.75,
+  D = 0.9;
 const METHODS: Method[] = [
   { name: 'dense', visualKept: (n) => n, decode: () => null },
   { name: `SparseVILA (p ${P}, d ${D})`, visualKept: (n) => keptCount(n, P), decode: () => sparseVilaDecode(D) },
-  { name: 'VisionZip (same visual tokens as SparseVILA\'s prefill)', visualKept: (n) => keptCount(n, P), decode: () => null },
-  { name: 'FastV (K 2; from layer 2 on, as many visual tokens as SparseVILA\'s prefill)', visualKept: (n) => n, decode: () => fastV(2, P) },
+  { name: "VisionZip (same visual tokens as SparseVILA's prefill)", visualKept: (n) => keptCount(n, P), decode: () => null },
+  { name: "FastV (K 2; from layer 2 on, as many visual tokens as SparseVILA's prefill)", visualKept: (n) => n, decode: () => fastV(2, P) },
   {
-    name: 'Quest (same KV slots per step as SparseVILA\'s decode)',
+    name: "Quest (same KV slots per step as SparseVILA's decode)",
     visualKept: (n) => n,
     decode: (n) => questDecode({ budget: Math.ceil((keptCount(keptCount(n, P), D) + SYSTEM_TOKENS + QUESTION_TOKENS) / 16) * 16 }),
   },
 ];
 
 interface Result {
-  c: Case; m: Method; promptTokens: number; visualKept: number; retrieved: number;
-  prefillMs: number; decodeTokS: number; decodeMs: number; kvBytesPerStep: number;
+  c: Case;
+  m: Method;
+  promptTokens: number;
+  visualKept: number;
+  retrieved: number;
+  prefillMs: number;
+  decodeTokS: number;
+  decodeMs: number;
+  kvBytesPerStep: number;
 }
 
 function rng(seed: number): () => number {
@@ -73,34 +90,58 @@ async function benchCase(c: Case): Promise<Result[]> {
   const source = new RandomLlamaSource(c.shape, `<random ${c.key}>`);
   const config = parseConfig(llamaConfigJson(c.shape), c.key).config as CausalLmConfig;
   if (config.modelType !== 'llama') throw new Error('expected a llama config');
-  const decoder = await LlamaDecoder.load(new WeightLoader(be, source, c.key), config,
-    { prefix: 'model.', lmHead: config.tieWordEmbeddings ? null : 'lm_head.weight' });
-  const vocab = config.vocabSize, H = config.hiddenSize;
+  const decoder = await LlamaDecoder.load(new WeightLoader(be, source, c.key), config, {
+    prefix: 'model.',
+    lmHead: config.tieWordEmbeddings ? null : 'lm_head.weight',
+  });
+  const vocab = config.vocabSize,
+    H = config.hiddenSize;
   const r = rng(7);
   const ids = (n: number) => Array.from({ length: n }, () => Math.floor(r() * vocab));
   const results: Result[] = [];
   try {
     // Warm-up: a short prefill and a second of decode steps.
     {
-      const cache = decoder.newCache(), x = be.matrix(128, H, decoder.place);
+      const cache = decoder.newCache(),
+        x = be.matrix(128, H, decoder.place);
       decoder.embed(x, ids(128));
-      decoder.forward(x, cache, 0, Array.from({ length: 128 }, (_, i) => i));
-      const y = be.matrix(1, H, decoder.place), t0 = performance.now();
-      for (let s = 128; performance.now() - t0 < 1000; s++) { decoder.embed(y, ids(1)); decoder.forward(y, cache, s, [s]); }
-      be.free(x); be.free(y); decoder.freeCache(cache);
+      decoder.forward(
+        x,
+        cache,
+        0,
+        Array.from({ length: 128 }, (_, i) => i),
+      );
+      const y = be.matrix(1, H, decoder.place),
+        t0 = performance.now();
+      for (let s = 128; performance.now() - t0 < 1000; s++) {
+        decoder.embed(y, ids(1));
+        decoder.forward(y, cache, s, [s]);
+      }
+      be.free(x);
+      be.free(y);
+      decoder.freeCache(cache);
     }
     for (const m of METHODS) {
       // Prompt: system text, the visual tokens that survive prefill pruning, the question. The
       // embeddings are random (speed does not depend on values); the vision encoder is not run.
-      const V = m.visualKept(c.visual), S = SYSTEM_TOKENS + V + QUESTION_TOKENS;
+      const V = m.visualKept(c.visual),
+        S = SYSTEM_TOKENS + V + QUESTION_TOKENS;
       const visual = Array.from({ length: V }, (_, i) => SYSTEM_TOKENS + i);
       const method = m.decode(c.visual);
       const retrieval = method?.create({ decoder, visualSlots: visual, questionSlot0: SYSTEM_TOKENS + V, promptLength: S, maxSteps: NEW_TOKENS }) ?? null;
-      const cache = decoder.newCache(), x = be.matrix(S, H, decoder.place), y = be.matrix(1, H, decoder.place);
+      const cache = decoder.newCache(),
+        x = be.matrix(S, H, decoder.place),
+        y = be.matrix(1, H, decoder.place);
       try {
         const t0 = performance.now();
         decoder.embed(x, ids(S));
-        decoder.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i), retrieval?.prefillOptions(0, S));
+        decoder.forward(
+          x,
+          cache,
+          0,
+          Array.from({ length: S }, (_, i) => i),
+          retrieval?.prefillOptions(0, S),
+        );
         const prefillMs = performance.now() - t0;
         const stepOpts = retrieval?.decodeOptions();
         const t1 = performance.now();
@@ -114,15 +155,26 @@ async function benchCase(c: Case): Promise<Result[]> {
         const rowsRead = retrieval ? retrieval.rowsPerStep(mid) : mid + 1;
         const kvBytesPerStep = rowsRead * config.numHiddenLayers * config.numKeyValueHeads * config.headDim * 4 * 2;
         const res: Result = {
-          c, m, promptTokens: S, visualKept: V, retrieved: retrieval?.visualPerStep ?? V,
-          prefillMs, decodeMs, decodeTokS: (NEW_TOKENS * 1000) / decodeMs, kvBytesPerStep,
+          c,
+          m,
+          promptTokens: S,
+          visualKept: V,
+          retrieved: retrieval?.visualPerStep ?? V,
+          prefillMs,
+          decodeMs,
+          decodeTokS: (NEW_TOKENS * 1000) / decodeMs,
+          kvBytesPerStep,
         };
         results.push(res);
-        console.log(`  [${c.key}] ${m.name}: prompt ${S} tokens (${V} of ${c.visual} visual), prefill ${(prefillMs / 1000).toFixed(2)} s, ` +
-          `decode ${res.decodeTokS.toFixed(1)} tok/s, KV read per step ${(kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
+        console.log(
+          `  [${c.key}] ${m.name}: prompt ${S} tokens (${V} of ${c.visual} visual), prefill ${(prefillMs / 1000).toFixed(2)} s, ` +
+            `decode ${res.decodeTokS.toFixed(1)} tok/s, KV read per step ${(kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`,
+        );
       } finally {
         retrieval?.free();
-        be.free(x); be.free(y); decoder.freeCache(cache);
+        be.free(x);
+        be.free(y);
+        decoder.freeCache(cache);
       }
     }
   } finally {
@@ -137,21 +189,43 @@ const all: Result[] = [];
 for (const c of CASES) {
   if (only && !only.includes(c.key)) continue;
   console.log(`${c.name}, ${c.visual} visual tokens (${c.visualWhat}), bf16 weights, ${THREADS} threads:`);
-  all.push(...await benchCase(c));
+  all.push(...(await benchCase(c)));
 }
 const wallS = (performance.now() - started) / 1000;
 const f1 = (x: number) => x.toFixed(1);
 const rows = all.map((r) => {
   const dense = all.find((q) => q.c === r.c && q.m === METHODS[0])!;
-  const e2e = r.prefillMs + r.decodeMs, e2eDense = dense.prefillMs + dense.decodeMs;
+  const e2e = r.prefillMs + r.decodeMs,
+    e2eDense = dense.prefillMs + dense.decodeMs;
   return [
-    r.c.name, r.m.name, `${r.promptTokens} (${r.visualKept} visual)`, r.m.name.startsWith('Quest') ? `(${Math.round(r.kvBytesPerStep / (r.c.shape.num_hidden_layers * r.c.shape.num_key_value_heads * r.c.shape.head_dim * 8))} slots)` : r.retrieved, f1(r.prefillMs / 1000), f1(r.decodeTokS),
-    `${(r.decodeTokS / dense.decodeTokS).toFixed(2)}×`, f1(e2e / 1000), `${(e2eDense / e2e).toFixed(2)}×`, f1(r.kvBytesPerStep / 2 ** 20),
+    r.c.name,
+    r.m.name,
+    `${r.promptTokens} (${r.visualKept} visual)`,
+    r.m.name.startsWith('Quest')
+      ? `(${Math.round(r.kvBytesPerStep / (r.c.shape.num_hidden_layers * r.c.shape.num_key_value_heads * r.c.shape.head_dim * 8))} slots)`
+      : r.retrieved,
+    f1(r.prefillMs / 1000),
+    f1(r.decodeTokS),
+    `${(r.decodeTokS / dense.decodeTokS).toFixed(2)}×`,
+    f1(e2e / 1000),
+    `${(e2eDense / e2e).toFixed(2)}×`,
+    f1(r.kvBytesPerStep / 2 ** 20),
     r.c.llamaCppDecode ? `${r.c.llamaCppDecode}` : '—',
   ];
 });
-const header = ['model shape', 'method', 'prompt tokens', 'visual tokens per decode step (Quest: KV slots, layer average)', 'prefill s', 'decode tok/s', 'decode vs dense',
-  `end-to-end s (prefill + ${NEW_TOKENS} tokens)`, 'end-to-end vs dense', 'KV MiB read per step', 'llama.cpp dense decode tok/s *'];
+const header = [
+  'model shape',
+  'method',
+  'prompt tokens',
+  'visual tokens per decode step (Quest: KV slots, layer average)',
+  'prefill s',
+  'decode tok/s',
+  'decode vs dense',
+  `end-to-end s (prefill + ${NEW_TOKENS} tokens)`,
+  'end-to-end vs dense',
+  'KV MiB read per step',
+  'llama.cpp dense decode tok/s *',
+];
 console.log('');
 console.log(markdownTable(header, rows));
 console.log(`wall time ${f1(wallS)} s`);
@@ -164,17 +238,17 @@ if (only) {
     `Machine: ${machineDescription()}. Run on ${new Date().toISOString().slice(0, 10)}; the whole benchmark took ${f1(wallS / 60)} min.`,
     '',
     `The language model alone (random bf16 weights, f32 KV cache, ${THREADS} threads) with a long visual context: a prompt of ${SYSTEM_TOKENS} system tokens, ` +
-    `the visual tokens that survive prefill pruning, and a ${QUESTION_TOKENS}-token question; then ${NEW_TOKENS} decode steps. ` +
-    'The embeddings are random (speed does not depend on values) and the vision encoder is not run, so prefill pruning shows as the shorter prompt. ' +
-    'SparseVILA\'s prefill time includes its decode retrieval scoring (every layer scores the visual tokens by the question\'s attention). ' +
-    'KV bytes are the K and V rows one decode step reads (layers x KV heads x rows x head dim x 4 bytes x 2), at the middle step. ' +
-    'Baselines at SparseVILA\'s budgets: VisionZip keeps as many visual tokens as SparseVILA\'s prefill (its merge runs in the vision encoder, not run here, so it shows as the same shorter prompt with dense decode); ' +
-    'Quest reads as many KV slots per decode step as SparseVILA\'s decode (16-slot pages, first two layers dense) over the dense prompt. FastV ranks the visual tokens by the last prompt token\'s attention in layer 1 and keeps as many as SparseVILA\'s prefill for layers 2 on.',
+      `the visual tokens that survive prefill pruning, and a ${QUESTION_TOKENS}-token question; then ${NEW_TOKENS} decode steps. ` +
+      'The embeddings are random (speed does not depend on values) and the vision encoder is not run, so prefill pruning shows as the shorter prompt. ' +
+      "SparseVILA's prefill time includes its decode retrieval scoring (every layer scores the visual tokens by the question's attention). " +
+      'KV bytes are the K and V rows one decode step reads (layers x KV heads x rows x head dim x 4 bytes x 2), at the middle step. ' +
+      "Baselines at SparseVILA's budgets: VisionZip keeps as many visual tokens as SparseVILA's prefill (its merge runs in the vision encoder, not run here, so it shows as the same shorter prompt with dense decode); " +
+      "Quest reads as many KV slots per decode step as SparseVILA's decode (16-slot pages, first two layers dense) over the dense prompt. FastV ranks the visual tokens by the last prompt token's attention in layer 1 and keeps as many as SparseVILA's prefill for layers 2 on.",
     '',
     markdownTable(header, rows),
     '',
-    '\\* llama.cpp\'s dense decode of the SmolVLM shape at context 4096 (F16, 2 threads), measured elsewhere on the same kind of machine, not in this run. ' +
-    'Targets of the sparsity issue for the SmolVLM shape: SparseVILA decode ≥ 2× our dense decode and faster than llama.cpp\'s 44 tok/s; end-to-end ≥ 2× better than our dense.',
+    "\\* llama.cpp's dense decode of the SmolVLM shape at context 4096 (F16, 2 threads), measured elsewhere on the same kind of machine, not in this run. " +
+      "Targets of the sparsity issue for the SmolVLM shape: SparseVILA decode ≥ 2× our dense decode and faster than llama.cpp's 44 tok/s; end-to-end ≥ 2× better than our dense.",
   ].join('\n');
   console.log(`wrote ${writeSection('sparsity', body)}`);
 }

@@ -11,6 +11,7 @@ export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/scenes-vlm'
 /** The --model folder, or the default model's when none is given (with a clear error if it is missing). */
 export function modelDir(model: string | undefined): string {
   if (model !== undefined) return model;
-  if (!existsSync(DEFAULT_MODEL_DIR)) throw new FileError(`no --model given and the default model is missing at ${DEFAULT_MODEL_DIR} (rebuild it with \`npm run train:default\`)`);
+  if (!existsSync(DEFAULT_MODEL_DIR))
+    throw new FileError(`no --model given and the default model is missing at ${DEFAULT_MODEL_DIR} (rebuild it with \`npm run train:default\`)`);
   return DEFAULT_MODEL_DIR;
 }

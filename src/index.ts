@@ -2,9 +2,7 @@
 
 // Generation: load a model folder, ask about images.
 export { VisionLanguageModel, GenerationError } from './engine/vlm.js';
-export type {
-  LoadOptions, GenerateRequest, GenerateOptions, GenerationResult, GenerationStats, FinishReason, ImageInput,
-} from './engine/vlm.js';
+export type { LoadOptions, GenerateRequest, GenerateOptions, GenerationResult, GenerationStats, FinishReason, ImageInput } from './engine/vlm.js';
 export { Session } from './engine/session.js';
 export type { SessionOptions } from './engine/session.js';
 export { inspectModel } from './engine/inspect.js';
@@ -16,7 +14,16 @@ export { Sampler, Rng, argmax } from './engine/sampling.js';
 export type { SamplingOptions } from './engine/sampling.js';
 
 // Input: images, tokenizer, chat templates.
-export { decodeImage, resize, clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, pixelsToRgb, ImageError, DEFAULT_IMAGE_LIMITS } from './io/image.js';
+export {
+  decodeImage,
+  resize,
+  clipPreprocess,
+  loadClipImageProcessorConfig,
+  parseClipImageProcessorConfig,
+  pixelsToRgb,
+  ImageError,
+  DEFAULT_IMAGE_LIMITS,
+} from './io/image.js';
 export type { RgbImage, ClipImageProcessorConfig, PixelValues, ResampleFilter, ImageLimits } from './io/image.js';
 export { TextTokenizer, TokenizerError } from './io/tokenizer.js';
 export { ChatTemplate, ChatTemplateError } from './io/chat-template.js';
@@ -28,8 +35,19 @@ export { expandImageTokens, PromptError } from './io/prompt.js';
 export { FAMILIES, SUPPORTED_MODEL_TYPES, familyOf, parseConfig, loadConfig } from './model/registry.js';
 export type { ParsedConfig } from './model/registry.js';
 export type {
-  Family, AnyFamily, FamilyConfig, FamilyModel, TextFacts, ImageProcessor, ProcessedImage, ImageEncoder, EncodedTile, UnitRegion,
-  AssembledImage, PromptLayout, PromptImage,
+  Family,
+  AnyFamily,
+  FamilyConfig,
+  FamilyModel,
+  TextFacts,
+  ImageProcessor,
+  ProcessedImage,
+  ImageEncoder,
+  EncodedTile,
+  UnitRegion,
+  AssembledImage,
+  PromptLayout,
+  PromptImage,
 } from './model/family.js';
 export { DecoderCache } from './model/decoder.js';
 export type { LanguageDecoder, ForwardOptions, PlacementOptions } from './model/decoder.js';
@@ -60,7 +78,16 @@ export { pruMergeSelect, pruMergeMerge, iqrOutlierCount } from './sparsity/prume
 // Synthetic visual-QA scenes (the default model's task).
 export { makeScene, renderScene, sceneSvg, splitSeeds, writeSplit, SHAPES, COLOURS, GLYPHS, REGIONS, QUESTION_TYPES } from './data/scenes.js';
 export type { Scene, SceneObject, Question, QuestionType, EpisodeRecord } from './data/scenes.js';
-export { writeTaskModel, taskVocabulary, taskModelConfig, taskModelTensors, tokenizerJson, TASK_MODEL_SHAPE, IMAGE_TOKEN_ID, CHAT_TEMPLATE } from './data/task-model.js';
+export {
+  writeTaskModel,
+  taskVocabulary,
+  taskModelConfig,
+  taskModelTensors,
+  tokenizerJson,
+  TASK_MODEL_SHAPE,
+  IMAGE_TOKEN_ID,
+  CHAT_TEMPLATE,
+} from './data/task-model.js';
 export { DEFAULT_MODEL_DIR } from './default-model.js';
 export type { TaskModelShape } from './data/task-model.js';
 

@@ -72,9 +72,17 @@ describe('kernels in a browser (headless Chromium)', () => {
       // Cross-origin isolation: required for SharedArrayBuffer and shared wasm memory.
       res.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
       res.setHeader('Cross-Origin-Embedder-Policy', 'require-corp');
-      if (url.pathname === '/') { res.setHeader('Content-Type', 'text/html'); res.end(PAGE); return; }
+      if (url.pathname === '/') {
+        res.setHeader('Content-Type', 'text/html');
+        res.end(PAGE);
+        return;
+      }
       const file = path.join(root, path.normalize(url.pathname));
-      if (!file.startsWith(root) || !existsSync(file)) { res.statusCode = 404; res.end(); return; }
+      if (!file.startsWith(root) || !existsSync(file)) {
+        res.statusCode = 404;
+        res.end();
+        return;
+      }
       res.setHeader('Content-Type', TYPES[path.extname(file)] ?? 'application/octet-stream');
       res.end(readFileSync(file));
     });
@@ -99,7 +107,9 @@ describe('kernels in a browser (headless Chromium)', () => {
     page.on('pageerror', (e) => errors.push(e.message));
     await page.goto(base);
     await page.waitForFunction(() => (window as unknown as { ready?: boolean }).ready === true, undefined, { timeout: 20_000 });
-    const r = await page.evaluate(() => (window as unknown as { runCheck(): Promise<{ backend: string; threads: number; mmErr: number; attErr: number; isolated: boolean }> }).runCheck());
+    const r = await page.evaluate(() =>
+      (window as unknown as { runCheck(): Promise<{ backend: string; threads: number; mmErr: number; attErr: number; isolated: boolean }> }).runCheck(),
+    );
     assert.deepEqual(errors, []);
     assert.equal(r.isolated, true);
     assert.equal(r.threads, 2);

@@ -2,9 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  ChatTemplate, ChatTemplateError, applyChatTemplate, loadChatTemplateSource, type ChatMessage,
-} from '../src/io/chat-template.js';
+import { ChatTemplate, ChatTemplateError, applyChatTemplate, loadChatTemplateSource, type ChatMessage } from '../src/io/chat-template.js';
 import { PromptError, expandImageTokens } from '../src/io/prompt.js';
 import { TextTokenizer } from '../src/io/tokenizer.js';
 import { fixture, llavaGoldenPrompt, tempDir } from './helpers.js';
@@ -21,9 +19,7 @@ function templateDir(files: Record<string, string>): string {
   return dir;
 }
 
-const llavaMessages: ChatMessage[] = [
-  { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is shown in this image?' }] },
-];
+const llavaMessages: ChatMessage[] = [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is shown in this image?' }] }];
 
 // ---- llava-tiny ----------------------------------------------------------------------------------
 
@@ -46,31 +42,27 @@ test('llava-tiny: {% generation %} blocks render their content; add_generation_p
     { role: 'assistant', content: [{ type: 'text', text: 'A cat.' }] },
     { role: 'user', content: [{ type: 'text', text: 'Color?' }] },
   ];
-  assert.equal(
-    tpl.render(convo, { addGenerationPrompt: false }),
-    'Be brief. USER: <image>\nWhat is shown in this image? ASSISTANT: A cat. USER: Color? ',
-  );
-  assert.equal(
-    tpl.render(convo),
-    'Be brief. USER: <image>\nWhat is shown in this image? ASSISTANT: A cat. USER: Color? ASSISTANT:',
-  );
+  assert.equal(tpl.render(convo, { addGenerationPrompt: false }), 'Be brief. USER: <image>\nWhat is shown in this image? ASSISTANT: A cat. USER: Color? ');
+  assert.equal(tpl.render(convo), 'Be brief. USER: <image>\nWhat is shown in this image? ASSISTANT: A cat. USER: Color? ASSISTANT:');
   assert.equal(applyChatTemplate(LLAVA, llavaMessages), llavaPrompt.text);
 });
 
 test('{% generation %} keeps whitespace control like a block tag', () => {
-  const tpl = new ChatTemplate(
-    '{% for m in messages %}[{% generation %}\n  {{ m.content }}\n{%- endgeneration %}]{% endfor %}',
-  );
+  const tpl = new ChatTemplate('{% for m in messages %}[{% generation %}\n  {{ m.content }}\n{%- endgeneration %}]{% endfor %}');
   // trim_blocks eats the newline after the opening tag; "-" strips before the closing one.
-  assert.equal(tpl.render([{ role: 'assistant', content: 'x' }, { role: 'assistant', content: 'y' }]), '[  x][  y]');
+  assert.equal(
+    tpl.render([
+      { role: 'assistant', content: 'x' },
+      { role: 'assistant', content: 'y' },
+    ]),
+    '[  x][  y]',
+  );
 });
 
 // ---- smolvlm-tiny ---------------------------------------------------------------------------------
 
 test('smolvlm-tiny: one user turn renders as SmolVLM does', () => {
-  const messages: ChatMessage[] = [
-    { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is in this image?' }] },
-  ];
+  const messages: ChatMessage[] = [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is in this image?' }] }];
   const expected = '<|im_start|>User:<image>What is in this image?<end_of_utterance>\nAssistant:';
   assert.equal(ChatTemplate.fromDir(SMOL).render(messages, { addGenerationPrompt: true }), expected);
   // The same template is in tokenizer_config.json; the .jinja file has priority.
@@ -90,25 +82,35 @@ test('template sources in priority order: .jinja, chat_template.json, tokenizer_
   const cfg = JSON.stringify({ bos_token: '<s>', chat_template: 'config' });
   const json = JSON.stringify({ chat_template: 'json' });
   const msgs: ChatMessage[] = [{ role: 'user', content: 'x' }];
-  assert.equal(ChatTemplate.fromDir(templateDir({ 'chat_template.jinja': 'jinja\n', 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs), 'jinja');
+  assert.equal(
+    ChatTemplate.fromDir(templateDir({ 'chat_template.jinja': 'jinja\n', 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs),
+    'jinja',
+  );
   assert.equal(ChatTemplate.fromDir(templateDir({ 'chat_template.json': json, 'tokenizer_config.json': cfg })).render(msgs), 'json');
   assert.equal(ChatTemplate.fromDir(templateDir({ 'tokenizer_config.json': cfg })).render(msgs), 'config');
   // A list of named templates: "default", or another by name.
   const listed = templateDir({
     'tokenizer_config.json': JSON.stringify({
-      chat_template: [{ name: 'tool_use', template: 'tools' }, { name: 'default', template: 'default' }],
+      chat_template: [
+        { name: 'tool_use', template: 'tools' },
+        { name: 'default', template: 'default' },
+      ],
     }),
   });
   assert.equal(ChatTemplate.fromDir(listed).render(msgs), 'default');
   assert.equal(ChatTemplate.fromDir(listed, { name: 'tool_use' }).render(msgs), 'tools');
-  assert.throws(() => ChatTemplate.fromDir(listed, { name: 'rag' }), (e: unknown) =>
-    e instanceof ChatTemplateError && e.message.includes('"rag"') && e.message.includes('"tool_use"'));
+  assert.throws(
+    () => ChatTemplate.fromDir(listed, { name: 'rag' }),
+    (e: unknown) => e instanceof ChatTemplateError && e.message.includes('"rag"') && e.message.includes('"tool_use"'),
+  );
 });
 
 test('special tokens, string content and raise_exception', () => {
   const dir = templateDir({
     'tokenizer_config.json': JSON.stringify({
-      bos_token: '<s>', eos_token: { content: '</s>' }, added_tokens_decoder: {},
+      bos_token: '<s>',
+      eos_token: { content: '</s>' },
+      added_tokens_decoder: {},
       chat_template:
         "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}" +
         "[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}" +
@@ -119,25 +121,34 @@ test('special tokens, string content and raise_exception', () => {
   const tpl = ChatTemplate.fromDir(dir);
   assert.equal(tpl.render([{ role: 'user', content: 'hi' }]), '<s>[user]hi</s>[assistant]<pad>');
   assert.equal(tpl.render([{ role: 'user', content: 'hi' }], { addGenerationPrompt: false, variables: { bos_token: '' } }), '[user]hi</s><pad>');
-  assert.throws(() => tpl.render([{ role: 'system', content: 'x' }]), (e: unknown) =>
-    e instanceof ChatTemplateError && e.message.includes('no system role'));
+  assert.throws(
+    () => tpl.render([{ role: 'system', content: 'x' }]),
+    (e: unknown) => e instanceof ChatTemplateError && e.message.includes('no system role'),
+  );
 });
 
 test('a folder without a chat template is a ChatTemplateError naming it', () => {
   const dir = templateDir({ 'tokenizer_config.json': JSON.stringify({ bos_token: '<s>' }) });
-  assert.throws(() => ChatTemplate.fromDir(dir), (e: unknown) => {
-    assert.ok(e instanceof ChatTemplateError, String(e));
-    assert.ok(e.message.includes('no chat template'), e.message);
-    assert.ok(e.message.includes(dir), e.message);
-    return true;
-  });
+  assert.throws(
+    () => ChatTemplate.fromDir(dir),
+    (e: unknown) => {
+      assert.ok(e instanceof ChatTemplateError, String(e));
+      assert.ok(e.message.includes('no chat template'), e.message);
+      assert.ok(e.message.includes(dir), e.message);
+      return true;
+    },
+  );
   assert.throws(() => ChatTemplate.fromDir(templateDir({})), ChatTemplateError);
   const badJson = templateDir({ 'chat_template.json': '{oops' });
-  assert.throws(() => ChatTemplate.fromDir(badJson), (e: unknown) =>
-    e instanceof ChatTemplateError && e.message.includes(path.join(badJson, 'chat_template.json')));
+  assert.throws(
+    () => ChatTemplate.fromDir(badJson),
+    (e: unknown) => e instanceof ChatTemplateError && e.message.includes(path.join(badJson, 'chat_template.json')),
+  );
   const badSyntax = templateDir({ 'chat_template.jinja': '{% for m in messages %}' });
-  assert.throws(() => ChatTemplate.fromDir(badSyntax), (e: unknown) =>
-    e instanceof ChatTemplateError && e.message.includes(path.join(badSyntax, 'chat_template.jinja')));
+  assert.throws(
+    () => ChatTemplate.fromDir(badSyntax),
+    (e: unknown) => e instanceof ChatTemplateError && e.message.includes(path.join(badSyntax, 'chat_template.jinja')),
+  );
 });
 
 // ---- expandImageTokens ------------------------------------------------------------------------------
@@ -150,13 +161,18 @@ test('expandImageTokens replaces the i-th placeholder with countPerImage[i] copi
 });
 
 test('expandImageTokens: placeholder/image count mismatch names both counts', () => {
-  assert.throws(() => expandImageTokens('a<image>b<image>', '<image>', [4]), (e: unknown) => {
-    assert.ok(e instanceof PromptError, String(e));
-    assert.ok(/2 "<image>" placeholders/.test(e.message) && /1 image was given/.test(e.message), e.message);
-    return true;
-  });
-  assert.throws(() => expandImageTokens('text', '<image>', [64]), (e: unknown) =>
-    e instanceof PromptError && e.message.includes('0 "<image>" placeholders') && e.message.includes('1 image'));
+  assert.throws(
+    () => expandImageTokens('a<image>b<image>', '<image>', [4]),
+    (e: unknown) => {
+      assert.ok(e instanceof PromptError, String(e));
+      assert.ok(/2 "<image>" placeholders/.test(e.message) && /1 image was given/.test(e.message), e.message);
+      return true;
+    },
+  );
+  assert.throws(
+    () => expandImageTokens('text', '<image>', [64]),
+    (e: unknown) => e instanceof PromptError && e.message.includes('0 "<image>" placeholders') && e.message.includes('1 image'),
+  );
   assert.throws(() => expandImageTokens('<image>', '<image>', [1.5]), PromptError);
   assert.throws(() => expandImageTokens('<image>', '', [1]), PromptError);
 });

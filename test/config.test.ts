@@ -20,13 +20,16 @@ function writeConfig(json: unknown): { dir: string; file: string } {
 /** Asserts that loading `json` from a config.json throws a ConfigError naming the file and every needle. */
 function rejects(json: unknown, ...needles: string[]): void {
   const { dir, file } = writeConfig(json);
-  assert.throws(() => loadConfig(dir), (e: unknown) => {
-    assert.ok(e instanceof ConfigError, `expected ConfigError, got ${String(e)}`);
-    for (const n of [file, ...needles]) {
-      assert.ok(e.message.includes(n), `message ${JSON.stringify(e.message)} lacks ${JSON.stringify(n)}`);
-    }
-    return true;
-  });
+  assert.throws(
+    () => loadConfig(dir),
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError, `expected ConfigError, got ${String(e)}`);
+      for (const n of [file, ...needles]) {
+        assert.ok(e.message.includes(n), `message ${JSON.stringify(e.message)} lacks ${JSON.stringify(n)}`);
+      }
+      return true;
+    },
+  );
 }
 
 const readFixtureJson = (name: string): Record<string, unknown> =>
@@ -34,8 +37,13 @@ const readFixtureJson = (name: string): Record<string, unknown> =>
 
 /** A minimal valid llama config plus `extra`. */
 const llama = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
-  model_type: 'llama', hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4,
-  vocab_size: 100, ...extra,
+  model_type: 'llama',
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  vocab_size: 100,
+  ...extra,
 });
 
 test('llava-tiny: llava with nested CLIP vision and Llama text configs', () => {
@@ -43,8 +51,17 @@ test('llava-tiny: llava with nested CLIP vision and Llama text configs', () => {
   assert.equal(cfg.modelType, 'llava');
   const c = cfg as LlavaConfig;
   assert.deepEqual(c.vision, {
-    modelType: 'clip_vision_model', hiddenSize: 64, intermediateSize: 128, numHiddenLayers: 3, numAttentionHeads: 4,
-    imageSize: 112, patchSize: 14, numChannels: 3, layerNormEps: 1e-5, hiddenAct: 'quick_gelu', projectionDim: 64,
+    modelType: 'clip_vision_model',
+    hiddenSize: 64,
+    intermediateSize: 128,
+    numHiddenLayers: 3,
+    numAttentionHeads: 4,
+    imageSize: 112,
+    patchSize: 14,
+    numChannels: 3,
+    layerNormEps: 1e-5,
+    hiddenAct: 'quick_gelu',
+    projectionDim: 64,
     torchDtype: 'float16',
   });
   const t = c.text;
@@ -82,33 +99,55 @@ test('qwen2-tiny: qwen2 with qkv bias, tied embeddings and rope_theta 1e6', () =
   const { textFacts, imageFacts, ...c } = loadConfig(fixture('qwen2-tiny')).config as CausalLmConfig;
   assert.deepEqual([textFacts, imageFacts], [{ vocabSize: 2048, contextWindow: 32768, eosTokenIds: [1], contextField: 'max_position_embeddings' }, null]);
   assert.deepEqual(c, {
-    modelType: 'qwen2', hiddenSize: 64, intermediateSize: 160, numHiddenLayers: 3, numAttentionHeads: 4,
-    numKeyValueHeads: 2, headDim: 16, vocabSize: 2048, maxPositionEmbeddings: 32768, rmsNormEps: 1e-6,
-    ropeTheta: 1e6, ropeScaling: null, tieWordEmbeddings: true, attentionBias: { qkv: true, o: false },
-    mlpBias: false, hiddenAct: 'silu', bosTokenId: 0, eosTokenId: [1], torchDtype: 'bfloat16', slidingWindow: null,
+    modelType: 'qwen2',
+    hiddenSize: 64,
+    intermediateSize: 160,
+    numHiddenLayers: 3,
+    numAttentionHeads: 4,
+    numKeyValueHeads: 2,
+    headDim: 16,
+    vocabSize: 2048,
+    maxPositionEmbeddings: 32768,
+    rmsNormEps: 1e-6,
+    ropeTheta: 1e6,
+    ropeScaling: null,
+    tieWordEmbeddings: true,
+    attentionBias: { qkv: true, o: false },
+    mlpBias: false,
+    hiddenAct: 'silu',
+    bosTokenId: 0,
+    eosTokenId: [1],
+    torchDtype: 'bfloat16',
+    slidingWindow: null,
     layerTypes: ['full_attention', 'full_attention', 'full_attention'],
   });
 });
 
 test('siglip-tiny: siglip_vision_model is recognised but unsupported', () => {
   const dir = fixture('siglip-tiny');
-  assert.throws(() => loadConfig(dir), (e: unknown) => {
-    assert.ok(e instanceof ConfigError);
-    assert.ok(e.message.includes(path.join(dir, 'config.json')));
-    assert.match(e.message, /model_type: "siglip_vision_model" is not supported \(recognised, but not supported yet\)/);
-    assert.match(e.message, /llava, clip_vision_model, llama, qwen2/);
-    return true;
-  });
+  assert.throws(
+    () => loadConfig(dir),
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.ok(e.message.includes(path.join(dir, 'config.json')));
+      assert.match(e.message, /model_type: "siglip_vision_model" is not supported \(recognised, but not supported yet\)/);
+      assert.match(e.message, /llava, clip_vision_model, llama, qwen2/);
+      return true;
+    },
+  );
 });
 
 test('smolvlm-tiny: idefics3 is recognised but unsupported', () => {
   const dir = fixture('smolvlm-tiny');
-  assert.throws(() => loadConfig(dir), (e: unknown) => {
-    assert.ok(e instanceof ConfigError);
-    assert.ok(e.message.includes(path.join(dir, 'config.json')));
-    assert.match(e.message, /"idefics3" is not supported \(recognised/);
-    return true;
-  });
+  assert.throws(
+    () => loadConfig(dir),
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.ok(e.message.includes(path.join(dir, 'config.json')));
+      assert.match(e.message, /"idefics3" is not supported \(recognised/);
+      return true;
+    },
+  );
 });
 
 test('defaults follow transformers', () => {
@@ -124,8 +163,7 @@ test('defaults follow transformers', () => {
   assert.equal(c.tieWordEmbeddings, false);
   assert.deepEqual(c.attentionBias, { qkv: false, o: false });
 
-  const d = parseConfig(llama({ eos_token_id: [128001, 128009], bos_token_id: null, attention_bias: true, mlp_bias: true }),
-    'x.json').config as CausalLmConfig;
+  const d = parseConfig(llama({ eos_token_id: [128001, 128009], bos_token_id: null, attention_bias: true, mlp_bias: true }), 'x.json').config as CausalLmConfig;
   assert.deepEqual(d.eosTokenId, [128001, 128009]);
   assert.equal(d.bosTokenId, undefined);
   assert.deepEqual(d.attentionBias, { qkv: true, o: true });
@@ -139,8 +177,10 @@ test('defaults follow transformers', () => {
 });
 
 test('qwen2 sliding window and transformers-5 rope_parameters', () => {
-  const q = parseConfig({ ...llama({ num_hidden_layers: 4 }), model_type: 'qwen2', use_sliding_window: true,
-    sliding_window: 512, max_window_layers: 2 }, 'x.json').config as CausalLmConfig;
+  const q = parseConfig(
+    { ...llama({ num_hidden_layers: 4 }), model_type: 'qwen2', use_sliding_window: true, sliding_window: 512, max_window_layers: 2 },
+    'x.json',
+  ).config as CausalLmConfig;
   assert.equal(q.slidingWindow, 512);
   assert.deepEqual(q.layerTypes, ['full_attention', 'full_attention', 'sliding_attention', 'sliding_attention']);
 
@@ -158,8 +198,18 @@ test('llava: nested model types default to clip_vision_model / llama; feature la
   const base = readFixtureJson('llava-tiny');
   const vision = { ...(base['vision_config'] as object), model_type: undefined };
   const text = { ...(base['text_config'] as object), model_type: undefined };
-  const c = parseConfig({ ...base, vision_config: vision, text_config: text, vision_feature_layer: [-1, 0, 3],
-    vision_feature_select_strategy: 'full', image_token_index: undefined, image_token_id: 5 }, 'x.json').config as LlavaConfig;
+  const c = parseConfig(
+    {
+      ...base,
+      vision_config: vision,
+      text_config: text,
+      vision_feature_layer: [-1, 0, 3],
+      vision_feature_select_strategy: 'full',
+      image_token_index: undefined,
+      image_token_id: 5,
+    },
+    'x.json',
+  ).config as LlavaConfig;
   assert.equal(c.vision.modelType, 'clip_vision_model');
   assert.equal(c.text.modelType, 'llama');
   assert.deepEqual(c.visionFeatureLayer, [-1, 0, 3]);
@@ -196,8 +246,10 @@ test('error: wrong type', () => {
   rejects(llama({ eos_token_id: ['2'] }), 'eos_token_id: expected a non-negative integer or an array of them');
   rejects(llama({ rope_scaling: 'linear' }), 'rope_scaling: expected an object');
   const base = readFixtureJson('llava-tiny');
-  rejects({ ...base, vision_config: { ...(base['vision_config'] as object), patch_size: [14] } },
-    'vision_config.patch_size: expected a positive integer, found an array');
+  rejects(
+    { ...base, vision_config: { ...(base['vision_config'] as object), patch_size: [14] } },
+    'vision_config.patch_size: expected a positive integer, found an array',
+  );
   rejects({ ...base, text_config: 'llama' }, 'text_config: expected an object, found string "llama"');
 });
 
@@ -205,17 +257,23 @@ test('error: unknown model type lists the supported ones', () => {
   rejects({ ...llama(), model_type: 'gpt2' }, 'model_type: "gpt2" is not supported; supported here: llava, clip_vision_model, llama, qwen2');
   rejects({ ...llama(), model_type: undefined }, 'model_type: expected a string naming the model type');
   const base = readFixtureJson('llava-tiny');
-  rejects({ ...base, text_config: { ...(base['text_config'] as object), model_type: 'mistral' } },
-    'text_config.model_type: "mistral" is not supported; supported here: llama, qwen2');
-  rejects({ ...base, vision_config: { ...(base['vision_config'] as object), model_type: 'siglip_vision_model' } },
-    'vision_config.model_type: "siglip_vision_model" is not supported (recognised');
+  rejects(
+    { ...base, text_config: { ...(base['text_config'] as object), model_type: 'mistral' } },
+    'text_config.model_type: "mistral" is not supported; supported here: llama, qwen2',
+  );
+  rejects(
+    { ...base, vision_config: { ...(base['vision_config'] as object), model_type: 'siglip_vision_model' } },
+    'vision_config.model_type: "siglip_vision_model" is not supported (recognised',
+  );
 });
 
 test('error: attention heads not divisible by kv heads', () => {
   rejects(llama({ num_key_value_heads: 3 }), 'num_attention_heads: 4 is not divisible by num_key_value_heads (3)');
   const base = readFixtureJson('llava-tiny');
-  rejects({ ...base, text_config: { ...(base['text_config'] as object), num_key_value_heads: 3 } },
-    'text_config.num_attention_heads: 4 is not divisible by text_config.num_key_value_heads (3)');
+  rejects(
+    { ...base, text_config: { ...(base['text_config'] as object), num_key_value_heads: 3 } },
+    'text_config.num_attention_heads: 4 is not divisible by text_config.num_key_value_heads (3)',
+  );
 });
 
 test('error: hidden size not divisible by heads when head_dim is absent', () => {
@@ -223,14 +281,15 @@ test('error: hidden size not divisible by heads when head_dim is absent', () => 
   const ok = parseConfig(llama({ hidden_size: 66, head_dim: 16 }), 'x.json').config as CausalLmConfig;
   assert.equal(ok.headDim, 16);
   const base = readFixtureJson('llava-tiny');
-  rejects({ ...base, vision_config: { ...(base['vision_config'] as object), hidden_size: 66 } },
-    'vision_config.hidden_size: 66 is not divisible by vision_config.num_attention_heads (4)');
+  rejects(
+    { ...base, vision_config: { ...(base['vision_config'] as object), hidden_size: 66 } },
+    'vision_config.hidden_size: 66 is not divisible by vision_config.num_attention_heads (4)',
+  );
 });
 
 test('error: llava vision feature settings', () => {
   const base = readFixtureJson('llava-tiny');
-  rejects({ ...base, vision_feature_select_strategy: 'cls' },
-    'vision_feature_select_strategy: expected "default" or "full", found "cls"');
+  rejects({ ...base, vision_feature_select_strategy: 'cls' }, 'vision_feature_select_strategy: expected "default" or "full", found "cls"');
   rejects({ ...base, vision_feature_layer: -5 }, 'vision_feature_layer: -5 is outside [-4, 3]', '3 layers');
   rejects({ ...base, vision_feature_layer: [0, 4] }, 'vision_feature_layer: 4 is outside [-4, 3]');
   rejects({ ...base, vision_feature_layer: 'last' }, 'vision_feature_layer: expected an integer or a non-empty array');
@@ -238,7 +297,9 @@ test('error: llava vision feature settings', () => {
 
 test('error: unreadable or non-object config', () => {
   const dir = tempDir('sparsevila-cfg-');
-  assert.throws(() => loadConfig(dir), (e: unknown) =>
-    e instanceof ConfigError && e.message.startsWith(`${path.join(dir, 'config.json')}: cannot open the model config: no such file`));
+  assert.throws(
+    () => loadConfig(dir),
+    (e: unknown) => e instanceof ConfigError && e.message.startsWith(`${path.join(dir, 'config.json')}: cannot open the model config: no such file`),
+  );
   rejects([1, 2], 'expected a JSON object, found an array');
 });

@@ -15,12 +15,19 @@ import { Checkpoint } from '../src/formats/safetensors.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const samples = fileURLToPath(new URL('../../samples/scenes', import.meta.url));
-const episodes = readFileSync(path.join(samples, 'episodes.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as EpisodeRecord);
+const episodes = readFileSync(path.join(samples, 'episodes.jsonl'), 'utf8')
+  .trim()
+  .split('\n')
+  .map((l) => JSON.parse(l) as EpisodeRecord);
 
 describe('the default model', () => {
   let model: VisionLanguageModel;
-  before(async () => { model = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { threads: 2 }); });
-  after(async () => { await model.close(); });
+  before(async () => {
+    model = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { threads: 2 });
+  });
+  after(async () => {
+    await model.close();
+  });
 
   it('ships in bf16, under 30 MB, with the llava-hf files', () => {
     const st = path.join(DEFAULT_MODEL_DIR, 'model.safetensors');
@@ -28,8 +35,11 @@ describe('the default model', () => {
     const ck = Checkpoint.open(DEFAULT_MODEL_DIR);
     try {
       assert.deepEqual([...new Set(ck.names().map((n) => ck.info(n).dtype))], ['BF16']);
-    } finally { ck.close(); }
-    for (const f of ['config.json', 'tokenizer.json', 'chat_template.jinja', 'preprocessor_config.json']) assert.ok(statSync(path.join(DEFAULT_MODEL_DIR, f)).size > 0, f);
+    } finally {
+      ck.close();
+    }
+    for (const f of ['config.json', 'tokenizer.json', 'chat_template.jinja', 'preprocessor_config.json'])
+      assert.ok(statSync(path.join(DEFAULT_MODEL_DIR, f)).size > 0, f);
   });
 
   it('the sample scenes are what the generator makes from their seeds', async () => {
@@ -42,7 +52,7 @@ describe('the default model', () => {
 
   // The bar the model was trained to (issue 6): 90% exact match. Each answer is checked against the
   // generator's truth for its scene; the wrong ones are listed when the check fails.
-  it('answers at least 90% of the sample scenes\' questions right, in a chat session per scene', async () => {
+  it("answers at least 90% of the sample scenes' questions right, in a chat session per scene", async () => {
     const wrong: string[] = [];
     let n = 0;
     for (const e of episodes) {
@@ -53,14 +63,17 @@ describe('the default model', () => {
           n++;
           if (normaliseAnswer(r.text) !== normaliseAnswer(q.answer)) wrong.push(`${e.image}: ${q.question} -> ${JSON.stringify(r.text)}, expected ${q.answer}`);
         }
-      } finally { s.close(); }
+      } finally {
+        s.close();
+      }
     }
     assert.ok(n >= 24, `${n} questions`);
     assert.ok(wrong.length <= 0.1 * n, `${wrong.length} of ${n} wrong:\n${wrong.join('\n')}`);
   });
 
-  it('is what `run` uses without --model (the README\'s first command)', () => {
-    const e = episodes[0], q = makeScene(e.seed).episode[0];
+  it("is what `run` uses without --model (the README's first command)", () => {
+    const e = episodes[0],
+      q = makeScene(e.seed).episode[0];
     const r = spawnSync(process.execPath, [cli, 'run', '--image', path.join(samples, e.image), '--prompt', q.question, '--json'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout) as { text: string; finishReason: string };

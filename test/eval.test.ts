@@ -28,7 +28,16 @@ describe('accuracy harness', () => {
 
   it('aggregates per type and for turn 1 against later turns', () => {
     const r = (turn: number, type: string, correct: boolean): QuestionResult => ({
-      episode: 0, turn, type, question: '', answer: '', prediction: '', correct, ms: 10 * turn, visualTokens: 64, visualPerLayerMean: 16,
+      episode: 0,
+      turn,
+      type,
+      question: '',
+      answer: '',
+      prediction: '',
+      correct,
+      ms: 10 * turn,
+      visualTokens: 64,
+      visualPerLayerMean: 16,
     });
     const rep = summarise([r(1, 'colour', true), r(2, 'colour', false), r(3, 'count', true), r(1, 'count', true)]);
     assert.deepEqual(rep.overall, { correct: 3, total: 4, accuracy: 0.75 });
@@ -53,10 +62,22 @@ describe('accuracy harness', () => {
     const data = await writeSplit(dir, 'test', 2);
     const episodes = readEpisodes(data);
     const nq = episodes.reduce((a, e) => a + e.questions.length, 0);
-    for (const [method, mode] of [['sparsevila', 'independent'], ['fastv', 'chat']] as const) {
-      const r = spawnSync(process.execPath, [cli, 'eval', '--model', fixture('llava-tiny'), '--data', data, '--method', method, '--mode', mode, '--max-new-tokens', '3', '--json'], { encoding: 'utf8' });
+    for (const [method, mode] of [
+      ['sparsevila', 'independent'],
+      ['fastv', 'chat'],
+    ] as const) {
+      const r = spawnSync(
+        process.execPath,
+        [cli, 'eval', '--model', fixture('llava-tiny'), '--data', data, '--method', method, '--mode', mode, '--max-new-tokens', '3', '--json'],
+        { encoding: 'utf8' },
+      );
       assert.equal(r.status, 0, r.stderr);
-      const j = JSON.parse(r.stdout) as { mode: string; overall: { correct: number; total: number }; byType: Record<string, { total: number }>; results: QuestionResult[] };
+      const j = JSON.parse(r.stdout) as {
+        mode: string;
+        overall: { correct: number; total: number };
+        byType: Record<string, { total: number }>;
+        results: QuestionResult[];
+      };
       assert.equal(j.mode, mode);
       assert.equal(j.results.length, nq);
       // Every verdict is the exact-match check of its own prediction against the episode's answer.
@@ -66,14 +87,19 @@ describe('accuracy harness', () => {
         assert.equal(q.correct, normaliseAnswer(q.prediction) === normaliseAnswer(q.answer));
       });
       assert.equal(j.overall.correct, j.results.filter((q) => q.correct).length);
-      assert.equal(Object.values(j.byType).reduce((a, t) => a + t.total, 0), nq);
+      assert.equal(
+        Object.values(j.byType).reduce((a, t) => a + t.total, 0),
+        nq,
+      );
     }
   });
 
-  it('eval:table matches every method to SparseVILA\'s visual-token budgets', () => {
+  it("eval:table matches every method to SparseVILA's visual-token budgets", () => {
     const rows = tableRows(256, 4);
-    assert.deepEqual(rows.map((r) => `${r.method} ${r.budget}`.trim()), ['dense',
-      ...['(0.6, 0.75)', '(0.75, 0.9)'].flatMap((b) => ['SparseVILA', 'VisionZip', 'PruMerge', 'FastV', 'PDrop', 'Quest'].map((m) => `${m} ${b}`))]);
+    assert.deepEqual(
+      rows.map((r) => `${r.method} ${r.budget}`.trim()),
+      ['dense', ...['(0.6, 0.75)', '(0.75, 0.9)'].flatMap((b) => ['SparseVILA', 'VisionZip', 'PruMerge', 'FastV', 'PDrop', 'Quest'].map((m) => `${m} ${b}`))],
+    );
     // p 0.6: 256 - floor(153.6) = 103 tokens; d 0.75: 103 - floor(77.25) = 26 per layer at decode.
     assert.match(rows[1].settings, /103 visual tokens prefilled, 26 per layer at decode/);
     assert.equal(rows[2].options.prefill?.name, 'visionzip(103)');
@@ -81,8 +107,12 @@ describe('accuracy harness', () => {
     assert.match(rows[6].settings, /^64 KV slots/); // ceil((26 + 32) / 16) * 16
     // PDrop's lambda: the layers after its first stage hold 103 of 256 on average (to a token or two).
     const lambda = pdropLambdaFor(4, 256, 103 / 256);
-    let n = 256, sum = 0;
-    for (const st of pyramidDropStages(4, lambda)) { n = st.keep(n); sum += n; }
+    let n = 256,
+      sum = 0;
+    for (const st of pyramidDropStages(4, lambda)) {
+      n = st.keep(n);
+      sum += n;
+    }
     assert.ok(Math.abs(sum / 3 - 103) < 3, `lambda ${lambda}: ${sum / 3} tokens on average`);
   });
 });

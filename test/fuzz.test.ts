@@ -23,9 +23,15 @@ const MEMORY_BOUND_BYTES = 1024 * 2 ** 20;
 const WORKERS = 2;
 
 /** What an internal error looks like in a message: a JS error type, an allocation failure, a crash. */
-const INTERNAL = /internal error|\b(TypeError|RangeError|ReferenceError|EvalError)\b|Invalid typed array length|Array buffer allocation failed|cannot allocate|Maximum call stack|out of memory|Cannot read properties|is not a function|is not iterable|\bundefined\b|\bNaN\b/;
+const INTERNAL =
+  /internal error|\b(TypeError|RangeError|ReferenceError|EvalError)\b|Invalid typed array length|Array buffer allocation failed|cannot allocate|Maximum call stack|out of memory|Cannot read properties|is not a function|is not iterable|\bundefined\b|\bNaN\b/;
 
-interface Outcome { c: FuzzCase; r: CaseResult | null; timedOut: boolean; ms: number }
+interface Outcome {
+  c: FuzzCase;
+  r: CaseResult | null;
+  timedOut: boolean;
+  ms: number;
+}
 
 function startWorker(): Promise<ChildProcess> {
   const w = fork(fileURLToPath(new URL('./fuzz/worker.js', import.meta.url)), { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
@@ -45,8 +51,15 @@ async function runAll(cases: FuzzCase[]): Promise<Outcome[]> {
       const c = cases[next++];
       const t0 = performance.now();
       const r = await new Promise<CaseResult | null>((resolve) => {
-        const timer = setTimeout(() => { w.removeAllListeners('message'); w.kill('SIGKILL'); resolve(null); }, TIME_LIMIT_MS);
-        w.once('message', (m) => { clearTimeout(timer); resolve(m as CaseResult); });
+        const timer = setTimeout(() => {
+          w.removeAllListeners('message');
+          w.kill('SIGKILL');
+          resolve(null);
+        }, TIME_LIMIT_MS);
+        w.once('message', (m) => {
+          clearTimeout(timer);
+          resolve(m as CaseResult);
+        });
         w.send({ seed: SEED, index: c.index });
       });
       outcomes.push({ c, r, timedOut: r === null, ms: performance.now() - t0 });
@@ -76,7 +89,8 @@ function violations(o: Outcome): string[] {
   const failed = main.code !== 0;
   if (c.expect === 'fail' && !failed) v.push(`${main.argv[0]} should have failed but exited 0`);
   if (c.expect === 'pass' && failed) v.push(`${main.argv[0]} should have passed but exited ${main.code}: ${main.stderr.trim().split('\n').pop()}`);
-  if (failed && !names(main.stderr, c.names)) v.push(`${main.argv[0]}'s message names none of ${JSON.stringify(c.names)}: ${main.stderr.trim().split('\n').pop()}`);
+  if (failed && !names(main.stderr, c.names))
+    v.push(`${main.argv[0]}'s message names none of ${JSON.stringify(c.names)}: ${main.stderr.trim().split('\n').pop()}`);
   if (c.folder) {
     const [inspect, load] = r.results;
     if ((inspect.code === 0) !== (load.code === 0)) {
@@ -102,7 +116,8 @@ test(`fuzz: ${CASES} seeded bad inputs through inspect, loading, run and eval`, 
     const k = byKind.get(o.c.kind) ?? { cases: 0, failed: 0, passed: 0 };
     k.cases++;
     const main = o.r?.results[o.r.results.length - 1];
-    if (main && main.code !== 0) k.failed++; else if (main) k.passed++;
+    if (main && main.code !== 0) k.failed++;
+    else if (main) k.passed++;
     byKind.set(o.c.kind, k);
   }
   const peak = Math.max(...outcomes.map((o) => o.r?.maxRssBytes ?? 0));

@@ -23,7 +23,11 @@ export function tempDir(prefix = 'sparsevila-'): string {
 }
 
 /** The llava-tiny golden prompt: the text, the text with `<image>` expanded, and its ids. */
-export interface LlavaPrompt { text: string; text_after_expansion: string; input_ids: number[] }
+export interface LlavaPrompt {
+  text: string;
+  text_after_expansion: string;
+  input_ids: number[];
+}
 export const llavaGoldenPrompt = (): LlavaPrompt =>
   (JSON.parse(fs.readFileSync(path.join(fixture('llava-tiny'), 'golden.json'), 'utf8')) as { prompt: LlavaPrompt }).prompt;
 
@@ -32,9 +36,13 @@ export const llavaGoldenPrompt = (): LlavaPrompt =>
 /** The engine's seeded PRNG (mulberry32) with helpers for test data: the same seed gives the same data. */
 export class Rng extends Mulberry32 {
   /** Uniform in [lo, hi). */
-  uniform(lo = -1, hi = 1): number { return lo + (hi - lo) * this.next(); }
+  uniform(lo = -1, hi = 1): number {
+    return lo + (hi - lo) * this.next();
+  }
   /** Integer in [0, n). */
-  int(n: number): number { return Math.floor(this.next() * n); }
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
   /** n floats uniform in [lo, hi), rounded to f32. */
   f32(n: number, lo = -1, hi = 1): Float32Array {
     const a = new Float32Array(n);
@@ -44,11 +52,16 @@ export class Rng extends Mulberry32 {
   /** A random permutation of [0, n). */
   permutation(n: number): number[] {
     const p = Array.from({ length: n }, (_, i) => i);
-    for (let i = n - 1; i > 0; i--) { const j = this.int(i + 1); [p[i], p[j]] = [p[j], p[i]]; }
+    for (let i = n - 1; i > 0; i--) {
+      const j = this.int(i + 1);
+      [p[i], p[j]] = [p[j], p[i]];
+    }
     return p;
   }
   /** k distinct values of [0, n), in random order. */
-  subset(n: number, k: number): number[] { return this.permutation(n).slice(0, k); }
+  subset(n: number, k: number): number[] {
+    return this.permutation(n).slice(0, k);
+  }
 }
 
 // ---- 16-bit floats -----------------------------------------------------------------------------
@@ -57,50 +70,60 @@ const f32buf = new Float32Array(1);
 const u32buf = new Uint32Array(f32buf.buffer);
 
 /** f32 bits of x (x is rounded to f32 first). */
-export function f32Bits(x: number): number { f32buf[0] = x; return u32buf[0]; }
+export function f32Bits(x: number): number {
+  f32buf[0] = x;
+  return u32buf[0];
+}
 /** The f32 with these bits. */
-export function bitsF32(b: number): number { u32buf[0] = b >>> 0; return f32buf[0]; }
+export function bitsF32(b: number): number {
+  u32buf[0] = b >>> 0;
+  return f32buf[0];
+}
 
 /** x (rounded to f32) -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. */
 export function f32ToBf16(x: number): number {
   const b = f32Bits(x);
-  if ((b & 0x7FFFFFFF) > 0x7F800000) return ((b >>> 16) | 0x40) & 0xFFFF;
+  if ((b & 0x7fffffff) > 0x7f800000) return ((b >>> 16) | 0x40) & 0xffff;
   const lsb = (b >>> 16) & 1;
-  return ((b + 0x7FFF + lsb) >>> 16) & 0xFFFF;
+  return ((b + 0x7fff + lsb) >>> 16) & 0xffff;
 }
 
 /** bf16 bits -> its exact value. */
-export function bf16ToNumber(h: number): number { return bitsF32((h & 0xFFFF) << 16); }
+export function bf16ToNumber(h: number): number {
+  return bitsF32((h & 0xffff) << 16);
+}
 
 /** x (rounded to f32) -> f16 bits, round to nearest even, with subnormals, overflow to infinity. */
 export function f32ToF16(x: number): number {
   const b = f32Bits(x);
   const sign = (b >>> 16) & 0x8000;
-  const exp = (b >>> 23) & 0xFF;
-  let mant = b & 0x7FFFFF;
-  if (exp === 0xFF) return sign | 0x7C00 | (mant ? 0x200 : 0);
+  const exp = (b >>> 23) & 0xff;
+  let mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
   const e = exp - 112; // re-bias 127 -> 15
-  if (e >= 31) return sign | 0x7C00;
+  if (e >= 31) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign; // below half the smallest subnormal
     mant |= 0x800000;
     const shift = 14 - e; // value = mant * 2^(exp - 150), f16 subnormal unit 2^-24
     let m = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1), half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (m & 1))) m++;
+    const rem = mant & ((1 << shift) - 1),
+      half = 1 << (shift - 1);
+    if (rem > half || (rem === half && m & 1)) m++;
     return sign | m; // a carry into 0x400 is the smallest normal, correctly encoded
   }
   let h = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1FFF;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++; // a carry may reach infinity: correct
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++; // a carry may reach infinity: correct
   return sign | h;
 }
 
 /** f16 bits -> its exact value (subnormals, infinities and NaN included). */
 export function f16ToNumber(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1F, mant = h & 0x3FF;
-  if (exp === 0x1F) return mant ? NaN : sign * Infinity;
+  const exp = (h >>> 10) & 0x1f,
+    mant = h & 0x3ff;
+  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
   if (exp === 0) return sign * mant * 2 ** -24;
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
@@ -149,12 +172,17 @@ export interface Diff {
 /** Elementwise comparison against a tolerance per element. NaN anywhere in `got` fails. */
 export function compare(got: ArrayLike<number>, want: ArrayLike<number>, tol: (i: number, want: number) => number): Diff {
   assert.equal(got.length, want.length, `length ${got.length} != ${want.length}`);
-  let maxAbs = 0, worstRatio = 0, at = -1;
+  let maxAbs = 0,
+    worstRatio = 0,
+    at = -1;
   for (let i = 0; i < got.length; i++) {
     const d = Math.abs(got[i] - want[i]);
     const r = Number.isNaN(d) ? Infinity : d / Math.max(tol(i, want[i]), Number.MIN_VALUE);
     if (d > maxAbs || Number.isNaN(d)) maxAbs = Number.isNaN(d) ? NaN : d;
-    if (r > worstRatio || at < 0) { worstRatio = r; at = i; }
+    if (r > worstRatio || at < 0) {
+      worstRatio = r;
+      at = i;
+    }
   }
   return { maxAbs, worstRatio, at };
 }
@@ -168,13 +196,18 @@ export function assertClose(got: ArrayLike<number>, want: ArrayLike<number>, tol
   if (!(d.worstRatio <= 1)) {
     const i = d.at;
     const where = cols ? `[${Math.floor(i / cols)}, ${i % cols}]` : `[${i}]`;
-    assert.fail(`${what}: element ${where} got ${got[i]}, expected ${want[i]} (|diff| ${Math.abs(got[i] - want[i]).toExponential(3)} > tol ${tol(i, want[i]).toExponential(3)}; max |diff| ${d.maxAbs})`);
+    assert.fail(
+      `${what}: element ${where} got ${got[i]}, expected ${want[i]} (|diff| ${Math.abs(got[i] - want[i]).toExponential(3)} > tol ${tol(i, want[i]).toExponential(3)}; max |diff| ${d.maxAbs})`,
+    );
   }
   return d;
 }
 
 /** Tolerance function atol + rtol * |want|. */
-export const absRel = (atol: number, rtol: number) => (_i: number, w: number): number => atol + rtol * Math.abs(w);
+export const absRel =
+  (atol: number, rtol: number) =>
+  (_i: number, w: number): number =>
+    atol + rtol * Math.abs(w);
 
 /** Asserts bitwise equality of two f32 arrays (NaN payloads aside: NaN matches NaN). */
 export function assertSameF32(got: Float32Array, want: Float32Array, what: string): void {

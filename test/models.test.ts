@@ -58,27 +58,36 @@ function tempModel(from: string, edit: (cfg: Record<string, unknown>) => void, t
   return dir;
 }
 function allTensors(ck: Checkpoint, except: string): TensorToWrite[] {
-  return ck.names().filter((n) => n !== except).map((n) => {
-    const info = ck.info(n);
-    const data = new Uint8Array(info.byteLength);
-    ck.readInto(n, data);
-    return { name: n, dtype: info.dtype, shape: info.shape, data };
-  });
+  return ck
+    .names()
+    .filter((n) => n !== except)
+    .map((n) => {
+      const info = ck.info(n);
+      const data = new Uint8Array(info.byteLength);
+      ck.readInto(n, data);
+      return { name: n, dtype: info.dtype, shape: info.shape, data };
+    });
 }
 
 describe('model parity with the transformers goldens', () => {
   let be: WasmBackend;
-  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
   after(async () => {
     await be.close();
   });
 
   it('qwen2-tiny (bf16, qkv bias, GQA, tied embeddings, theta 1e6): embeddings, hidden states, logits, greedy tokens', async () => {
     const dir = fixture('qwen2-tiny');
-    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
     const cfg = loadConfig(dir).config as CausalLmConfig;
     const dec = await LlamaDecoder.load(new WeightLoader(be, ck, dir), cfg, { prefix: 'model.', lmHead: null });
-    const ids = readTensorInt(g, 'input_ids'), S = ids.length, H = cfg.hiddenSize, V = cfg.vocabSize;
+    const ids = readTensorInt(g, 'input_ids'),
+      S = ids.length,
+      H = cfg.hiddenSize,
+      V = cfg.vocabSize;
     const x = be.matrix(S, H);
     dec.embed(x, ids);
     close('inputs_embeds', be.read(x), readTensorF32(g, 'llm.inputs_embeds'), 0);
@@ -104,37 +113,53 @@ describe('model parity with the transformers goldens', () => {
     }
     assert.deepEqual(out, readTensorInt(g, 'generate.new_tokens'));
     dec.freeCache(cache);
-    ck.close(); g.close();
+    ck.close();
+    g.close();
   });
 
   it('llava-tiny: vision hidden states, selected and projected features, merged embeddings, LLM hidden states, logits, greedy tokens', async () => {
     const dir = fixture('llava-tiny');
-    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
     const cfg = loadConfig(dir).config as LlavaConfig;
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
     const px = readTensorF32(g, 'pixel_values');
     const vhs = readTensorF32(g, 'vision.hidden_states');
-    const T = 65, Dv = 64;
+    const T = 65,
+      Dv = 64;
     // Every hidden state of the tower, including the last layer that LLaVA itself does not run.
     const full = ClipVisionTower.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 3);
     let seen = 0;
-    full.encode(px, (i, x) => { close(`vision hidden state ${i}`, be.read(x), vhs.subarray(i * T * Dv, (i + 1) * T * Dv)); seen++; });
+    full.encode(px, (i, x) => {
+      close(`vision hidden state ${i}`, be.read(x), vhs.subarray(i * T * Dv, (i + 1) * T * Dv));
+      seen++;
+    });
     assert.equal(seen, 4);
     // Query-agnostic salience from the tower's own attention, against the head-mean attention
     // goldens: the CLS row and the column mean, at the last layer and at the layer LLaVA feeds its
     // projector from (the default: the last layer that tower runs). Patches are columns 1..64.
     const towerM2 = ClipVisionTower.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 2);
-    for (const [tower, name, layer] of [[full, 'last', undefined], [full, 'layer_m2', 1], [towerM2, 'layer_m2', undefined]] as const) {
-      for (const [rows, golden] of [['cls', 'cls'], ['mean', 'colmean']] as const) {
+    for (const [tower, name, layer] of [
+      [full, 'last', undefined],
+      [full, 'layer_m2', 1],
+      [towerM2, 'layer_m2', undefined],
+    ] as const) {
+      for (const [rows, golden] of [
+        ['cls', 'cls'],
+        ['mean', 'colmean'],
+      ] as const) {
         const req: SalienceRequest = { rows, layer };
         tower.encode(px, undefined, req);
-        close(`${golden}_salience_${name} (layer ${layer ?? "default"})`, req.result!.subarray(1), readTensorF32(g, `vision.${golden}_salience_${name}`), 1e-4);
+        close(`${golden}_salience_${name} (layer ${layer ?? 'default'})`, req.result!.subarray(1), readTensorF32(g, `vision.${golden}_salience_${name}`), 1e-4);
       }
     }
     assert.throws(() => towerM2.encode(px, undefined, { rows: 'cls', layer: 2 }), /vision tower: salience layer 2 is outside the 2 layers this tower runs/);
     // Several summary tokens: the mean of their rows. One summary row is the CLS row exactly; all
     // 65 rows are the column mean.
-    const one: SalienceRequest = { rows: 1 }, cls: SalienceRequest = { rows: 'cls' }, all: SalienceRequest = { rows: 65 }, mean: SalienceRequest = { rows: 'mean' };
+    const one: SalienceRequest = { rows: 1 },
+      cls: SalienceRequest = { rows: 'cls' },
+      all: SalienceRequest = { rows: 65 },
+      mean: SalienceRequest = { rows: 'mean' };
     for (const r of [one, cls, all, mean]) towerM2.encode(px, undefined, r);
     assert.deepEqual(one.result, cls.result);
     assert.deepEqual(all.result, mean.result);
@@ -148,7 +173,9 @@ describe('model parity with the transformers goldens', () => {
     close('image_features_selected', be.read(sel), readTensorF32(g, 'image_features_selected'));
     const feats = m.project(sel);
     close('image_features', be.read(feats), readTensorF32(g, 'image_features'));
-    const ids = readTensorInt(g, 'input_ids'), S = ids.length, H = cfg.text.hiddenSize;
+    const ids = readTensorInt(g, 'input_ids'),
+      S = ids.length,
+      H = cfg.text.hiddenSize;
     const x = be.matrix(S, H);
     embedPrompt(m.language, x, ids, cfg.imageTokenIndex, [feats]);
     close('inputs_embeds', be.read(x), readTensorF32(g, 'llm.inputs_embeds'));
@@ -161,7 +188,8 @@ describe('model parity with the transformers goldens', () => {
     });
     close('logits at the last two positions', logits, readTensorF32(g, 'logits.at_positions'));
     m.language.freeCache(cache);
-    ck.close(); g.close();
+    ck.close();
+    g.close();
   });
 
   it('llava-tiny end to end from the PNG and the question: prompt ids and greedy tokens equal the goldens', async () => {
@@ -193,7 +221,10 @@ describe('model parity with the transformers goldens', () => {
     assert.equal(r.stats.imageTokens, 128);
     assert.equal(r.ids.length, 3);
     // The same two images through explicit messages give the same ids.
-    const viaMessages = await model.promptIds({ images: [img, img], messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'image' }, { type: 'text', text: 'Compare them.' }] }] });
+    const viaMessages = await model.promptIds({
+      images: [img, img],
+      messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'image' }, { type: 'text', text: 'Compare them.' }] }],
+    });
     assert.deepEqual(viaMessages, ids);
   });
 
@@ -229,7 +260,9 @@ describe('model parity with the transformers goldens', () => {
     const model = await VisionLanguageModel.load(dir, { backend: be });
     const ids = readTensorInt(g, 'input_ids');
     const run = (seed: number) => model.generate({ inputIds: ids }, { maxNewTokens: 16, temperature: 1.5, topK: 50, topP: 0.95, seed, eosTokenIds: [] });
-    const a = await run(1), b = await run(1), c = await run(2);
+    const a = await run(1),
+      b = await run(1),
+      c = await run(2);
     assert.deepEqual(a.ids, b.ids);
     assert.notDeepEqual(a.ids, c.ids);
     g.close();
@@ -237,26 +270,51 @@ describe('model parity with the transformers goldens', () => {
 
   describe('clear errors', () => {
     it('unsupported architecture', async () => {
-      await assert.rejects(VisionLanguageModel.load(fixture('smolvlm-tiny'), { backend: be }), (e: Error) => e instanceof ConfigError && /idefics3/.test(e.message) && /config\.json/.test(e.message));
-      await assert.rejects(VisionLanguageModel.load(fixture('siglip-tiny'), { backend: be }), (e: Error) => e instanceof ConfigError && /siglip_vision_model/.test(e.message));
+      await assert.rejects(
+        VisionLanguageModel.load(fixture('smolvlm-tiny'), { backend: be }),
+        (e: Error) => e instanceof ConfigError && /idefics3/.test(e.message) && /config\.json/.test(e.message),
+      );
+      await assert.rejects(
+        VisionLanguageModel.load(fixture('siglip-tiny'), { backend: be }),
+        (e: Error) => e instanceof ConfigError && /siglip_vision_model/.test(e.message),
+      );
     });
 
     it('config/weights mismatch: a tensor of the wrong shape', async () => {
-      const dir = tempModel('qwen2-tiny', (c) => { c.intermediate_size = 128; });
-      await assert.rejects(VisionLanguageModel.load(dir, { backend: be }),
-        (e: Error) => e instanceof WeightError && /model\.layers\.0\.mlp\.gate_proj\.weight/.test(e.message) && /\[160, 64\]/.test(e.message) && /\[128, 64\]/.test(e.message));
+      const dir = tempModel('qwen2-tiny', (c) => {
+        c.intermediate_size = 128;
+      });
+      await assert.rejects(
+        VisionLanguageModel.load(dir, { backend: be }),
+        (e: Error) =>
+          e instanceof WeightError &&
+          /model\.layers\.0\.mlp\.gate_proj\.weight/.test(e.message) &&
+          /\[160, 64\]/.test(e.message) &&
+          /\[128, 64\]/.test(e.message),
+      );
     });
 
     it('config/weights mismatch: a tensor missing', async () => {
-      const dir = tempModel('qwen2-tiny', () => {}, (ck) => allTensors(ck, 'model.layers.2.self_attn.v_proj.bias'));
-      await assert.rejects(VisionLanguageModel.load(dir, { backend: be }),
-        (e: Error) => e instanceof WeightError && /model\.layers\.2\.self_attn\.v_proj\.bias/.test(e.message) && /do not have it/.test(e.message));
+      const dir = tempModel(
+        'qwen2-tiny',
+        () => {},
+        (ck) => allTensors(ck, 'model.layers.2.self_attn.v_proj.bias'),
+      );
+      await assert.rejects(
+        VisionLanguageModel.load(dir, { backend: be }),
+        (e: Error) => e instanceof WeightError && /model\.layers\.2\.self_attn\.v_proj\.bias/.test(e.message) && /do not have it/.test(e.message),
+      );
     });
 
     it('prompt longer than the context window', async () => {
-      const dir = tempModel('qwen2-tiny', (c) => { c.max_position_embeddings = 16; });
+      const dir = tempModel('qwen2-tiny', (c) => {
+        c.max_position_embeddings = 16;
+      });
       const model = await VisionLanguageModel.load(dir, { backend: be });
-      await assert.rejects(model.generate({ inputIds: range(20) }), (e: Error) => e instanceof GenerationError && /20 tokens/.test(e.message) && /context window is 16 tokens/.test(e.message));
+      await assert.rejects(
+        model.generate({ inputIds: range(20) }),
+        (e: Error) => e instanceof GenerationError && /20 tokens/.test(e.message) && /context window is 16 tokens/.test(e.message),
+      );
       // A prompt that fits stops at the window.
       const r = await model.generate({ inputIds: range(10) }, { maxNewTokens: 50, eosTokenIds: [] });
       assert.equal(r.finishReason, 'context');
@@ -268,9 +326,16 @@ describe('model parity with the transformers goldens', () => {
       const bad = path.join(tempDir('sparsevila-img-'), 'not-an-image.png');
       fs.writeFileSync(bad, 'this is text, not a PNG');
       await assert.rejects(model.generate({ images: [bad], prompt: 'hi' }), (e: Error) => e instanceof ImageError && e.message.includes('not-an-image.png'));
-      await assert.rejects(model.generate({ images: ['/nonexistent/cat.jpg'], prompt: 'hi' }), (e: Error) => e instanceof ImageError && e.message.includes('/nonexistent/cat.jpg'));
-      await assert.rejects(model.generate({ images: [path.join(fixture('llava-tiny'), 'image.png')], prompt: 'hi' }, { maxNewTokens: 1 }).then(() => model.generate({ images: [], prompt: 'two <image> placeholders <image>' })),
-        /the prompt contains "<image>", the model's image placeholder, as text/);
+      await assert.rejects(
+        model.generate({ images: ['/nonexistent/cat.jpg'], prompt: 'hi' }),
+        (e: Error) => e instanceof ImageError && e.message.includes('/nonexistent/cat.jpg'),
+      );
+      await assert.rejects(
+        model
+          .generate({ images: [path.join(fixture('llava-tiny'), 'image.png')], prompt: 'hi' }, { maxNewTokens: 1 })
+          .then(() => model.generate({ images: [], prompt: 'two <image> placeholders <image>' })),
+        /the prompt contains "<image>", the model's image placeholder, as text/,
+      );
     });
   });
 });

@@ -8,11 +8,20 @@ import type { Activation } from '../src/kernels/backend.js';
  * y[m][n] = sum_k x[m][k] * w[n][k] (+ bias[n]); w in nn.Linear orientation [N][K].
  * Also returns sum_k |x[m][k] * w[n][k]| + |bias[n]| per element (the scale of rounding errors).
  */
-export function matmul(x: ArrayLike<number>, M: number, K: number, w: ArrayLike<number>, N: number, bias?: ArrayLike<number>): { y: Float64Array; absSum: Float64Array } {
-  const y = new Float64Array(M * N), absSum = new Float64Array(M * N);
+export function matmul(
+  x: ArrayLike<number>,
+  M: number,
+  K: number,
+  w: ArrayLike<number>,
+  N: number,
+  bias?: ArrayLike<number>,
+): { y: Float64Array; absSum: Float64Array } {
+  const y = new Float64Array(M * N),
+    absSum = new Float64Array(M * N);
   for (let m = 0; m < M; m++) {
     for (let n = 0; n < N; n++) {
-      let s = bias ? bias[n] : 0, a = bias ? Math.abs(bias[n]) : 0;
+      let s = bias ? bias[n] : 0,
+        a = bias ? Math.abs(bias[n]) : 0;
       for (let k = 0; k < K; k++) {
         const p = x[m * K + k] * w[n * K + k];
         s += p;
@@ -63,7 +72,8 @@ export function layerNorm(x: ArrayLike<number>, rows: number, n: number, w: Arra
 export function erf(x: number): number {
   const ax = Math.abs(x);
   if (ax >= 6) return Math.sign(x);
-  let term = ax, sum = ax;
+  let term = ax,
+    sum = ax;
   for (let n = 1; n < 500; n++) {
     term *= (2 * ax * ax) / (2 * n + 1);
     sum += term;
@@ -76,11 +86,16 @@ export const sigmoid = (x: number): number => (x >= 0 ? 1 / (1 + Math.exp(-x)) :
 
 export function activate(act: Activation, x: number): number {
   switch (act) {
-    case 'gelu': return 0.5 * x * (1 + erf(x / Math.SQRT2));
-    case 'gelu_pytorch_tanh': return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-    case 'quick_gelu': return x * sigmoid(1.702 * x);
-    case 'silu': return x * sigmoid(x);
-    case 'identity': return x;
+    case 'gelu':
+      return 0.5 * x * (1 + erf(x / Math.SQRT2));
+    case 'gelu_pytorch_tanh':
+      return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+    case 'quick_gelu':
+      return x * sigmoid(1.702 * x);
+    case 'silu':
+      return x * sigmoid(x);
+    case 'identity':
+      return x;
   }
 }
 
@@ -96,7 +111,7 @@ export function softmax(x: ArrayLike<number>, rows: number, n: number): Float64A
     let m = -Infinity;
     for (let i = 0; i < n; i++) m = Math.max(m, x[r * n + i]);
     let s = 0;
-    for (let i = 0; i < n; i++) s += (out[r * n + i] = Math.exp(x[r * n + i] - m));
+    for (let i = 0; i < n; i++) s += out[r * n + i] = Math.exp(x[r * n + i] - m);
     for (let i = 0; i < n; i++) out[r * n + i] /= s;
   }
   return out;
@@ -128,7 +143,16 @@ export function ropeAngles(rotDim: number, theta: number, pos: number, mode: 'ex
  * HF rotate_half RoPE on rows [rows][heads * headDim]: within each head, dims i and i + rotDim/2
  * (i < rotDim/2) rotate by angle[i]; dims past rotDim are left alone. Returns a new array.
  */
-export function rope(x: ArrayLike<number>, rows: number, heads: number, headDim: number, rotDim: number, positions: ArrayLike<number>, theta: number, mode: 'exact' | 'hf-f32'): Float64Array {
+export function rope(
+  x: ArrayLike<number>,
+  rows: number,
+  heads: number,
+  headDim: number,
+  rotDim: number,
+  positions: ArrayLike<number>,
+  theta: number,
+  mode: 'exact' | 'hf-f32',
+): Float64Array {
   const out = Float64Array.from(x);
   const half = rotDim / 2;
   for (let r = 0; r < rows; r++) {
@@ -136,8 +160,10 @@ export function rope(x: ArrayLike<number>, rows: number, heads: number, headDim:
     for (let h = 0; h < heads; h++) {
       const base = r * heads * headDim + h * headDim;
       for (let i = 0; i < half; i++) {
-        const a = x[base + i], b = x[base + i + half];
-        const c = Math.cos(ang[i]), s = Math.sin(ang[i]);
+        const a = x[base + i],
+          b = x[base + i + half];
+        const c = Math.cos(ang[i]),
+          s = Math.sin(ang[i]);
         out[base + i] = a * c - b * s;
         out[base + i + half] = b * c + a * s;
       }
@@ -173,8 +199,16 @@ function softmaxOver(q: ArrayLike<number>, qo: number, D: number, kv: KVSource, 
   return e.map((x) => x / l);
 }
 
-export function attention(q: ArrayLike<number>, nq: number, heads: number, kvHeads: number, D: number, kv: KVSource,
-  keys: (row: number, kvHead: number) => readonly number[], scale: number): Float64Array {
+export function attention(
+  q: ArrayLike<number>,
+  nq: number,
+  heads: number,
+  kvHeads: number,
+  D: number,
+  kv: KVSource,
+  keys: (row: number, kvHead: number) => readonly number[],
+  scale: number,
+): Float64Array {
   const out = new Float64Array(nq * heads * D);
   const group = heads / kvHeads;
   for (let r = 0; r < nq; r++) {
@@ -198,16 +232,36 @@ export function attention(q: ArrayLike<number>, nq: number, heads: number, kvHea
  * Key salience (float64): out[j] = (1 / heads) * sum_h sum_r w[r] * P_h[r, j] over dense keys
  * [0, count) (causal: up to the row's own slot).
  */
-export function keySalience(q: ArrayLike<number>, nq: number, heads: number, kvHeads: number, D: number, kv: KVSource,
-  count: number, causal: boolean, qSlot0: number, w: ArrayLike<number>, scale: number): Float64Array {
+export function keySalience(
+  q: ArrayLike<number>,
+  nq: number,
+  heads: number,
+  kvHeads: number,
+  D: number,
+  kv: KVSource,
+  count: number,
+  causal: boolean,
+  qSlot0: number,
+  w: ArrayLike<number>,
+  scale: number,
+): Float64Array {
   const out = new Float64Array(count);
   const group = heads / kvHeads;
   for (let r = 0; r < nq; r++) {
     if (w[r] === 0) continue;
     const n = causal ? Math.min(count, qSlot0 + r + 1) : count;
     for (let h = 0; h < heads; h++) {
-      const kvh = Math.floor(h / group), qo = r * heads * D + h * D;
-      const p = softmaxOver(q, qo, D, kv, kvh, Array.from({ length: n }, (_, j) => j), scale);
+      const kvh = Math.floor(h / group),
+        qo = r * heads * D + h * D;
+      const p = softmaxOver(
+        q,
+        qo,
+        D,
+        kv,
+        kvh,
+        Array.from({ length: n }, (_, j) => j),
+        scale,
+      );
       for (let j = 0; j < n; j++) out[j] += (w[r] * p[j]) / heads;
     }
   }
@@ -218,9 +272,18 @@ export function keySalience(q: ArrayLike<number>, nq: number, heads: number, kvH
  * Query-aware key scores (float64): out[g][j] = mean over KV group g's query heads h of
  * sum_r softmax_j(scale * q_{r,h} . k_{keys[j]}) over the listed keys.
  */
-export function keyScores(q: ArrayLike<number>, nq: number, heads: number, kvHeads: number, D: number, kv: KVSource,
-  keys: readonly number[], scale: number): Float64Array {
-  const n = keys.length, group = heads / kvHeads;
+export function keyScores(
+  q: ArrayLike<number>,
+  nq: number,
+  heads: number,
+  kvHeads: number,
+  D: number,
+  kv: KVSource,
+  keys: readonly number[],
+  scale: number,
+): Float64Array {
+  const n = keys.length,
+    group = heads / kvHeads;
   const out = new Float64Array(kvHeads * n);
   for (let h = 0; h < heads; h++) {
     const g = Math.floor(h / group);

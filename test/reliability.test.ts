@@ -39,19 +39,38 @@ function withHeader(dir: string, edit: (h: Record<string, { dtype: string; shape
 }
 
 let be: WasmBackend;
-before(async () => { be = await WasmBackend.create({ threads: 2 }); });
-after(async () => { await be.close(); });
+before(async () => {
+  be = await WasmBackend.create({ threads: 2 });
+});
+after(async () => {
+  await be.close();
+});
 
 describe('class 1: no silent wrong answers', () => {
   it('a chat template that fails to parse, render or read is an error naming the file and the template\'s message, never "no template"', async () => {
     const broken = modelVariant(DEFAULT_MODEL_DIR, (d) => replaceFile(d, 'chat_template.jinja', '{% for m in messages %}{{ m.role }'));
-    await assert.rejects(VisionLanguageModel.load(broken, { backend: be }), (e: Error) =>
-      e instanceof ChatTemplateError && e.message.includes(path.join(broken, 'chat_template.jinja')) && /cannot parse the chat template: /.test(e.message));
+    await assert.rejects(
+      VisionLanguageModel.load(broken, { backend: be }),
+      (e: Error) =>
+        e instanceof ChatTemplateError && e.message.includes(path.join(broken, 'chat_template.jinja')) && /cannot parse the chat template: /.test(e.message),
+    );
     const raising = modelVariant(DEFAULT_MODEL_DIR, (d) => replaceFile(d, 'chat_template.jinja', "{{ raise_exception('roles must alternate') }}"));
     await assert.rejects(VisionLanguageModel.load(raising, { backend: be }), /chat_template\.jinja: cannot render the chat template: roles must alternate/);
-    const badJson = modelVariant(DEFAULT_MODEL_DIR, (d) => { replaceFile(d, 'chat_template.jinja', null); replaceFile(d, 'chat_template.json', '{"chat_template": "{{ x }}'); });
-    await assert.rejects(VisionLanguageModel.load(badJson, { backend: be }), (e: Error) => e instanceof ChatTemplateError && e.message.includes('chat_template.json: invalid JSON'));
-    const noImage = modelVariant(DEFAULT_MODEL_DIR, (d) => replaceFile(d, 'chat_template.jinja', "{% for m in messages %}{{ m.role.upper() }}: {% for c in m.content if c.type == 'text' %}{{ c.text }}{% endfor %}{% endfor %}ASSISTANT:"));
+    const badJson = modelVariant(DEFAULT_MODEL_DIR, (d) => {
+      replaceFile(d, 'chat_template.jinja', null);
+      replaceFile(d, 'chat_template.json', '{"chat_template": "{{ x }}');
+    });
+    await assert.rejects(
+      VisionLanguageModel.load(badJson, { backend: be }),
+      (e: Error) => e instanceof ChatTemplateError && e.message.includes('chat_template.json: invalid JSON'),
+    );
+    const noImage = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      replaceFile(
+        d,
+        'chat_template.jinja',
+        "{% for m in messages %}{{ m.role.upper() }}: {% for c in m.content if c.type == 'text' %}{{ c.text }}{% endfor %}{% endfor %}ASSISTANT:",
+      ),
+    );
     await assert.rejects(VisionLanguageModel.load(noImage, { backend: be }), /placed 0 image placeholders "<image>"/);
   });
 
@@ -67,18 +86,39 @@ describe('class 1: no silent wrong answers', () => {
   });
 
   it('every tensor of the checkpoint is used or known: fewer layers in the config, or a stray tensor, is an error listing them', async () => {
-    const fewer = modelVariant(DEFAULT_MODEL_DIR, (d) => editJson(d, 'config.json', (j) => { j.text_config.num_hidden_layers = 3; }));
-    await assert.rejects(VisionLanguageModel.load(fewer, { backend: be }), (e: Error) =>
-      e instanceof WeightError && /9 tensors of the weights are not used/.test(e.message) && e.message.includes('"language_model.model.layers.3.mlp.down_proj.weight"'));
-    const stray = modelVariant(DEFAULT_MODEL_DIR, (d) => withHeader(d, (h) => { h['language_model.extra_head.weight'] = { dtype: 'BF16', shape: [0], data_offsets: [0, 0] }; }));
+    const fewer = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.text_config.num_hidden_layers = 3;
+      }),
+    );
+    await assert.rejects(
+      VisionLanguageModel.load(fewer, { backend: be }),
+      (e: Error) =>
+        e instanceof WeightError &&
+        /9 tensors of the weights are not used/.test(e.message) &&
+        e.message.includes('"language_model.model.layers.3.mlp.down_proj.weight"'),
+    );
+    const stray = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      withHeader(d, (h) => {
+        h['language_model.extra_head.weight'] = { dtype: 'BF16', shape: [0], data_offsets: [0, 0] };
+      }),
+    );
     await assert.rejects(VisionLanguageModel.load(stray, { backend: be }), /1 tensor of the weights is not used .*"language_model\.extra_head\.weight"/);
     // One more vision layer declared than stored would move the feature layer (it counts from the end).
-    const moreVision = modelVariant(DEFAULT_MODEL_DIR, (d) => editJson(d, 'config.json', (j) => { j.vision_config.num_hidden_layers = 5; }));
+    const moreVision = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.vision_config.num_hidden_layers = 5;
+      }),
+    );
     await assert.rejects(VisionLanguageModel.load(moreVision, { backend: be }), /needs tensor "vision_tower\.vision_model\.encoder\.layers\.4\./);
     // Known on purpose: a RoPE buffer of older checkpoints, and lm_head under tied embeddings (as transformers ties them).
     const known = modelVariant(DEFAULT_MODEL_DIR, (d) => {
-      withHeader(d, (h) => { h['language_model.model.layers.0.self_attn.rotary_emb.inv_freq'] = { dtype: 'F32', shape: [0], data_offsets: [0, 0] }; });
-      editJson(d, 'config.json', (j) => { j.text_config.tie_word_embeddings = true; });
+      withHeader(d, (h) => {
+        h['language_model.model.layers.0.self_attn.rotary_emb.inv_freq'] = { dtype: 'F32', shape: [0], data_offsets: [0, 0] };
+      });
+      editJson(d, 'config.json', (j) => {
+        j.text_config.tie_word_embeddings = true;
+      });
     });
     const r = await inspectModel(known);
     assert.deepEqual(r.problems, []);
@@ -89,11 +129,21 @@ describe('class 1: no silent wrong answers', () => {
     const m = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { backend: be });
     try {
       const ids = await m.promptIds({ images: [IMAGE], prompt: QUESTION });
-      await assert.rejects(m.generate({ images: [IMAGE], inputIds: ids.map((t, i) => (i === 3 ? 5.5 : t)) }, { maxNewTokens: 1 }), /inputIds\[3\] is number 5\.5: token ids are integers in \[0, 72\)/);
+      await assert.rejects(
+        m.generate({ images: [IMAGE], inputIds: ids.map((t, i) => (i === 3 ? 5.5 : t)) }, { maxNewTokens: 1 }),
+        /inputIds\[3\] is number 5\.5: token ids are integers in \[0, 72\)/,
+      );
       await assert.rejects(m.generate({ images: [IMAGE], inputIds: [...ids, 999] }, { maxNewTokens: 1 }), /inputIds\[\d+\] is number 999/);
-      await assert.rejects(m.generate({ images: [IMAGE], inputIds: ids.map(String) as unknown as number[] }, { maxNewTokens: 1 }), /inputIds\[0\] is the string "1"/);
-      const cut = ids.slice(0, 100), held = cut.filter((t) => t === 4).length;
-      await assert.rejects(m.generate({ images: [IMAGE], inputIds: cut }, { maxNewTokens: 1 }), new RegExp(`inputIds hold ${held} image placeholder ids \\(4\\) but the images give 256 visual tokens`));
+      await assert.rejects(
+        m.generate({ images: [IMAGE], inputIds: ids.map(String) as unknown as number[] }, { maxNewTokens: 1 }),
+        /inputIds\[0\] is the string "1"/,
+      );
+      const cut = ids.slice(0, 100),
+        held = cut.filter((t) => t === 4).length;
+      await assert.rejects(
+        m.generate({ images: [IMAGE], inputIds: cut }, { maxNewTokens: 1 }),
+        new RegExp(`inputIds hold ${held} image placeholder ids \\(4\\) but the images give 256 visual tokens`),
+      );
       const r = await m.generate({ images: [IMAGE], inputIds: ids }, { maxNewTokens: 2 });
       assert.equal(r.text, 'yellow');
     } finally {
@@ -104,7 +154,11 @@ describe('class 1: no silent wrong answers', () => {
 
 describe('class 2: sizes from files or flags are bounded', () => {
   it('generation stops at the context window (finish "context") however many tokens are asked for, with lists that grow with use', async () => {
-    const small = modelVariant(fixture('llava-tiny'), (d) => editJson(d, 'config.json', (j) => { j.text_config.max_position_embeddings = 160; }));
+    const small = modelVariant(fixture('llava-tiny'), (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.text_config.max_position_embeddings = 160;
+      }),
+    );
     const m = await VisionLanguageModel.load(small, { backend: be });
     try {
       const req = { images: [path.join(fixture('llava-tiny'), 'image.png')], prompt: 'What is shown?' };
@@ -123,7 +177,11 @@ describe('class 2: sizes from files or flags are bounded', () => {
   });
 
   it('a huge max_position_embeddings costs nothing until used, and answers as before', async () => {
-    const huge = modelVariant(DEFAULT_MODEL_DIR, (d) => editJson(d, 'config.json', (j) => { j.text_config.max_position_embeddings = 2 ** 40; }));
+    const huge = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.text_config.max_position_embeddings = 2 ** 40;
+      }),
+    );
     const m = await VisionLanguageModel.load(huge, { backend: be });
     try {
       assert.equal((await m.generate({ images: [IMAGE], prompt: QUESTION }, { maxNewTokens: 4 })).text, 'yellow');
@@ -141,14 +199,28 @@ describe('class 2: sizes from files or flags are bounded', () => {
     const small = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { backend: be, imageLimits: { maxBytes: 1000 } });
     try {
       const t0 = performance.now();
-      await assert.rejects(m.generate({ images: [liar], prompt: 'hi' }), (e: Error) =>
-        e instanceof ImageError && e.message.startsWith(`${liar}: the image is 100000×100000 = 10000.0 megapixels, more than the 67.1 megapixels allowed (the image limit maxPixels; --max-image-pixels)`));
+      await assert.rejects(
+        m.generate({ images: [liar], prompt: 'hi' }),
+        (e: Error) =>
+          e instanceof ImageError &&
+          e.message.startsWith(
+            `${liar}: the image is 100000×100000 = 10000.0 megapixels, more than the 67.1 megapixels allowed (the image limit maxPixels; --max-image-pixels)`,
+          ),
+      );
       assert.ok(performance.now() - t0 < 2000);
-      await assert.rejects(small.generate({ images: [IMAGE], prompt: 'hi' }), /3000001\.png: the image has \d+ bytes, more than the 1000 allowed \(the image limit maxBytes; --max-image-bytes\)/);
+      await assert.rejects(
+        small.generate({ images: [IMAGE], prompt: 'hi' }),
+        /3000001\.png: the image has \d+ bytes, more than the 1000 allowed \(the image limit maxBytes; --max-image-bytes\)/,
+      );
       // A legal but extreme aspect ratio: the processor's resize target is bounded too.
       const thin = path.join(dir, 'thin.png');
-      await sharp({ create: { width: 1, height: 5000, channels: 3, background: '#808080' } }).png().toFile(thin);
-      await assert.rejects(m.generate({ images: [thin], prompt: 'hi' }), /thin\.png: resizing the 1×5000 image as the processor's "size" asks gives 224×1120000/);
+      await sharp({ create: { width: 1, height: 5000, channels: 3, background: '#808080' } })
+        .png()
+        .toFile(thin);
+      await assert.rejects(
+        m.generate({ images: [thin], prompt: 'hi' }),
+        /thin\.png: resizing the 1×5000 image as the processor's "size" asks gives 224×1120000/,
+      );
     } finally {
       await m.close();
       await small.close();
@@ -159,11 +231,26 @@ describe('class 2: sizes from files or flags are bounded', () => {
   });
 
   it('sizes read from configs are checked against the weights and the kernels, naming the field', async () => {
-    const size = modelVariant(DEFAULT_MODEL_DIR, (d) => editJson(d, 'preprocessor_config.json', (j) => { j.size = { shortest_edge: 1_000_000 }; }));
+    const size = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      editJson(d, 'preprocessor_config.json', (j) => {
+        j.size = { shortest_edge: 1_000_000 };
+      }),
+    );
     await assert.rejects(VisionLanguageModel.load(size, { backend: be }), /preprocessor_config\.json: size resizes images to 1000000×1000000/);
-    const head = modelVariant(DEFAULT_MODEL_DIR, (d) => editJson(d, 'config.json', (j) => { j.text_config.head_dim = 320; }));
-    await assert.rejects(VisionLanguageModel.load(head, { backend: be }), /head dimension \(head_dim, or hidden_size \/ num_attention_heads, in config\.json\) is 320; the attention kernels take multiples of 4 up to 256/);
-    const context = modelVariant(DEFAULT_MODEL_DIR, (d) => editJson(d, 'config.json', (j) => { j.text_config.max_position_embeddings = 200; }));
+    const head = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.text_config.head_dim = 320;
+      }),
+    );
+    await assert.rejects(
+      VisionLanguageModel.load(head, { backend: be }),
+      /head dimension \(head_dim, or hidden_size \/ num_attention_heads, in config\.json\) is 320; the attention kernels take multiples of 4 up to 256/,
+    );
+    const context = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.text_config.max_position_embeddings = 200;
+      }),
+    );
     await assert.rejects(VisionLanguageModel.load(context, { backend: be }), /max_position_embeddings 200 cannot hold one image: it takes 256 visual tokens/);
   });
 
@@ -192,7 +279,10 @@ describe('class 3: inputs that never end', () => {
     } finally {
       await m.close();
     }
-    const cfg = modelVariant(DEFAULT_MODEL_DIR, (d) => { replaceFile(d, 'config.json', null); spawnSync('mkfifo', [path.join(d, 'config.json')]); });
+    const cfg = modelVariant(DEFAULT_MODEL_DIR, (d) => {
+      replaceFile(d, 'config.json', null);
+      spawnSync('mkfifo', [path.join(d, 'config.json')]);
+    });
     await assert.rejects(VisionLanguageModel.load(cfg, { backend: be }), /config\.json: the model config is a named pipe \(FIFO\), not a regular file/);
     const r = runCli(['run', '--image', fifo, '--prompt', 'hi']);
     assert.equal(r.status, 1);
@@ -234,7 +324,13 @@ describe('class 4: a chat that survives its user', () => {
     assert.match(r.stderr, /\[turn 1, eos\]/);
     assert.match(r.stderr, /sparsevila: the prompt has \d+ tokens, but the model's context window is 1024 tokens/);
     assert.match(r.stderr, /\[turn 2, eos\] prompt \d+ tokens, \d+ prefilled \| image from the session cache/);
-    assert.deepEqual(r.stdout.trim().split('\n').filter((l) => l.trim()), ['yellow', 'yes']);
+    assert.deepEqual(
+      r.stdout
+        .trim()
+        .split('\n')
+        .filter((l) => l.trim()),
+      ['yellow', 'yes'],
+    );
   });
 
   it('when the history no longer fits, the oldest turns after the images are dropped and the turn says so', async () => {
@@ -271,7 +367,17 @@ describe('class 4: a chat that survives its user', () => {
     try {
       const ac = new AbortController();
       let n = 0;
-      const r = await m.generate({ images: [image], prompt: 'What is shown?' }, { maxNewTokens: 500, eosTokenIds: [], signal: ac.signal, onToken: () => { if (++n === 3) setImmediate(() => ac.abort()); } });
+      const r = await m.generate(
+        { images: [image], prompt: 'What is shown?' },
+        {
+          maxNewTokens: 500,
+          eosTokenIds: [],
+          signal: ac.signal,
+          onToken: () => {
+            if (++n === 3) setImmediate(() => ac.abort());
+          },
+        },
+      );
       assert.equal(r.finishReason, 'abort');
       assert.ok(r.ids.length >= 3 && r.ids.length < 10, `${r.ids.length} tokens`);
       const s = m.session([image]);
@@ -317,13 +423,38 @@ describe('class 4: a chat that survives its user', () => {
   });
 
   it('Ctrl-C in chat stops the answer and the next question is answered; at the prompt it ends the chat', async () => {
-    const p = spawn(process.execPath, [cli, 'chat', '--model', fixture('llava-tiny'), '--image', path.join(fixture('llava-tiny'), 'image.png'), '--max-new-tokens', '3000', '--threads', '1']);
-    let out = '', err = '', state = 0;
-    p.stdout.on('data', (d) => { out += d; if (state === 0 && out.length > 10) { state = 1; p.kill('SIGINT'); } });
+    const p = spawn(process.execPath, [
+      cli,
+      'chat',
+      '--model',
+      fixture('llava-tiny'),
+      '--image',
+      path.join(fixture('llava-tiny'), 'image.png'),
+      '--max-new-tokens',
+      '3000',
+      '--threads',
+      '1',
+    ]);
+    let out = '',
+      err = '',
+      state = 0;
+    p.stdout.on('data', (d) => {
+      out += d;
+      if (state === 0 && out.length > 10) {
+        state = 1;
+        p.kill('SIGINT');
+      }
+    });
     p.stderr.on('data', (d) => {
       err += d;
-      if (state === 1 && err.includes('[turn 1')) { state = 2; p.stdin.write('Again?\n'); }
-      if (state === 2 && err.includes('[turn 2')) { state = 3; p.kill('SIGINT'); }
+      if (state === 1 && err.includes('[turn 1')) {
+        state = 2;
+        p.stdin.write('Again?\n');
+      }
+      if (state === 2 && err.includes('[turn 2')) {
+        state = 3;
+        p.kill('SIGINT');
+      }
     });
     p.stdin.write('What is shown?\n');
     const code = await new Promise<number | null>((resolve) => p.on('exit', resolve));
@@ -333,10 +464,31 @@ describe('class 4: a chat that survives its user', () => {
   });
 
   it('Ctrl-C in run stops the answer: the stats say abort and it exits 130', async () => {
-    const p = spawn(process.execPath, [cli, 'run', '--model', fixture('llava-tiny'), '--image', path.join(fixture('llava-tiny'), 'image.png'), '--prompt', 'What is shown?', '--max-new-tokens', '3000', '--threads', '1']);
-    let err = '', sent = false;
-    p.stdout.on('data', () => { if (!sent) { sent = true; p.kill('SIGINT'); } });
-    p.stderr.on('data', (d) => { err += d; });
+    const p = spawn(process.execPath, [
+      cli,
+      'run',
+      '--model',
+      fixture('llava-tiny'),
+      '--image',
+      path.join(fixture('llava-tiny'), 'image.png'),
+      '--prompt',
+      'What is shown?',
+      '--max-new-tokens',
+      '3000',
+      '--threads',
+      '1',
+    ]);
+    let err = '',
+      sent = false;
+    p.stdout.on('data', () => {
+      if (!sent) {
+        sent = true;
+        p.kill('SIGINT');
+      }
+    });
+    p.stderr.on('data', (d) => {
+      err += d;
+    });
     const code = await new Promise<number | null>((resolve) => p.on('exit', resolve));
     assert.match(err, /\[abort\] prompt 79 tokens/);
     assert.equal(code, 130);
@@ -348,13 +500,25 @@ describe('class 5: inspect checks what loading checks', () => {
     const bad = modelVariant(DEFAULT_MODEL_DIR, (d) => {
       replaceFile(d, 'chat_template.jinja', '{% if %}');
       replaceFile(d, 'generation_config.json', '{"eos_token_id": "t"}');
-      editJson(d, 'preprocessor_config.json', (j) => { j.crop_size = { height: 200, width: 224 }; });
-      withHeader(d, (h) => { delete h['language_model.model.layers.2.mlp.up_proj.weight']; });
+      editJson(d, 'preprocessor_config.json', (j) => {
+        j.crop_size = { height: 200, width: 224 };
+      });
+      withHeader(d, (h) => {
+        delete h['language_model.model.layers.2.mlp.up_proj.weight'];
+      });
     });
     const r = await inspectModel(bad);
     assert.equal(r.problems.length, 4, r.problems.join('\n'));
-    for (const [i, want] of [/chat_template\.jinja: cannot parse/, /generation_config\.json: eos_token_id: expected a token id/, /preprocessor_config\.json: crop_size 224x200 differs/, /needs tensor "language_model\.model\.layers\.2\.mlp\.up_proj\.weight"/].entries()) {
-      assert.ok(r.problems.some((p) => want.test(p)), `problem ${i}: ${want} not in\n${r.problems.join('\n')}`);
+    for (const [i, want] of [
+      /chat_template\.jinja: cannot parse/,
+      /generation_config\.json: eos_token_id: expected a token id/,
+      /preprocessor_config\.json: crop_size 224x200 differs/,
+      /needs tensor "language_model\.model\.layers\.2\.mlp\.up_proj\.weight"/,
+    ].entries()) {
+      assert.ok(
+        r.problems.some((p) => want.test(p)),
+        `problem ${i}: ${want} not in\n${r.problems.join('\n')}`,
+      );
     }
     const c = runCli(['inspect', bad]);
     assert.equal(c.status, 1);
@@ -366,14 +530,38 @@ describe('class 5: inspect checks what loading checks', () => {
 
   it('a folder inspect passes loads, and one it fails does not: the tokenizer and the shapes both ways', async () => {
     for (const [edit, loads] of [
-      [(d: string) => editJson(d, 'tokenizer.json', (j) => { j.model.type = 'Magic'; }), false],
-      [(d: string) => editJson(d, 'config.json', (j) => { j.text_config.num_hidden_layers = 5; }), false],
-      [(d: string) => editJson(d, 'config.json', (j) => { j.text_config.num_hidden_layers = 3; }), false],
+      [
+        (d: string) =>
+          editJson(d, 'tokenizer.json', (j) => {
+            j.model.type = 'Magic';
+          }),
+        false,
+      ],
+      [
+        (d: string) =>
+          editJson(d, 'config.json', (j) => {
+            j.text_config.num_hidden_layers = 5;
+          }),
+        false,
+      ],
+      [
+        (d: string) =>
+          editJson(d, 'config.json', (j) => {
+            j.text_config.num_hidden_layers = 3;
+          }),
+        false,
+      ],
       [(d: string) => replaceFile(d, 'generation_config.json', null), true],
     ] as const) {
       const d = modelVariant(DEFAULT_MODEL_DIR, edit);
       const r = await inspectModel(d);
-      const loaded = await VisionLanguageModel.load(d, { backend: be }).then(async (m) => { await m.close(); return true; }, () => false);
+      const loaded = await VisionLanguageModel.load(d, { backend: be }).then(
+        async (m) => {
+          await m.close();
+          return true;
+        },
+        () => false,
+      );
       assert.equal(r.problems.length === 0, loaded, r.problems.join('\n'));
       assert.equal(loaded, loads);
     }
@@ -381,12 +569,15 @@ describe('class 5: inspect checks what loading checks', () => {
 });
 
 describe('class 6: eval input', () => {
-  it('line numbers are the file\'s own; a null or malformed line names its line; an empty file is an error', () => {
+  it("line numbers are the file's own; a null or malformed line names its line; an empty file is an error", () => {
     const dir = tempDir();
     const f = path.join(dir, 'episodes.jsonl');
     const good = '{"image": "a.png", "questions": [{"type": "colour", "question": "q?", "answer": "red"}]}';
     fs.writeFileSync(f, `\n${good}\n\n\nnull\n`);
-    assert.throws(() => readEpisodes(f), (e: Error) => e instanceof InputError && e.message === `${f}:5: expected an object { image, questions: [...] }, found null`);
+    assert.throws(
+      () => readEpisodes(f),
+      (e: Error) => e instanceof InputError && e.message === `${f}:5: expected an object { image, questions: [...] }, found null`,
+    );
     fs.writeFileSync(f, `${good}\r\n\r\n{"image": \r\n`);
     assert.throws(() => readEpisodes(f), /episodes\.jsonl:3: not JSON/);
     fs.writeFileSync(f, '\n  \n');
@@ -397,22 +588,40 @@ describe('class 6: eval input', () => {
 
   it('a missing image fails its episode only: the run goes on, reports it and exits 1', async () => {
     const dir = tempDir();
-    const lines = fs.readFileSync(path.join(samples, 'episodes.jsonl'), 'utf8').trim().split('\n').slice(0, 3)
-      .map((l, i) => { const j = JSON.parse(l) as { image: string }; return JSON.stringify({ ...j, image: i === 1 ? 'gone.png' : path.join(samples, j.image) }); });
+    const lines = fs
+      .readFileSync(path.join(samples, 'episodes.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .slice(0, 3)
+      .map((l, i) => {
+        const j = JSON.parse(l) as { image: string };
+        return JSON.stringify({ ...j, image: i === 1 ? 'gone.png' : path.join(samples, j.image) });
+      });
     const f = path.join(dir, 'episodes.jsonl');
     fs.writeFileSync(f, lines.join('\n'));
     const m = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { backend: be });
     try {
       const report = await evaluate(m, readEpisodes(f), { mode: 'chat' });
-      assert.deepEqual(report.failed.map((x) => [x.episode, x.source, path.basename(x.image)]), [[1, `${f}:2`, 'gone.png']]);
-      assert.equal(report.results.length, readEpisodes(f).filter((_, i) => i !== 1).reduce((a, e) => a + e.questions.length, 0));
+      assert.deepEqual(
+        report.failed.map((x) => [x.episode, x.source, path.basename(x.image)]),
+        [[1, `${f}:2`, 'gone.png']],
+      );
+      assert.equal(
+        report.results.length,
+        readEpisodes(f)
+          .filter((_, i) => i !== 1)
+          .reduce((a, e) => a + e.questions.length, 0),
+      );
     } finally {
       await m.close();
     }
     const r = runCli(['eval', '--data', f, '--max-new-tokens', '4']);
     assert.equal(r.status, 1);
     assert.match(r.stdout, /1 episode failed \(\d+ questions not scored\)/);
-    assert.match(r.stderr, /episode 2 \(.*episodes\.jsonl:2\) failed, its \d+ questions not scored: .*gone\.png: cannot open the image: no such file or folder/);
+    assert.match(
+      r.stderr,
+      /episode 2 \(.*episodes\.jsonl:2\) failed, its \d+ questions not scored: .*gone\.png: cannot open the image: no such file or folder/,
+    );
   });
 });
 
@@ -420,12 +629,21 @@ describe('class 7: messages that name what the user wrote', () => {
   it('messages with string content work on the default model (as the README shows)', async () => {
     const m = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { backend: be });
     try {
-      const parts = await m.generate({ images: [IMAGE], messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: QUESTION }] }] }, { maxNewTokens: 4 });
+      const parts = await m.generate(
+        { images: [IMAGE], messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: QUESTION }] }] },
+        { maxNewTokens: 4 },
+      );
       const text = await m.generate({ messages: [{ role: 'user', content: 'Is there a red circle?' }] }, { maxNewTokens: 4 });
       assert.equal(parts.text, 'yellow');
       assert.equal(text.finishReason, 'eos');
-      await assert.rejects(m.generate({ images: [IMAGE], messages: [{ role: 'user', content: QUESTION }] }), /messages hold 0 image parts \(\{ type: 'image' \}\) but 1 image was given/);
-      await assert.rejects(m.generate({ messages: [{ role: 'robot', content: 'hi' } as never] }), /messages\[0\]\.role must be one of system, user, assistant, got the string "robot"/);
+      await assert.rejects(
+        m.generate({ images: [IMAGE], messages: [{ role: 'user', content: QUESTION }] }),
+        /messages hold 0 image parts \(\{ type: 'image' \}\) but 1 image was given/,
+      );
+      await assert.rejects(
+        m.generate({ messages: [{ role: 'robot', content: 'hi' } as never] }),
+        /messages\[0\]\.role must be one of system, user, assistant, got the string "robot"/,
+      );
     } finally {
       await m.close();
     }
@@ -445,11 +663,19 @@ describe('class 7: messages that name what the user wrote', () => {
 
   it('a string eos_token_id names the file and the field; a BOM is read; invisible characters are spelled out', async () => {
     const eos = modelVariant(DEFAULT_MODEL_DIR, (d) => replaceFile(d, 'generation_config.json', '{"eos_token_id": "t"}'));
-    await assert.rejects(VisionLanguageModel.load(eos, { backend: be }), /generation_config\.json: eos_token_id: expected a token id \(a non-negative integer\) or a list of them, found the string "t"/);
-    const bom = modelVariant(DEFAULT_MODEL_DIR, (d) => replaceFile(d, 'config.json', `\ufeff${fs.readFileSync(path.join(DEFAULT_MODEL_DIR, 'config.json'), 'utf8')}`));
+    await assert.rejects(
+      VisionLanguageModel.load(eos, { backend: be }),
+      /generation_config\.json: eos_token_id: expected a token id \(a non-negative integer\) or a list of them, found the string "t"/,
+    );
+    const bom = modelVariant(DEFAULT_MODEL_DIR, (d) =>
+      replaceFile(d, 'config.json', `\ufeff${fs.readFileSync(path.join(DEFAULT_MODEL_DIR, 'config.json'), 'utf8')}`),
+    );
     await (await VisionLanguageModel.load(bom, { backend: be })).close();
     const zw = modelVariant(DEFAULT_MODEL_DIR, (d) => replaceFile(d, 'config.json', '{\u200b"model_type": "llava"}'));
-    await assert.rejects(VisionLanguageModel.load(zw, { backend: be }), /config\.json: invalid JSON at line 1, column 2: unexpected U\+200B \(an invisible character\)/);
+    await assert.rejects(
+      VisionLanguageModel.load(zw, { backend: be }),
+      /config\.json: invalid JSON at line 1, column 2: unexpected U\+200B \(an invisible character\)/,
+    );
   });
 
   it('run without --image on a vision model, or with an empty prompt, says what it does', () => {

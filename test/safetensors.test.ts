@@ -4,8 +4,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fixture, tempDir } from './helpers.js';
 import {
-  Checkpoint, DTYPE_SIZE, SafetensorsError, SafetensorsFile, bf16BitsToF32Bits, f16BitsToF32Bits, readTensorF32,
-  readTensorInt, writeSafetensors, type DType, type TensorToWrite,
+  Checkpoint,
+  DTYPE_SIZE,
+  SafetensorsError,
+  SafetensorsFile,
+  bf16BitsToF32Bits,
+  f16BitsToF32Bits,
+  readTensorF32,
+  readTensorInt,
+  writeSafetensors,
+  type DType,
+  type TensorToWrite,
 } from '../src/formats/safetensors.js';
 
 /** Asserts that `fn` throws a SafetensorsError whose message contains every one of `needles`. */
@@ -48,8 +57,13 @@ test('reads a bf16 checkpoint (qwen2-tiny)', () => {
     assert.equal(st.dataOffset, 8 + 3920);
     const info = st.info('model.layers.1.self_attn.q_proj.bias');
     assert.deepEqual(info, {
-      name: 'model.layers.1.self_attn.q_proj.bias', dtype: 'BF16', shape: [64], numel: 64, byteLength: 128,
-      file, fileOffset: 426648,
+      name: 'model.layers.1.self_attn.q_proj.bias',
+      dtype: 'BF16',
+      shape: [64],
+      numel: 64,
+      byteLength: 128,
+      file,
+      fileOffset: 426648,
     });
     const v = readTensorF32(st, info.name);
     assert.deepEqual([...v.slice(0, 3)], [-0.05517578125, -0.039794921875, -0.01055908203125]);
@@ -105,8 +119,12 @@ test('a missing tensor names the checkpoint and suggests names with the same end
   const dir = fixture('llava-tiny');
   const ck = Checkpoint.open(dir);
   try {
-    throwsST(() => ck.info('model.layers.0.self_attn.q_proj.weight'), dir, 'model.layers.0.self_attn.q_proj.weight',
-      '"language_model.model.layers.0.self_attn.q_proj.weight"');
+    throwsST(
+      () => ck.info('model.layers.0.self_attn.q_proj.weight'),
+      dir,
+      'model.layers.0.self_attn.q_proj.weight',
+      '"language_model.model.layers.0.self_attn.q_proj.weight"',
+    );
     throwsST(() => ck.readInto('nope', new Uint8Array(0)), dir, '"nope"', 'no such tensor');
     assert.equal(ck.has('language_model.model.norm.weight'), true);
     assert.equal(ck.has('nope'), false);
@@ -136,9 +154,7 @@ test('f16 → f32 is exact for all 65536 bit patterns', () => {
       assert.equal(outBits[0] & 0x7fffff, mant << 13, 'NaN payload kept');
       continue;
     }
-    const expected = exp === 0x1f ? sign * Infinity
-      : exp === 0 ? sign * mant * 2 ** -24
-        : sign * (1 + mant / 1024) * 2 ** (exp - 15);
+    const expected = exp === 0x1f ? sign * Infinity : exp === 0 ? sign * mant * 2 ** -24 : sign * (1 + mant / 1024) * 2 ** (exp - 15);
     assert.ok(Object.is(out[0], expected), `0x${h.toString(16)}: got ${out[0]}, expected ${expected}`);
   }
   const f = (h: number): number => {
@@ -224,14 +240,17 @@ test('readTensorF32 and readTensorInt convert goldens', () => {
 
 test('writeSafetensors rejects bad input', () => {
   const file = path.join(tempDir('sparsevila-st-'), 'w.safetensors');
-  throwsST(() => writeSafetensors(file, [{ name: 'a', dtype: 'F32', shape: [2], data: new Uint8Array(7) }]),
-    file, '"a"', 'needs 8 bytes', 'has 7');
-  throwsST(() => writeSafetensors(file, [
-    { name: 'a', dtype: 'U8', shape: [1], data: new Uint8Array(1) },
-    { name: 'a', dtype: 'U8', shape: [1], data: new Uint8Array(1) },
-  ]), '"a"', 'duplicate');
-  throwsST(() => writeSafetensors(file, [{ name: 'x', dtype: 'F4' as DType, shape: [1], data: new Uint8Array(1) }]),
-    '"x"', 'unknown dtype "F4"');
+  throwsST(() => writeSafetensors(file, [{ name: 'a', dtype: 'F32', shape: [2], data: new Uint8Array(7) }]), file, '"a"', 'needs 8 bytes', 'has 7');
+  throwsST(
+    () =>
+      writeSafetensors(file, [
+        { name: 'a', dtype: 'U8', shape: [1], data: new Uint8Array(1) },
+        { name: 'a', dtype: 'U8', shape: [1], data: new Uint8Array(1) },
+      ]),
+    '"a"',
+    'duplicate',
+  );
+  throwsST(() => writeSafetensors(file, [{ name: 'x', dtype: 'F4' as DType, shape: [1], data: new Uint8Array(1) }]), '"x"', 'unknown dtype "F4"');
 });
 
 // ---- malformed files: each error names the file, the tensor where there is one, and what was wrong ----
@@ -298,8 +317,7 @@ test('error: unknown dtype', () => {
 
 test('error: shape × dtype size does not match the byte range', () => {
   const file = rawFile(headerOf({ dtype: 'F16', shape: [2, 3], data_offsets: [0, 16] }, 'norm.weight'), 16);
-  throwsST(() => SafetensorsFile.open(file), file, 'tensor "norm.weight"', 'shape [2,3] × F16', 'needs 12 bytes',
-    'span 16');
+  throwsST(() => SafetensorsFile.open(file), file, 'tensor "norm.weight"', 'shape [2,3] × F16', 'needs 12 bytes', 'span 16');
 });
 
 test('error: offsets past the end of the data section', () => {
@@ -335,14 +353,22 @@ test('error: overlapping tensors name both tensors', () => {
 /** Writes two shards and an index into a fresh folder; returns the folder. */
 function writeSharded(weightMap?: Record<string, string>, indexName = 'model.safetensors.index.json'): string {
   const dir = tempDir('sparsevila-st-');
-  writeSafetensors(path.join(dir, 'model-00001-of-00002.safetensors'), [
-    { name: 'embed.weight', dtype: 'F32', shape: [2, 2], data: f32Bytes([1, 2, 3, 4]) },
-    { name: 'layers.0.weight', dtype: 'F32', shape: [2], data: f32Bytes([5, 6]) },
-  ], { format: 'pt' });
-  writeSafetensors(path.join(dir, 'model-00002-of-00002.safetensors'), [
-    { name: 'layers.1.weight', dtype: 'F32', shape: [2], data: f32Bytes([7, 8]) },
-    { name: 'lm_head.weight', dtype: 'F32', shape: [1], data: f32Bytes([9]) },
-  ], { format: 'pt' });
+  writeSafetensors(
+    path.join(dir, 'model-00001-of-00002.safetensors'),
+    [
+      { name: 'embed.weight', dtype: 'F32', shape: [2, 2], data: f32Bytes([1, 2, 3, 4]) },
+      { name: 'layers.0.weight', dtype: 'F32', shape: [2], data: f32Bytes([5, 6]) },
+    ],
+    { format: 'pt' },
+  );
+  writeSafetensors(
+    path.join(dir, 'model-00002-of-00002.safetensors'),
+    [
+      { name: 'layers.1.weight', dtype: 'F32', shape: [2], data: f32Bytes([7, 8]) },
+      { name: 'lm_head.weight', dtype: 'F32', shape: [1], data: f32Bytes([9]) },
+    ],
+    { format: 'pt' },
+  );
   const index = {
     metadata: { total_size: 36 },
     weight_map: weightMap ?? {
@@ -382,8 +408,7 @@ test('sharded checkpoint: custom index name', () => {
 
 test('sharded checkpoint error: missing shard file', () => {
   const dir = writeSharded({ 'embed.weight': 'model-00001-of-00002.safetensors', 'x.weight': 'model-00003.safetensors' });
-  throwsST(() => Checkpoint.open(dir), path.join(dir, 'model.safetensors.index.json'),
-    'shard file "model-00003.safetensors" does not exist');
+  throwsST(() => Checkpoint.open(dir), path.join(dir, 'model.safetensors.index.json'), 'shard file "model-00003.safetensors" does not exist');
 });
 
 test('sharded checkpoint error: tensor not in the shard the index names', () => {
@@ -391,8 +416,13 @@ test('sharded checkpoint error: tensor not in the shard the index names', () => 
     'embed.weight': 'model-00001-of-00002.safetensors',
     'lm_head.weight': 'model-00001-of-00002.safetensors',
   });
-  throwsST(() => Checkpoint.open(dir), path.join(dir, 'model.safetensors.index.json'), 'tensor "lm_head.weight"',
-    'shard "model-00001-of-00002.safetensors"', 'does not hold it');
+  throwsST(
+    () => Checkpoint.open(dir),
+    path.join(dir, 'model.safetensors.index.json'),
+    'tensor "lm_head.weight"',
+    'shard "model-00001-of-00002.safetensors"',
+    'does not hold it',
+  );
 });
 
 test('sharded checkpoint error: tensor stored in two shards', () => {
@@ -402,8 +432,7 @@ test('sharded checkpoint error: tensor stored in two shards', () => {
     { name: 'layers.1.weight', dtype: 'F32', shape: [2], data: f32Bytes([7, 8]) },
     { name: 'lm_head.weight', dtype: 'F32', shape: [1], data: f32Bytes([9]) },
   ]);
-  throwsST(() => Checkpoint.open(dir), 'tensor "layers.0.weight"', 'two shards', 'model-00001-of-00002.safetensors',
-    'model-00002-of-00002.safetensors');
+  throwsST(() => Checkpoint.open(dir), 'tensor "layers.0.weight"', 'two shards', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors');
 });
 
 test('sharded checkpoint error: malformed index', () => {

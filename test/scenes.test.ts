@@ -9,8 +9,13 @@ import { EpisodeRecord, QUESTION_TYPES, Question, REGIONS, Scene, makeScene, que
 import { tempDir } from './helpers.js';
 
 const RGB: Record<string, number[]> = {
-  red: [220, 40, 40], green: [40, 180, 60], blue: [40, 90, 230], yellow: [240, 220, 40],
-  purple: [150, 60, 200], orange: [250, 140, 30], white: [245, 245, 245],
+  red: [220, 40, 40],
+  green: [40, 180, 60],
+  blue: [40, 90, 230],
+  yellow: [240, 220, 40],
+  purple: [150, 60, 200],
+  orange: [250, 140, 30],
+  white: [245, 245, 245],
 };
 const NUMBERS = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'];
 
@@ -33,8 +38,9 @@ function checkAnswer(s: Scene, q: Question): void {
   } else if ((m = q.question.match(/^How many (\w+) objects are there\?$/))) {
     assert.equal(NUMBERS[s.objects.filter((o) => o.colour === m![1]).length], q.answer);
   } else if ((m = q.question.match(/^Which is further (left|up), the (\w+ \w+) or the (\w+ \w+)\?$/))) {
-    const a = byName(m[2])!, b = byName(m[3])!;
-    const first = m[1] === 'left' ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
+    const a = byName(m[2])!,
+      b = byName(m[3])!;
+    const first = m[1] === 'left' ? (a.x < b.x ? a : b) : a.y < b.y ? a : b;
     assert.equal(`${first.colour} ${first.shape}`, q.answer);
   } else {
     assert.fail(`unknown question form: ${q.question}`);
@@ -66,7 +72,8 @@ describe('synthetic scenes', () => {
 
   it('question banks hold every episode question and only right answers', () => {
     for (const seed of splitSeeds('train', 50)) {
-      const s = makeScene(seed), bank = questionBank(s);
+      const s = makeScene(seed),
+        bank = questionBank(s);
       for (const q of bank) checkAnswer(s, q);
       const key = (q: Question) => `${q.question} ${q.answer}`;
       const all = new Set(bank.map(key));
@@ -80,7 +87,9 @@ describe('synthetic scenes', () => {
   it('render each object in its colour, at 224 px', async () => {
     for (const seed of splitSeeds('test', 10)) {
       const s = makeScene(seed);
-      const { data, info } = await sharp(await renderScene(s)).raw().toBuffer({ resolveWithObject: true });
+      const { data, info } = await sharp(await renderScene(s))
+        .raw()
+        .toBuffer({ resolveWithObject: true });
       assert.deepEqual([info.width, info.height, info.channels], [224, 224, 3]);
       for (const o of s.objects) {
         // A point inside the shape and clear of the glyph.
@@ -94,30 +103,44 @@ describe('synthetic scenes', () => {
   it('place objects on the 14-px patch grid, inside their region, with the glyph in the centre patch', async () => {
     const seeds = splitSeeds('train', 300);
     for (const seed of seeds) {
-      const s = makeScene(seed), cell = 224 / 3;
+      const s = makeScene(seed),
+        cell = 224 / 3;
       for (const o of s.objects) {
         assert.equal((o.x - 7) % 14, 0, `seed ${seed}: x ${o.x}`);
         assert.equal((o.y - 7) % 14, 0, `seed ${seed}: y ${o.y}`);
         // The whole object inside its region's cell.
-        const cx = (o.region % 3) * cell, cy = Math.floor(o.region / 3) * cell;
-        assert.ok(o.x - o.r >= cx && o.x + o.r <= cx + cell && o.y - o.r >= cy && o.y + o.r <= cy + cell, `seed ${seed}: ${o.colour} ${o.shape} leaves its region`);
+        const cx = (o.region % 3) * cell,
+          cy = Math.floor(o.region / 3) * cell;
+        assert.ok(
+          o.x - o.r >= cx && o.x + o.r <= cx + cell && o.y - o.r >= cy && o.y + o.r <= cy + cell,
+          `seed ${seed}: ${o.colour} ${o.shape} leaves its region`,
+        );
       }
     }
     // The glyph's ink lies in the object's centre patch (10 x 14 px of a 14 x 14 patch).
     const s = makeScene(seeds.find((seed) => makeScene(seed).objects.some((o) => o.glyph && o.colour !== 'white' && o.colour !== 'yellow'))!);
     const o = s.objects.find((x) => x.glyph && x.colour !== 'white' && x.colour !== 'yellow')!;
-    const { data } = await sharp(await renderScene(s)).raw().toBuffer({ resolveWithObject: true });
+    const { data } = await sharp(await renderScene(s))
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     const ink: [number, number][] = [];
     for (let y = o.y - 14; y < o.y + 14; y++) for (let x = o.x - 14; x < o.x + 14; x++) if (data[(y * 224 + x) * 3] === 0xf8) ink.push([x, y]);
     assert.ok(ink.length > 10, `${ink.length} ink pixels`);
-    for (const [x, y] of ink) assert.ok(x >= o.x - 5 && x < o.x + 5 && y >= o.y - 7 && y < o.y + 7, `ink at ${x},${y} outside the centre patch of ${o.x},${o.y}`);
+    for (const [x, y] of ink)
+      assert.ok(x >= o.x - 5 && x < o.x + 5 && y >= o.y - 7 && y < o.y + 7, `ink at ${x},${y} outside the centre patch of ${o.x},${o.y}`);
   });
 
   it('writeSplit writes the images and one episode line per scene', async () => {
     const dir = tempDir();
     const file = await writeSplit(dir, 'validation', 3, 224, { bank: true });
-    const recs = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as EpisodeRecord);
-    assert.deepEqual(recs.map((r) => r.seed), splitSeeds('validation', 3));
+    const recs = readFileSync(file, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as EpisodeRecord);
+    assert.deepEqual(
+      recs.map((r) => r.seed),
+      splitSeeds('validation', 3),
+    );
     for (const r of recs) {
       assert.deepEqual(r.questions, makeScene(r.seed).episode);
       assert.deepEqual(r.objects, makeScene(r.seed).objects);

@@ -39,26 +39,36 @@ describe('token selection', () => {
 
 describe('prefill pruning on llava-tiny', () => {
   let be: WasmBackend;
-  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
-  after(async () => { await be.close(); });
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
   const dir = fixture('llava-tiny');
 
   it('p = 0 computes exactly the dense image features; p = 0.5 keeps the 32 tokens the CLS attention ranks highest, rows equal to the dense rows', async () => {
-    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), loadConfig(dir).config as LlavaConfig);
     const px = readTensorF32(g, 'pixel_values');
     const dense = be.read(m.imageFeatures(px));
     const image = { tiles: [px], dense: { rows: 64, tileRows: [64] } };
     const p0 = prunedImageFeatures(m, image, 0, 0);
-    assert.deepEqual(p0.kept, Array.from({ length: 64 }, (_, i) => i));
+    assert.deepEqual(
+      p0.kept,
+      Array.from({ length: 64 }, (_, i) => i),
+    );
     assert.deepEqual(be.read(p0.features), dense);
     const half = prunedImageFeatures(m, image, 0, 0.5);
     const cls = readTensorF32(g, 'vision.cls_salience_layer_m2');
     assert.deepEqual(half.kept, topKInOrder(cls, 32), 'kept tokens differ from the top 32 of the golden CLS salience');
-    const got = be.read(half.features), H = got.length / 32;
+    const got = be.read(half.features),
+      H = got.length / 32;
     assert.equal(half.features.rows, 32);
     half.kept.forEach((t, i) => assert.deepEqual(got.subarray(i * H, (i + 1) * H), dense.subarray(t * H, (t + 1) * H), `kept row ${i} (token ${t})`));
-    ck.close(); g.close();
+    ck.close();
+    g.close();
   });
 
   it('generate with prefillSparsity: p = 0 gives the dense tokens; p = 0.5 puts half the visual tokens in the prompt', async () => {
@@ -81,16 +91,22 @@ describe('prefill pruning on llava-tiny', () => {
 
 describe('decode retrieval on llava-tiny', () => {
   let be: WasmBackend;
-  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
-  after(async () => { await be.close(); });
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
   const dir = fixture('llava-tiny');
 
-  it('scores the visual tokens by the question\'s attention (softmax over visual keys, GQA group mean), against the per-head attention goldens', async () => {
-    const ck = Checkpoint.open(dir), g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+  it("scores the visual tokens by the question's attention (softmax over visual keys, GQA group mean), against the per-head attention goldens", async () => {
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
     const cfg = loadConfig(dir).config as LlavaConfig;
     const m = await LlavaModel.load(new WeightLoader(be, ck, dir), cfg);
     const dec = m.language;
-    const ids = readTensorInt(g, 'input_ids'), S = ids.length;
+    const ids = readTensorInt(g, 'input_ids'),
+      S = ids.length;
     const visual = Array.from(ids).flatMap((t, i) => (t === cfg.imageTokenIndex ? [i] : []));
     assert.equal(visual.length, 64);
     const x = be.matrix(S, cfg.text.hiddenSize);
@@ -98,37 +114,60 @@ describe('decode retrieval on llava-tiny', () => {
     const cache = dec.newCache();
     // The question is the last row, whose per-head attention the goldens hold.
     const r = new DecodeRetrieval(dec, visual, 0.75, S - 1, 4);
-    dec.forward(x, cache, 0, Array.from({ length: S }, (_, i) => i), r.prefillOptions(0, S));
+    dec.forward(
+      x,
+      cache,
+      0,
+      Array.from({ length: S }, (_, i) => i),
+      r.prefillOptions(0, S),
+    );
     const att = readTensorF32(g, 'llm.last_token_attention'); // [layer][head][key]
-    const heads = cfg.text.numAttentionHeads, kvHeads = cfg.text.numKeyValueHeads, group = heads / kvHeads, n = visual.length;
+    const heads = cfg.text.numAttentionHeads,
+      kvHeads = cfg.text.numKeyValueHeads,
+      group = heads / kvHeads,
+      n = visual.length;
     for (let l = 0; l < cfg.text.numHiddenLayers; l++) {
       const want = new Float64Array(kvHeads * n);
       for (let h = 0; h < heads; h++) {
         const row = att.subarray((l * heads + h) * S, (l * heads + h + 1) * S);
         const mass = visual.reduce((a, j) => a + row[j], 0);
-        visual.forEach((j, i) => { want[Math.floor(h / group) * n + i] += row[j] / mass / group; });
+        visual.forEach((j, i) => {
+          want[Math.floor(h / group) * n + i] += row[j] / mass / group;
+        });
       }
       const got = r.visualScores[l];
       let d = 0;
       for (let i = 0; i < want.length; i++) d = Math.max(d, Math.abs(got[i] - want[i]));
       assert.ok(d < 1e-5, `layer ${l}: visual scores differ from the goldens by ${d}`);
       for (let k = 0; k < kvHeads; k++) {
-        assert.deepEqual(Array.from(r.kept[l].subarray(k * 16, (k + 1) * 16)), topKInOrder(got.subarray(k * n, (k + 1) * n), 16).map((i) => visual[i]));
+        assert.deepEqual(
+          Array.from(r.kept[l].subarray(k * 16, (k + 1) * 16)),
+          topKInOrder(got.subarray(k * n, (k + 1) * n), 16).map((i) => visual[i]),
+        );
       }
     }
     // Decode steps with re-retrieval every 2 steps: steps 2 and 4 select again by their own query.
     const before = r.kept.map((k) => Array.from(k));
-    const y = be.matrix(1, cfg.text.hiddenSize), step = r.decodeOptions(2);
+    const y = be.matrix(1, cfg.text.hiddenSize),
+      step = r.decodeOptions(2);
     for (let i = 0; i < 4; i++) {
       dec.embed(y, [1 + i]);
       dec.forward(y, cache, S + i, [S + i], step);
     }
     assert.equal(r.reretrievals, 2);
-    assert.notDeepEqual(r.kept.map((k) => Array.from(k)), before, 'a new query selected the same tokens in every layer');
+    assert.notDeepEqual(
+      r.kept.map((k) => Array.from(k)),
+      before,
+      'a new query selected the same tokens in every layer',
+    );
     assert.throws(() => dec.forward(y, cache, S + 4, [S + 4], step), /decode retrieval: slot 86 is not one of the turn's 4 decode steps from 82/);
     assert.throws(() => r.decodeOptions(-1), /re-retrieval interval -1 is not a whole number >= 0/);
-    r.free(); dec.freeCache(cache); be.free(x); be.free(y);
-    ck.close(); g.close();
+    r.free();
+    dec.freeCache(cache);
+    be.free(x);
+    be.free(y);
+    ck.close();
+    g.close();
   });
 
   it('generate with decodeSparsity: keeping every visual token gives the dense tokens exactly; d = 0.75 attends to a quarter, the cache keeps all', async () => {
@@ -156,14 +195,21 @@ describe('decode retrieval on llava-tiny', () => {
 
 describe('heatmap', () => {
   let be: WasmBackend;
-  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
-  after(async () => { await be.close(); });
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
   const dir = fixture('llava-tiny');
 
   it('the result says which patches were kept and retrieved; the heatmap draws them over the image with one grid per layer', async () => {
     const model = await VisionLanguageModel.load(dir, { backend: be });
     const img = path.join(dir, 'image.png');
-    const r = await model.generate({ images: [img], prompt: 'What is shown in this image?' }, { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 });
+    const r = await model.generate(
+      { images: [img], prompt: 'What is shown in this image?' },
+      { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.75 },
+    );
     const v = r.visual!;
     assert.equal(v.kept.length, 1);
     assert.equal(v.kept[0].length, 32);
@@ -193,10 +239,15 @@ describe('heatmap', () => {
 
 describe('sessions on llava-tiny', () => {
   let be: WasmBackend;
-  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
-  after(async () => { await be.close(); });
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
   const dir = fixture('llava-tiny');
-  const Q1 = 'What is shown in this image?', Q2 = 'Which colour is in the top left corner of the picture?';
+  const Q1 = 'What is shown in this image?',
+    Q2 = 'Which colour is in the top left corner of the picture?';
 
   it('independent mode: the image is encoded once, each question retrieves its own visual tokens, the visual KV stays whole, answers equal fresh sessions', async () => {
     const model = await VisionLanguageModel.load(dir, { backend: be });
@@ -219,7 +270,11 @@ describe('sessions on llava-tiny', () => {
     assert.notDeepEqual(kept2, kept1, 'two different questions retrieved the same visual tokens in every layer');
     for (const k of [...kept1, ...kept2]) for (const slot of k) assert.ok(slot < end, 'retrieved a slot outside the visual context');
     // Each answer equals asking in a fresh session, and the repeated question its first answer.
-    for (const [q, a] of [[Q1, a1], [Q2, a2], [Q1, a1again]] as const) {
+    for (const [q, a] of [
+      [Q1, a1],
+      [Q2, a2],
+      [Q1, a1again],
+    ] as const) {
       const fresh = model.session([img], { mode: 'independent', prefillSparsity: 0.5 });
       const f = await fresh.ask(q, opts);
       assert.deepEqual(a.ids, f.ids, `"${q}" answered differently in a fresh session`);
@@ -239,11 +294,17 @@ describe('sessions on llava-tiny', () => {
     const a2 = await s.ask(Q2, opts);
     assert.ok(a2.stats.promptTokens > a1.stats.promptTokens + 6, 'the second prompt does not contain the first turn');
     assert.ok(a2.stats.prefilledTokens < a2.stats.promptTokens - 64, 'the second turn prefilled the image again');
-    const direct = await model.generate({ images: [img], messages: [
-      { role: 'user', content: [{ type: 'image' }, { type: 'text', text: Q1 }] },
-      { role: 'assistant', content: [{ type: 'text', text: a1.text }] },
-      { role: 'user', content: [{ type: 'text', text: Q2 }] },
-    ] }, opts);
+    const direct = await model.generate(
+      {
+        images: [img],
+        messages: [
+          { role: 'user', content: [{ type: 'image' }, { type: 'text', text: Q1 }] },
+          { role: 'assistant', content: [{ type: 'text', text: a1.text }] },
+          { role: 'user', content: [{ type: 'text', text: Q2 }] },
+        ],
+      },
+      opts,
+    );
     assert.deepEqual(a2.ids, direct.ids);
     s.close();
     await model.close();

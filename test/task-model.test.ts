@@ -19,7 +19,9 @@ describe('task model layout', () => {
     dir = tempDir();
     writeTaskModel(dir, { seed: 5 });
   });
-  after(async () => { await be.close(); });
+  after(async () => {
+    await be.close();
+  });
 
   it('the tokenizer covers every question and answer (no unknown token) and decodes answers back', () => {
     const tok = TextTokenizer.fromDir(dir);

@@ -75,7 +75,10 @@ test('llava-tiny: decode round-trips', () => {
     assert.equal(tok.decode(tok.encode(text, { addSpecialTokens: false })), text);
   }
   // As in transformers (legacy=false Llama): a leading space merges into the prepended "▁" and is lost.
-  assert.deepEqual(tok.encode(' x', { addSpecialTokens: false }).map((i) => tok.idToToken(i)), ['▁x']);
+  assert.deepEqual(
+    tok.encode(' x', { addSpecialTokens: false }).map((i) => tok.idToToken(i)),
+    ['▁x'],
+  );
   assert.equal(tok.decode(tok.encode('  x', { addSpecialTokens: false })), ' x');
   assert.equal(tok.decode([]), '');
   assert.equal(tok.decode([1], { skipSpecialTokens: true }), '');
@@ -139,7 +142,9 @@ test('added_tokens.json, special_tokens_map.json and generation_config.json are 
     // A legacy config: special tokens come from special_tokens_map.json.
     'tokenizer_config.json': JSON.stringify({ add_bos_token: true }),
     'special_tokens_map.json': JSON.stringify({
-      bos_token: { content: '<s>' }, eos_token: '</s>', additional_special_tokens: ['<extra>'],
+      bos_token: { content: '<s>' },
+      eos_token: '</s>',
+      additional_special_tokens: ['<extra>'],
     }),
     'added_tokens.json': JSON.stringify({ '<extra>': 32002 }),
     'generation_config.json': JSON.stringify({ eos_token_id: [32002, 2] }),
@@ -170,16 +175,21 @@ test('mergeEosTokenIds', () => {
 // ---- smolvlm-tiny (GPT-2-style byte-level BPE, no post-processor) ---------------------------------
 
 const SMOL_IDS = [
-  1, 11126, 42, 49189, 49153, 49190, 49190, 49190, 49190, 49189, 49154, 49190, 49190, 49190, 49190, 198, 49189, 49159,
-  49190, 49190, 49190, 49190, 49189, 49160, 49190, 49190, 49190, 49190, 1116, 49189, 49152, 49190, 49190, 49190, 49190,
-  49189, 1780, 314, 281, 451, 2443, 47, 49279, 198, 9519, 9531, 42,
+  1, 11126, 42, 49189, 49153, 49190, 49190, 49190, 49190, 49189, 49154, 49190, 49190, 49190, 49190, 198, 49189, 49159, 49190, 49190, 49190, 49190, 49189, 49160,
+  49190, 49190, 49190, 49190, 1116, 49189, 49152, 49190, 49190, 49190, 49190, 49189, 1780, 314, 281, 451, 2443, 47, 49279, 198, 9519, 9531, 42,
 ];
 const tile = (tag: string): string => `<fake_token_around_image>${tag}${'<image>'.repeat(4)}`;
 const SMOL_EXPANDED =
   '<|im_start|>User:' +
-  tile('<row_1_col_1>') + tile('<row_1_col_2>') + '\n' +
-  tile('<row_2_col_1>') + tile('<row_2_col_2>') + '\n' +
-  '\n' + tile('<global-img>') + '<fake_token_around_image>' +
+  tile('<row_1_col_1>') +
+  tile('<row_1_col_2>') +
+  '\n' +
+  tile('<row_2_col_1>') +
+  tile('<row_2_col_2>') +
+  '\n' +
+  '\n' +
+  tile('<global-img>') +
+  '<fake_token_around_image>' +
   'What is in this image?<end_of_utterance>\nAssistant:';
 
 test('smolvlm-tiny: the expanded prompt encodes to the golden 47 ids with tokenizer.json alone', () => {
@@ -210,18 +220,27 @@ test('smolvlm-tiny: stream decoder on byte-level pieces', () => {
 test('missing or invalid tokenizer.json is a TokenizerError naming the file', () => {
   const empty = tempModel(LLAVA, ['tokenizer_config.json']);
   const file = path.join(empty, 'tokenizer.json');
-  assert.throws(() => TextTokenizer.fromDir(empty), (e: unknown) => {
-    assert.ok(e instanceof TokenizerError, String(e));
-    assert.ok(e.message.includes(file), e.message);
-    return true;
-  });
+  assert.throws(
+    () => TextTokenizer.fromDir(empty),
+    (e: unknown) => {
+      assert.ok(e instanceof TokenizerError, String(e));
+      assert.ok(e.message.includes(file), e.message);
+      return true;
+    },
+  );
   const bad = tempModel(LLAVA, [], { 'tokenizer.json': '{"model": ' });
-  assert.throws(() => TextTokenizer.fromDir(bad), (e: unknown) =>
-    e instanceof TokenizerError && e.message.includes(path.join(bad, 'tokenizer.json')) && /invalid JSON/.test(e.message));
+  assert.throws(
+    () => TextTokenizer.fromDir(bad),
+    (e: unknown) => e instanceof TokenizerError && e.message.includes(path.join(bad, 'tokenizer.json')) && /invalid JSON/.test(e.message),
+  );
   const noModel = tempModel(LLAVA, [], { 'tokenizer.json': '{"version": "1.0"}' });
-  assert.throws(() => TextTokenizer.fromDir(noModel), (e: unknown) =>
-    e instanceof TokenizerError && e.message.includes(path.join(noModel, 'tokenizer.json')));
+  assert.throws(
+    () => TextTokenizer.fromDir(noModel),
+    (e: unknown) => e instanceof TokenizerError && e.message.includes(path.join(noModel, 'tokenizer.json')),
+  );
   const badModel = tempModel(LLAVA, [], { 'tokenizer.json': '{"model": {"type": "Nope"}, "added_tokens": []}' });
-  assert.throws(() => TextTokenizer.fromDir(badModel), (e: unknown) =>
-    e instanceof TokenizerError && e.message.includes(path.join(badModel, 'tokenizer.json')));
+  assert.throws(
+    () => TextTokenizer.fromDir(badModel),
+    (e: unknown) => e instanceof TokenizerError && e.message.includes(path.join(badModel, 'tokenizer.json')),
+  );
 });

@@ -12,8 +12,12 @@ const DT: Record<string, WeightDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' }
 
 describe('checkpoint tensors in storage dtype', () => {
   let be: WasmBackend;
-  before(async () => { be = await WasmBackend.create({ threads: 2 }); });
-  after(async () => { await be.close(); });
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
 
   const cases: [string, string, string][] = [
     ['qwen2-tiny', 'model.layers.0.mlp.gate_proj.weight', 'BF16'],
@@ -38,7 +42,8 @@ describe('checkpoint tensors in storage dtype', () => {
         const ref = readTensorF32(ck, name);
         for (const M of [1, 6]) {
           const xs = new Float32Array(M * K).map((_, i) => Math.sin(i * 0.7));
-          const x = be.matrix(M, K), y = be.matrix(M, N);
+          const x = be.matrix(M, K),
+            y = be.matrix(M, N);
           be.write(x, xs);
           be.matmul(y, x, w);
           const got = be.read(y);
@@ -51,7 +56,8 @@ describe('checkpoint tensors in storage dtype', () => {
             }
           }
           assert.ok(err < 1e-5, `relative error ${err}`);
-          be.free(x); be.free(y);
+          be.free(x);
+          be.free(y);
         }
         be.free(w);
       } finally {
@@ -71,7 +77,8 @@ describe('checkpoint tensors in storage dtype', () => {
       be.writeInts(iv, ids);
       const out = be.matrix(ids.length, H);
       be.embedFromLinear(out, w, iv);
-      const got = be.read(out), ref = readTensorF32(ck, name);
+      const got = be.read(out),
+        ref = readTensorF32(ck, name);
       ids.forEach((id, r) => assert.deepEqual(got.subarray(r * H, (r + 1) * H), ref.subarray(id * H, (id + 1) * H)));
       const table = be.embedding(V, H, 'bf16', (dest) => ck.readInto(name, dest));
       const out2 = be.matrix(ids.length, H);

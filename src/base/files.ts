@@ -10,7 +10,12 @@ import { FileError, InputError } from './errors.js';
 export type ErrorClass = new (message: string) => InputError;
 
 /** Options of the readers: the file is optional, its size bound, what it is (for messages), the error class. */
-export interface ReadOptions { required?: boolean; maxBytes?: number; what?: string; error?: ErrorClass }
+export interface ReadOptions {
+  required?: boolean;
+  maxBytes?: number;
+  what?: string;
+  error?: ErrorClass;
+}
 
 /** Bytes a small settings file (config, tokenizer, template, JSON) may have. */
 export const MAX_SETTINGS_FILE_BYTES = 256 * 2 ** 20;
@@ -32,17 +37,29 @@ function kind(st: fs.Stats): string {
 function reason(e: unknown): string {
   const err = e as NodeJS.ErrnoException;
   switch (err.code) {
-    case 'ENOENT': return 'no such file or folder';
-    case 'EACCES': case 'EPERM': return 'permission denied';
-    case 'ENOTDIR': return 'a part of the path is not a folder';
-    case 'EISDIR': return 'it is a folder';
-    case 'ENAMETOOLONG': return 'the path is too long';
-    case 'ELOOP': return 'too many symbolic links';
-    case 'ENOSPC': return 'no space left on the device';
-    case 'EROFS': return 'read-only file system';
-    case 'EEXIST': return 'it already exists';
-    case 'ENXIO': return 'no such device (a socket or a device without a reader)';
-    default: return err.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(err.message ?? e);
+    case 'ENOENT':
+      return 'no such file or folder';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'ENOTDIR':
+      return 'a part of the path is not a folder';
+    case 'EISDIR':
+      return 'it is a folder';
+    case 'ENAMETOOLONG':
+      return 'the path is too long';
+    case 'ELOOP':
+      return 'too many symbolic links';
+    case 'ENOSPC':
+      return 'no space left on the device';
+    case 'EROFS':
+      return 'read-only file system';
+    case 'EEXIST':
+      return 'it already exists';
+    case 'ENXIO':
+      return 'no such device (a socket or a device without a reader)';
+    default:
+      return err.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(err.message ?? e);
   }
 }
 
@@ -164,7 +181,8 @@ export function parseJson(text: string, source: string, E: ErrorClass = FileErro
     if (m) {
       const pos = Number(m[1]);
       const before = t.slice(0, pos);
-      const line = before.split('\n').length, col = pos - before.lastIndexOf('\n');
+      const line = before.split('\n').length,
+        col = pos - before.lastIndexOf('\n');
       const ch = t.codePointAt(pos);
       const found = ch === undefined ? 'end of the text' : describeChar(ch);
       throw new E(`${source}: invalid JSON at line ${line}, column ${col}: unexpected ${found}`);
@@ -174,7 +192,11 @@ export function parseJson(text: string, source: string, E: ErrorClass = FileErro
     if (first !== undefined && !'{["-0123456789tfn'.includes(String.fromCodePoint(first))) {
       throw new E(`${source}: invalid JSON: the text starts with ${describeChar(first)}, not a JSON value`);
     }
-    throw new E(`${source}: invalid JSON: ${visible(msg.split('\n')[0]).replace(/\uFFFD/g, 'U+FFFD').slice(0, 200)}`);
+    throw new E(
+      `${source}: invalid JSON: ${visible(msg.split('\n')[0])
+        .replace(/\uFFFD/g, 'U+FFFD')
+        .slice(0, 200)}`,
+    );
   }
 }
 

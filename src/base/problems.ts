@@ -13,7 +13,10 @@ export class Problems {
    * collect: record problems and go on (inspect) instead of throwing the first one (load).
    * onWarning: where a warning is said as it is found (default: kept only).
    */
-  constructor(readonly collect: boolean, private readonly onWarning?: (message: string) => void) {}
+  constructor(
+    readonly collect: boolean,
+    private readonly onWarning?: (message: string) => void,
+  ) {}
 
   /** Reports a problem: thrown at once unless collecting. */
   report(e: InputError): void {

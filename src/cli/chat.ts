@@ -51,7 +51,10 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
       rl.setPrompt('> ');
       rl.prompt();
     };
-    if (tty) process.stderr.write(`${o.mode} session about ${input.files.length} ${input.video ? 'frame' : 'image'}(s); ask a question, an empty line or Ctrl-D ends, Ctrl-C stops an answer.\n`);
+    if (tty)
+      process.stderr.write(
+        `${o.mode} session about ${input.files.length} ${input.video ? 'frame' : 'image'}(s); ask a question, an empty line or Ctrl-D ends, Ctrl-C stops an answer.\n`,
+      );
     prompt();
     let turn = 0;
     for await (const line of rl) {
@@ -61,8 +64,15 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
       let r;
       try {
         r = await session.ask(q, {
-          maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed + turn - 1, signal: interrupts.begin(),
-          decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode, decode: sparsity.decodeMethod, onToken: (t) => process.stdout.write(t),
+          maxNewTokens: o.maxNewTokens,
+          temperature: o.temperature,
+          topK: o.topK,
+          topP: o.topP,
+          seed: o.seed + turn - 1,
+          signal: interrupts.begin(),
+          decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
+          decode: sparsity.decodeMethod,
+          onToken: (t) => process.stdout.write(t),
         });
       } catch (e) {
         // A refused question leaves the session as it was: say why and take the next one.
@@ -77,15 +87,18 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
       }
       const s = r.stats;
       process.stdout.write('\n');
-      console.error(`[turn ${turn}, ${r.finishReason}${r.finishReason === 'abort' ? ': stopped by Ctrl-C' : ''}] prompt ${s.promptTokens} tokens, ${s.prefilledTokens} prefilled` +
-        `${s.historyTurnsDropped ? ` (dropped the ${s.historyTurnsDropped} oldest turn${s.historyTurnsDropped === 1 ? '' : 's'} to fit the context window of ${model.contextWindow})` : ''} | ` +
-        `image ${s.imageCached ? 'from the session cache' : `encoded in ${s.imageMs.toFixed(0)} ms`} | visual tokens ${s.visualTokensIn} in, ${s.imageTokens} kept, ` +
-        `${perLayer(s.visualTokensPerLayer)} per layer in decode | prefill ${s.prefillMs.toFixed(0)} ms | decode ${s.newTokens} tokens, ${s.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
-        `KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`);
+      console.error(
+        `[turn ${turn}, ${r.finishReason}${r.finishReason === 'abort' ? ': stopped by Ctrl-C' : ''}] prompt ${s.promptTokens} tokens, ${s.prefilledTokens} prefilled` +
+          `${s.historyTurnsDropped ? ` (dropped the ${s.historyTurnsDropped} oldest turn${s.historyTurnsDropped === 1 ? '' : 's'} to fit the context window of ${model.contextWindow})` : ''} | ` +
+          `image ${s.imageCached ? 'from the session cache' : `encoded in ${s.imageMs.toFixed(0)} ms`} | visual tokens ${s.visualTokensIn} in, ${s.imageTokens} kept, ` +
+          `${perLayer(s.visualTokensPerLayer)} per layer in decode | prefill ${s.prefillMs.toFixed(0)} ms | decode ${s.newTokens} tokens, ${s.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
+          `KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`,
+      );
       if (o.heatmap && r.visual) {
         const ext = path.extname(o.heatmap);
         try {
-          for (const h of await model.writeHeatmaps(`${o.heatmap.slice(0, o.heatmap.length - ext.length)}-turn${turn}${ext}`, input.files, r)) console.error(`heatmap: ${h}`);
+          for (const h of await model.writeHeatmaps(`${o.heatmap.slice(0, o.heatmap.length - ext.length)}-turn${turn}${ext}`, input.files, r))
+            console.error(`heatmap: ${h}`);
         } catch (e) {
           if (!(e instanceof InputError)) throw e;
           console.error(`sparsevila: --heatmap: ${e.message}`);

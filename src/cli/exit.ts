@@ -2,5 +2,11 @@
 // 130 after Ctrl-C stopped an answer.
 let code = 0;
 
-export function setExitCode(c: number): void { code = c; }
-export function takeExitCode(): number { const c = code; code = 0; return c; }
+export function setExitCode(c: number): void {
+  code = c;
+}
+export function takeExitCode(): number {
+  const c = code;
+  code = 0;
+  return c;
+}

@@ -16,10 +16,7 @@ export async function inspectCommand(dir: string, opts: { json?: boolean }): Pro
 
 export function formatInspection(r: Inspection): string {
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
-  const lines = [
-    `model folder: ${r.dir}`,
-    `model type:   ${r.modelType ?? '(unknown: config.json could not be read)'}`,
-  ];
+  const lines = [`model folder: ${r.dir}`, `model type:   ${r.modelType ?? '(unknown: config.json could not be read)'}`];
   if (r.family) lines.push(`runs as:      ${r.family}`);
   lines.push(
     `files:        ${r.files.join(', ') || '(no weights read)'}`,
@@ -28,7 +25,10 @@ export function formatInspection(r: Inspection): string {
   );
   lines.push(...(r.parts ?? []));
   if (r.memoryPlaces !== undefined) lines.push(`memory:       ${r.memoryPlaces} wasm memor${r.memoryPlaces === 1 ? 'y' : 'ies'} of 4 GiB`);
-  if (r.skipped.length) lines.push(`not used:     ${r.skipped.length} tensor${r.skipped.length === 1 ? '' : 's'} on purpose (${[...new Set(r.skipped.map((s) => s.why))].join('; ')})`);
+  if (r.skipped.length)
+    lines.push(
+      `not used:     ${r.skipped.length} tensor${r.skipped.length === 1 ? '' : 's'} on purpose (${[...new Set(r.skipped.map((s) => s.why))].join('; ')})`,
+    );
   lines.push(`warnings:     ${r.warnings.length}${r.warnings.length ? ' (on stderr)' : ''}`);
   lines.push(r.problems.length === 0 ? 'problems:     none (the folder loads)' : `problems:     ${r.problems.length} (on stderr): the folder does not load`);
   return lines.join('\n');

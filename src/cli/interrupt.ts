@@ -10,7 +10,10 @@ export class Interrupts {
   private readonly handler = () => this.onInterrupt();
 
   /** sources: emitters of 'SIGINT' besides the process (a terminal readline interface). */
-  constructor(private readonly idle: () => void, private readonly sources: EventEmitter[] = []) {
+  constructor(
+    private readonly idle: () => void,
+    private readonly sources: EventEmitter[] = [],
+  ) {
     process.on('SIGINT', this.handler);
     for (const s of sources) s.on('SIGINT', this.handler);
   }
@@ -21,7 +24,9 @@ export class Interrupts {
     return this.answer.signal;
   }
 
-  end(): void { this.answer = null; }
+  end(): void {
+    this.answer = null;
+  }
 
   private onInterrupt(): void {
     if (!this.answer) return this.idle();

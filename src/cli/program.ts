@@ -74,59 +74,107 @@ function build(): Command {
     .showHelpAfterError('(sparsevila <command> --help lists the flags)')
     .exitOverride();
 
-  withOptions(program
-    .command('run')
-    .description('answer a prompt about an image (streams the answer, then prints timings); Ctrl-C stops the answer')
-    .option('--model <dir>', 'model folder (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...); default: the embedded scenes model')
-    .option('--image <file...>', 'image file(s), in the order of the prompt')
-    .option('--frames <file...>', 'a video as image files in time order: each frame is pruned on its own; sparsevila defaults to the video settings (0.75 / 0.9)')
-    .requiredOption('--prompt <text>', 'the question')
-    .option('--max-new-tokens <n>', 'most tokens to generate (at most what the context window leaves)', int(0), 256)
-    .option('--seed <s>', 'sampling seed', int(0), 0)
-    .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval); the baselines fastv, pdrop (inside the LLM prefill), visionzip, prumerge (encoder output), quest (decode)').choices(METHODS).default('dense'))
-    .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image (visionzip default 64; prumerge default: its IQR outliers); quest: KV slots per decode step (default 256)', int(1))
-    .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM, ranked by the vision tower\'s attention (default 0.6; video 0.75)', fraction)
-    .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question\'s attention (default 0.75; video 0.9)', fraction)
-    .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1))
-    .option('--heatmap <file.png>', 'write the image with the patches kept in prefill and retrieved at decode overlaid, and one grid per layer')
-    .option('--json', 'print one JSON object (ids, text, timings) instead of streaming'), { sampling: true })
-    .action(runCommand);
+  withOptions(
+    program
+      .command('run')
+      .description('answer a prompt about an image (streams the answer, then prints timings); Ctrl-C stops the answer')
+      .option('--model <dir>', 'model folder (Hugging Face layout: config.json, *.safetensors, tokenizer.json, ...); default: the embedded scenes model')
+      .option('--image <file...>', 'image file(s), in the order of the prompt')
+      .option(
+        '--frames <file...>',
+        'a video as image files in time order: each frame is pruned on its own; sparsevila defaults to the video settings (0.75 / 0.9)',
+      )
+      .requiredOption('--prompt <text>', 'the question')
+      .option('--max-new-tokens <n>', 'most tokens to generate (at most what the context window leaves)', int(0), 256)
+      .option('--seed <s>', 'sampling seed', int(0), 0)
+      .addOption(
+        new Option(
+          '--method <name>',
+          'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval); the baselines fastv, pdrop (inside the LLM prefill), visionzip, prumerge (encoder output), quest (decode)',
+        )
+          .choices(METHODS)
+          .default('dense'),
+      )
+      .option(
+        '--visual-budget <n>',
+        'visionzip / prumerge: visual tokens per image (visionzip default 64; prumerge default: its IQR outliers); quest: KV slots per decode step (default 256)',
+        int(1),
+      )
+      .option(
+        '--prefill-sparsity <p>',
+        "sparsevila: fraction of each image's visual tokens dropped before the LLM, ranked by the vision tower's attention (default 0.6; video 0.75)",
+        fraction,
+      )
+      .option(
+        '--decode-sparsity <d>',
+        "sparsevila: fraction of the visual tokens each decode step skips, per layer, ranked by the question's attention (default 0.75; video 0.9)",
+        fraction,
+      )
+      .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1))
+      .option('--heatmap <file.png>', 'write the image with the patches kept in prefill and retrieved at decode overlaid, and one grid per layer')
+      .option('--json', 'print one JSON object (ids, text, timings) instead of streaming'),
+    { sampling: true },
+  ).action(runCommand);
 
-  withOptions(program
-    .command('chat')
-    .description('an interactive multi-turn chat about images: one question per line; the images are encoded and prefilled once; Ctrl-C stops an answer, at the prompt it exits')
-    .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
-    .option('--image <file...>', 'image file(s) the conversation is about')
-    .option('--frames <file...>', 'or a video as image files in time order (sparsevila video defaults 0.75 / 0.9)')
-    .addOption(new Option('--mode <mode>', 'chat: history accumulates (the oldest turns are dropped when it no longer fits); independent: each question sees only the images').choices(['chat', 'independent']).default('chat'))
-    .addOption(new Option('--method <name>', 'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval per turn); the baselines visionzip, prumerge (encoder output), quest (decode), fastv and pdrop (the first question prunes the cache for good; later ones continue it)').choices(METHODS).default('dense'))
-    .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per decode step', int(1))
-    .option('--prefill-sparsity <p>', 'sparsevila: fraction of each image\'s visual tokens dropped before the LLM (default 0.6)', fraction)
-    .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, retrieved anew per question (default 0.75)', fraction)
-    .option('--max-new-tokens <n>', 'most tokens per answer', int(0), 256)
-    .option('--seed <s>', 'sampling seed (turn i uses seed + i)', int(0), 0)
-    .option('--heatmap <file.png>', 'after each turn, write the image with the kept and retrieved patches overlaid (file-turnN.png)')
-    .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1)), { sampling: true })
-    .action(chatCommand);
+  withOptions(
+    program
+      .command('chat')
+      .description(
+        'an interactive multi-turn chat about images: one question per line; the images are encoded and prefilled once; Ctrl-C stops an answer, at the prompt it exits',
+      )
+      .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
+      .option('--image <file...>', 'image file(s) the conversation is about')
+      .option('--frames <file...>', 'or a video as image files in time order (sparsevila video defaults 0.75 / 0.9)')
+      .addOption(
+        new Option(
+          '--mode <mode>',
+          'chat: history accumulates (the oldest turns are dropped when it no longer fits); independent: each question sees only the images',
+        )
+          .choices(['chat', 'independent'])
+          .default('chat'),
+      )
+      .addOption(
+        new Option(
+          '--method <name>',
+          'visual sparsity: dense; sparsevila (prefill pruning + decode retrieval per turn); the baselines visionzip, prumerge (encoder output), quest (decode), fastv and pdrop (the first question prunes the cache for good; later ones continue it)',
+        )
+          .choices(METHODS)
+          .default('dense'),
+      )
+      .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per decode step', int(1))
+      .option('--prefill-sparsity <p>', "sparsevila: fraction of each image's visual tokens dropped before the LLM (default 0.6)", fraction)
+      .option('--decode-sparsity <d>', 'sparsevila: fraction of the visual tokens each decode step skips, retrieved anew per question (default 0.75)', fraction)
+      .option('--max-new-tokens <n>', 'most tokens per answer', int(0), 256)
+      .option('--seed <s>', 'sampling seed (turn i uses seed + i)', int(0), 0)
+      .option('--heatmap <file.png>', 'after each turn, write the image with the kept and retrieved patches overlaid (file-turnN.png)')
+      .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1)),
+    { sampling: true },
+  ).action(chatCommand);
 
-  withOptions(program
-    .command('eval')
-    .description('exact-match accuracy of a model with a sparsity method over visual-question episodes (per type, turn 1 vs later turns)')
-    .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
-    .requiredOption('--data <file>', 'episodes.jsonl (as `sparsevila scenes` writes): { image, questions: [{ type, question, answer }] } per line')
-    .addOption(new Option('--method <name>', 'visual sparsity method').choices(METHODS).default('dense'))
-    .option('--prefill-sparsity <p>', 'sparsevila: prefill sparsity (default 0.6)', fraction)
-    .option('--decode-sparsity <d>', 'sparsevila: decode sparsity (default 0.75)', fraction)
-    .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per step', int(1))
-    .addOption(new Option('--mode <mode>', 'independent: each question sees only the image; chat: the earlier turns too').choices(['independent', 'chat']).default('independent'))
-    .option('--max-new-tokens <n>', 'most tokens per answer', int(1), 8)
-    .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1))
-    .option('--json', 'print one JSON object (the report and every question) instead of the table'), { sampling: false })
-    .action(evalCommand);
+  withOptions(
+    program
+      .command('eval')
+      .description('exact-match accuracy of a model with a sparsity method over visual-question episodes (per type, turn 1 vs later turns)')
+      .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
+      .requiredOption('--data <file>', 'episodes.jsonl (as `sparsevila scenes` writes): { image, questions: [{ type, question, answer }] } per line')
+      .addOption(new Option('--method <name>', 'visual sparsity method').choices(METHODS).default('dense'))
+      .option('--prefill-sparsity <p>', 'sparsevila: prefill sparsity (default 0.6)', fraction)
+      .option('--decode-sparsity <d>', 'sparsevila: decode sparsity (default 0.75)', fraction)
+      .option('--visual-budget <n>', 'visionzip / prumerge: visual tokens per image; quest: KV slots per step', int(1))
+      .addOption(
+        new Option('--mode <mode>', 'independent: each question sees only the image; chat: the earlier turns too')
+          .choices(['independent', 'chat'])
+          .default('independent'),
+      )
+      .option('--max-new-tokens <n>', 'most tokens per answer', int(1), 8)
+      .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1))
+      .option('--json', 'print one JSON object (the report and every question) instead of the table'),
+    { sampling: false },
+  ).action(evalCommand);
 
   program
     .command('scenes')
-    .description('write synthetic visual-QA scenes (the default model\'s task) with their multi-turn episodes, regenerable by seed')
+    .description("write synthetic visual-QA scenes (the default model's task) with their multi-turn episodes, regenerable by seed")
     .addOption(new Option('--split <name>', 'which seeds').choices(['train', 'validation', 'test']).default('test'))
     .option('--count <n>', 'how many scenes', int(1), 100)
     .requiredOption('--out <dir>', 'folder for <seed>.png and episodes.jsonl')
@@ -138,7 +186,9 @@ function build(): Command {
 
   program
     .command('inspect')
-    .description('check a model folder as loading does (config, tokenizer, chat template, preprocessor and generation configs, every tensor against the config) and summarise it; exits 1 listing every problem')
+    .description(
+      'check a model folder as loading does (config, tokenizer, chat template, preprocessor and generation configs, every tensor against the config) and summarise it; exits 1 listing every problem',
+    )
     .argument('<dir>', 'model folder with config.json and model.safetensors (or sharded *.safetensors + index)')
     .option('--json', 'print one JSON object instead of text')
     .action(inspectCommand);
@@ -151,7 +201,13 @@ function build(): Command {
     .option('--json', 'print one JSON object instead of text')
     .action(async (opts: { threads?: number; probe?: boolean; json?: boolean }) => {
       const r = await runtimeInfo(opts);
-      console.log(opts.json ? JSON.stringify(r, null, 2) : Object.entries(r).map(([k, v]) => `${k}: ${v}`).join('\n'));
+      console.log(
+        opts.json
+          ? JSON.stringify(r, null, 2)
+          : Object.entries(r)
+              .map(([k, v]) => `${k}: ${v}`)
+              .join('\n'),
+      );
     });
   return program;
 }

@@ -36,7 +36,10 @@ export interface RunOptions {
 
 /** The image bounds the --max-image-* flags set (the library's defaults for the others). */
 export function imageLimitsOf(o: { maxImageBytes?: number; maxImagePixels?: number }): Partial<ImageLimits> {
-  return { ...(o.maxImageBytes !== undefined ? { maxBytes: o.maxImageBytes } : {}), ...(o.maxImagePixels !== undefined ? { maxPixels: o.maxImagePixels } : {}) };
+  return {
+    ...(o.maxImageBytes !== undefined ? { maxBytes: o.maxImageBytes } : {}),
+    ...(o.maxImagePixels !== undefined ? { maxPixels: o.maxImagePixels } : {}),
+  };
 }
 
 /** A warning of the engine or the command, on stderr. */
@@ -54,7 +57,9 @@ export function checkPaths(input: { files: string[]; video: boolean }, heatmap: 
 export function checkMethodFlags(o: MethodFlags, model: VisionLanguageModel): void {
   const L = model.decoder.layers;
   if (o.method === 'fastv' && o.fastvK !== undefined && o.fastvK > L - 1) {
-    throw new OptionError(`--fastv-k ${o.fastvK}: visual tokens are dropped after layer K, and this model's language model has ${L} layers, so K must be in 1..${L - 1}`);
+    throw new OptionError(
+      `--fastv-k ${o.fastvK}: visual tokens are dropped after layer K, and this model's language model has ${L} layers, so K must be in 1..${L - 1}`,
+    );
   }
   if (o.method === 'fastv' && o.fastvK === undefined && L < 3) {
     throw new OptionError(`--method fastv: the default K = 2 needs at least 3 layers, and this model's language model has ${L}: give --fastv-k 1`);
@@ -62,7 +67,15 @@ export function checkMethodFlags(o: MethodFlags, model: VisionLanguageModel): vo
 }
 
 /** The flags of --method and its hyperparameters. */
-export interface MethodFlags { method?: MethodName; prefillSparsity?: number; decodeSparsity?: number; visualBudget?: number; fastvK?: number; fastvR?: number; pdropLambda?: number }
+export interface MethodFlags {
+  method?: MethodName;
+  prefillSparsity?: number;
+  decodeSparsity?: number;
+  visualBudget?: number;
+  fastvK?: number;
+  fastvR?: number;
+  pdropLambda?: number;
+}
 
 /** SparseVILA's defaults (the paper's): images prefill 0.6, decode 0.75; video 0.75, 0.9. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
@@ -78,27 +91,43 @@ export type MethodName = 'dense' | 'sparsevila' | 'fastv' | 'pdrop' | 'visionzip
 export const METHODS: MethodName[] = ['dense', 'sparsevila', 'fastv', 'pdrop', 'visionzip', 'prumerge', 'quest'];
 
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
-export function methodOf(o: MethodFlags, video = false):
-  { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
+export function methodOf(
+  o: MethodFlags,
+  video = false,
+): { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
   const m = o.method ?? 'dense';
   if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
     throw new OptionError('--prefill-sparsity and --decode-sparsity need --method sparsevila');
   }
-  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest') throw new OptionError('--visual-budget needs --method visionzip, prumerge or quest');
+  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest')
+    throw new OptionError('--visual-budget needs --method visionzip, prumerge or quest');
   if ((o.fastvK !== undefined || o.fastvR !== undefined) && m !== 'fastv') throw new OptionError('--fastv-k and --fastv-r need --method fastv');
   if (o.pdropLambda !== undefined && m !== 'pdrop') throw new OptionError('--pdrop-lambda needs --method pdrop');
-  if (m === 'visionzip' && o.visualBudget !== undefined && o.visualBudget < 2) throw new OptionError('--visual-budget: visionzip keeps dominant and contextual tokens, so at least 2');
+  if (m === 'visionzip' && o.visualBudget !== undefined && o.visualBudget < 2)
+    throw new OptionError('--visual-budget: visionzip keeps dominant and contextual tokens, so at least 2');
   if (m === 'fastv') {
-    const k = o.fastvK ?? 2, r = o.fastvR ?? 0.5;
+    const k = o.fastvK ?? 2,
+      r = o.fastvR ?? 0.5;
     return { prefill: 0, decode: 0, decodeMethod: fastV(k, r), label: `fastv (K ${k}, R ${r})` };
   }
   if (m === 'pdrop') return { prefill: 0, decode: 0, decodeMethod: pyramidDrop(o.pdropLambda ?? 0.5), label: `pdrop (lambda ${o.pdropLambda ?? 0.5})` };
-  if (m === 'quest') return { prefill: 0, decode: 0, decodeMethod: questDecode({ budget: o.visualBudget ?? 256 }), label: `quest (budget ${o.visualBudget ?? 256})` };
+  if (m === 'quest')
+    return { prefill: 0, decode: 0, decodeMethod: questDecode({ budget: o.visualBudget ?? 256 }), label: `quest (budget ${o.visualBudget ?? 256})` };
   if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
   if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };
-  if (m === 'prumerge') return { prefill: 0, decode: 0, reducer: pruMergePrefill(o.visualBudget), label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})` };
+  if (m === 'prumerge')
+    return {
+      prefill: 0,
+      decode: 0,
+      reducer: pruMergePrefill(o.visualBudget),
+      label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})`,
+    };
   const defaults = video ? SPARSEVILA_VIDEO_DEFAULTS : SPARSEVILA_IMAGE_DEFAULTS;
-  return { prefill: o.prefillSparsity ?? defaults.prefill, decode: o.decodeSparsity ?? defaults.decode, label: video ? 'sparsevila (video defaults)' : 'sparsevila' };
+  return {
+    prefill: o.prefillSparsity ?? defaults.prefill,
+    decode: o.decodeSparsity ?? defaults.decode,
+    label: video ? 'sparsevila (video defaults)' : 'sparsevila',
+  };
 }
 
 export async function runCommand(o: RunOptions): Promise<void> {
@@ -108,7 +137,10 @@ export async function runCommand(o: RunOptions): Promise<void> {
   // Progress goes to stderr and only on a terminal; --json keeps stdout one JSON object.
   const showProgress = !o.json && process.stderr.isTTY;
   const bar = showProgress
-    ? new cliProgress.SingleBar({ format: ' {phase} [{bar}] {percentage}% | {value}/{total} MiB', stream: process.stderr, clearOnComplete: true, hideCursor: true }, cliProgress.Presets.shades_classic)
+    ? new cliProgress.SingleBar(
+        { format: ' {phase} [{bar}] {percentage}% | {value}/{total} MiB', stream: process.stderr, clearOnComplete: true, hideCursor: true },
+        cliProgress.Presets.shades_classic,
+      )
     : null;
   let started = false;
   const model = await VisionLanguageModel.load(modelDir(o.model), {
@@ -118,7 +150,10 @@ export async function runCommand(o: RunOptions): Promise<void> {
     onProgress: (loaded, total) => {
       if (!bar) return;
       const mib = (b: number) => Math.round(b / 2 ** 20);
-      if (!started) { bar.start(mib(total), 0, { phase: 'loading weights' }); started = true; }
+      if (!started) {
+        bar.start(mib(total), 0, { phase: 'loading weights' });
+        started = true;
+      }
       bar.update(mib(loaded));
     },
   });
@@ -136,14 +171,22 @@ export async function runCommand(o: RunOptions): Promise<void> {
       { images: input.files, prompt: o.prompt },
       {
         signal,
-        maxNewTokens: o.maxNewTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
-        prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill, decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
-        prefill: sparsity.reducer, decode: sparsity.decodeMethod,
-        onToken: o.json ? undefined : (text) => {
-          if (first && showProgress) process.stderr.write('\x1b[2K');
-          first = false;
-          process.stdout.write(text);
-        },
+        maxNewTokens: o.maxNewTokens,
+        temperature: o.temperature,
+        topK: o.topK,
+        topP: o.topP,
+        seed: o.seed,
+        prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill,
+        decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
+        prefill: sparsity.reducer,
+        decode: sparsity.decodeMethod,
+        onToken: o.json
+          ? undefined
+          : (text) => {
+              if (first && showProgress) process.stderr.write('\x1b[2K');
+              first = false;
+              process.stdout.write(text);
+            },
       },
     );
     interrupts.end();
@@ -151,20 +194,40 @@ export async function runCommand(o: RunOptions): Promise<void> {
     const s = r.stats;
     const heatmaps = o.heatmap && r.visual ? await model.writeHeatmaps(o.heatmap, input.files, r) : [];
     if (o.json) {
-      console.log(JSON.stringify({
-        ids: r.ids, text: r.text, finishReason: r.finishReason,
-        method: o.method ?? 'dense', methodDetail: sparsity.label, prefillSparsity: sparsity.prefill, decodeSparsity: sparsity.decode,
-        promptTokens: s.promptTokens, imageTokens: s.imageTokens, visualTokensIn: s.visualTokensIn, visualTokensRetrieved: s.visualTokensRetrieved, visualTokensPerLayer: s.visualTokensPerLayer, newTokens: s.newTokens,
-        imageMs: round(s.imageMs), prefillMs: round(s.prefillMs), prefillTokensPerSecond: round(s.prefillTokensPerSecond),
-        decodeTokensPerSecond: round(s.decodeTokensPerSecond), peakMemoryBytes: s.peakMemoryBytes, backend: model.backend.name,
-        kvBytesPerStep: s.kvBytesPerStep, visual: r.visual, ...(heatmaps.length ? { heatmaps } : {}),
-      }));
+      console.log(
+        JSON.stringify({
+          ids: r.ids,
+          text: r.text,
+          finishReason: r.finishReason,
+          method: o.method ?? 'dense',
+          methodDetail: sparsity.label,
+          prefillSparsity: sparsity.prefill,
+          decodeSparsity: sparsity.decode,
+          promptTokens: s.promptTokens,
+          imageTokens: s.imageTokens,
+          visualTokensIn: s.visualTokensIn,
+          visualTokensRetrieved: s.visualTokensRetrieved,
+          visualTokensPerLayer: s.visualTokensPerLayer,
+          newTokens: s.newTokens,
+          imageMs: round(s.imageMs),
+          prefillMs: round(s.prefillMs),
+          prefillTokensPerSecond: round(s.prefillTokensPerSecond),
+          decodeTokensPerSecond: round(s.decodeTokensPerSecond),
+          peakMemoryBytes: s.peakMemoryBytes,
+          backend: model.backend.name,
+          kvBytesPerStep: s.kvBytesPerStep,
+          visual: r.visual,
+          ...(heatmaps.length ? { heatmaps } : {}),
+        }),
+      );
     } else {
       process.stdout.write('\n');
-      console.error(`\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}` +
-        `${s.visualTokensRetrieved !== s.imageTokens ? `, ${perLayer(s.visualTokensPerLayer)} per layer in decode` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
-        `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
-        `${s.decodeTokensPerSecond.toFixed(1)} tok/s | KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`);
+      console.error(
+        `\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}` +
+          `${s.visualTokensRetrieved !== s.imageTokens ? `, ${perLayer(s.visualTokensPerLayer)} per layer in decode` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
+          `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
+          `${s.decodeTokensPerSecond.toFixed(1)} tok/s | KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`,
+      );
       for (const h of heatmaps) console.error(`heatmap: ${h}`);
     }
   } finally {
@@ -173,7 +236,9 @@ export async function runCommand(o: RunOptions): Promise<void> {
   }
 }
 
-function round(x: number): number { return Math.round(x * 100) / 100; }
+function round(x: number): number {
+  return Math.round(x * 100) / 100;
+}
 
 /** "n" when every layer attends to as many visual tokens, else "min / mean / max". */
 export function perLayer(p: { min: number; mean: number; max: number }): string {

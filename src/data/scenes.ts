@@ -11,16 +11,31 @@ export const SHAPES = ['circle', 'square', 'triangle', 'diamond'] as const;
 export const COLOURS = ['red', 'green', 'blue', 'yellow', 'purple', 'orange', 'white'] as const;
 export const GLYPHS = ['A', 'E', 'H', 'K', 'T', 'X', '2', '3', '5', '7'] as const;
 /** The 3 x 3 regions of the image, row by row. */
-export const REGIONS = ['top left', 'top middle', 'top right', 'middle left', 'centre', 'middle right', 'bottom left', 'bottom middle', 'bottom right'] as const;
+export const REGIONS = [
+  'top left',
+  'top middle',
+  'top right',
+  'middle left',
+  'centre',
+  'middle right',
+  'bottom left',
+  'bottom middle',
+  'bottom right',
+] as const;
 export const QUESTION_TYPES = ['colour', 'shape', 'glyph', 'exists', 'count', 'relation'] as const;
 
-export type Shape = typeof SHAPES[number];
-export type Colour = typeof COLOURS[number];
-export type QuestionType = typeof QUESTION_TYPES[number];
+export type Shape = (typeof SHAPES)[number];
+export type Colour = (typeof COLOURS)[number];
+export type QuestionType = (typeof QUESTION_TYPES)[number];
 
 const RGB: Record<Colour, [number, number, number]> = {
-  red: [220, 40, 40], green: [40, 180, 60], blue: [40, 90, 230], yellow: [240, 220, 40],
-  purple: [150, 60, 200], orange: [250, 140, 30], white: [245, 245, 245],
+  red: [220, 40, 40],
+  green: [40, 180, 60],
+  blue: [40, 90, 230],
+  yellow: [240, 220, 40],
+  purple: [150, 60, 200],
+  orange: [250, 140, 30],
+  white: [245, 245, 245],
 };
 
 export interface SceneObject {
@@ -37,7 +52,11 @@ export interface SceneObject {
   r: number;
 }
 
-export interface Question { type: QuestionType; question: string; answer: string }
+export interface Question {
+  type: QuestionType;
+  question: string;
+  answer: string;
+}
 
 export interface Scene {
   seed: number;
@@ -53,7 +72,7 @@ export interface Scene {
 export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
+    a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
@@ -63,7 +82,10 @@ export function rng(seed: number): () => number {
 
 const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
 const shuffle = <T>(r: () => number, xs: T[]): T[] => {
-  for (let i = xs.length - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [xs[i], xs[j]] = [xs[j], xs[i]]; }
+  for (let i = xs.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [xs[i], xs[j]] = [xs[j], xs[i]];
+  }
   return xs;
 };
 const NUMBERS = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'];
@@ -81,7 +103,8 @@ const article = (w: string) => (/^[aeiou]/.test(w) ? 'an' : 'a');
  */
 function onGrid(c: number, jitter: number, size: number, u: number): number {
   const g = size / 16;
-  const lo = Math.ceil((c - jitter) / g - 0.5), hi = Math.floor((c + jitter) / g - 0.5);
+  const lo = Math.ceil((c - jitter) / g - 0.5),
+    hi = Math.floor((c + jitter) / g - 0.5);
   const k = hi >= lo ? lo + Math.floor(u * (hi - lo + 1)) : Math.round(c / g - 0.5);
   return (k + 0.5) * g;
 }
@@ -91,18 +114,23 @@ export function makeScene(seed: number, size = 224): Scene {
   const r = rng(seed);
   const cell = size / 3;
   const n = 3 + Math.floor(r() * 4); // 3..6 objects
-  const regions = shuffle(r, [...REGIONS.keys()]).slice(0, n).sort((a, b) => a - b);
+  const regions = shuffle(r, [...REGIONS.keys()])
+    .slice(0, n)
+    .sort((a, b) => a - b);
   // Every (colour, shape) pair at most once, so "the red circle" always names one object.
   const used = new Set<string>();
   const objects: SceneObject[] = regions.map((region) => {
     let shape: Shape, colour: Colour;
-    do { shape = pick(r, SHAPES); colour = pick(r, COLOURS); } while (used.has(`${colour} ${shape}`));
+    do {
+      shape = pick(r, SHAPES);
+      colour = pick(r, COLOURS);
+    } while (used.has(`${colour} ${shape}`));
     used.add(`${colour} ${shape}`);
     const size_ = r() < 0.5 ? 'small' : 'large';
     const rad = (size_ === 'large' ? 0.36 : 0.22) * cell;
     const jitter = cell / 2 - rad - 2;
     const glyph = size_ === 'large' && r() < 0.6 ? pick(r, GLYPHS) : null;
-    const x = onGrid((region % 3 + 0.5) * cell, jitter, size, r());
+    const x = onGrid(((region % 3) + 0.5) * cell, jitter, size, r());
     const y = onGrid((Math.floor(region / 3) + 0.5) * cell, jitter, size, r());
     return { shape, colour, size: size_, glyph, region, x, y, r: rad };
   });
@@ -128,7 +156,10 @@ function makeEpisode(s: Scene, r: () => number): Question[] {
 // One question of a type about an object or region not asked about yet, or null when none fits.
 function question(s: Scene, type: QuestionType, r: () => number, used: Set<SceneObject>): Question | null {
   const fresh = s.objects.filter((o) => !used.has(o));
-  const take = (o: SceneObject) => { used.add(o); return o; };
+  const take = (o: SceneObject) => {
+    used.add(o);
+    return o;
+  };
   switch (type) {
     case 'colour': {
       if (!fresh.length) return null;
@@ -154,7 +185,8 @@ function question(s: Scene, type: QuestionType, r: () => number, used: Set<Scene
       }
       const names = new Set(s.objects.map(name));
       for (let i = 0; i < 20; i++) {
-        const c = pick(r, COLOURS), sh = pick(r, SHAPES);
+        const c = pick(r, COLOURS),
+          sh = pick(r, SHAPES);
         if (!names.has(`${c} ${sh}`)) return { type, question: `Is there ${article(c)} ${c} ${sh}?`, answer: 'no' };
       }
       return null;
@@ -176,8 +208,9 @@ function question(s: Scene, type: QuestionType, r: () => number, used: Set<Scene
       // Only ask where the two are clearly apart along the axis asked about.
       if (horizontal && Math.abs(a.x - b.x) < s.size / 6) return null;
       if (!horizontal && Math.abs(a.y - b.y) < s.size / 6) return null;
-      take(a); take(b);
-      const first = horizontal ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
+      take(a);
+      take(b);
+      const first = horizontal ? (a.x < b.x ? a : b) : a.y < b.y ? a : b;
       return { type, question: `Which is further ${horizontal ? 'left' : 'up'}, the ${name(a)} or the ${name(b)}?`, answer: name(first) };
     }
   }
@@ -198,15 +231,17 @@ export function questionBank(s: Scene): Question[] {
     if (o.glyph) out.push({ type: 'glyph', question: `Which letter or digit is on the ${name(o)}?`, answer: o.glyph });
   }
   const names = new Set(s.objects.map(name));
-  for (const c of COLOURS) for (const sh of SHAPES) out.push({ type: 'exists', question: `Is there ${article(c)} ${c} ${sh}?`, answer: names.has(`${c} ${sh}`) ? 'yes' : 'no' });
+  for (const c of COLOURS)
+    for (const sh of SHAPES) out.push({ type: 'exists', question: `Is there ${article(c)} ${c} ${sh}?`, answer: names.has(`${c} ${sh}`) ? 'yes' : 'no' });
   for (const sh of SHAPES) out.push({ type: 'count', question: `How many ${sh}s are there?`, answer: NUMBERS[s.objects.filter((o) => o.shape === sh).length] });
-  for (const c of COLOURS) out.push({ type: 'count', question: `How many ${c} objects are there?`, answer: NUMBERS[s.objects.filter((o) => o.colour === c).length] });
+  for (const c of COLOURS)
+    out.push({ type: 'count', question: `How many ${c} objects are there?`, answer: NUMBERS[s.objects.filter((o) => o.colour === c).length] });
   for (const a of s.objects) {
     for (const b of s.objects) {
       if (a === b) continue;
       const horizontal = Math.abs(a.x - b.x) >= Math.abs(a.y - b.y);
       if (horizontal ? Math.abs(a.x - b.x) < s.size / 6 : Math.abs(a.y - b.y) < s.size / 6) continue;
-      const first = horizontal ? (a.x < b.x ? a : b) : (a.y < b.y ? a : b);
+      const first = horizontal ? (a.x < b.x ? a : b) : a.y < b.y ? a : b;
       out.push({ type: 'relation', question: `Which is further ${horizontal ? 'left' : 'up'}, the ${name(a)} or the ${name(b)}?`, answer: name(first) });
     }
   }
@@ -215,18 +250,24 @@ export function questionBank(s: Scene): Question[] {
 
 // A 5 x 7 pixel font for the glyphs (each row a 5-bit mask, top row first).
 const FONT: Record<string, number[]> = {
-  A: [0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11], E: [0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x1f],
-  H: [0x11, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11], K: [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-  T: [0x1f, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04], X: [0x11, 0x11, 0x0a, 0x04, 0x0a, 0x11, 0x11],
-  2: [0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f], 3: [0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e],
-  5: [0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e], 7: [0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+  A: [0x0e, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11],
+  E: [0x1f, 0x10, 0x10, 0x1e, 0x10, 0x10, 0x1f],
+  H: [0x11, 0x11, 0x11, 0x1f, 0x11, 0x11, 0x11],
+  K: [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
+  T: [0x1f, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
+  X: [0x11, 0x11, 0x0a, 0x04, 0x0a, 0x11, 0x11],
+  2: [0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f],
+  3: [0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e],
+  5: [0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e],
+  7: [0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
 };
 
 const hex = (c: readonly number[]) => `#${c.map((v) => Math.max(0, Math.min(255, v)).toString(16).padStart(2, '0')).join('')}`;
 
 /** The scene as an SVG document (shapes, glyphs as pixel-font rectangles, striped background). */
 export function sceneSvg(s: Scene): string {
-  const S = s.size, bg = s.background;
+  const S = s.size,
+    bg = s.background;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${S}" height="${S}" shape-rendering="crispEdges">`,
     `<defs><pattern id="bg" width="${bg.period}" height="${bg.period}" patternUnits="userSpaceOnUse" patternTransform="rotate(${bg.angle})">`,
@@ -238,14 +279,17 @@ export function sceneSvg(s: Scene): string {
     const { x, y, r } = o;
     const f = (v: number) => v.toFixed(2);
     if (o.shape === 'circle') parts.push(`<circle cx="${f(x)}" cy="${f(y)}" r="${f(r)}" fill="${fill}"/>`);
-    else if (o.shape === 'square') parts.push(`<rect x="${f(x - r * 0.85)}" y="${f(y - r * 0.85)}" width="${f(r * 1.7)}" height="${f(r * 1.7)}" fill="${fill}"/>`);
-    else if (o.shape === 'triangle') parts.push(`<polygon points="${f(x)},${f(y - r)} ${f(x + r * 0.95)},${f(y + r * 0.75)} ${f(x - r * 0.95)},${f(y + r * 0.75)}" fill="${fill}"/>`);
+    else if (o.shape === 'square')
+      parts.push(`<rect x="${f(x - r * 0.85)}" y="${f(y - r * 0.85)}" width="${f(r * 1.7)}" height="${f(r * 1.7)}" fill="${fill}"/>`);
+    else if (o.shape === 'triangle')
+      parts.push(`<polygon points="${f(x)},${f(y - r)} ${f(x + r * 0.95)},${f(y + r * 0.75)} ${f(x - r * 0.95)},${f(y + r * 0.75)}" fill="${fill}"/>`);
     else parts.push(`<polygon points="${f(x)},${f(y - r)} ${f(x + r)},${f(y)} ${f(x)},${f(y + r)} ${f(x - r)},${f(y)}" fill="${fill}"/>`);
     if (o.glyph) {
       const rows = FONT[o.glyph];
       // 5 x 7 font pixels of size/112 px: at 224 px, 10 x 14 px inside the object's centre patch.
       const px = s.size / 112;
-      const gx = x - 2.5 * px, gy = y - 3.5 * px;
+      const gx = x - 2.5 * px,
+        gy = y - 3.5 * px;
       const ink = o.colour === 'white' || o.colour === 'yellow' ? '#101010' : '#f8f8f8';
       rows.forEach((bits, row) => {
         for (let col = 0; col < 5; col++) {
@@ -260,7 +304,10 @@ export function sceneSvg(s: Scene): string {
 
 /** The scene rendered to PNG bytes. */
 export async function renderScene(s: Scene): Promise<Buffer> {
-  return sharp(Buffer.from(sceneSvg(s))).removeAlpha().png({ compressionLevel: 9 }).toBuffer();
+  return sharp(Buffer.from(sceneSvg(s)))
+    .removeAlpha()
+    .png({ compressionLevel: 9 })
+    .toBuffer();
 }
 
 /** Seeds of a split: disjoint ranges, so train, validation and test never share a scene. */
@@ -274,20 +321,34 @@ export function splitSeeds(split: 'train' | 'validation' | 'test', count: number
  * One line of a split's `episodes.jsonl`: the image file (relative to the file), its questions, and
  * the scene's objects (what the training recipe derives its auxiliary per-patch labels from).
  */
-export interface EpisodeRecord { seed: number; image: string; questions: Question[]; objects?: SceneObject[]; bank?: Question[] }
+export interface EpisodeRecord {
+  seed: number;
+  image: string;
+  questions: Question[];
+  objects?: SceneObject[];
+  bank?: Question[];
+}
 
 /**
  * Writes `count` scenes of a split into dir: `<seed>.png` each and `episodes.jsonl` (one
  * EpisodeRecord per line; with `bank`, each scene's question bank too). Returns the path of episodes.jsonl.
  */
-export async function writeSplit(dir: string, split: 'train' | 'validation' | 'test', count: number, size = 224, opts: { bank?: boolean } = {}): Promise<string> {
+export async function writeSplit(
+  dir: string,
+  split: 'train' | 'validation' | 'test',
+  count: number,
+  size = 224,
+  opts: { bank?: boolean } = {},
+): Promise<string> {
   ensureOutputDir(dir);
   const lines: string[] = [];
   for (const seed of splitSeeds(split, count)) {
     const s = makeScene(seed, size);
     const image = `${seed}.png`;
     writeFileChecked(path.join(dir, image), await renderScene(s));
-    lines.push(JSON.stringify({ seed, image, questions: s.episode, objects: s.objects, ...(opts.bank ? { bank: questionBank(s) } : {}) } satisfies EpisodeRecord));
+    lines.push(
+      JSON.stringify({ seed, image, questions: s.episode, objects: s.objects, ...(opts.bank ? { bank: questionBank(s) } : {}) } satisfies EpisodeRecord),
+    );
   }
   const file = path.join(dir, 'episodes.jsonl');
   writeFileChecked(file, lines.join('\n') + '\n');

@@ -87,13 +87,19 @@ export class ModelCore {
   }
 
   /** Tokens of context the model supports (max_position_embeddings). */
-  get contextWindow(): number { return this.decoder.contextWindow; }
+  get contextWindow(): number {
+    return this.decoder.contextWindow;
+  }
 
   /** Whether the model takes images. */
-  get takesImages(): boolean { return this.encoder !== null; }
+  get takesImages(): boolean {
+    return this.encoder !== null;
+  }
 
   /** A VLM's image placeholder text (e.g. "<image>"); null for a text model or without a tokenizer. */
-  get imagePlaceholder(): string | null { return this.layout?.placeholder ?? null; }
+  get imagePlaceholder(): string | null {
+    return this.layout?.placeholder ?? null;
+  }
 
   /** @internal The error for images given to a model that takes none. */
   noImages(): GenerationError {
@@ -107,13 +113,20 @@ export class ModelCore {
       if (req.prompt !== undefined) throw new GenerationError('give a prompt or messages, not both');
       const parts = checkMessages(req.messages);
       if (parts !== nImages) {
-        throw new GenerationError(`messages hold ${parts} image part${parts === 1 ? '' : 's'} ({ type: 'image' }) but ${nImages} image${nImages === 1 ? ' was' : 's were'} given: each image part stands for the next image, in order`);
+        throw new GenerationError(
+          `messages hold ${parts} image part${parts === 1 ? '' : 's'} ({ type: 'image' }) but ${nImages} image${nImages === 1 ? ' was' : 's were'} given: each image part stands for the next image, in order`,
+        );
       }
       return { messages: req.messages, fromPrompt: false };
     }
     if (req.prompt === undefined) throw new GenerationError('a request needs a prompt, messages or inputIds');
     if (typeof req.prompt !== 'string') throw new GenerationError(`prompt must be a string, got ${typeof req.prompt}`);
-    return { messages: [{ role: 'user', content: [...Array.from({ length: nImages }, () => ({ type: 'image' as const })), { type: 'text' as const, text: req.prompt }] }], fromPrompt: true };
+    return {
+      messages: [
+        { role: 'user', content: [...Array.from({ length: nImages }, () => ({ type: 'image' as const })), { type: 'text' as const, text: req.prompt }] },
+      ],
+      fromPrompt: true,
+    };
   }
 
   /** The prompt text for a request (chat template, or a plain layout when the model has none). */
@@ -126,8 +139,9 @@ export class ModelCore {
     if (this.template) return this.template.render(messages, { addGenerationPrompt: true });
     // No chat template (said once at load): placeholders, then the text of each message.
     const imageToken = vision ? this.placeholder() : '';
-    return messages.map((m) => typeof m.content === 'string' ? m.content
-      : m.content.map((p) => p.type === 'image' ? `${imageToken}\n` : p.text).join('')).join('\n');
+    return messages
+      .map((m) => (typeof m.content === 'string' ? m.content : m.content.map((p) => (p.type === 'image' ? `${imageToken}\n` : p.text)).join('')))
+      .join('\n');
   }
 
   private placeholder(): string {
@@ -164,10 +178,13 @@ export class ModelCore {
   idsOfText(text: string, images: readonly PromptImage[]): number[] {
     if (!this.tokenizer) throw new GenerationError(`${this.dir}: the model folder has no tokenizer.json; pass inputIds instead of text`);
     const ids = this.layout ? this.layout.encode(text, images, this.tokenizer) : this.tokenizer.encode(text);
-    const vocab = this.decoder.vocabSize, imageId = this.layout?.imageTokenId;
+    const vocab = this.decoder.vocabSize,
+      imageId = this.layout?.imageTokenId;
     for (const t of ids) {
       if (t >= vocab && t !== imageId) {
-        throw new GenerationError(`the prompt encodes to token id ${t} (${JSON.stringify(this.tokenizer.idToToken(t))}), outside the model's vocabulary of ${vocab} (vocab_size in ${path.join(this.dir, 'config.json')})`);
+        throw new GenerationError(
+          `the prompt encodes to token id ${t} (${JSON.stringify(this.tokenizer.idToToken(t))}), outside the model's vocabulary of ${vocab} (vocab_size in ${path.join(this.dir, 'config.json')})`,
+        );
       }
     }
     return ids;
@@ -182,7 +199,9 @@ export class ModelCore {
     } else if (image && typeof image === 'object' && 'data' in image) {
       rgb = image;
       if (rgb.width * rgb.height > this.imageLimits.maxPixels) {
-        throw new ImageError(`an RgbImage of ${rgb.width}×${rgb.height} is more than the ${pixels(this.imageLimits.maxPixels)} allowed (the image limit maxPixels)`);
+        throw new ImageError(
+          `an RgbImage of ${rgb.width}×${rgb.height} is more than the ${pixels(this.imageLimits.maxPixels)} allowed (the image limit maxPixels)`,
+        );
       }
     } else {
       throw new GenerationError(`an image must be a file path, encoded bytes (Uint8Array) or an RgbImage, got ${image === null ? 'null' : typeof image}`);
@@ -233,7 +252,9 @@ export class ModelCore {
   checkPromptLength(n: number): void {
     if (n === 0) throw new GenerationError('the prompt is empty');
     if (n >= this.contextWindow) {
-      throw new GenerationError(`the prompt has ${n} tokens, but the model's context window is ${this.contextWindow} tokens (max_position_embeddings in ${path.join(this.dir, 'config.json')})`);
+      throw new GenerationError(
+        `the prompt has ${n} tokens, but the model's context window is ${this.contextWindow} tokens (max_position_embeddings in ${path.join(this.dir, 'config.json')})`,
+      );
     }
   }
 
@@ -241,11 +262,26 @@ export class ModelCore {
   abortedResult(t0: number): GenerationResult {
     const ms = performance.now() - t0;
     return {
-      ids: [], text: '', finishReason: 'abort',
+      ids: [],
+      text: '',
+      finishReason: 'abort',
       stats: {
-        promptTokens: 0, prefilledTokens: 0, imageTokens: 0, visualTokensIn: 0, visualTokensRetrieved: 0, visualTokensPerLayer: { min: 0, mean: 0, max: 0 },
-        imageCached: false, kvBytesPerStep: 0, imageMs: ms, prefillMs: 0, prefillTokensPerSecond: 0, newTokens: 0, decodeMs: 0, decodeTokensPerSecond: 0,
-        peakMemoryBytes: peakMemory(this.backend), historyTurnsDropped: 0,
+        promptTokens: 0,
+        prefilledTokens: 0,
+        imageTokens: 0,
+        visualTokensIn: 0,
+        visualTokensRetrieved: 0,
+        visualTokensPerLayer: { min: 0, mean: 0, max: 0 },
+        imageCached: false,
+        kvBytesPerStep: 0,
+        imageMs: ms,
+        prefillMs: 0,
+        prefillTokensPerSecond: 0,
+        newTokens: 0,
+        decodeMs: 0,
+        decodeTokensPerSecond: 0,
+        peakMemoryBytes: peakMemory(this.backend),
+        historyTurnsDropped: 0,
       },
     };
   }

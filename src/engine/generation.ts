@@ -42,7 +42,8 @@ export async function runTurn(m: ModelCore, a: TurnArgs): Promise<GenerationResu
   const features = images.map((i) => i.features);
   const S = ids.length;
   m.checkPromptLength(S);
-  if (slot0 < 0 || slot0 >= S || cache.length !== slot0) throw new RangeError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
+  if (slot0 < 0 || slot0 >= S || cache.length !== slot0)
+    throw new RangeError(`internal: turn from slot ${slot0} over a cache of ${cache.length} slots and a prompt of ${S}`);
   if (a.layout && slot0 < a.layout.end) throw new RangeError(`internal: a turn from slot ${slot0} cannot continue a cache pruned up to slot ${a.layout.end}`);
   if (opts.signal?.aborted) return m.abortedResult(a.t0);
   // The answer has at most what the context window leaves after the prompt.
@@ -59,7 +60,9 @@ export async function runTurn(m: ModelCore, a: TurnArgs): Promise<GenerationResu
     const q0 = Math.min(Math.max(slot0, visual.length ? visual[visual.length - 1] + 1 : 0), S - 1);
     selector = method?.create({ decoder: m.decoder, visualSlots: visual, questionSlot0: q0, promptLength: S, maxSteps: maxNew, layout: a.layout }) ?? null;
     if (a.layout && !selector?.layout) {
-      throw new GenerationError(`this session's cache was pruned inside the first question's prefill (FastV / PyramidDrop): every later question must use such a method too (got ${method?.name ?? 'dense'})`);
+      throw new GenerationError(
+        `this session's cache was pruned inside the first question's prefill (FastV / PyramidDrop): every later question must use such a method too (got ${method?.name ?? 'dense'})`,
+      );
     }
     const imageTokens = features.reduce((n, f) => n + f.rows, 0);
     const r = await decodeLoop(m, x.view(slot0, S - slot0), ids, slot0, cache, opts, maxNew, a.t0, a.t1, imageTokens, a.visualIn, selector);
@@ -79,15 +82,19 @@ export async function runTurn(m: ModelCore, a: TurnArgs): Promise<GenerationResu
 function retrievedUnits(visualSlots: number[], kept: Int32Array[], images: ImageRows[]): number[][][] {
   const where = new Map<number, [number, number]>(); // slot -> (image, row of its features)
   let v = 0;
-  images.forEach((im, i) => { for (let j = 0; j < im.features.rows; j++) where.set(visualSlots[v++], [i, j]); });
-  return images.map((im, i) => kept.map((slots) => {
-    const units = new Set<number>();
-    for (const slot of slots) {
-      const w = where.get(slot);
-      if (w && w[0] === i && im.units[w[1]] >= 0) units.add(im.units[w[1]]);
-    }
-    return [...units].sort((a, b) => a - b);
-  }));
+  images.forEach((im, i) => {
+    for (let j = 0; j < im.features.rows; j++) where.set(visualSlots[v++], [i, j]);
+  });
+  return images.map((im, i) =>
+    kept.map((slots) => {
+      const units = new Set<number>();
+      for (const slot of slots) {
+        const w = where.get(slot);
+        if (w && w[0] === i && im.units[w[1]] >= 0) units.add(im.units[w[1]]);
+      }
+      return [...units].sort((a, b) => a - b);
+    }),
+  );
 }
 
 /** K and V bytes one decode step reads when it attends to `rows` cache slots in every layer. */
@@ -99,27 +106,53 @@ function spread(v: number[]): { min: number; mean: number; max: number } {
   return { min: Math.min(...v), mean: v.reduce((a, b) => a + b, 0) / v.length, max: Math.max(...v) };
 }
 
-async function decodeLoop(m: ModelCore, x: Matrix, ids: number[], slot0: number, cache: DecoderCache, opts: GenerateOptions, maxNew: number, t0: number, t1: number, imageTokens: number, visualTokensIn: number,
-  selector: DecodeSelector | null): Promise<GenerationResult> {
+async function decodeLoop(
+  m: ModelCore,
+  x: Matrix,
+  ids: number[],
+  slot0: number,
+  cache: DecoderCache,
+  opts: GenerateOptions,
+  maxNew: number,
+  t0: number,
+  t1: number,
+  imageTokens: number,
+  visualTokensIn: number,
+  selector: DecodeSelector | null,
+): Promise<GenerationResult> {
   const S = ids.length;
   const sampler = new Sampler(opts);
   const eos = new Set(opts.eosTokenIds ?? [...(m.tokenizer?.eosTokenIds ?? []), ...m.eosTokenIds]);
   const stops = (opts.stop ?? []).filter((s) => s.length > 0);
   const stream = m.tokenizer?.createStreamDecoder({ skipSpecialTokens: true }) ?? null;
-  let logits = m.decoder.forward(x, cache, slot0, Array.from({ length: S - slot0 }, (_, i) => slot0 + i), selector?.prefillOptions(slot0, S - slot0));
+  let logits = m.decoder.forward(
+    x,
+    cache,
+    slot0,
+    Array.from({ length: S - slot0 }, (_, i) => slot0 + i),
+    selector?.prefillOptions(slot0, S - slot0),
+  );
   const stepOptions = selector?.decodeOptions();
   const t2 = now();
   const out: number[] = [];
-  let text = '', emitted = 0, finish: FinishReason = 'length';
+  let text = '',
+    emitted = 0,
+    finish: FinishReason = 'length';
   const y = m.ws.matrix('step', 1, m.decoder.hidden);
-  let decodeMs = 0, decodeSteps = 0;
+  let decodeMs = 0,
+    decodeSteps = 0;
   while (out.length < maxNew) {
     // The logits are the decoder's shared buffer: sample before yielding to anyone else.
     const tok = sampler.sample(logits);
     if (!Number.isFinite(logits[tok])) {
-      throw new GenerationError(`the model's logits are not finite (${logits[tok]}): the weights in ${m.dir} hold NaN or infinite values, or overflow in their dtype`);
+      throw new GenerationError(
+        `the model's logits are not finite (${logits[tok]}): the weights in ${m.dir} hold NaN or infinite values, or overflow in their dtype`,
+      );
     }
-    if (eos.has(tok)) { finish = 'eos'; break; }
+    if (eos.has(tok)) {
+      finish = 'eos';
+      break;
+    }
     out.push(tok);
     if (stream) text += stream.push(tok);
     // Stop strings: cut at the first one; hold back text that may be the start of one.
@@ -136,11 +169,17 @@ async function decodeLoop(m: ModelCore, x: Matrix, ids: number[], slot0: number,
       opts.onToken?.('', tok);
     }
     if (finish === 'stop') break;
-    if (S + out.length >= m.contextWindow) { finish = 'context'; break; }
+    if (S + out.length >= m.contextWindow) {
+      finish = 'context';
+      break;
+    }
     if (out.length >= maxNew) break;
     // Let timers, I/O and aborts run between tokens (a long answer stays interruptible).
     await yieldToEventLoop();
-    if (opts.signal?.aborted) { finish = 'abort'; break; }
+    if (opts.signal?.aborted) {
+      finish = 'abort';
+      break;
+    }
     const ts = now();
     m.decoder.embed(y, [tok]);
     const pos = S + out.length - 1;
@@ -177,7 +216,9 @@ async function decodeLoop(m: ModelCore, x: Matrix, ids: number[], slot0: number,
   };
 }
 
-function now(): number { return performance.now(); }
+function now(): number {
+  return performance.now();
+}
 
 function firstStop(text: string, stops: string[]): number {
   let best = -1;
@@ -193,7 +234,10 @@ function heldBack(text: string, stops: string[]): number {
   let n = 0;
   for (const s of stops) {
     for (let k = Math.min(s.length - 1, text.length); k > n; k--) {
-      if (text.endsWith(s.slice(0, k))) { n = k; break; }
+      if (text.endsWith(s.slice(0, k))) {
+        n = k;
+        break;
+      }
     }
   }
   return n;

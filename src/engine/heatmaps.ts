@@ -6,9 +6,15 @@ import { HeatmapRegion, writeHeatmap } from '../io/heatmap.js';
 import { GenerationResult } from './options.js';
 
 /** Writes one PNG per image (`file`, then `file` with `-{i + 1}` before its extension); returns the names. */
-export async function writeHeatmaps(file: string, encoder: ImageEncoder, processor: ImageProcessor, images: readonly ProcessedImage[],
-  visual: NonNullable<GenerationResult['visual']>): Promise<string[]> {
-  const ext = path.extname(file), stem = file.slice(0, file.length - ext.length);
+export async function writeHeatmaps(
+  file: string,
+  encoder: ImageEncoder,
+  processor: ImageProcessor,
+  images: readonly ProcessedImage[],
+  visual: NonNullable<GenerationResult['visual']>,
+): Promise<string[]> {
+  const ext = path.extname(file),
+    stem = file.slice(0, file.length - ext.length);
   const names: string[] = [];
   for (let i = 0; i < images.length; i++) {
     const image = images[i];
@@ -22,7 +28,9 @@ export async function writeHeatmaps(file: string, encoder: ImageEncoder, process
     }
     await writeHeatmap(name, {
       tiles: image.tiles.map((_, t) => processor.tileView(image, t)),
-      units, kept: visual.kept[i], retrieved: visual.retrieved ? visual.retrieved[i] : null,
+      units,
+      kept: visual.kept[i],
+      retrieved: visual.retrieved ? visual.retrieved[i] : null,
     });
     names.push(name);
   }

@@ -65,9 +65,14 @@ export async function inspectModel(dir: string): Promise<Inspection> {
       out.files = ck.files.map((f) => f.path);
       out.tensors = names.length;
       if (out.bytes > os.totalmem()) {
-        problems.report(new LimitError(`${dir}: the weights take ${(out.bytes / 2 ** 30).toFixed(1)} GiB but this machine has ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB of memory`));
+        problems.report(
+          new LimitError(
+            `${dir}: the weights take ${(out.bytes / 2 ** 30).toFixed(1)} GiB but this machine has ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB of memory`,
+          ),
+        );
       }
-      const config = files.config, family = files.family;
+      const config = files.config,
+        family = files.family;
       if (config && family && !family.notRunnable) {
         const meta = new MetaBackend();
         const loader = new WeightLoader(meta, ck, dir, { check: problems });

@@ -30,7 +30,10 @@ export interface ModelFiles {
 
 /** A one-image conversation as a VLM's processor would render it (for checking a template). */
 export function sampleConversation(images: number, turns: 1 | 2): ChatMessage[] {
-  const first: ChatMessage = { role: 'user', content: [...Array.from({ length: images }, () => ({ type: 'image' as const })), { type: 'text', text: 'What is in the picture?' }] };
+  const first: ChatMessage = {
+    role: 'user',
+    content: [...Array.from({ length: images }, () => ({ type: 'image' as const })), { type: 'text', text: 'What is in the picture?' }],
+  };
   if (turns === 1) return [first];
   return [first, { role: 'assistant', content: [{ type: 'text', text: 'A cat.' }] }, { role: 'user', content: [{ type: 'text', text: 'What colour is it?' }] }];
 }
@@ -42,11 +45,15 @@ export function sampleConversation(images: number, turns: 1 | 2): ChatMessage[] 
 export function readModelFiles(dir: string, problems: Problems, limits: ImageLimits = DEFAULT_IMAGE_LIMITS): Partial<ModelFiles> & { dir: string } {
   const out: Partial<ModelFiles> & { dir: string } = { dir };
   const parsed = problems.attempt(() => loadConfig(dir));
-  const family = parsed?.family, config = parsed?.config;
+  const family = parsed?.family,
+    config = parsed?.config;
   if (family?.notRunnable) {
     problems.report(new ConfigError(`${path.join(dir, 'config.json')}: model_type "${config!.modelType}" ${family.notRunnable}`));
   }
-  if (family && config) { out.family = family; out.config = config; }
+  if (family && config) {
+    out.family = family;
+    out.config = config;
+  }
   const text = config?.textFacts ?? null;
   const image = config?.imageFacts ?? null;
 
@@ -65,14 +72,20 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
   const template = problems.attempt(() => ChatTemplate.fromDirIfAny(dir));
   out.template = template ?? null;
   if (template === null && tokenizer) {
-    problems.warn(`${dir}: no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): prompts use the plain layout, ` +
-      `${image ? 'one image placeholder and a newline per image, then ' : ''}the text of each message on its own line`);
+    problems.warn(
+      `${dir}: no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): prompts use the plain layout, ` +
+        `${image ? 'one image placeholder and a newline per image, then ' : ''}the text of each message on its own line`,
+    );
   }
 
   out.imageProcessor = null;
   if (family && config && image && text) {
     if (text.contextWindow <= image.minTokens) {
-      problems.report(new ConfigError(`${path.join(dir, 'config.json')}: ${text.contextField} ${text.contextWindow} cannot hold one image: it takes ${image.minTokens} visual tokens`));
+      problems.report(
+        new ConfigError(
+          `${path.join(dir, 'config.json')}: ${text.contextField} ${text.contextWindow} cannot hold one image: it takes ${image.minTokens} visual tokens`,
+        ),
+      );
     }
     const files = problems.attempt(() => readProcessorFiles(dir, family.processorFiles?.(config) ?? []));
     if (files && family.imageProcessor) out.imageProcessor = problems.attempt(() => family.imageProcessor!(config, files, dir, limits.maxPixels)) ?? null;
@@ -83,17 +96,23 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
     const configFile = path.join(dir, 'config.json');
     const layout = image && family.promptLayout ? problems.attempt(() => family.promptLayout!(config, tokenizer, dir)) : null;
     if (layout) out.layout = layout;
-    const imageToken = layout === undefined ? undefined : layout?.placeholder ?? null;
+    const imageToken = layout === undefined ? undefined : (layout?.placeholder ?? null);
     // End of sequence: every id must be a row of the embedding, or generation never stops on it.
     const eos = [...tokenizer.eosTokenIds, ...text.eosTokenIds, ...(out.generationEos ?? [])];
     for (const id of new Set(eos)) {
       if (id >= text.vocabSize) {
-        problems.report(new ConfigError(`${dir}: end-of-sequence id ${id} (eos_token_id in config.json, generation_config.json or the tokenizer's eos_token) is outside the vocabulary of ${text.vocabSize} (vocab_size in ${configFile})`));
+        problems.report(
+          new ConfigError(
+            `${dir}: end-of-sequence id ${id} (eos_token_id in config.json, generation_config.json or the tokenizer's eos_token) is outside the vocabulary of ${text.vocabSize} (vocab_size in ${configFile})`,
+          ),
+        );
       }
     }
     if (eos.length === 0) problems.warn(`${dir}: no end-of-sequence token (eos_token_id): answers run until maxNewTokens or the context window`);
     if (tokenizer.vocabSize > text.vocabSize + (imageToken !== undefined && imageToken !== null ? 1 : 0)) {
-      problems.warn(`${dir}: the tokenizer knows ${tokenizer.vocabSize} ids but the model's vocabulary has ${text.vocabSize} (vocab_size): a prompt that uses the ids past it is refused`);
+      problems.warn(
+        `${dir}: the tokenizer knows ${tokenizer.vocabSize} ids but the model's vocabulary has ${text.vocabSize} (vocab_size): a prompt that uses the ids past it is refused`,
+      );
     }
     // The template must render a conversation, and place each image once.
     if (template && imageToken !== undefined) {
@@ -104,9 +123,13 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
       if (single !== undefined && imageToken !== null) {
         const n = single.split(imageToken).length - 1;
         if (n !== 1) {
-          problems.report(new ChatTemplateError(`${template.file}: the chat template placed ${n} image placeholders ${JSON.stringify(imageToken)} ` +
-            `(the token of ${image!.tokenField} ${image!.tokenId} in config.json) for one image ` +
-            `(a user message with one image part and one text part renders as ${JSON.stringify(single.slice(0, 200))})`));
+          problems.report(
+            new ChatTemplateError(
+              `${template.file}: the chat template placed ${n} image placeholders ${JSON.stringify(imageToken)} ` +
+                `(the token of ${image!.tokenField} ${image!.tokenId} in config.json) for one image ` +
+                `(a user message with one image part and one text part renders as ${JSON.stringify(single.slice(0, 200))})`,
+            ),
+          );
         }
       }
       if (single !== undefined) {
@@ -114,7 +137,9 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
           template.render(sample(2), { addGenerationPrompt: true });
         } catch (e) {
           if (!(e instanceof ChatTemplateError)) throw e;
-          problems.warn(`${template.file}: the chat template cannot render a two-turn conversation, so chat sessions will fail (${e.message.replace(`${template.file}: `, '')})`);
+          problems.warn(
+            `${template.file}: the chat template cannot render a two-turn conversation, so chat sessions will fail (${e.message.replace(`${template.file}: `, '')})`,
+          );
         }
       }
     }
@@ -125,8 +150,16 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
 /** The files of a folder that loading must have: all present after readModelFiles without problems. */
 export function completeFiles(f: Partial<ModelFiles> & { dir: string }): ModelFiles {
   if (!f.config || !f.family) throw new Error(`internal: ${f.dir} was read without a config and without an error`);
-  return { dir: f.dir, family: f.family, config: f.config, tokenizer: f.tokenizer ?? null, template: f.template ?? null, imageProcessor: f.imageProcessor ?? null,
-    layout: f.layout ?? null, generationEos: f.generationEos ?? [] };
+  return {
+    dir: f.dir,
+    family: f.family,
+    config: f.config,
+    tokenizer: f.tokenizer ?? null,
+    template: f.template ?? null,
+    imageProcessor: f.imageProcessor ?? null,
+    layout: f.layout ?? null,
+    generationEos: f.generationEos ?? [],
+  };
 }
 
 /** The JSON of a family's processor files (null for an absent one). */

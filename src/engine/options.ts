@@ -136,7 +136,8 @@ export interface GenerationResult {
 export function prefillReducerOf(opts: Pick<GenerateOptions, 'prefill' | 'prefillSparsity' | 'decodeSparsity'>): PrefillReducer {
   const { p } = checkSparsity(opts);
   if (opts.prefill) {
-    if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== 0) throw new GenerationError(`give either a prefill method (${opts.prefill.name}) or prefillSparsity, not both`);
+    if (opts.prefillSparsity !== undefined && opts.prefillSparsity !== 0)
+      throw new GenerationError(`give either a prefill method (${opts.prefill.name}) or prefillSparsity, not both`);
     return opts.prefill;
   }
   return p > 0 ? sparseVilaPrefill(p) : densePrefill;
@@ -153,9 +154,9 @@ export function decodeMethodOf(opts: Pick<GenerateOptions, 'decode' | 'decodeSpa
 }
 
 function checkSparsity(opts: GenerateOptions): { p: number; d: number } {
-  const p = opts.prefillSparsity ?? 0, d = opts.decodeSparsity ?? 0;
+  const p = opts.prefillSparsity ?? 0,
+    d = opts.decodeSparsity ?? 0;
   if (typeof p !== 'number' || !(p >= 0 && p < 1)) throw new GenerationError(`prefillSparsity must be a number in [0, 1), got ${String(p)}`);
   if (typeof d !== 'number' || !(d >= 0 && d < 1)) throw new GenerationError(`decodeSparsity must be a number in [0, 1), got ${String(d)}`);
   return { p, d };
 }
-

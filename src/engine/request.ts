@@ -21,11 +21,15 @@ export function checkMessages(messages: unknown): number {
     const { role, content } = m as { role?: unknown; content?: unknown };
     if (typeof role !== 'string' || !ROLES.includes(role)) throw new GenerationError(`${at}.role must be one of ${ROLES.join(', ')}, got ${describe(role)}`);
     if (typeof content === 'string') return;
-    if (!Array.isArray(content)) throw new GenerationError(`${at}.content must be a string or an array of parts ({ type: 'image' } or { type: 'text', text }), got ${describe(content)}`);
+    if (!Array.isArray(content))
+      throw new GenerationError(`${at}.content must be a string or an array of parts ({ type: 'image' } or { type: 'text', text }), got ${describe(content)}`);
     content.forEach((p: unknown, j) => {
       const pat = `${at}.content[${j}]`;
       const type = typeof p === 'object' && p !== null ? (p as { type?: unknown }).type : undefined;
-      if (type === 'image') { images++; return; }
+      if (type === 'image') {
+        images++;
+        return;
+      }
       if (type === 'text') {
         const text = (p as { text?: unknown }).text;
         if (typeof text !== 'string') throw new GenerationError(`${pat}.text must be a string, got ${describe(text)}`);
@@ -58,8 +62,10 @@ export function checkNoTypedPlaceholder(messages: readonly ChatMessage[], placeh
     const parts: ChatContentPart[] = typeof m.content === 'string' ? [{ type: 'text', text: m.content }] : m.content;
     for (const p of parts) {
       if (p.type === 'text' && p.text.includes(placeholder)) {
-        throw new GenerationError(`${label ?? `the text of messages[${i}]`} contains ${JSON.stringify(placeholder)}, the model's image placeholder, as text: ` +
-          `images are placed by the chat template, one for each image given, so leave ${JSON.stringify(placeholder)} out of the text`);
+        throw new GenerationError(
+          `${label ?? `the text of messages[${i}]`} contains ${JSON.stringify(placeholder)}, the model's image placeholder, as text: ` +
+            `images are placed by the chat template, one for each image given, so leave ${JSON.stringify(placeholder)} out of the text`,
+        );
       }
     }
   });
@@ -73,13 +79,20 @@ export function checkInputIds(ids: unknown, vocabSize: number, image: { id: numb
   if (!Array.isArray(ids)) throw new GenerationError(`inputIds must be an array of token ids, got ${describe(ids)}`);
   let placeholders = 0;
   ids.forEach((t: unknown, i) => {
-    if (image && t === image.id) { placeholders++; return; }
+    if (image && t === image.id) {
+      placeholders++;
+      return;
+    }
     if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= vocabSize) {
-      throw new GenerationError(`inputIds[${i}] is ${describe(t)}: token ids are integers in [0, ${vocabSize}) (vocab_size)${image ? ` or the image placeholder ${image.id}` : ''}`);
+      throw new GenerationError(
+        `inputIds[${i}] is ${describe(t)}: token ids are integers in [0, ${vocabSize}) (vocab_size)${image ? ` or the image placeholder ${image.id}` : ''}`,
+      );
     }
   });
   if (image && placeholders !== image.rows) {
-    throw new GenerationError(`inputIds hold ${placeholders} image placeholder ids (${image.id}) but the images give ${image.rows} visual tokens: expand each image's placeholder to its tokens`);
+    throw new GenerationError(
+      `inputIds hold ${placeholders} image placeholder ids (${image.id}) but the images give ${image.rows} visual tokens: expand each image's placeholder to its tokens`,
+    );
   }
   return ids as number[];
 }

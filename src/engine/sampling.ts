@@ -16,7 +16,9 @@ export interface SamplingOptions {
 /** A small, fast, seedable generator (mulberry32); uniform floats in [0, 1). */
 export class Rng {
   private s: number;
-  constructor(seed = 0) { this.s = seed >>> 0; }
+  constructor(seed = 0) {
+    this.s = seed >>> 0;
+  }
   next(): number {
     this.s = (this.s + 0x6d2b79f5) >>> 0;
     let t = this.s;
@@ -39,7 +41,9 @@ export class Sampler {
   readonly topP: number;
 
   constructor(opts: SamplingOptions = {}) {
-    const t = opts.temperature ?? 0, k = opts.topK ?? 0, p = opts.topP ?? 1;
+    const t = opts.temperature ?? 0,
+      k = opts.topK ?? 0,
+      p = opts.topP ?? 1;
     if (typeof t !== 'number' || !(t >= 0) || !Number.isFinite(t)) throw new OptionError(`temperature must be a number >= 0, got ${String(opts.temperature)}`);
     if (!Number.isInteger(k) || k < 0) throw new OptionError(`topK must be an integer >= 0, got ${String(opts.topK)}`);
     if (typeof p !== 'number' || !(p > 0 && p <= 1)) throw new OptionError(`topP must be in (0, 1], got ${String(opts.topP)}`);
@@ -61,11 +65,13 @@ export class Sampler {
       idx = Array.from({ length: n }, (_, i) => i);
       idx.sort((a, b) => logits[b] - logits[a]);
     }
-    const inv = 1 / this.temperature, m = logits[idx[0]];
+    const inv = 1 / this.temperature,
+      m = logits[idx[0]];
     const probs = idx.map((i) => Math.exp((logits[i] - m) * inv));
     let total = probs.reduce((a, b) => a + b, 0);
     if (this.topP < 1) {
-      let acc = 0, keep = 0;
+      let acc = 0,
+        keep = 0;
       while (keep < probs.length) {
         acc += probs[keep++] / total;
         if (acc >= this.topP) break;
@@ -88,7 +94,8 @@ function topKIndices(v: Float32Array, k: number): number[] {
   const less = (a: number, b: number) => v[a] < v[b];
   const down = (i: number) => {
     for (;;) {
-      const l = 2 * i + 1, r = l + 1;
+      const l = 2 * i + 1,
+        r = l + 1;
       let s = i;
       if (l < heap.length && less(heap[l], heap[s])) s = l;
       if (r < heap.length && less(heap[r], heap[s])) s = r;

@@ -49,7 +49,11 @@ export class Session {
   encodes = 0;
   private closed = false;
 
-  constructor(readonly model: ModelCore, readonly images: ImageInput[], opts: SessionOptions = {}) {
+  constructor(
+    readonly model: ModelCore,
+    readonly images: ImageInput[],
+    opts: SessionOptions = {},
+  ) {
     this.mode = opts.mode ?? 'chat';
     if (this.mode !== 'chat' && this.mode !== 'independent') throw new GenerationError(`session mode ${String(this.mode)} is not chat or independent`);
     if (!Array.isArray(images)) throw new GenerationError(`a session's images must be an array, got ${typeof images}`);
@@ -60,11 +64,17 @@ export class Session {
   }
 
   /** Slots the session's cache holds (the visual context plus what the turns added and kept). */
-  get cacheLength(): number { return this.cache?.length ?? 0; }
+  get cacheLength(): number {
+    return this.cache?.length ?? 0;
+  }
   /** The slot after the session's last image token. */
-  get visualContextEnd(): number { return this.visualEnd; }
+  get visualContextEnd(): number {
+    return this.visualEnd;
+  }
   /** Turns (question and answer) the chat history holds now. */
-  get turns(): number { return this.history.length / 2; }
+  get turns(): number {
+    return this.history.length / 2;
+  }
 
   /**
    * Asks a question and streams the answer (opts as for generate; prefillSparsity is the
@@ -95,7 +105,8 @@ export class Session {
     }
     checkGenerateOptions(opts);
     decodeMethodOf({ ...opts, prefillSparsity: undefined });
-    const m = this.model, t0 = performance.now();
+    const m = this.model,
+      t0 = performance.now();
     const user: ChatMessage = { role: 'user', content: [{ type: 'text', text: question }] };
     // The question is checked before the images are encoded (a typed placeholder, a template error);
     // once they are, rendering the conversation below checks it.
@@ -128,7 +139,9 @@ export class Session {
     }
     m.checkPromptLength(ids.length);
     if (start > 0 && this.layout) {
-      throw new GenerationError(`the conversation no longer fits the context window of ${m.contextWindow} tokens, and this session's cache was pruned by its first question (FastV / PyramidDrop), so its oldest turns cannot be dropped: start a new session`);
+      throw new GenerationError(
+        `the conversation no longer fits the context window of ${m.contextWindow} tokens, and this session's cache was pruned by its first question (FastV / PyramidDrop), so its oldest turns cannot be dropped: start a new session`,
+      );
     }
     // Reuse the longest cached prefix; independent questions never reuse past the visual context.
     let common = 0;
@@ -144,14 +157,29 @@ export class Session {
       throw new GenerationError(`${opts.decode.name} drops tokens inside the prefill: it must prune the session's first question, not a later one`);
     }
     if (this.layout && common < this.layout.end) {
-      throw new GenerationError(`this question changes the conversation before the end of the first question, which FastV / PyramidDrop pruned for good: start a new session`);
+      throw new GenerationError(
+        `this question changes the conversation before the end of the first question, which FastV / PyramidDrop pruned for good: start a new session`,
+      );
     }
     if (start > 0) this.history = this.history.slice(start);
     m.decoder.truncateCache(this.cache, common);
     this.cached = this.cached.slice(0, common); // stays true if the turn fails
-    const r = await runTurn(m, { ids, images: this.features, cache: this.cache, slot0: common, opts: { ...opts, prefillSparsity: undefined, prefill: undefined }, t0, t1,
-      visualIn: this.features.reduce((a, f) => a + f.denseRows, 0), imageCached, historyTurnsDropped: start / 2,
-      layout: this.layout ?? undefined, onLayout: (l) => { this.layout = l; } });
+    const r = await runTurn(m, {
+      ids,
+      images: this.features,
+      cache: this.cache,
+      slot0: common,
+      opts: { ...opts, prefillSparsity: undefined, prefill: undefined },
+      t0,
+      t1,
+      visualIn: this.features.reduce((a, f) => a + f.denseRows, 0),
+      imageCached,
+      historyTurnsDropped: start / 2,
+      layout: this.layout ?? undefined,
+      onLayout: (l) => {
+        this.layout = l;
+      },
+    });
     this.cached = [...ids, ...r.ids].slice(0, this.cache.length);
     if (this.mode === 'chat') this.history.push(user, { role: 'assistant', content: [{ type: 'text', text: r.text }] });
     return r;

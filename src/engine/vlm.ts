@@ -37,7 +37,10 @@ function checkMachineMemory(bytes: number, dir: string): void {
 }
 
 export class VisionLanguageModel extends ModelCore {
-  private constructor(parts: CoreParts, private readonly ownsBackend: boolean) {
+  private constructor(
+    parts: CoreParts,
+    private readonly ownsBackend: boolean,
+  ) {
     super(parts);
   }
 
@@ -59,18 +62,35 @@ export class VisionLanguageModel extends ModelCore {
       checkMachineMemory(total, dir);
       if (!opts.backend && opts.threads !== undefined) {
         const threads = checkThreads(opts.threads);
-        if (threads < opts.threads) problems.warn(`threads ${opts.threads} is more than this machine's ${threads} cores: using ${threads} (more threads than cores only wait for each other)`);
+        if (threads < opts.threads)
+          problems.warn(
+            `threads ${opts.threads} is more than this machine's ${threads} cores: using ${threads} (more threads than cores only wait for each other)`,
+          );
       }
-      const backend: KernelBackend = opts.backend ?? await WasmBackend.create(opts);
+      const backend: KernelBackend = opts.backend ?? (await WasmBackend.create(opts));
       try {
         const loader = new WeightLoader(backend, ck, dir);
         if (opts.onProgress) loader.onProgress = (b) => opts.onProgress!(Math.min(b, total), total);
         const { decoder, encoder } = await loadWeights(loader, files.family, files.config, names, { placeBudgetBytes: opts.placeBudgetBytes });
-        return new VisionLanguageModel({
-          dir, backend, family: files.family, config: files.config, decoder, encoder, imageProcessor: files.imageProcessor, layout: files.layout,
-          tokenizer: files.tokenizer, template: files.template, eosTokenIds: mergeEosTokenIds(decoder.eosTokenIds, files.generationEos),
-          weightBytes: loader.loadedBytes, warnings: problems.warnings, imageLimits,
-        }, !opts.backend);
+        return new VisionLanguageModel(
+          {
+            dir,
+            backend,
+            family: files.family,
+            config: files.config,
+            decoder,
+            encoder,
+            imageProcessor: files.imageProcessor,
+            layout: files.layout,
+            tokenizer: files.tokenizer,
+            template: files.template,
+            eosTokenIds: mergeEosTokenIds(decoder.eosTokenIds, files.generationEos),
+            weightBytes: loader.loadedBytes,
+            warnings: problems.warnings,
+            imageLimits,
+          },
+          !opts.backend,
+        );
       } catch (e) {
         if (!opts.backend) await backend.close();
         throw e;

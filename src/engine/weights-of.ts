@@ -5,7 +5,13 @@ import { AnyFamily, FamilyConfig, FamilyModel } from '../model/family.js';
 import { PlacementOptions } from '../model/decoder.js';
 import { WeightLoader } from '../model/weights.js';
 
-export async function loadWeights(loader: WeightLoader, family: AnyFamily, config: FamilyConfig, tensorNames: readonly string[], placement: PlacementOptions = {}): Promise<FamilyModel> {
+export async function loadWeights(
+  loader: WeightLoader,
+  family: AnyFamily,
+  config: FamilyConfig,
+  tensorNames: readonly string[],
+  placement: PlacementOptions = {},
+): Promise<FamilyModel> {
   if (family.notRunnable) throw new ConfigError(`${loader.label}: model_type "${config.modelType}" ${family.notRunnable}`);
   const out = await family.load(loader, config, placement);
   loader.checkAllUsed(tensorNames);

@@ -8,7 +8,11 @@ import { readTextFile, visible } from '../base/files.js';
 import { PrefillReducer } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
 
-export interface EvalQuestion { type: string; question: string; answer: string }
+export interface EvalQuestion {
+  type: string;
+  question: string;
+  answer: string;
+}
 export interface EvalEpisode {
   image: string;
   questions: EvalQuestion[];
@@ -28,14 +32,32 @@ export interface EvalOptions {
 }
 
 export interface QuestionResult {
-  episode: number; turn: number; type: string; question: string; answer: string; prediction: string; correct: boolean;
-  ms: number; visualTokens: number; visualPerLayerMean: number;
+  episode: number;
+  turn: number;
+  type: string;
+  question: string;
+  answer: string;
+  prediction: string;
+  correct: boolean;
+  ms: number;
+  visualTokens: number;
+  visualPerLayerMean: number;
 }
 
-export interface Accuracy { correct: number; total: number; accuracy: number }
+export interface Accuracy {
+  correct: number;
+  total: number;
+  accuracy: number;
+}
 
 /** An episode that could not run (its image missing or unreadable, ...): the others go on. */
-export interface FailedEpisode { episode: number; source?: string; image: string; questions: number; error: string }
+export interface FailedEpisode {
+  episode: number;
+  source?: string;
+  image: string;
+  questions: number;
+  error: string;
+}
 
 export interface EvalReport {
   overall: Accuracy;
@@ -62,14 +84,23 @@ export function readEpisodes(file: string): EvalEpisode[] {
     if (!line.trim()) return;
     const at = `${file}:${i + 1}`;
     let rec: unknown;
-    try { rec = JSON.parse(line); } catch (e) { throw new GenerationError(`${at}: not JSON (${visible((e as Error).message).slice(0, 120)})`); }
-    if (typeof rec !== 'object' || rec === null || Array.isArray(rec)) throw new GenerationError(`${at}: expected an object { image, questions: [...] }, found ${rec === null ? 'null' : Array.isArray(rec) ? 'an array' : typeof rec}`);
+    try {
+      rec = JSON.parse(line);
+    } catch (e) {
+      throw new GenerationError(`${at}: not JSON (${visible((e as Error).message).slice(0, 120)})`);
+    }
+    if (typeof rec !== 'object' || rec === null || Array.isArray(rec))
+      throw new GenerationError(
+        `${at}: expected an object { image, questions: [...] }, found ${rec === null ? 'null' : Array.isArray(rec) ? 'an array' : typeof rec}`,
+      );
     const { image, questions } = rec as { image?: unknown; questions?: unknown };
     if (typeof image !== 'string' || image === '') throw new GenerationError(`${at}: "image" must be the path of an image file (a non-empty string)`);
-    if (!Array.isArray(questions) || questions.length === 0) throw new GenerationError(`${at}: "questions" must be a non-empty array of { type, question, answer }`);
+    if (!Array.isArray(questions) || questions.length === 0)
+      throw new GenerationError(`${at}: "questions" must be a non-empty array of { type, question, answer }`);
     const qs = questions.map((q: unknown, j: number) => {
       const o = (typeof q === 'object' && q !== null ? q : {}) as Partial<EvalQuestion>;
-      if (typeof o.question !== 'string' || typeof o.answer !== 'string' || typeof o.type !== 'string') throw new GenerationError(`${at}: question ${j + 1} needs type, question and answer strings`);
+      if (typeof o.question !== 'string' || typeof o.answer !== 'string' || typeof o.type !== 'string')
+        throw new GenerationError(`${at}: question ${j + 1} needs type, question and answer strings`);
       return { type: o.type, question: o.question, answer: o.answer };
     });
     episodes.push({ image: path.resolve(path.dirname(file), image), questions: qs, source: at });
@@ -83,7 +114,12 @@ export function readEpisodes(file: string): EvalEpisode[] {
  * A lone "A" stays "a" (it may be the letter asked for).
  */
 export function normaliseAnswer(s: string): string {
-  return s.toLowerCase().replace(/[.,!?;:"']/g, ' ').replace(/\s+/g, ' ').trim().replace(/^(the|a|an) (?=\S)/, '');
+  return s
+    .toLowerCase()
+    .replace(/[.,!?;:"']/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .replace(/^(the|a|an) (?=\S)/, '');
 }
 
 function accuracy(rs: QuestionResult[]): Accuracy {
@@ -97,10 +133,15 @@ export function summarise(results: QuestionResult[], failed: FailedEpisode[] = [
   for (const t of [...new Set(results.map((r) => r.type))].sort()) byType[t] = accuracy(results.filter((r) => r.type === t));
   const mean = (f: (r: QuestionResult) => number) => (results.length ? results.reduce((a, r) => a + f(r), 0) / results.length : 0);
   return {
-    overall: accuracy(results), byType,
-    firstTurn: accuracy(results.filter((r) => r.turn === 1)), laterTurns: accuracy(results.filter((r) => r.turn > 1)),
-    meanMsPerQuestion: mean((r) => r.ms), meanVisualTokens: mean((r) => r.visualTokens), meanVisualPerLayer: mean((r) => r.visualPerLayerMean),
-    results, failed,
+    overall: accuracy(results),
+    byType,
+    firstTurn: accuracy(results.filter((r) => r.turn === 1)),
+    laterTurns: accuracy(results.filter((r) => r.turn > 1)),
+    meanMsPerQuestion: mean((r) => r.ms),
+    meanVisualTokens: mean((r) => r.visualTokens),
+    meanVisualPerLayer: mean((r) => r.visualPerLayerMean),
+    results,
+    failed,
   };
 }
 
@@ -124,9 +165,16 @@ export async function evaluate(model: VisionLanguageModel, episodes: EvalEpisode
         const r = await session.ask(q.question, gen);
         const prediction = r.text.trim();
         mine.push({
-          episode: ei, turn: qi + 1, type: q.type, question: q.question, answer: q.answer, prediction,
-          correct: normaliseAnswer(prediction) === normaliseAnswer(q.answer), ms: performance.now() - t0,
-          visualTokens: r.stats.imageTokens, visualPerLayerMean: r.stats.visualTokensPerLayer.mean,
+          episode: ei,
+          turn: qi + 1,
+          type: q.type,
+          question: q.question,
+          answer: q.answer,
+          prediction,
+          correct: normaliseAnswer(prediction) === normaliseAnswer(q.answer),
+          ms: performance.now() - t0,
+          visualTokens: r.stats.imageTokens,
+          visualPerLayerMean: r.stats.visualTokensPerLayer.mean,
         });
         o.onQuestion?.(++done, total);
       }

@@ -37,7 +37,11 @@ export function describe(v: unknown): string {
  * and the field's JSON path. A `null` value counts as absent, as transformers treats `None`.
  */
 export class Fields {
-  constructor(readonly obj: JsonObject, readonly source: string, readonly prefix: string) {}
+  constructor(
+    readonly obj: JsonObject,
+    readonly source: string,
+    readonly prefix: string,
+  ) {}
 
   /** JSON path of `key` within the file, e.g. `text_config.hidden_size`. */
   path(key: string): string {
@@ -151,10 +155,10 @@ export class Fields {
   }
 }
 
-
 /** Reads `dir/config.json` as a JSON object (ConfigError naming the folder or file otherwise). */
 export function readConfigJson(dir: string): { json: JsonObject; file: string } {
-  if (!isFolder(dir)) throw new ConfigError(`${dir}: ${pathExists(dir) ? 'is not a folder' : 'no such folder'} (a model folder holds config.json and the weights)`);
+  if (!isFolder(dir))
+    throw new ConfigError(`${dir}: ${pathExists(dir) ? 'is not a folder' : 'no such folder'} (a model folder holds config.json and the weights)`);
   const file = path.join(dir, 'config.json');
   const json = readJsonFile(file, { what: 'model config', error: ConfigError });
   if (!isObject(json)) throw new ConfigError(`${file}: expected a JSON object, found ${describe(json)}`);

@@ -16,18 +16,25 @@ import { InputError } from '../base/errors.js';
 import { openRegularFile, readJsonFile } from '../base/files.js';
 
 /** The element types of the safetensors format that this reader knows. */
-export type DType =
-  | 'F64' | 'F32' | 'F16' | 'BF16'
-  | 'I64' | 'I32' | 'I16' | 'I8'
-  | 'U8' | 'BOOL' | 'U16' | 'U32' | 'U64'
-  | 'F8_E4M3' | 'F8_E5M2';
+export type DType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL' | 'U16' | 'U32' | 'U64' | 'F8_E4M3' | 'F8_E5M2';
 
 /** Size in bytes of one element of each dtype. */
 export const DTYPE_SIZE: Readonly<Record<DType, number>> = Object.freeze({
-  F64: 8, F32: 4, F16: 2, BF16: 2,
-  I64: 8, I32: 4, I16: 2, I8: 1,
-  U8: 1, BOOL: 1, U16: 2, U32: 4, U64: 8,
-  F8_E4M3: 1, F8_E5M2: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+  U16: 2,
+  U32: 4,
+  U64: 8,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
 });
 
 /** True when `s` is one of the dtypes in {@link DTYPE_SIZE}. */
@@ -110,8 +117,7 @@ function shapeNumel(shape: number[], err: (msg: string) => Error): number {
 }
 
 /** Reads exactly `length` bytes at `position` into `dest[offset..]`, looping over short reads. */
-function readFully(fd: number, dest: Uint8Array, offset: number, length: number, position: number,
-  err: (msg: string) => Error): void {
+function readFully(fd: number, dest: Uint8Array, offset: number, length: number, position: number, err: (msg: string) => Error): void {
   let done = 0;
   while (done < length) {
     const want = Math.min(length - done, IO_CHUNK_BYTES);
@@ -136,8 +142,7 @@ export class SafetensorsFile implements TensorSource {
   readonly dataOffset: number;
   private fd: number | null;
 
-  private constructor(filePath: string, fd: number, dataOffset: number, metadata: Record<string, string>,
-    tensors: Map<string, TensorInfo>) {
+  private constructor(filePath: string, fd: number, dataOffset: number, metadata: Record<string, string>, tensors: Map<string, TensorInfo>) {
     this.path = filePath;
     this.fd = fd;
     this.dataOffset = dataOffset;
@@ -183,8 +188,7 @@ export class SafetensorsFile implements TensorSource {
     const t = this.info(name);
     if (this.fd === null) throw new SafetensorsError(this.path, 'file is closed', name);
     if (dest.byteLength !== t.byteLength) {
-      throw new SafetensorsError(this.path,
-        `destination has ${dest.byteLength} bytes, expected ${t.byteLength} (${t.dtype} ${JSON.stringify(t.shape)})`, name);
+      throw new SafetensorsError(this.path, `destination has ${dest.byteLength} bytes, expected ${t.byteLength} (${t.dtype} ${JSON.stringify(t.shape)})`, name);
     }
     readFully(this.fd, dest, 0, t.byteLength, t.fileOffset, (msg) => new SafetensorsError(this.path, msg, name));
   }
@@ -199,8 +203,13 @@ export class SafetensorsFile implements TensorSource {
 }
 
 /** Reads and validates the header of the open file `fd`. */
-function parseHeader(fd: number, filePath: string): {
-  dataOffset: number; metadata: Record<string, string>; tensors: Map<string, TensorInfo>;
+function parseHeader(
+  fd: number,
+  filePath: string,
+): {
+  dataOffset: number;
+  metadata: Record<string, string>;
+  tensors: Map<string, TensorInfo>;
 } {
   const err = (msg: string, tensor?: string) => new SafetensorsError(filePath, msg, tensor);
   const fileSize = fs.fstatSync(fd).size;
@@ -264,12 +273,13 @@ function parseHeader(fd: number, filePath: string): {
     const numel = shapeNumel(dims, errT);
     const byteLength = numel * DTYPE_SIZE[dtype];
     if (byteLength !== end - begin) {
-      throw errT(`shape ${JSON.stringify(dims)} × ${dtype} (${DTYPE_SIZE[dtype]} bytes) needs ${byteLength} bytes, ` +
-        `but data_offsets [${begin}, ${end}] span ${end - begin}`);
+      throw errT(
+        `shape ${JSON.stringify(dims)} × ${dtype} (${DTYPE_SIZE[dtype]} bytes) needs ${byteLength} bytes, ` +
+          `but data_offsets [${begin}, ${end}] span ${end - begin}`,
+      );
     }
     if (end > dataSize) {
-      throw errT(`data_offsets [${begin}, ${end}] run past the end of the data section (${dataSize} bytes; ` +
-        `file truncated or offsets out of range)`);
+      throw errT(`data_offsets [${begin}, ${end}] run past the end of the data section (${dataSize} bytes; ` + `file truncated or offsets out of range)`);
     }
     tensors.set(name, { name, dtype, shape: dims, numel, byteLength, file: filePath, fileOffset: dataOffset + begin });
     ranges.push({ name, begin, end });
@@ -281,8 +291,7 @@ function parseHeader(fd: number, filePath: string): {
   for (const r of ranges) {
     if (r.begin === r.end) continue;
     if (furthest !== null && r.begin < furthest.end) {
-      throw err(`data of tensor "${r.name}" [${r.begin}, ${r.end}] overlaps tensor "${furthest.name}" ` +
-        `[${furthest.begin}, ${furthest.end}]`);
+      throw err(`data of tensor "${r.name}" [${r.begin}, ${r.end}] overlaps tensor "${furthest.name}" ` + `[${furthest.begin}, ${furthest.end}]`);
     }
     if (furthest === null || r.end > furthest.end) furthest = r;
   }
@@ -355,9 +364,12 @@ export class Checkpoint implements TensorSource {
       return new Checkpoint(pathOrDir, single, [SafetensorsFile.open(single)]);
     }
     if (fs.existsSync(index)) return Checkpoint.openIndex(pathOrDir, index);
-    throw new SafetensorsError(pathOrDir, opts.indexName === undefined
-      ? `no checkpoint found: neither ${SINGLE_FILE_NAME} nor ${DEFAULT_INDEX_NAME} exists`
-      : `no checkpoint found: index ${opts.indexName} does not exist`);
+    throw new SafetensorsError(
+      pathOrDir,
+      opts.indexName === undefined
+        ? `no checkpoint found: neither ${SINGLE_FILE_NAME} nor ${DEFAULT_INDEX_NAME} exists`
+        : `no checkpoint found: index ${opts.indexName} does not exist`,
+    );
   }
 
   /** Opens and cross-checks the shards listed by the index file `indexPath`. */
@@ -523,16 +535,25 @@ export function readTensorF32(src: TensorSource, name: string): Float32Array {
 /** A reader of element `i` of an integer or BOOL tensor held in `view`, or undefined for other dtypes. */
 function intElementReader(view: DataView, dtype: DType): ((i: number) => number | bigint) | undefined {
   switch (dtype) {
-    case 'I8': return (i) => view.getInt8(i);
+    case 'I8':
+      return (i) => view.getInt8(i);
     case 'U8':
-    case 'BOOL': return (i) => view.getUint8(i);
-    case 'I16': return (i) => view.getInt16(2 * i, true);
-    case 'U16': return (i) => view.getUint16(2 * i, true);
-    case 'I32': return (i) => view.getInt32(4 * i, true);
-    case 'U32': return (i) => view.getUint32(4 * i, true);
-    case 'I64': return (i) => view.getBigInt64(8 * i, true);
-    case 'U64': return (i) => view.getBigUint64(8 * i, true);
-    default: return undefined;
+    case 'BOOL':
+      return (i) => view.getUint8(i);
+    case 'I16':
+      return (i) => view.getInt16(2 * i, true);
+    case 'U16':
+      return (i) => view.getUint16(2 * i, true);
+    case 'I32':
+      return (i) => view.getInt32(4 * i, true);
+    case 'U32':
+      return (i) => view.getUint32(4 * i, true);
+    case 'I64':
+      return (i) => view.getBigInt64(8 * i, true);
+    case 'U64':
+      return (i) => view.getBigUint64(8 * i, true);
+    default:
+      return undefined;
   }
 }
 
@@ -587,8 +608,7 @@ export function writeSafetensors(filePath: string, tensors: TensorToWrite[], met
       throw err(`shape ${JSON.stringify(t.shape)} × ${t.dtype} needs ${byteLength} bytes, data has ${t.data.byteLength}`);
     }
   }
-  const ordered = [...tensors].sort((a, b) =>
-    DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const ordered = [...tensors].sort((a, b) => DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const header: Record<string, unknown> = {};
   if (metadata !== undefined) header['__metadata__'] = metadata;
   let offset = 0;

@@ -44,9 +44,7 @@ export interface LoadOptions {
 
 type Json = Record<string, unknown>;
 
-const SPECIAL_TOKEN_KEYS = [
-  'bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token',
-] as const;
+const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'] as const;
 
 /** Characters a chat template may have (real ones have a few thousand; the largest known, tens of thousands). */
 export const MAX_TEMPLATE_CHARS = 2 ** 20;
@@ -61,7 +59,6 @@ function readText(file: string): string | undefined {
 function readJson(file: string): Json | undefined {
   return readJsonObjectFile(file, { required: false, error: ChatTemplateError });
 }
-
 
 /** Picks a template out of a `chat_template` setting (string, or list of `{name, template}`, or name → template map). */
 function pickTemplate(value: unknown, file: string, name: string | undefined): string {
@@ -150,7 +147,12 @@ export class ChatTemplate {
   private readonly template: Template;
   private readonly defaults: Record<string, unknown>;
 
-  constructor(source: string, file = '<chat template>', defaults: Record<string, unknown> = {}, readonly budget: TemplateBudget = DEFAULT_TEMPLATE_BUDGET) {
+  constructor(
+    source: string,
+    file = '<chat template>',
+    defaults: Record<string, unknown> = {},
+    readonly budget: TemplateBudget = DEFAULT_TEMPLATE_BUDGET,
+  ) {
     if (source.length > MAX_TEMPLATE_CHARS) {
       throw new ChatTemplateError(`${file}: the chat template has ${source.length} characters, more than the ${MAX_TEMPLATE_CHARS} allowed`);
     }
@@ -160,15 +162,17 @@ export class ChatTemplate {
     // transformers' {% generation %}…{% endgeneration %} is a block tag that only marks text. Rewrite it as
     // {% if true %}…{% endif %}, which keeps the whitespace control (`-`, trim_blocks, lstrip_blocks) identical.
     // (@huggingface/jinja 0.5 also strips these tags itself, but by its own whitespace rules.)
-    const text = source.replace(GENERATION_TAG, (_m: string, l: string, end: string | undefined, r: string) =>
-      `{%${l} ${end ? 'endif' : 'if true'} ${r}%}`);
+    const text = source.replace(GENERATION_TAG, (_m: string, l: string, end: string | undefined, r: string) => `{%${l} ${end ? 'endif' : 'if true'} ${r}%}`);
     try {
       this.template = new Template(text);
     } catch (e) {
       // The parser reads past the last token of an unfinished template (an unclosed block) as a TypeError.
-      const why = e instanceof RangeError ? 'it is nested too deeply'
-        : e instanceof TypeError ? 'it ends inside an unfinished block or expression (a missing {% endfor %}, {% endif %} or }}?)'
-          : visible((e as Error).message);
+      const why =
+        e instanceof RangeError
+          ? 'it is nested too deeply'
+          : e instanceof TypeError
+            ? 'it ends inside an unfinished block or expression (a missing {% endfor %}, {% endif %} or }}?)'
+            : visible((e as Error).message);
       throw new ChatTemplateError(`${file}: cannot parse the chat template: ${why}`);
     }
   }
@@ -200,8 +204,10 @@ export class ChatTemplate {
       // raise_exception, range and strftime_now are globals of the renderer (template-budget.ts).
     };
     // Output may hold the conversation several times over (e.g. a system copy); the budget scales with it.
-    const inputChars = messages.reduce((a, m) => a + (typeof m.content === 'string' ? m.content.length
-      : m.content.reduce((b, p) => b + (p.type === 'text' ? p.text.length : 0), 0)), 0);
+    const inputChars = messages.reduce(
+      (a, m) => a + (typeof m.content === 'string' ? m.content.length : m.content.reduce((b, p) => b + (p.type === 'text' ? p.text.length : 0), 0)),
+      0,
+    );
     const budget = { ...this.budget, maxChars: Math.max(this.budget.maxChars, 4 * inputChars) };
     try {
       return renderWithBudget(this.template.parsed, vars, budget);

@@ -6,7 +6,13 @@ import { FileError } from '../base/errors.js';
 import { RgbImage } from './image-types.js';
 
 /** Where a unit lies, in the pixels of one tile. */
-export interface HeatmapRegion { tile: number; x: number; y: number; width: number; height: number }
+export interface HeatmapRegion {
+  tile: number;
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
 
 export interface HeatmapInput {
   /** The tiles as the tower saw them (RGB), drawn left to right. */
@@ -19,8 +25,10 @@ export interface HeatmapInput {
   retrieved: readonly (readonly number[])[] | null;
 }
 
-const GREEN = [40, 220, 90], RED = [200, 40, 40];
-const CELL = 4, GAP = 6;
+const GREEN = [40, 220, 90],
+  RED = [200, 40, 40];
+const CELL = 4,
+  GAP = 6;
 
 /**
  * Writes a PNG: on top the tiles side by side (scaled up so the tallest is at least 336 px) with
@@ -36,7 +44,10 @@ export async function writeHeatmap(file: string, h: HeatmapInput): Promise<{ wid
   const scale = Math.max(1, Math.ceil(336 / tallest));
   const xOf: number[] = [];
   let W = 0;
-  for (const t of h.tiles) { xOf.push(W); W += t.width * scale + GAP; }
+  for (const t of h.tiles) {
+    xOf.push(W);
+    W += t.width * scale + GAP;
+  }
   W -= GAP;
   const top = tallest * scale;
   // The maps below: CELL pixels per unit of the smallest region.
@@ -44,14 +55,18 @@ export async function writeHeatmap(file: string, h: HeatmapInput): Promise<{ wid
   const mapScale = CELL / unitPx;
   const mapXOf: number[] = [];
   let mapW = 0;
-  for (const t of h.tiles) { mapXOf.push(mapW); mapW += Math.round(t.width * mapScale) + (h.tiles.length > 1 ? CELL : 0); }
+  for (const t of h.tiles) {
+    mapXOf.push(mapW);
+    mapW += Math.round(t.width * mapScale) + (h.tiles.length > 1 ? CELL : 0);
+  }
   if (h.tiles.length > 1) mapW -= CELL;
   const mapH = Math.round(tallest * mapScale);
   const layers = h.retrieved?.length ?? 0;
   const perRow = Math.max(1, Math.floor((W + GAP) / (mapW + GAP)));
   const stripRows = layers ? Math.ceil(layers / perRow) : 0;
   const stripH = stripRows ? GAP + stripRows * (mapH + GAP) : 0;
-  const width = Math.max(W, perRow * (mapW + GAP) - GAP), height = top + stripH;
+  const width = Math.max(W, perRow * (mapW + GAP) - GAP),
+    height = top + stripH;
   const out = new Uint8Array(width * height * 3).fill(24);
 
   // State per unit: 0 dropped, 1 kept, 2 retrieved (by any layer).
@@ -73,7 +88,8 @@ export async function writeHeatmap(file: string, h: HeatmapInput): Promise<{ wid
     }
     for (let y = 0; y < tile.height * scale; y++) {
       for (let x = 0; x < tile.width * scale; x++) {
-        const sx = Math.floor(x / scale), sy = Math.floor(y / scale);
+        const sx = Math.floor(x / scale),
+          sy = Math.floor(y / scale);
         const st = cover[sy * tile.width + sx];
         const o = (y * width + xOf[ti] + x) * 3;
         for (let c = 0; c < 3; c++) {
@@ -88,24 +104,31 @@ export async function writeHeatmap(file: string, h: HeatmapInput): Promise<{ wid
   });
 
   for (let l = 0; l < layers; l++) {
-    const gx = (l % perRow) * (mapW + GAP), gy = top + GAP + Math.floor(l / perRow) * (mapH + GAP);
+    const gx = (l % perRow) * (mapW + GAP),
+      gy = top + GAP + Math.floor(l / perRow) * (mapH + GAP);
     const mine = new Set(h.retrieved![l]);
     for (const [u, r] of h.units) {
       const s = state.get(u)!;
       const color = s === 0 ? [50, 30, 30] : mine.has(u) ? GREEN : [110, 110, 110];
-      const cx = gx + mapXOf[r.tile] + Math.round(r.x * mapScale), cy = gy + Math.round(r.y * mapScale);
-      const cw = Math.max(1, Math.round(r.width * mapScale)), ch = Math.max(1, Math.round(r.height * mapScale));
+      const cx = gx + mapXOf[r.tile] + Math.round(r.x * mapScale),
+        cy = gy + Math.round(r.y * mapScale);
+      const cw = Math.max(1, Math.round(r.width * mapScale)),
+        ch = Math.max(1, Math.round(r.height * mapScale));
       // A one-pixel gap between cells when they are large enough to show it.
       for (let dy = 0; dy < ch - (ch > 2 ? 1 : 0); dy++) {
         for (let dx = 0; dx < cw - (cw > 2 ? 1 : 0); dx++) {
           const o = ((cy + dy) * width + cx + dx) * 3;
-          out[o] = color[0]; out[o + 1] = color[1]; out[o + 2] = color[2];
+          out[o] = color[0];
+          out[o + 1] = color[1];
+          out[o + 2] = color[2];
         }
       }
     }
   }
   try {
-    await sharp(out, { raw: { width, height, channels: 3 } }).png().toFile(file);
+    await sharp(out, { raw: { width, height, channels: 3 } })
+      .png()
+      .toFile(file);
   } catch (e) {
     throw new FileError(`${file}: cannot write the heatmap: ${(e as Error).message.split('\n')[0]}`);
   }

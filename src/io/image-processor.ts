@@ -101,7 +101,8 @@ export function parseClipImageProcessorConfig(json: unknown, source: string): Cl
   // {shortest_edge[, longest_edge]} (its resize ignores longest_edge).
   let size: ClipImageProcessorConfig['size'];
   const rawSize = json.size;
-  const sizeForms = siglip ? '[height, width] or {"height", "width"} of positive integers'
+  const sizeForms = siglip
+    ? '[height, width] or {"height", "width"} of positive integers'
     : 'a positive integer, [height, width], {"shortest_edge"} or {"height", "width"} of positive integers';
   if (rawSize === undefined || rawSize === null) {
     size = siglip ? { height: 224, width: 224 } : { shortestEdge: 224 };
@@ -111,10 +112,13 @@ export function parseClipImageProcessorConfig(json: unknown, source: string): Cl
     size = { height: rawSize[0], width: rawSize[1] };
   } else if (isObject(rawSize)) {
     const keys = Object.keys(rawSize).sort().join(',');
-    if ((keys === 'height,width') && positiveInt(rawSize.height) && positiveInt(rawSize.width)) {
+    if (keys === 'height,width' && positiveInt(rawSize.height) && positiveInt(rawSize.width)) {
       size = { height: rawSize.height, width: rawSize.width };
-    } else if (!siglip && (keys === 'shortest_edge' || (keys === 'longest_edge,shortest_edge' && positiveInt(rawSize.longest_edge)))
-      && positiveInt(rawSize.shortest_edge)) {
+    } else if (
+      !siglip &&
+      (keys === 'shortest_edge' || (keys === 'longest_edge,shortest_edge' && positiveInt(rawSize.longest_edge))) &&
+      positiveInt(rawSize.shortest_edge)
+    ) {
       size = { shortestEdge: rawSize.shortest_edge };
     } else {
       return fail('size', sizeForms);
@@ -133,8 +137,7 @@ export function parseClipImageProcessorConfig(json: unknown, source: string): Cl
     if (positiveInt(rawCrop)) cropSize = { height: rawCrop, width: rawCrop };
     else if (Array.isArray(rawCrop) && rawCrop.length === 2 && rawCrop.every(positiveInt)) {
       cropSize = { height: rawCrop[0], width: rawCrop[1] };
-    } else if (isObject(rawCrop) && Object.keys(rawCrop).sort().join(',') === 'height,width'
-      && positiveInt(rawCrop.height) && positiveInt(rawCrop.width)) {
+    } else if (isObject(rawCrop) && Object.keys(rawCrop).sort().join(',') === 'height,width' && positiveInt(rawCrop.height) && positiveInt(rawCrop.width)) {
       cropSize = { height: rawCrop.height, width: rawCrop.width };
     } else {
       fail('crop_size', 'a positive integer, [height, width] or {"height", "width"} of positive integers');
@@ -170,9 +173,7 @@ function resizeTarget(img: RgbImage, size: ClipImageProcessorConfig['size']): { 
   const s = size.shortestEdge;
   const { width, height } = img;
   // Python's int(s * long / short): s * long is an exact integer, the division is a correctly rounded double.
-  return width <= height
-    ? { width: s, height: Math.trunc((s * height) / width) }
-    : { width: Math.trunc((s * width) / height), height: s };
+  return width <= height ? { width: s, height: Math.trunc((s * height) / width) } : { width: Math.trunc((s * width) / height), height: s };
 }
 
 /**
@@ -202,8 +203,10 @@ export function clipPreprocess(img: RgbImage, cfg: ClipImageProcessorConfig, max
   if (cfg.doResize) {
     const { width, height } = resizeTarget(im, cfg.size);
     if (width * height > maxPixels) {
-      throw new ImageError(`resizing the ${img.width}×${img.height} image as the processor's "size" asks gives ${width}×${height}, ` +
-        `more than the ${pixels(maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`);
+      throw new ImageError(
+        `resizing the ${img.width}×${img.height} image as the processor's "size" asks gives ${width}×${height}, ` +
+          `more than the ${pixels(maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`,
+      );
     }
     im = resize(im, width, height, cfg.resample);
   }
@@ -234,8 +237,12 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * Normalised pixel values [3][height][width] back to RGB bytes (undoing normalise and rescale),
  * for pictures of what a vision tower saw.
  */
-export function pixelsToRgb(pixels: Float32Array, width: number, height: number,
-  cfg: Pick<ClipImageProcessorConfig, 'doRescale' | 'rescaleFactor' | 'doNormalize' | 'imageMean' | 'imageStd'>): RgbImage {
+export function pixelsToRgb(
+  pixels: Float32Array,
+  width: number,
+  height: number,
+  cfg: Pick<ClipImageProcessorConfig, 'doRescale' | 'rescaleFactor' | 'doNormalize' | 'imageMean' | 'imageStd'>,
+): RgbImage {
   const plane = width * height;
   if (pixels.length !== 3 * plane) throw new ImageError(`expected 3x${height}x${width} pixel values, got ${pixels.length}`);
   const data = new Uint8Array(3 * plane);

@@ -17,9 +17,7 @@ import { checkRgbImage, ImageError, type RgbImage } from './image-types.js';
 export type ResampleFilter = 'nearest' | 'bilinear' | 'bicubic' | 'lanczos' | 'box' | 'hamming';
 
 /** Filter names indexed by Pillow's `Image.Resampling` number (0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC, 4 BOX, 5 HAMMING). */
-export const PIL_RESAMPLE_FILTERS: readonly ResampleFilter[] = Object.freeze(
-  ['nearest', 'lanczos', 'bilinear', 'bicubic', 'box', 'hamming'] as const,
-);
+export const PIL_RESAMPLE_FILTERS: readonly ResampleFilter[] = Object.freeze(['nearest', 'lanczos', 'bilinear', 'bicubic', 'box', 'hamming'] as const);
 
 /** A convolution kernel: weight function and its support (half-width) at scale 1. */
 interface Kernel {
@@ -124,7 +122,9 @@ function resampleRows(src: Uint8Array, inW: number, y0: number, rows: number, ou
     const rowBase = (y0 + y) * inW * 3;
     let o = y * outW * 3;
     for (let x = 0; x < outW; x++) {
-      let r = HALF, g = HALF, b = HALF;
+      let r = HALF,
+        g = HALF,
+        b = HALF;
       let p = rowBase + start[x] * 3;
       const k0 = x * ksize;
       for (let j = 0, n = count[x]; j < n; j++, p += 3) {

@@ -28,8 +28,12 @@ import { ImageError, checkImageLimits, pixels, type ImageLimits, type RgbImage }
 export { ImageError, DEFAULT_IMAGE_LIMITS, checkImageLimits, type ImageLimits, type RgbImage } from './image-types.js';
 export { resize, PIL_RESAMPLE_FILTERS, type ResampleFilter } from './image-resample.js';
 export {
-  clipPreprocess, loadClipImageProcessorConfig, parseClipImageProcessorConfig, pixelsToRgb,
-  type ClipImageProcessorConfig, type PixelValues,
+  clipPreprocess,
+  loadClipImageProcessorConfig,
+  parseClipImageProcessorConfig,
+  pixelsToRgb,
+  type ClipImageProcessorConfig,
+  type PixelValues,
 } from './image-processor.js';
 
 /**
@@ -56,16 +60,22 @@ export async function decodeImage(input: string | Uint8Array, name?: string, lim
     }
   } else {
     bytes = input;
-    if (bytes.length > lim.maxBytes) throw new ImageError(`${label}: the image has ${bytes.length} bytes, more than the ${lim.maxBytes} allowed (the image limit maxBytes; --max-image-bytes)`);
+    if (bytes.length > lim.maxBytes)
+      throw new ImageError(
+        `${label}: the image has ${bytes.length} bytes, more than the ${lim.maxBytes} allowed (the image limit maxBytes; --max-image-bytes)`,
+      );
   }
   if (bytes.length === 0) throw new ImageError(`${label}: cannot decode an image from empty input`);
 
   let img: RgbImage;
   try {
     const meta = await sharp(bytes, { ...SHARP_INPUT, limitInputPixels: false }).metadata();
-    const w = meta.width ?? 0, h = meta.height ?? 0;
+    const w = meta.width ?? 0,
+      h = meta.height ?? 0;
     if (w * h > lim.maxPixels) {
-      throw new ImageError(`the image is ${w}×${h} = ${pixels(w * h)}, more than the ${pixels(lim.maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`);
+      throw new ImageError(
+        `the image is ${w}×${h} = ${pixels(w * h)}, more than the ${pixels(lim.maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`,
+      );
     }
     if (meta.space === 'cmyk') img = await decodeCmyk(bytes);
     else if (meta.depth === 'ushort' && meta.channels === 1) img = await decodeGrey16(bytes);
@@ -80,7 +90,14 @@ export async function decodeImage(input: string | Uint8Array, name?: string, lim
 
 /** libvips' multi-line, often repetitive messages as one line of distinct parts. */
 function oneLine(message: string): string {
-  return [...new Set(message.split('\n').map((l) => l.trim()).filter((l) => l !== ''))].join('; ');
+  return [
+    ...new Set(
+      message
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l !== ''),
+    ),
+  ].join('; ');
 }
 
 /** Pixels as a sharp pipeline outputs them: interleaved, `channels` samples per pixel. */
@@ -131,9 +148,7 @@ async function decodeGrey16(bytes: Uint8Array): Promise<RgbImage> {
 
 /** CMYK the way Pillow's `cmyk2rgb` converts it: each of R, G, B is `(255 - k) - MULDIV255(c, 255 - k)`. */
 async function decodeCmyk(bytes: Uint8Array): Promise<RgbImage> {
-  const { data, width, height, channels } = await raw(
-    sharp(bytes, SHARP_INPUT).pipelineColourspace('cmyk').toColourspace('cmyk'),
-  );
+  const { data, width, height, channels } = await raw(sharp(bytes, SHARP_INPUT).pipelineColourspace('cmyk').toColourspace('cmyk'));
   if (channels < 4) throw new ImageError(`CMYK image decoded to ${channels} channels`);
   const n = width * height;
   const out = new Uint8Array(n * 3);

@@ -23,7 +23,7 @@ export function expandImageTokens(text: string, imageToken: string, countPerImag
   if (placeholders !== countPerImage.length) {
     throw new PromptError(
       `the prompt has ${placeholders} ${JSON.stringify(imageToken)} placeholder${placeholders === 1 ? '' : 's'} ` +
-      `but ${countPerImage.length} image${countPerImage.length === 1 ? ' was' : 's were'} given`,
+        `but ${countPerImage.length} image${countPerImage.length === 1 ? ' was' : 's were'} given`,
     );
   }
   let out = pieces[0];

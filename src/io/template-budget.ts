@@ -7,9 +7,17 @@ import * as jinja from '@huggingface/jinja';
 
 // The package's declarations import their own modules without extensions, which NodeNext resolution
 // does not follow; these are the parts of its runtime used here.
-interface JinjaValue { type: string; value: unknown }
-interface JinjaEnvironment { set(name: string, value: unknown): unknown }
-interface JinjaInterpreter { run(program: unknown): JinjaValue; evaluate(statement: unknown, environment: JinjaEnvironment): JinjaValue }
+interface JinjaValue {
+  type: string;
+  value: unknown;
+}
+interface JinjaEnvironment {
+  set(name: string, value: unknown): unknown;
+}
+interface JinjaInterpreter {
+  run(program: unknown): JinjaValue;
+  evaluate(statement: unknown, environment: JinjaEnvironment): JinjaValue;
+}
 const Interpreter = jinja.Interpreter as unknown as new (env: JinjaEnvironment) => JinjaInterpreter;
 const Environment = jinja.Environment as unknown as new () => JinjaEnvironment;
 
@@ -37,21 +45,36 @@ export function strftime(date: Date, format: string): string {
   const pad = (n: number, w = 2) => String(n).padStart(w, '0');
   return format.replace(/%[aAbBdHIjmMpSyY%]/g, (t) => {
     switch (t) {
-      case '%a': return DAYS[date.getDay()].slice(0, 3);
-      case '%A': return DAYS[date.getDay()];
-      case '%b': return MONTHS[date.getMonth()].slice(0, 3);
-      case '%B': return MONTHS[date.getMonth()];
-      case '%d': return pad(date.getDate());
-      case '%H': return pad(date.getHours());
-      case '%I': return pad(((date.getHours() + 11) % 12) + 1);
-      case '%j': return pad(Math.floor((Date.UTC(date.getFullYear(), date.getMonth(), date.getDate()) - Date.UTC(date.getFullYear(), 0, 1)) / 86_400_000) + 1, 3);
-      case '%m': return pad(date.getMonth() + 1);
-      case '%M': return pad(date.getMinutes());
-      case '%p': return date.getHours() < 12 ? 'AM' : 'PM';
-      case '%S': return pad(date.getSeconds());
-      case '%y': return pad(date.getFullYear() % 100);
-      case '%Y': return String(date.getFullYear());
-      default: return '%';
+      case '%a':
+        return DAYS[date.getDay()].slice(0, 3);
+      case '%A':
+        return DAYS[date.getDay()];
+      case '%b':
+        return MONTHS[date.getMonth()].slice(0, 3);
+      case '%B':
+        return MONTHS[date.getMonth()];
+      case '%d':
+        return pad(date.getDate());
+      case '%H':
+        return pad(date.getHours());
+      case '%I':
+        return pad(((date.getHours() + 11) % 12) + 1);
+      case '%j':
+        return pad(Math.floor((Date.UTC(date.getFullYear(), date.getMonth(), date.getDate()) - Date.UTC(date.getFullYear(), 0, 1)) / 86_400_000) + 1, 3);
+      case '%m':
+        return pad(date.getMonth() + 1);
+      case '%M':
+        return pad(date.getMinutes());
+      case '%p':
+        return date.getHours() < 12 ? 'AM' : 'PM';
+      case '%S':
+        return pad(date.getSeconds());
+      case '%y':
+        return pad(date.getFullYear() % 100);
+      case '%Y':
+        return String(date.getFullYear());
+      default:
+        return '%';
     }
   });
 }
@@ -61,7 +84,10 @@ class BudgetedInterpreter extends Interpreter {
   private depth = 0;
   private readonly deadline: number;
 
-  constructor(env: JinjaEnvironment, private readonly budget: TemplateBudget) {
+  constructor(
+    env: JinjaEnvironment,
+    private readonly budget: TemplateBudget,
+  ) {
     super(env);
     this.deadline = performance.now() + budget.timeMs;
   }
@@ -94,10 +120,20 @@ class BudgetedInterpreter extends Interpreter {
 /** The globals of a template: as @huggingface/jinja sets them, with a bounded range() and strftime_now in the C locale. */
 function globals(budget: TemplateBudget): Record<string, unknown> {
   return {
-    true: true, false: false, none: null, True: true, False: false, None: null,
-    raise_exception: (message: unknown) => { throw new Error(String(message)); },
+    true: true,
+    false: false,
+    none: null,
+    True: true,
+    False: false,
+    None: null,
+    raise_exception: (message: unknown) => {
+      throw new Error(String(message));
+    },
     range: (start: number, stop?: number, step = 1) => {
-      if (stop === undefined) { stop = start; start = 0; }
+      if (stop === undefined) {
+        stop = start;
+        start = 0;
+      }
       if (![start, stop, step].every((x) => Number.isInteger(x))) throw new Error('range() takes integers');
       if (step === 0) throw new Error('range() step must not be zero');
       const n = Math.max(0, Math.ceil((stop - start) / step));
@@ -120,9 +156,11 @@ export function renderWithBudget(program: unknown, variables: Record<string, unk
     return String(new BudgetedInterpreter(env, budget).run(program).value);
   } catch (e) {
     if (e instanceof RangeError) {
-      throw new TemplateBudgetError(/call stack/i.test(e.message)
-        ? 'evaluation nested too deeply (a macro that calls itself without end?)'
-        : 'a value grew past what the renderer can hold');
+      throw new TemplateBudgetError(
+        /call stack/i.test(e.message)
+          ? 'evaluation nested too deeply (a macro that calls itself without end?)'
+          : 'a value grew past what the renderer can hold',
+      );
     }
     throw e;
   }

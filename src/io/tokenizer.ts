@@ -67,9 +67,7 @@ type Json = Record<string, unknown>;
 /** The `model.type`s of the tokenizers library. */
 const TOKENIZER_MODELS = ['BPE', 'WordPiece', 'WordLevel', 'Unigram'];
 
-const SPECIAL_TOKEN_KEYS = [
-  'bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token',
-] as const;
+const SPECIAL_TOKEN_KEYS = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'] as const;
 
 /** The text of a special-token setting: a string, or an AddedToken-like `{ content }` object. */
 export function tokenContent(v: unknown): string | undefined {
@@ -106,7 +104,12 @@ export function readGenerationEos(dir: string): number[] | undefined {
   const ok = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
   if (ok(v)) return [v];
   if (Array.isArray(v) && v.every(ok)) return v;
-  const found = typeof v === 'string' ? `the string ${JSON.stringify(v.slice(0, 40))}` : Array.isArray(v) ? `the list ${JSON.stringify(v).slice(0, 60)}` : `${typeof v} ${JSON.stringify(v)?.slice(0, 40)}`;
+  const found =
+    typeof v === 'string'
+      ? `the string ${JSON.stringify(v.slice(0, 40))}`
+      : Array.isArray(v)
+        ? `the list ${JSON.stringify(v).slice(0, 60)}`
+        : `${typeof v} ${JSON.stringify(v)?.slice(0, 40)}`;
   throw new TokenizerError(`${file}: eos_token_id: expected a token id (a non-negative integer) or a list of them, found ${found}`);
 }
 
@@ -136,9 +139,7 @@ export class TextTokenizer {
   private readonly eosFix: -1 | 0 | 1;
   private readonly eosTokenId: number | undefined;
 
-  private constructor(
-    tok: Tokenizer, config: Json, specialTokens: Record<string, string | string[]>, extraEos: number[], source: string,
-  ) {
+  private constructor(tok: Tokenizer, config: Json, specialTokens: Record<string, string | string[]>, extraEos: number[], source: string) {
     this.tok = tok;
     this.specialTokens = specialTokens;
     this.cleanUpSpaces = config.clean_up_tokenization_spaces === true;
@@ -175,8 +176,7 @@ export class TextTokenizer {
       throw new TokenizerError(`${source}: the tokenizer cannot encode: ${(e as Error).message}`);
     }
     const ppBos = this.bosTokenId !== undefined && probe.length > 0 && probe[0] === this.bosTokenId;
-    const ppEos = this.eosTokenId !== undefined && probe.length > 0 && probe[probe.length - 1] === this.eosTokenId &&
-      !(ppBos && probe.length === 1);
+    const ppEos = this.eosTokenId !== undefined && probe.length > 0 && probe[probe.length - 1] === this.eosTokenId && !(ppBos && probe.length === 1);
     const wantBos = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : ppBos;
     const wantEos = typeof config.add_eos_token === 'boolean' ? config.add_eos_token : ppEos;
     this.bosFix = wantBos === ppBos || this.bosTokenId === undefined ? 0 : wantBos ? 1 : -1;
@@ -248,7 +248,12 @@ export class TextTokenizer {
         }
         if (haveIds.has(id)) continue;
         added.push({
-          id, content, single_word: false, lstrip: false, rstrip: false, normalized: false,
+          id,
+          content,
+          single_word: false,
+          lstrip: false,
+          rstrip: false,
+          normalized: false,
           special: specialStrings.has(content),
         });
       }
@@ -262,7 +267,7 @@ export class TextTokenizer {
       throw new TokenizerError(`${tokenizerFile}: unsupported or invalid tokenizer: ${(e as Error).message}`);
     }
 
-    const genEos = options.readGenerationConfig ?? true ? readGenerationEos(dir) : undefined;
+    const genEos = (options.readGenerationConfig ?? true) ? readGenerationEos(dir) : undefined;
     const extra = mergeEosTokenIds(genEos, options.extraEosTokenIds);
     return new TextTokenizer(tok, config, special, extra, tokenizerFile);
   }
@@ -343,8 +348,12 @@ export class TextTokenizer {
         return emit(false);
       },
       flush: (): string => (readOffset < ids.length ? emit(true) : ''),
-      get ids() { return ids; },
-      get text() { return text; },
+      get ids() {
+        return ids;
+      },
+      get text() {
+        return text;
+      },
     };
   }
 }

@@ -3,15 +3,30 @@
 // real load (every tensor's name, shape and dtype against the config, the memory places the layers
 // take) without reading a weight byte or computing anything: `inspect` uses it.
 import {
-  AttentionOptions, EmbeddingTable, IntVector, KVCache, KernelBackend, KeyScoreOptions, LinearWeight, Matrix, ParamVector,
-  RopeTable, WEIGHT_DTYPE_BYTES, WeightDType,
+  AttentionOptions,
+  EmbeddingTable,
+  IntVector,
+  KVCache,
+  KernelBackend,
+  KeyScoreOptions,
+  LinearWeight,
+  Matrix,
+  ParamVector,
+  RopeTable,
+  WEIGHT_DTYPE_BYTES,
+  WeightDType,
 } from './backend.js';
 
 /** What a meta backend is asked to compute (it cannot). */
 export class MetaBackendError extends Error {}
 
 class MetaMatrix implements Matrix {
-  constructor(readonly place: number, readonly rows: number, readonly cols: number, readonly ld: number) {}
+  constructor(
+    readonly place: number,
+    readonly rows: number,
+    readonly cols: number,
+    readonly ld: number,
+  ) {}
   view(r0: number, n: number, c0 = 0, nc = this.cols - c0): Matrix {
     if (r0 < 0 || n < 0 || r0 + n > this.rows || c0 < 0 || nc < 0 || c0 + nc > this.cols) {
       throw new MetaBackendError(`view rows [${r0}, ${r0 + n}) cols [${c0}, ${c0 + nc}) is outside a ${this.rows}x${this.cols} matrix`);
@@ -29,11 +44,21 @@ export class MetaBackend implements KernelBackend {
   private readonly sizes = new WeakMap<object, Sized>();
 
   /** The limits of the backend it stands for (default: the wasm backend's 4 GiB places and head dim 256). */
-  constructor(readonly placeCapacity = 2 ** 32, readonly maxHeadDim = 256) {}
+  constructor(
+    readonly placeCapacity = 2 ** 32,
+    readonly maxHeadDim = 256,
+  ) {}
 
-  get places(): number { return this.used.length; }
-  async addPlace(): Promise<number> { this.used.push(0); return this.used.length - 1; }
-  placeUsage(place: number): number { return this.used[place] ?? 0; }
+  get places(): number {
+    return this.used.length;
+  }
+  async addPlace(): Promise<number> {
+    this.used.push(0);
+    return this.used.length - 1;
+  }
+  placeUsage(place: number): number {
+    return this.used[place] ?? 0;
+  }
   async close(): Promise<void> {}
 
   private take<T extends object>(h: T, bytes: number, place: number): T {
@@ -43,16 +68,27 @@ export class MetaBackend implements KernelBackend {
     return h;
   }
 
-  matrix(rows: number, cols: number, place = 0): Matrix { return this.take(new MetaMatrix(place, rows, cols, cols), rows * cols * 4, place); }
-  ints(length: number, place = 0): IntVector { return this.take({ length }, length * 4, place); }
+  matrix(rows: number, cols: number, place = 0): Matrix {
+    return this.take(new MetaMatrix(place, rows, cols, cols), rows * cols * 4, place);
+  }
+  ints(length: number, place = 0): IntVector {
+    return this.take({ length }, length * 4, place);
+  }
   write(): void {}
-  read(m: Matrix, out?: Float32Array): Float32Array { return out ?? new Float32Array(m.rows * m.cols); }
+  read(m: Matrix, out?: Float32Array): Float32Array {
+    return out ?? new Float32Array(m.rows * m.cols);
+  }
   writeInts(): void {}
-  readInts(v: IntVector): Int32Array { return new Int32Array(v.length); }
+  readInts(v: IntVector): Int32Array {
+    return new Int32Array(v.length);
+  }
   copy(): void {}
   free(x: object): void {
     const s = this.sizes.get(x);
-    if (s) { this.used[s.place] -= s.bytes; this.sizes.delete(x); }
+    if (s) {
+      this.used[s.place] -= s.bytes;
+      this.sizes.delete(x);
+    }
   }
 
   linear(outFeatures: number, inFeatures: number, dtype: WeightDType, _fill: (dest: Uint8Array) => void, place = 0): LinearWeight {
@@ -62,7 +98,9 @@ export class MetaBackend implements KernelBackend {
   embedding(rows: number, dim: number, dtype: WeightDType, _fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
     return this.take({ rows, dim, dtype }, rows * dim * WEIGHT_DTYPE_BYTES[dtype], place);
   }
-  params(data: Float32Array, place = 0): ParamVector { return this.take({ length: data.length }, data.length * 4, place); }
+  params(data: Float32Array, place = 0): ParamVector {
+    return this.take({ length: data.length }, data.length * 4, place);
+  }
   ropeTable(rotaryDim: number, _theta: number, maxPositions: number, place = 0): RopeTable {
     return this.take({ rotaryDim, maxPositions }, maxPositions * rotaryDim * 4, place);
   }
@@ -75,21 +113,55 @@ export class MetaBackend implements KernelBackend {
   private compute(op: string): never {
     throw new MetaBackendError(`${op}: the meta backend describes shapes and holds no data; it cannot compute`);
   }
-  matmul(): void { this.compute('matmul'); }
-  embed(): void { this.compute('embed'); }
-  embedFromLinear(): void { this.compute('embedFromLinear'); }
-  rmsNorm(): void { this.compute('rmsNorm'); }
-  addRmsNorm(): void { this.compute('addRmsNorm'); }
-  layerNorm(): void { this.compute('layerNorm'); }
-  activation(): void { this.compute('activation'); }
-  gatedActivation(): void { this.compute('gatedActivation'); }
-  add(): void { this.compute('add'); }
-  mul(): void { this.compute('mul'); }
-  softmax(): void { this.compute('softmax'); }
-  rope(): void { this.compute('rope'); }
-  kvWrite(): void { this.compute('kvWrite'); }
-  attention(_out: Matrix, _q: Matrix, _cache: KVCache, _layer: number, _opts: AttentionOptions): void { this.compute('attention'); }
-  keyScores(_out: Matrix, _q: Matrix, _cache: KVCache, _layer: number, _opts: KeyScoreOptions): void { this.compute('keyScores'); }
-  pageBounds(): void { this.compute('pageBounds'); }
-  pageScores(): void { this.compute('pageScores'); }
+  matmul(): void {
+    this.compute('matmul');
+  }
+  embed(): void {
+    this.compute('embed');
+  }
+  embedFromLinear(): void {
+    this.compute('embedFromLinear');
+  }
+  rmsNorm(): void {
+    this.compute('rmsNorm');
+  }
+  addRmsNorm(): void {
+    this.compute('addRmsNorm');
+  }
+  layerNorm(): void {
+    this.compute('layerNorm');
+  }
+  activation(): void {
+    this.compute('activation');
+  }
+  gatedActivation(): void {
+    this.compute('gatedActivation');
+  }
+  add(): void {
+    this.compute('add');
+  }
+  mul(): void {
+    this.compute('mul');
+  }
+  softmax(): void {
+    this.compute('softmax');
+  }
+  rope(): void {
+    this.compute('rope');
+  }
+  kvWrite(): void {
+    this.compute('kvWrite');
+  }
+  attention(_out: Matrix, _q: Matrix, _cache: KVCache, _layer: number, _opts: AttentionOptions): void {
+    this.compute('attention');
+  }
+  keyScores(_out: Matrix, _q: Matrix, _cache: KVCache, _layer: number, _opts: KeyScoreOptions): void {
+    this.compute('keyScores');
+  }
+  pageBounds(): void {
+    this.compute('pageBounds');
+  }
+  pageScores(): void {
+    this.compute('pageScores');
+  }
 }

@@ -6,8 +6,19 @@ import { hardwareThreads } from '../runtime/platform.js';
 import { OptionError } from '../base/errors.js';
 import { ThreadPool } from '../runtime/pool.js';
 import {
-  Activation, AttentionOptions, KeyScoreOptions, EmbeddingTable, IntVector, KVCache, KernelBackend, LinearWeight, Matrix,
-  ParamVector, RopeTable, WEIGHT_DTYPE_BYTES, WeightDType,
+  Activation,
+  AttentionOptions,
+  KeyScoreOptions,
+  EmbeddingTable,
+  IntVector,
+  KVCache,
+  KernelBackend,
+  LinearWeight,
+  Matrix,
+  ParamVector,
+  RopeTable,
+  WEIGHT_DTYPE_BYTES,
+  WeightDType,
 } from './backend.js';
 
 const DTYPE_CODE: Record<WeightDType, number> = { f32: 0, f16: 1, bf16: 2 };
@@ -17,8 +28,17 @@ const MAX_HEAD_DIM = 256;
 export class BackendError extends Error {}
 
 class WMatrix implements Matrix {
-  constructor(readonly arena: Arena, readonly ptr: number, readonly rows: number, readonly cols: number, readonly ld: number, readonly owned: boolean) {}
-  get place(): number { return this.arena.id; }
+  constructor(
+    readonly arena: Arena,
+    readonly ptr: number,
+    readonly rows: number,
+    readonly cols: number,
+    readonly ld: number,
+    readonly owned: boolean,
+  ) {}
+  get place(): number {
+    return this.arena.id;
+  }
   view(r0: number, n: number, c0 = 0, nc = this.cols - c0): Matrix {
     if (r0 < 0 || n < 0 || r0 + n > this.rows || c0 < 0 || nc < 0 || c0 + nc > this.cols) {
       throw new BackendError(`view rows [${r0}, ${r0 + n}) cols [${c0}, ${c0 + nc}) is outside a ${this.rows}x${this.cols} matrix`);
@@ -27,19 +47,46 @@ class WMatrix implements Matrix {
   }
 }
 class WInts implements IntVector {
-  constructor(readonly arena: Arena, readonly ptr: number, readonly length: number) {}
+  constructor(
+    readonly arena: Arena,
+    readonly ptr: number,
+    readonly length: number,
+  ) {}
 }
 class WLinear implements LinearWeight {
-  constructor(readonly arena: Arena, readonly ptr: number, readonly outFeatures: number, readonly inFeatures: number, readonly dtype: WeightDType, readonly byteLength: number) {}
+  constructor(
+    readonly arena: Arena,
+    readonly ptr: number,
+    readonly outFeatures: number,
+    readonly inFeatures: number,
+    readonly dtype: WeightDType,
+    readonly byteLength: number,
+  ) {}
 }
 class WEmbedding implements EmbeddingTable {
-  constructor(readonly arena: Arena, readonly ptr: number, readonly rows: number, readonly dim: number, readonly dtype: WeightDType) {}
+  constructor(
+    readonly arena: Arena,
+    readonly ptr: number,
+    readonly rows: number,
+    readonly dim: number,
+    readonly dtype: WeightDType,
+  ) {}
 }
 class WParams implements ParamVector {
-  constructor(readonly arena: Arena, readonly ptr: number, readonly length: number) {}
+  constructor(
+    readonly arena: Arena,
+    readonly ptr: number,
+    readonly length: number,
+  ) {}
 }
 class WRope implements RopeTable {
-  constructor(readonly arena: Arena, readonly cosPtr: number, readonly sinPtr: number, readonly rotaryDim: number, readonly maxPositions: number) {}
+  constructor(
+    readonly arena: Arena,
+    readonly cosPtr: number,
+    readonly sinPtr: number,
+    readonly rotaryDim: number,
+    readonly maxPositions: number,
+  ) {}
 }
 class WKVCache implements KVCache {
   length = 0;
@@ -48,11 +95,20 @@ class WKVCache implements KVCache {
   /** Per layer: page table (u32 block pointers) and its capacity in entries. */
   pageTables: number[];
   pageCapacity = 0;
-  constructor(readonly arena: Arena, readonly layers: number, readonly kvHeads: number, readonly headDim: number, readonly blockSize: number, readonly logB: number) {
+  constructor(
+    readonly arena: Arena,
+    readonly layers: number,
+    readonly kvHeads: number,
+    readonly headDim: number,
+    readonly blockSize: number,
+    readonly logB: number,
+  ) {
     this.blocks = Array.from({ length: layers }, () => []);
     this.pageTables = new Array<number>(layers).fill(0);
   }
-  get blockBytes(): number { return 2 * this.kvHeads * this.blockSize * this.headDim * 4; }
+  get blockBytes(): number {
+    return 2 * this.kvHeads * this.blockSize * this.headDim * 4;
+  }
 }
 
 export interface WasmBackendOptions {
@@ -69,7 +125,8 @@ export interface WasmBackendOptions {
 export function checkThreads(threads: number | undefined): number {
   const cores = hardwareThreads();
   if (threads === undefined) return cores;
-  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1) throw new OptionError(`threads must be an integer >= 1, got ${String(threads)}`);
+  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1)
+    throw new OptionError(`threads must be an integer >= 1, got ${String(threads)}`);
   return Math.min(threads, cores);
 }
 
@@ -79,7 +136,10 @@ export class WasmBackend implements KernelBackend {
   private readonly scratch = new Map<Arena, number>();
   private readonly workspaces = new Map<Arena, Map<string, { ptr: number; size: number }>>();
 
-  private constructor(readonly kernels: KernelModule, readonly pool: ThreadPool) {
+  private constructor(
+    readonly kernels: KernelModule,
+    readonly pool: ThreadPool,
+  ) {
     this.name = `wasm-${kernels.level}`;
   }
 
@@ -92,12 +152,20 @@ export class WasmBackend implements KernelBackend {
     return b;
   }
 
-  get threads(): number { return this.pool.threads; }
+  get threads(): number {
+    return this.pool.threads;
+  }
   /** Parallel calls so far in which a descheduled worker held the caller up (see ThreadPool). */
-  get stalls(): number { return this.pool.stalls; }
-  get simdLevel(): SimdLevel { return this.kernels.level; }
+  get stalls(): number {
+    return this.pool.stalls;
+  }
+  get simdLevel(): SimdLevel {
+    return this.kernels.level;
+  }
   /** Number of memory regions (arenas); `place` arguments index them. */
-  get places(): number { return this.arenas.length; }
+  get places(): number {
+    return this.arenas.length;
+  }
 
   /** Adds an arena (a new 4 GiB address space) and returns its place index. */
   async addPlace(): Promise<number> {
@@ -109,16 +177,24 @@ export class WasmBackend implements KernelBackend {
     return arena.id;
   }
 
-  placeUsage(place: number): number { return this.arena(place).usedBytes; }
-  get placeCapacity(): number { return MAX_ARENA_BYTES; }
-  get maxHeadDim(): number { return MAX_HEAD_DIM; }
+  placeUsage(place: number): number {
+    return this.arena(place).usedBytes;
+  }
+  get placeCapacity(): number {
+    return MAX_ARENA_BYTES;
+  }
+  get maxHeadDim(): number {
+    return MAX_HEAD_DIM;
+  }
 
   /** Bytes allocated in each arena. */
   memoryUsage(): { place: number; usedBytes: number; committedBytes: number }[] {
     return this.arenas.map((a) => ({ place: a.id, usedBytes: a.usedBytes, committedBytes: a.committedBytes }));
   }
 
-  async close(): Promise<void> { await this.pool.close(); }
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
 
   // ---- machine probes (for benchmarks: the limits each figure is compared with) -------------------
 
@@ -145,7 +221,8 @@ export class WasmBackend implements KernelBackend {
   /** f32 SIMD multiply-add throughput on all threads (register-only chains), GFLOPS (best of reps). */
   probePeakFlops(reps = 5): number {
     const a = this.arena(0);
-    const units = this.threads * 8, iters = 200_000;
+    const units = this.threads * 8,
+      iters = 200_000;
     let best = Infinity;
     for (let r = 0; r < reps; r++) {
       const t0 = performance.now();
@@ -189,8 +266,12 @@ export class WasmBackend implements KernelBackend {
   write(m: Matrix, data: Float32Array): void {
     const x = asMatrix(m);
     if (data.length !== x.rows * x.cols) throw new BackendError(`write: ${data.length} values for a ${x.rows}x${x.cols} matrix`);
-    const f = x.arena.f32, base = x.ptr / 4;
-    if (x.ld === x.cols) { f.set(data, base); return; }
+    const f = x.arena.f32,
+      base = x.ptr / 4;
+    if (x.ld === x.cols) {
+      f.set(data, base);
+      return;
+    }
     for (let r = 0; r < x.rows; r++) f.set(data.subarray(r * x.cols, (r + 1) * x.cols), base + r * x.ld);
   }
 
@@ -198,7 +279,8 @@ export class WasmBackend implements KernelBackend {
     const x = asMatrix(m);
     if (into && into.length !== x.rows * x.cols) throw new BackendError(`read: ${into.length} values for a ${x.rows}x${x.cols} matrix`);
     const out = into ?? new Float32Array(x.rows * x.cols);
-    const f = x.arena.f32, base = x.ptr / 4;
+    const f = x.arena.f32,
+      base = x.ptr / 4;
     for (let r = 0; r < x.rows; r++) out.set(f.subarray(base + r * x.ld, base + r * x.ld + x.cols), r * x.cols);
     return out;
   }
@@ -215,10 +297,12 @@ export class WasmBackend implements KernelBackend {
   }
 
   copy(dst: Matrix, src: Matrix): void {
-    const d = asMatrix(dst), s = asMatrix(src);
+    const d = asMatrix(dst),
+      s = asMatrix(src);
     if (d.rows !== s.rows || d.cols !== s.cols) throw new BackendError(`copy: ${s.rows}x${s.cols} into ${d.rows}x${d.cols}`);
     // Row by row between the memories' views (the same or two places): no intermediate array.
-    const from = s.arena.f32, to = d.arena.f32;
+    const from = s.arena.f32,
+      to = d.arena.f32;
     if (from === to && d.ld === d.cols && s.ld === s.cols) {
       to.copyWithin(d.ptr / 4, s.ptr / 4, s.ptr / 4 + s.rows * s.cols);
       return;
@@ -283,7 +367,12 @@ export class WasmBackend implements KernelBackend {
     const a = this.arena(place);
     const bytes = rows * dim * WEIGHT_DTYPE_BYTES[dtype];
     const ptr = a.alloc(bytes);
-    try { fill(a.u8At(ptr, bytes)); } catch (e) { a.release(ptr); throw e; }
+    try {
+      fill(a.u8At(ptr, bytes));
+    } catch (e) {
+      a.release(ptr);
+      throw e;
+    }
     return new WEmbedding(a, ptr, rows, dim, dtype);
   }
 
@@ -303,7 +392,8 @@ export class WasmBackend implements KernelBackend {
     checkDims('ropeTable', maxPositions, rotaryDim);
     const a = this.arena(place);
     const half = rotaryDim / 2;
-    const cosPtr = a.alloc(maxPositions * half * 4), sinPtr = a.alloc(maxPositions * half * 4);
+    const cosPtr = a.alloc(maxPositions * half * 4),
+      sinPtr = a.alloc(maxPositions * half * 4);
     const f = a.f32;
     const inv = new Float32Array(half);
     for (let i = 0; i < half; i++) inv[i] = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / rotaryDim))));
@@ -333,13 +423,17 @@ export class WasmBackend implements KernelBackend {
   }
 
   matmul(out: Matrix, x: Matrix, w: LinearWeight, bias?: ParamVector): void {
-    const o = asMatrix(out), a = asMatrix(x), W = asLinear(w);
+    const o = asMatrix(out),
+      a = asMatrix(x),
+      W = asLinear(w);
     const b = bias ? asParams(bias) : null;
     sameArena('matmul', o.arena, a.arena, W.arena, b?.arena);
     if (a.cols !== W.inFeatures) throw new BackendError(`matmul: input has ${a.cols} columns, weight expects ${W.inFeatures}`);
     if (o.rows !== a.rows || o.cols !== W.outFeatures) throw new BackendError(`matmul: output is ${o.rows}x${o.cols}, expected ${a.rows}x${W.outFeatures}`);
     if (b && b.length !== W.outFeatures) throw new BackendError(`matmul: bias has ${b.length} values, expected ${W.outFeatures}`);
-    const M = a.rows, K = W.inFeatures, N = W.outFeatures;
+    const M = a.rows,
+      K = W.inFeatures,
+      N = W.outFeatures;
     const panels = Math.ceil(N / 8);
     const arena = a.arena;
     if (M === 1) {
@@ -353,7 +447,9 @@ export class WasmBackend implements KernelBackend {
   }
 
   embed(out: Matrix, table: EmbeddingTable, ids: IntVector): void {
-    const o = asMatrix(out), t = table as WEmbedding, v = asInts(ids);
+    const o = asMatrix(out),
+      t = table as WEmbedding,
+      v = asInts(ids);
     if (!(t instanceof WEmbedding)) throw new BackendError('embed: not an embedding table of this backend');
     sameArena('embed', o.arena, t.arena, v.arena);
     if (o.rows !== v.length || o.cols !== t.dim) throw new BackendError(`embed: output ${o.rows}x${o.cols}, expected ${v.length}x${t.dim}`);
@@ -362,9 +458,12 @@ export class WasmBackend implements KernelBackend {
   }
 
   embedFromLinear(out: Matrix, w: LinearWeight, ids: IntVector): void {
-    const o = asMatrix(out), W = asLinear(w), v = asInts(ids);
+    const o = asMatrix(out),
+      W = asLinear(w),
+      v = asInts(ids);
     sameArena('embedFromLinear', o.arena, W.arena, v.arena);
-    if (o.rows !== v.length || o.cols !== W.inFeatures) throw new BackendError(`embedFromLinear: output ${o.rows}x${o.cols}, expected ${v.length}x${W.inFeatures}`);
+    if (o.rows !== v.length || o.cols !== W.inFeatures)
+      throw new BackendError(`embedFromLinear: output ${o.rows}x${o.cols}, expected ${v.length}x${W.inFeatures}`);
     this.checkIds(v, W.outFeatures, 'embedFromLinear');
     this.pool.run(o.arena, 'packed_rows', o.rows, this.grain(o.rows), [W.ptr, DTYPE_CODE[W.dtype], W.inFeatures, v.ptr, o.ptr, o.ld]);
   }
@@ -390,16 +489,20 @@ export class WasmBackend implements KernelBackend {
   }
 
   addRmsNorm(out: Matrix, x: Matrix, residual: Matrix, weight: ParamVector, eps: number): void {
-    const w = asParams(weight), xm = asMatrix(x), r = asMatrix(residual);
+    const w = asParams(weight),
+      xm = asMatrix(x),
+      r = asMatrix(residual);
     if (w.length !== xm.cols) throw new BackendError(`addRmsNorm: weight has ${w.length} values, rows have ${xm.cols}`);
     if (r.rows !== xm.rows || r.cols !== xm.cols) throw new BackendError(`addRmsNorm: residual ${r.rows}x${r.cols} differs from ${xm.rows}x${xm.cols}`);
     this.rowwise('addRmsNorm', asMatrix(out), xm, 'add_rms_norm', (o, a) => [a.ptr, a.ld, r.ptr, r.ld, o.ptr, o.ld, w.ptr, a.cols, eps], [w, r]);
   }
 
   layerNorm(out: Matrix, x: Matrix, weight: ParamVector, bias: ParamVector, eps: number): void {
-    const w = asParams(weight), b = asParams(bias);
+    const w = asParams(weight),
+      b = asParams(bias);
     const xm = asMatrix(x);
-    if (w.length !== xm.cols || b.length !== xm.cols) throw new BackendError(`layerNorm: weight/bias have ${w.length}/${b.length} values, rows have ${xm.cols}`);
+    if (w.length !== xm.cols || b.length !== xm.cols)
+      throw new BackendError(`layerNorm: weight/bias have ${w.length}/${b.length} values, rows have ${xm.cols}`);
     this.rowwise('layerNorm', asMatrix(out), xm, 'layer_norm', (o, a) => [a.ptr, a.ld, o.ptr, o.ld, w.ptr, b.ptr, a.cols, eps], [w, b]);
   }
 
@@ -410,25 +513,33 @@ export class WasmBackend implements KernelBackend {
 
   gatedActivation(out: Matrix, a: Matrix, b: Matrix, act: Activation): void {
     const code = actCode(act);
-    const bm = asMatrix(b), am = asMatrix(a);
+    const bm = asMatrix(b),
+      am = asMatrix(a);
     if (bm.rows !== am.rows || bm.cols !== am.cols) throw new BackendError(`gatedActivation: ${am.rows}x${am.cols} and ${bm.rows}x${bm.cols} differ`);
     this.rowwise('gatedActivation', asMatrix(out), am, 'gated_activation', (o, x) => [code, x.ptr, x.ld, bm.ptr, bm.ld, o.ptr, o.ld, x.cols], [bm]);
   }
 
   private binary(op: string, code: number, out: Matrix, a: Matrix, b: Matrix): void {
-    const bm = asMatrix(b), am = asMatrix(a);
+    const bm = asMatrix(b),
+      am = asMatrix(a);
     if (bm.rows !== am.rows || bm.cols !== am.cols) throw new BackendError(`${op}: ${am.rows}x${am.cols} and ${bm.rows}x${bm.cols} differ`);
     this.rowwise(op, asMatrix(out), am, 'binary', (o, x) => [code, x.ptr, x.ld, bm.ptr, bm.ld, o.ptr, o.ld, x.cols], [bm]);
   }
-  add(out: Matrix, a: Matrix, b: Matrix): void { this.binary('add', 0, out, a, b); }
-  mul(out: Matrix, a: Matrix, b: Matrix): void { this.binary('mul', 1, out, a, b); }
+  add(out: Matrix, a: Matrix, b: Matrix): void {
+    this.binary('add', 0, out, a, b);
+  }
+  mul(out: Matrix, a: Matrix, b: Matrix): void {
+    this.binary('mul', 1, out, a, b);
+  }
 
   softmax(out: Matrix, x: Matrix): void {
     this.rowwise('softmax', asMatrix(out), asMatrix(x), 'softmax', (o, a) => [a.ptr, a.ld, o.ptr, o.ld, a.cols]);
   }
 
   rope(x: Matrix, heads: number, headDim: number, positions: IntVector, table: RopeTable): void {
-    const m = asMatrix(x), p = asInts(positions), t = table as WRope;
+    const m = asMatrix(x),
+      p = asInts(positions),
+      t = table as WRope;
     if (!(t instanceof WRope)) throw new BackendError('rope: not a rope table of this backend');
     sameArena('rope', m.arena, p.arena, t.arena);
     if (m.cols !== heads * headDim) throw new BackendError(`rope: ${m.cols} columns, expected heads ${heads} x head dim ${headDim}`);
@@ -466,11 +577,14 @@ export class WasmBackend implements KernelBackend {
   }
 
   kvWrite(cache: KVCache, layer: number, k: Matrix, v: Matrix, slot0: number): void {
-    const c = asCache(cache), km = asMatrix(k), vm = asMatrix(v);
+    const c = asCache(cache),
+      km = asMatrix(k),
+      vm = asMatrix(v);
     sameArena('kvWrite', c.arena, km.arena, vm.arena);
     const width = c.kvHeads * c.headDim;
     if (layer < 0 || layer >= c.layers) throw new BackendError(`kvWrite: layer ${layer} outside [0, ${c.layers})`);
-    if (km.cols !== width || vm.cols !== width || km.rows !== vm.rows) throw new BackendError(`kvWrite: K ${km.rows}x${km.cols} / V ${vm.rows}x${vm.cols}, expected n x ${width}`);
+    if (km.cols !== width || vm.cols !== width || km.rows !== vm.rows)
+      throw new BackendError(`kvWrite: K ${km.rows}x${km.cols} / V ${vm.rows}x${vm.cols}, expected n x ${width}`);
     if (slot0 < 0) throw new BackendError(`kvWrite: slot ${slot0} is negative`);
     this.kvReserve(c, slot0 + km.rows);
     const table = c.pageTables[layer];
@@ -488,13 +602,16 @@ export class WasmBackend implements KernelBackend {
   }
 
   attention(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: AttentionOptions): void {
-    const o = asMatrix(out), qm = asMatrix(q), c = asCache(cache);
+    const o = asMatrix(out),
+      qm = asMatrix(q),
+      c = asCache(cache);
     const { heads, qSlot0, causal, scale, keys } = opts;
     const D = c.headDim;
     sameArena('attention', o.arena, qm.arena, c.arena);
     if (layer < 0 || layer >= c.layers) throw new BackendError(`attention: layer ${layer} outside [0, ${c.layers})`);
     if (heads % c.kvHeads !== 0) throw new BackendError(`attention: ${heads} query heads are not a multiple of ${c.kvHeads} KV heads`);
-    if (heads / c.kvHeads > this.kernels.maxGroup) throw new BackendError(`attention: group of ${heads / c.kvHeads} query heads per KV head exceeds ${this.kernels.maxGroup}`);
+    if (heads / c.kvHeads > this.kernels.maxGroup)
+      throw new BackendError(`attention: group of ${heads / c.kvHeads} query heads per KV head exceeds ${this.kernels.maxGroup}`);
     if (qm.cols !== heads * D || o.cols !== heads * D || o.rows !== qm.rows) {
       throw new BackendError(`attention: q ${qm.rows}x${qm.cols} / out ${o.rows}x${o.cols}, expected n x ${heads * D}`);
     }
@@ -508,11 +625,13 @@ export class WasmBackend implements KernelBackend {
       const idx = asInts(keys.indices);
       sameArena('attention', idx.arena, c.arena);
       const lists = keys.perKvHead ? c.kvHeads : 1;
-      const stride = keys.perKvHead ? keys.stride ?? keys.count : keys.count;
+      const stride = keys.perKvHead ? (keys.stride ?? keys.count) : keys.count;
       if (!Number.isInteger(stride) || stride < keys.count) throw new BackendError(`attention: key list stride ${stride} is less than the count ${keys.count}`);
       const need = lists === 1 ? keys.count : (lists - 1) * stride + keys.count;
       if (idx.length < need || (keys.stride === undefined && idx.length !== lists * keys.count)) {
-        throw new BackendError(`attention: ${idx.length} key indices, expected ${lists} x ${keys.count}${keys.stride !== undefined ? ` at stride ${stride}` : ''}`);
+        throw new BackendError(
+          `attention: ${idx.length} key indices, expected ${lists} x ${keys.count}${keys.stride !== undefined ? ` at stride ${stride}` : ''}`,
+        );
       }
       const iv = idx.arena.i32;
       for (let li = 0; li < lists; li++) {
@@ -530,79 +649,176 @@ export class WasmBackend implements KernelBackend {
       this.decode(o, qm, c, table, heads, keys.count, 0, 0, scale, scratch);
       return;
     }
-    let ml = 0, w: WMatrix | null = null, so: WMatrix | null = null;
+    let ml = 0,
+      w: WMatrix | null = null,
+      so: WMatrix | null = null;
     if (sal) {
-      w = asMatrix(sal.rowWeights); so = asMatrix(sal.out);
+      w = asMatrix(sal.rowWeights);
+      so = asMatrix(sal.out);
       sameArena('attention', w.arena, so.arena, c.arena);
       if (w.rows !== 1 || w.cols !== qm.rows) throw new BackendError(`attention: salience row weights are ${w.rows}x${w.cols}, expected 1x${qm.rows}`);
       if (so.rows !== 1 || so.cols !== keys.count) throw new BackendError(`attention: salience output is ${so.rows}x${so.cols}, expected 1x${keys.count}`);
       ml = this.workspace(c.arena, 'attnRowStats', heads * qm.rows * 8);
     }
     const units = heads * Math.ceil(qm.rows / this.kernels.prefillRowsPerUnit);
-    this.pool.run(c.arena, 'attn_prefill', units, this.grain(units, 16),
-      [qm.ptr, qm.ld, o.ptr, o.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, ml, scratch]);
+    this.pool.run(c.arena, 'attn_prefill', units, this.grain(units, 16), [
+      qm.ptr,
+      qm.ld,
+      o.ptr,
+      o.ld,
+      table,
+      c.logB,
+      c.kvHeads,
+      D,
+      heads,
+      qm.rows,
+      keys.count,
+      qSlot0,
+      causal ? 1 : 0,
+      scale,
+      ml,
+      scratch,
+    ]);
     if (w && so) {
       const ws = this.workspace(c.arena, 'attnColsum', heads * Math.max(1, keys.count) * 4);
-      this.pool.run(c.arena, 'attn_colsum', heads, 1,
-        [qm.ptr, qm.ld, table, c.logB, c.kvHeads, D, heads, qm.rows, keys.count, qSlot0, causal ? 1 : 0, scale, ml, w.ptr, ws]);
+      this.pool.run(c.arena, 'attn_colsum', heads, 1, [
+        qm.ptr,
+        qm.ld,
+        table,
+        c.logB,
+        c.kvHeads,
+        D,
+        heads,
+        qm.rows,
+        keys.count,
+        qSlot0,
+        causal ? 1 : 0,
+        scale,
+        ml,
+        w.ptr,
+        ws,
+      ]);
       this.pool.run(c.arena, 'attn_colsum_merge', keys.count, this.grain(keys.count, 2), [ws, so.ptr, heads, keys.count]);
     }
   }
 
   keyScores(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: KeyScoreOptions): void {
-    const o = asMatrix(out), qm = asMatrix(q), c = asCache(cache), keys = asInts(opts.keys);
+    const o = asMatrix(out),
+      qm = asMatrix(q),
+      c = asCache(cache),
+      keys = asInts(opts.keys);
     const { heads, scale } = opts;
-    const D = c.headDim, n = keys.length;
+    const D = c.headDim,
+      n = keys.length;
     sameArena('keyScores', o.arena, qm.arena, c.arena, keys.arena);
     if (layer < 0 || layer >= c.layers) throw new BackendError(`keyScores: layer ${layer} outside [0, ${c.layers})`);
     if (heads % c.kvHeads !== 0) throw new BackendError(`keyScores: ${heads} query heads are not a multiple of ${c.kvHeads} KV heads`);
     if (qm.cols !== heads * D) throw new BackendError(`keyScores: q is ${qm.rows}x${qm.cols}, expected n x ${heads * D}`);
-    if (o.rows !== c.kvHeads || o.cols !== n || o.ld !== n) throw new BackendError(`keyScores: out is ${o.rows}x${o.cols}, expected a whole ${c.kvHeads}x${n} matrix`);
+    if (o.rows !== c.kvHeads || o.cols !== n || o.ld !== n)
+      throw new BackendError(`keyScores: out is ${o.rows}x${o.cols}, expected a whole ${c.kvHeads}x${n} matrix`);
     if (n > this.kernels.maxScoredKeys) throw new BackendError(`keyScores: ${n} keys, at most ${this.kernels.maxScoredKeys} per call`);
     const iv = keys.arena.i32;
     for (let i = 0; i < n; i++) {
       const v = iv[keys.ptr / 4 + i];
       if (v < 0 || v >= c.length) throw new BackendError(`keyScores: key ${v} at ${i} is outside the cache [0, ${c.length})`);
     }
-    if (n === 0 || qm.rows === 0) { if (n > 0) o.arena.f32.fill(0, o.ptr / 4, o.ptr / 4 + c.kvHeads * n); return; }
-    this.pool.run(c.arena, 'attn_keyscore', c.kvHeads, 1,
-      [qm.ptr, qm.ld, qm.rows, c.pageTables[layer], c.logB, c.kvHeads, D, heads, keys.ptr, n, scale, o.ptr, this.scratch.get(c.arena)!]);
+    if (n === 0 || qm.rows === 0) {
+      if (n > 0) o.arena.f32.fill(0, o.ptr / 4, o.ptr / 4 + c.kvHeads * n);
+      return;
+    }
+    this.pool.run(c.arena, 'attn_keyscore', c.kvHeads, 1, [
+      qm.ptr,
+      qm.ld,
+      qm.rows,
+      c.pageTables[layer],
+      c.logB,
+      c.kvHeads,
+      D,
+      heads,
+      keys.ptr,
+      n,
+      scale,
+      o.ptr,
+      this.scratch.get(c.arena)!,
+    ]);
   }
 
   pageBounds(bounds: Matrix, cache: KVCache, layer: number, opts: { pageSize: number; page0: number; nPages: number }): void {
-    const b = asMatrix(bounds), c = asCache(cache);
+    const b = asMatrix(bounds),
+      c = asCache(cache);
     const { pageSize, page0, nPages } = opts;
     sameArena('pageBounds', b.arena, c.arena);
     if (layer < 0 || layer >= c.layers) throw new BackendError(`pageBounds: layer ${layer} outside [0, ${c.layers})`);
     checkDims('pageBounds', pageSize, page0, nPages);
     if (pageSize < 1) throw new BackendError('pageBounds: page size must be at least 1');
     const stride = b.rows / c.kvHeads;
-    if (!Number.isInteger(stride) || b.cols !== 2 * c.headDim || b.ld !== b.cols) throw new BackendError(`pageBounds: bounds are ${b.rows}x${b.cols}, expected a whole (${c.kvHeads} x pages) x ${2 * c.headDim} matrix`);
+    if (!Number.isInteger(stride) || b.cols !== 2 * c.headDim || b.ld !== b.cols)
+      throw new BackendError(`pageBounds: bounds are ${b.rows}x${b.cols}, expected a whole (${c.kvHeads} x pages) x ${2 * c.headDim} matrix`);
     if (page0 + nPages > stride) throw new BackendError(`pageBounds: pages up to ${page0 + nPages} but room for ${stride}`);
     if (nPages === 0) return;
-    this.pool.run(c.arena, 'kv_page_bounds', c.kvHeads * nPages, this.grain(c.kvHeads * nPages, 4),
-      [c.pageTables[layer], c.logB, c.kvHeads, c.headDim, pageSize, page0, nPages, c.length, stride, b.ptr]);
+    this.pool.run(c.arena, 'kv_page_bounds', c.kvHeads * nPages, this.grain(c.kvHeads * nPages, 4), [
+      c.pageTables[layer],
+      c.logB,
+      c.kvHeads,
+      c.headDim,
+      pageSize,
+      page0,
+      nPages,
+      c.length,
+      stride,
+      b.ptr,
+    ]);
   }
 
   pageScores(out: Matrix, q: Matrix, bounds: Matrix, opts: { heads: number; kvHeads: number; nPages: number }): void {
-    const o = asMatrix(out), qm = asMatrix(q), b = asMatrix(bounds);
+    const o = asMatrix(out),
+      qm = asMatrix(q),
+      b = asMatrix(bounds);
     const { heads, kvHeads, nPages } = opts;
     sameArena('pageScores', o.arena, qm.arena, b.arena);
     if (heads % kvHeads !== 0) throw new BackendError(`pageScores: ${heads} query heads are not a multiple of ${kvHeads} KV heads`);
-    const D = b.cols / 2, stride = b.rows / kvHeads;
+    const D = b.cols / 2,
+      stride = b.rows / kvHeads;
     if (qm.rows !== 1 || qm.cols !== heads * D) throw new BackendError(`pageScores: q is ${qm.rows}x${qm.cols}, expected 1x${heads * D}`);
-    if (o.rows !== kvHeads || o.cols !== nPages || o.ld !== nPages) throw new BackendError(`pageScores: out is ${o.rows}x${o.cols}, expected a whole ${kvHeads}x${nPages} matrix`);
-    if (!Number.isInteger(stride) || nPages > stride || b.ld !== b.cols) throw new BackendError(`pageScores: bounds are ${b.rows}x${b.cols}, not ${kvHeads} x at least ${nPages} pages`);
+    if (o.rows !== kvHeads || o.cols !== nPages || o.ld !== nPages)
+      throw new BackendError(`pageScores: out is ${o.rows}x${o.cols}, expected a whole ${kvHeads}x${nPages} matrix`);
+    if (!Number.isInteger(stride) || nPages > stride || b.ld !== b.cols)
+      throw new BackendError(`pageScores: bounds are ${b.rows}x${b.cols}, not ${kvHeads} x at least ${nPages} pages`);
     if (nPages === 0) return;
     this.pool.run(b.arena, 'quest_scores', kvHeads, 1, [qm.ptr, b.ptr, kvHeads, D, heads, nPages, stride, o.ptr]);
   }
 
-  private decode(o: WMatrix, q: WMatrix, c: WKVCache, table: number, heads: number, nKeys: number, idx: number, idxStride: number, scale: number, scratch: number): void {
+  private decode(
+    o: WMatrix,
+    q: WMatrix,
+    c: WKVCache,
+    table: number,
+    heads: number,
+    nKeys: number,
+    idx: number,
+    idxStride: number,
+    scale: number,
+    scratch: number,
+  ): void {
     const D = c.headDim;
     // Split the keys so that every thread has several units even with few KV heads.
     const nSplit = Math.max(1, Math.min(Math.ceil((this.threads * 4) / c.kvHeads), Math.ceil(nKeys / 256)));
     const ws = this.workspace(c.arena, 'attnDecode', heads * nSplit * (D + 2) * 4);
-    this.pool.run(c.arena, 'attn_decode', c.kvHeads * nSplit, 1, [q.ptr, ws, table, c.logB, c.kvHeads, D, heads, nKeys, idx, idxStride, nSplit, scale, scratch]);
+    this.pool.run(c.arena, 'attn_decode', c.kvHeads * nSplit, 1, [
+      q.ptr,
+      ws,
+      table,
+      c.logB,
+      c.kvHeads,
+      D,
+      heads,
+      nKeys,
+      idx,
+      idxStride,
+      nSplit,
+      scale,
+      scratch,
+    ]);
     this.pool.run(c.arena, 'attn_merge', heads, heads, [ws, o.ptr, D, nSplit]);
   }
 }

@@ -15,6 +15,7 @@ const KERNEL_ACTIVATION: Record<HfActivation, Activation> = {
 
 /** The kernel activation of a config's activation name (parseConfig has checked it is one of HF_ACTIVATIONS). */
 export function activationOf(name: string, field: string): Activation {
-  if (!Object.hasOwn(KERNEL_ACTIVATION, name)) throw new ConfigError(`${field}: activation "${name}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
+  if (!Object.hasOwn(KERNEL_ACTIVATION, name))
+    throw new ConfigError(`${field}: activation "${name}" is not supported (supported: ${HF_ACTIVATIONS.join(', ')})`);
   return KERNEL_ACTIVATION[name as HfActivation];
 }

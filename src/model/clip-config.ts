@@ -24,7 +24,8 @@ export function parseClipVision(f: Fields, inheritedDtype: string | undefined): 
   if (hiddenSize % numAttentionHeads !== 0) {
     throw f.error('hidden_size', `${hiddenSize} is not divisible by ${f.path('num_attention_heads')} (${numAttentionHeads})`);
   }
-  const imageSize = f.size('image_size'), patchSize = f.size('patch_size');
+  const imageSize = f.size('image_size'),
+    patchSize = f.size('patch_size');
   if (imageSize % patchSize !== 0) throw f.error('image_size', `${imageSize} is not a multiple of ${f.path('patch_size')} (${patchSize})`);
   return {
     modelType: 'clip_vision_model',

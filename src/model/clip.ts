@@ -9,12 +9,18 @@ import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
 
 interface ClipLayer {
-  ln1w: ParamVector; ln1b: ParamVector;
-  qkv: LinearWeight; qkvBias: ParamVector;
-  o: LinearWeight; oBias: ParamVector;
-  ln2w: ParamVector; ln2b: ParamVector;
-  fc1: LinearWeight; fc1Bias: ParamVector;
-  fc2: LinearWeight; fc2Bias: ParamVector;
+  ln1w: ParamVector;
+  ln1b: ParamVector;
+  qkv: LinearWeight;
+  qkvBias: ParamVector;
+  o: LinearWeight;
+  oBias: ParamVector;
+  ln2w: ParamVector;
+  ln2b: ParamVector;
+  fc1: LinearWeight;
+  fc1Bias: ParamVector;
+  fc2: LinearWeight;
+  fc2Bias: ParamVector;
 }
 
 /**
@@ -67,12 +73,21 @@ export class ClipVisionTower {
    * `layers` of HF's hidden_states is the output of encoder layer layers-1).
    */
   static load(loader: WeightLoader, config: ClipVisionConfig, prefix: string, layers: number): ClipVisionTower {
-    const c = config, D = c.hiddenSize, P = c.patchSize, C = c.numChannels, I = c.intermediateSize;
+    const c = config,
+      D = c.hiddenSize,
+      P = c.patchSize,
+      C = c.numChannels,
+      I = c.intermediateSize;
     if (c.imageSize % P !== 0) throw new ConfigError(`${loader.label}: vision_config.image_size ${c.imageSize} is not a multiple of patch_size ${P}`);
     if (D % c.numAttentionHeads !== 0) throw new ConfigError(`${loader.label}: vision hidden size ${D} is not a multiple of ${c.numAttentionHeads} heads`);
-    checkHeadDim(loader.backend, D / c.numAttentionHeads, `${loader.label}: the vision tower's head dimension (vision_config hidden_size / num_attention_heads in config.json)`);
+    checkHeadDim(
+      loader.backend,
+      D / c.numAttentionHeads,
+      `${loader.label}: the vision tower's head dimension (vision_config hidden_size / num_attention_heads in config.json)`,
+    );
     activationOf(c.hiddenAct, 'vision_config.hidden_act');
-    const grid = c.imageSize / P, tokens = grid * grid + 1;
+    const grid = c.imageSize / P,
+      tokens = grid * grid + 1;
     const e = `${prefix}embeddings.`;
     loader.skip((n) => n === `${e}position_ids`, 'a constant buffer some checkpoints store');
     const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }]);
@@ -87,35 +102,50 @@ export class ClipVisionTower {
     ];
     // The tensors of encoder layer l, by role.
     const layerTensors = (l: number) => {
-      const p = `${prefix}encoder.layers.${l}.`, a = `${p}self_attn.`;
+      const p = `${prefix}encoder.layers.${l}.`,
+        a = `${p}self_attn.`;
       const t = (name: string, shape: number[]) => ({ name: `${p}${name}`, shape });
       return {
-        ln1w: t('layer_norm1.weight', [D]), ln1b: t('layer_norm1.bias', [D]),
+        ln1w: t('layer_norm1.weight', [D]),
+        ln1b: t('layer_norm1.bias', [D]),
         qkv: ['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.weight`, shape: [D, D] })),
         qkvBias: ['q', 'k', 'v'].map((x) => ({ name: `${a}${x}_proj.bias`, shape: [D] })),
-        o: t('self_attn.out_proj.weight', [D, D]), oBias: t('self_attn.out_proj.bias', [D]),
-        ln2w: t('layer_norm2.weight', [D]), ln2b: t('layer_norm2.bias', [D]),
-        fc1: t('mlp.fc1.weight', [I, D]), fc1Bias: t('mlp.fc1.bias', [I]),
-        fc2: t('mlp.fc2.weight', [D, I]), fc2Bias: t('mlp.fc2.bias', [D]),
+        o: t('self_attn.out_proj.weight', [D, D]),
+        oBias: t('self_attn.out_proj.bias', [D]),
+        ln2w: t('layer_norm2.weight', [D]),
+        ln2b: t('layer_norm2.bias', [D]),
+        fc1: t('mlp.fc1.weight', [I, D]),
+        fc1Bias: t('mlp.fc1.bias', [I]),
+        fc2: t('mlp.fc2.weight', [D, I]),
+        fc2Bias: t('mlp.fc2.bias', [D]),
       };
     };
     const ls: ClipLayer[] = [];
     for (let l = 0; l < layers; l++) {
       const t = layerTensors(l);
       ls.push({
-        ln1w: loader.params([t.ln1w]), ln1b: loader.params([t.ln1b]),
-        qkv: loader.linear(t.qkv), qkvBias: loader.params(t.qkvBias),
-        o: loader.linear([t.o]), oBias: loader.params([t.oBias]),
-        ln2w: loader.params([t.ln2w]), ln2b: loader.params([t.ln2b]),
-        fc1: loader.linear([t.fc1]), fc1Bias: loader.params([t.fc1Bias]),
-        fc2: loader.linear([t.fc2]), fc2Bias: loader.params([t.fc2Bias]),
+        ln1w: loader.params([t.ln1w]),
+        ln1b: loader.params([t.ln1b]),
+        qkv: loader.linear(t.qkv),
+        qkvBias: loader.params(t.qkvBias),
+        o: loader.linear([t.o]),
+        oBias: loader.params([t.oBias]),
+        ln2w: loader.params([t.ln2w]),
+        ln2b: loader.params([t.ln2b]),
+        fc1: loader.linear([t.fc1]),
+        fc1Bias: loader.params([t.fc1Bias]),
+        fc2: loader.linear([t.fc2]),
+        fc2Bias: loader.params([t.fc2Bias]),
       });
     }
     // The layers after the one the projector reads, and the final LayerNorm, are not run, but the
     // config declares them: they must be there (a config that miscounts the layers would move the
     // feature layer, vision_feature_layer counting from the end).
     for (let l = layers; l < c.numHiddenLayers; l++) loader.expect(Object.values(layerTensors(l)).flat());
-    loader.expect([{ name: `${prefix}post_layernorm.weight`, shape: [D] }, { name: `${prefix}post_layernorm.bias`, shape: [D] }]);
+    loader.expect([
+      { name: `${prefix}post_layernorm.weight`, shape: [D] },
+      { name: `${prefix}post_layernorm.bias`, shape: [D] },
+    ]);
     return new ClipVisionTower(loader.backend, config, patchEmbed, posClass, preNorm, ls, loader.place);
   }
 
@@ -126,8 +156,15 @@ export class ClipVisionTower {
    * requested layer (see SalienceRequest) into `salience.result`.
    */
   encode(pixels: Float32Array, onHidden?: (index: number, x: Matrix) => void, salience?: SalienceRequest): Matrix {
-    const be = this.backend, c = this.config, ws = this.ws;
-    const S = c.imageSize, P = c.patchSize, C = c.numChannels, G = this.grid, D = c.hiddenSize, T = this.tokens;
+    const be = this.backend,
+      c = this.config,
+      ws = this.ws;
+    const S = c.imageSize,
+      P = c.patchSize,
+      C = c.numChannels,
+      G = this.grid,
+      D = c.hiddenSize,
+      T = this.tokens;
     if (pixels.length !== C * S * S) throw new Error(`vision tower: expected ${C}x${S}x${S} pixel values, got ${pixels.length}`);
     // Unfold the patches into rows (row 0, the class token's, stays zero): the patch convolution
     // is then one matmul with the kernel as a [hidden][C*P*P] weight.
@@ -151,10 +188,17 @@ export class ClipVisionTower {
     be.add(x, x, this.posClass);
     be.layerNorm(x, x, this.preNorm[0], this.preNorm[1], c.layerNormEps);
     onHidden?.(0, x);
-    const H = c.numAttentionHeads, hd = D / H, I = c.intermediateSize;
-    const h = ws.matrix('h', T, D), qkv = ws.matrix('qkv', T, 3 * D), att = ws.matrix('att', T, D);
-    const o = ws.matrix('o', T, D), f = ws.matrix('f', T, I);
-    const q = qkv.view(0, T, 0, D), k = qkv.view(0, T, D, D), v = qkv.view(0, T, 2 * D, D);
+    const H = c.numAttentionHeads,
+      hd = D / H,
+      I = c.intermediateSize;
+    const h = ws.matrix('h', T, D),
+      qkv = ws.matrix('qkv', T, 3 * D),
+      att = ws.matrix('att', T, D);
+    const o = ws.matrix('o', T, D),
+      f = ws.matrix('f', T, I);
+    const q = qkv.view(0, T, 0, D),
+      k = qkv.view(0, T, D, D),
+      v = qkv.view(0, T, 2 * D, D);
     const salLayer = salience?.layer ?? this.layers.length - 1;
     if (salience && (!Number.isInteger(salLayer) || salLayer < 0 || salLayer >= this.layers.length)) {
       throw new Error(`vision tower: salience layer ${salLayer} is outside the ${this.layers.length} layers this tower runs`);
@@ -166,10 +210,15 @@ export class ClipVisionTower {
       be.kvWrite(this.cache, 0, k, v, 0);
       const opts = { heads: H, qSlot0: 0, causal: false, scale: 1 / Math.sqrt(hd), keys: { count: T } };
       if (salience && l === salLayer) {
-        const w = ws.matrix('salienceWeights', 1, T), out = ws.matrix('salience', 1, T);
+        const w = ws.matrix('salienceWeights', 1, T),
+          out = ws.matrix('salience', 1, T);
         const summary = salience.rows === 'cls' ? 1 : salience.rows === 'mean' ? T : salience.rows;
-        if (!Number.isInteger(summary) || summary < 1 || summary > T) throw new Error(`vision tower: salience over ${String(salience.rows)} summary rows, expected 1..${T}`);
-        be.write(w, Float32Array.from({ length: T }, (_, i) => (i < summary ? 1 / summary : 0)));
+        if (!Number.isInteger(summary) || summary < 1 || summary > T)
+          throw new Error(`vision tower: salience over ${String(salience.rows)} summary rows, expected 1..${T}`);
+        be.write(
+          w,
+          Float32Array.from({ length: T }, (_, i) => (i < summary ? 1 / summary : 0)),
+        );
         be.attention(att, q, this.cache, 0, { ...opts, salience: { rowWeights: w, out } });
         salience.result = be.read(out);
         if (salience.withKeys) salience.keys = be.read(k);

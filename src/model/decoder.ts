@@ -7,7 +7,9 @@ import { AttentionKeys, KVCache, KernelBackend, Matrix } from '../kernels/backen
 export class DecoderCache {
   constructor(readonly parts: KVCache[]) {}
   /** Slots stored (the same in every layer after a complete forward pass). */
-  get length(): number { return this.parts[0].length; }
+  get length(): number {
+    return this.parts[0].length;
+  }
 }
 
 export interface ForwardOptions {

@@ -13,7 +13,10 @@ export function embedPrompt(decoder: LanguageDecoder, out: Matrix, ids: readonly
   const vocab = decoder.vocabSize;
   const positions: number[] = [];
   const safe = ids.map((t, i) => {
-    if (t === imageTokenId) { positions.push(i); return 0; }
+    if (t === imageTokenId) {
+      positions.push(i);
+      return 0;
+    }
     if (!Number.isInteger(t) || t < 0 || t >= vocab) throw new RangeError(`token id ${t} at position ${i} is outside the vocabulary [0, ${vocab})`);
     return t;
   });

@@ -77,7 +77,13 @@ export interface EncodedTile {
 }
 
 /** Where a unit of an image lies, in the pixels of one of its tiles. */
-export interface UnitRegion { tile: number; x: number; y: number; width: number; height: number }
+export interface UnitRegion {
+  tile: number;
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
 
 /** The image's rows for the prompt, assembled from its tiles' projected rows. */
 export interface AssembledImage {

@@ -51,11 +51,9 @@ function headDim(f: Fields, hiddenSize: number, heads: number): number {
 /** RoPE base and scaling, from `rope_theta`/`rope_scaling` or transformers-5 `rope_parameters`. */
 function rope(f: Fields): { theta: number; scaling: Record<string, unknown> | null } {
   const params = f.optObject('rope_parameters');
-  const theta = f.obj['rope_theta'] == null && params !== undefined
-    ? f.nested('rope_parameters').positiveOr('rope_theta', 10000)
-    : f.positiveOr('rope_theta', 10000);
-  const paramsScaling = params !== undefined && params['rope_type'] != null && params['rope_type'] !== 'default'
-    ? params : null;
+  const theta =
+    f.obj['rope_theta'] == null && params !== undefined ? f.nested('rope_parameters').positiveOr('rope_theta', 10000) : f.positiveOr('rope_theta', 10000);
+  const paramsScaling = params !== undefined && params['rope_type'] != null && params['rope_type'] !== 'default' ? params : null;
   return { theta, scaling: f.optObject('rope_scaling') ?? paramsScaling };
 }
 
@@ -67,16 +65,16 @@ export function parseLlamaLike(f: Fields, type: 'llama' | 'qwen2', inheritedDtyp
   const numAttentionHeads = f.size('num_attention_heads');
   const numKeyValueHeads = f.sizeOr('num_key_value_heads', numAttentionHeads);
   if (numAttentionHeads % numKeyValueHeads !== 0) {
-    throw f.error('num_attention_heads',
-      `${numAttentionHeads} is not divisible by ${f.path('num_key_value_heads')} (${numKeyValueHeads})`);
+    throw f.error('num_attention_heads', `${numAttentionHeads} is not divisible by ${f.path('num_key_value_heads')} (${numKeyValueHeads})`);
   }
   const { theta, scaling } = rope(f);
   const attentionBias = f.boolOr('attention_bias', false);
 
   const slidingWindow = isQwen && f.boolOr('use_sliding_window', false) ? f.sizeOr('sliding_window', 4096) : null;
   const maxWindowLayers = f.optInt('max_window_layers', 0) ?? 28;
-  const layerTypes = parseLayerTypes(f, numHiddenLayers) ?? Array.from({ length: numHiddenLayers },
-    (_, i) => (slidingWindow !== null && i >= maxWindowLayers ? 'sliding_attention' : 'full_attention'));
+  const layerTypes =
+    parseLayerTypes(f, numHiddenLayers) ??
+    Array.from({ length: numHiddenLayers }, (_, i) => (slidingWindow !== null && i >= maxWindowLayers ? 'sliding_attention' : 'full_attention'));
 
   // LlamaConfig defaults bos/eos to 1/2; Qwen2Config leaves them unset. An explicit null means unset.
   const bosTokenId = isQwen || 'bos_token_id' in f.obj ? f.optInt('bos_token_id', 0) : 1;
@@ -110,10 +108,8 @@ export function parseLlamaLike(f: Fields, type: 'llama' | 'qwen2', inheritedDtyp
 function parseLayerTypes(f: Fields, numLayers: number): LlamaLikeConfig['layerTypes'] | undefined {
   const v = f.obj['layer_types'];
   if (v === undefined || v === null) return undefined;
-  if (!Array.isArray(v) || v.length !== numLayers ||
-    !v.every((t) => t === 'full_attention' || t === 'sliding_attention')) {
-    throw f.error('layer_types',
-      `expected an array of ${numLayers} entries "full_attention" or "sliding_attention", found ${describe(v)}`);
+  if (!Array.isArray(v) || v.length !== numLayers || !v.every((t) => t === 'full_attention' || t === 'sliding_attention')) {
+    throw f.error('layer_types', `expected an array of ${numLayers} entries "full_attention" or "sliding_attention", found ${describe(v)}`);
   }
   return v as LlamaLikeConfig['layerTypes'];
 }

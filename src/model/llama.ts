@@ -79,11 +79,21 @@ export class LlamaDecoder implements LanguageDecoder {
   }
 
   /** The memory place of the first layers (where inputs embeddings should be). */
-  get place(): number { return this.stages[0].place; }
-  get layers(): number { return this.config.numHiddenLayers; }
-  get vocabSize(): number { return this.config.vocabSize; }
-  get contextWindow(): number { return this.config.maxPositionEmbeddings; }
-  get eosTokenIds(): readonly number[] { return this.config.eosTokenId; }
+  get place(): number {
+    return this.stages[0].place;
+  }
+  get layers(): number {
+    return this.config.numHiddenLayers;
+  }
+  get vocabSize(): number {
+    return this.config.vocabSize;
+  }
+  get contextWindow(): number {
+    return this.config.maxPositionEmbeddings;
+  }
+  get eosTokenIds(): readonly number[] {
+    return this.config.eosTokenId;
+  }
 
   /** Where layer `layer` lives: its memory place, the index of its cache part, and its index there. */
   layerPart(layer: number): { place: number; part: number; layerInPart: number } {
@@ -97,7 +107,8 @@ export class LlamaDecoder implements LanguageDecoder {
    * a new place; the lm_head goes with the last layers.
    */
   static async load(loader: WeightLoader, config: LlamaLikeConfig, names: DecoderNames, opts: PlacementOptions = {}): Promise<LlamaDecoder> {
-    const c = config, be = loader.backend;
+    const c = config,
+      be = loader.backend;
     if (c.ropeScaling) {
       throw new ConfigError(`${loader.label}: config.json: rope_scaling ${JSON.stringify(c.ropeScaling).slice(0, 200)} is not supported yet (plain RoPE only)`);
     }
@@ -106,12 +117,23 @@ export class LlamaDecoder implements LanguageDecoder {
     }
     checkHeadDim(be, c.headDim, `${loader.label}: the language model's head dimension (head_dim, or hidden_size / num_attention_heads, in config.json)`);
     activationOf(c.hiddenAct, 'hidden_act'); // fail before loading anything
-    const H = c.hiddenSize, D = c.headDim, nq = c.numAttentionHeads * D, nkv = c.numKeyValueHeads * D, I = c.intermediateSize;
+    const H = c.hiddenSize,
+      D = c.headDim,
+      nq = c.numAttentionHeads * D,
+      nkv = c.numKeyValueHeads * D,
+      I = c.intermediateSize;
     const p = names.prefix;
     const budget = opts.placeBudgetBytes ?? Math.floor(be.placeCapacity * 0.75);
-    const layerBytes = (l: number) => [`${p}layers.${l}.self_attn.q_proj.weight`, `${p}layers.${l}.self_attn.k_proj.weight`, `${p}layers.${l}.self_attn.v_proj.weight`,
-      `${p}layers.${l}.self_attn.o_proj.weight`, `${p}layers.${l}.mlp.gate_proj.weight`, `${p}layers.${l}.mlp.up_proj.weight`, `${p}layers.${l}.mlp.down_proj.weight`]
-      .reduce((a, n) => a + (loader.has(n) ? loader.source.info(n).byteLength : 0), 0);
+    const layerBytes = (l: number) =>
+      [
+        `${p}layers.${l}.self_attn.q_proj.weight`,
+        `${p}layers.${l}.self_attn.k_proj.weight`,
+        `${p}layers.${l}.self_attn.v_proj.weight`,
+        `${p}layers.${l}.self_attn.o_proj.weight`,
+        `${p}layers.${l}.mlp.gate_proj.weight`,
+        `${p}layers.${l}.mlp.up_proj.weight`,
+        `${p}layers.${l}.mlp.down_proj.weight`,
+      ].reduce((a, n) => a + (loader.has(n) ? loader.source.info(n).byteLength : 0), 0);
     const ensureRoom = async (bytes: number) => {
       if (be.placeUsage(loader.place) + bytes > budget && be.placeUsage(loader.place) > 0) {
         loader.place = await be.addPlace();
@@ -119,8 +141,12 @@ export class LlamaDecoder implements LanguageDecoder {
     };
     const embedName = `${p}embed_tokens.weight`;
     const tied = !names.lmHead || c.tieWordEmbeddings;
-    loader.skip((n) => n.startsWith(`${p}layers.`) && n.endsWith('.self_attn.rotary_emb.inv_freq'), 'a RoPE buffer older checkpoints store (recomputed from rope_theta)');
-    if (tied && names.lmHead) loader.skip((n) => n === names.lmHead, 'tie_word_embeddings is true: the output layer is the embedding table, as in transformers');
+    loader.skip(
+      (n) => n.startsWith(`${p}layers.`) && n.endsWith('.self_attn.rotary_emb.inv_freq'),
+      'a RoPE buffer older checkpoints store (recomputed from rope_theta)',
+    );
+    if (tied && names.lmHead)
+      loader.skip((n) => n === names.lmHead, 'tie_word_embeddings is true: the output layer is the embedding table, as in transformers');
     const embedTable = tied ? null : loader.embedding(embedName, [c.vocabSize, H]);
     const tablePlace = loader.place;
     const stages: Stage[] = [];
@@ -128,19 +154,44 @@ export class LlamaDecoder implements LanguageDecoder {
       await ensureRoom(layerBytes(l));
       let stage = stages[stages.length - 1];
       if (!stage || stage.place !== loader.place) {
-        stage = { place: loader.place, first: l, layers: [], ws: new Workspace(be, loader.place), rope: be.ropeTable(D, c.ropeTheta, Math.min(c.maxPositionEmbeddings, INITIAL_ROPE_POSITIONS), loader.place) };
+        stage = {
+          place: loader.place,
+          first: l,
+          layers: [],
+          ws: new Workspace(be, loader.place),
+          rope: be.ropeTable(D, c.ropeTheta, Math.min(c.maxPositionEmbeddings, INITIAL_ROPE_POSITIONS), loader.place),
+        };
         stages.push(stage);
       }
-      const a = `${p}layers.${l}.self_attn.`, m = `${p}layers.${l}.mlp.`;
+      const a = `${p}layers.${l}.self_attn.`,
+        m = `${p}layers.${l}.mlp.`;
       stage.layers.push({
         inputNorm: loader.params([{ name: `${p}layers.${l}.input_layernorm.weight`, shape: [H] }]),
-        qkv: loader.linear([{ name: `${a}q_proj.weight`, shape: [nq, H] }, { name: `${a}k_proj.weight`, shape: [nkv, H] }, { name: `${a}v_proj.weight`, shape: [nkv, H] }]),
-        qkvBias: c.attentionBias.qkv ? loader.params([{ name: `${a}q_proj.bias`, shape: [nq] }, { name: `${a}k_proj.bias`, shape: [nkv] }, { name: `${a}v_proj.bias`, shape: [nkv] }]) : undefined,
+        qkv: loader.linear([
+          { name: `${a}q_proj.weight`, shape: [nq, H] },
+          { name: `${a}k_proj.weight`, shape: [nkv, H] },
+          { name: `${a}v_proj.weight`, shape: [nkv, H] },
+        ]),
+        qkvBias: c.attentionBias.qkv
+          ? loader.params([
+              { name: `${a}q_proj.bias`, shape: [nq] },
+              { name: `${a}k_proj.bias`, shape: [nkv] },
+              { name: `${a}v_proj.bias`, shape: [nkv] },
+            ])
+          : undefined,
         o: loader.linear([{ name: `${a}o_proj.weight`, shape: [H, nq] }]),
         oBias: c.attentionBias.o ? loader.params([{ name: `${a}o_proj.bias`, shape: [H] }]) : undefined,
         postNorm: loader.params([{ name: `${p}layers.${l}.post_attention_layernorm.weight`, shape: [H] }]),
-        gateUp: loader.linear([{ name: `${m}gate_proj.weight`, shape: [I, H] }, { name: `${m}up_proj.weight`, shape: [I, H] }]),
-        gateUpBias: c.mlpBias ? loader.params([{ name: `${m}gate_proj.bias`, shape: [I] }, { name: `${m}up_proj.bias`, shape: [I] }]) : undefined,
+        gateUp: loader.linear([
+          { name: `${m}gate_proj.weight`, shape: [I, H] },
+          { name: `${m}up_proj.weight`, shape: [I, H] },
+        ]),
+        gateUpBias: c.mlpBias
+          ? loader.params([
+              { name: `${m}gate_proj.bias`, shape: [I] },
+              { name: `${m}up_proj.bias`, shape: [I] },
+            ])
+          : undefined,
         down: loader.linear([{ name: `${m}down_proj.weight`, shape: [H, I] }]),
         downBias: c.mlpBias ? loader.params([{ name: `${m}down_proj.bias`, shape: [H] }]) : undefined,
       });
@@ -187,7 +238,8 @@ export class LlamaDecoder implements LanguageDecoder {
 
   /** Token embeddings of `ids` into out [ids.length][hidden] (any place). */
   embed(out: Matrix, ids: readonly number[]): void {
-    const be = this.backend, ws = this.embedWs;
+    const be = this.backend,
+      ws = this.embedWs;
     const v = ws.intsOf('ids', ids);
     const dst = out.place === this.embedPlace ? out : ws.matrix('embed', ids.length, this.hidden);
     if (this.embedTable) be.embed(dst, this.embedTable, v);
@@ -202,9 +254,14 @@ export class LlamaDecoder implements LanguageDecoder {
    * next call overwrites.
    */
   forward(x: Matrix, cache: DecoderCache, slot0: number, positions: readonly number[] | Int32Array, opts: ForwardOptions = {}): Float32Array {
-    const be = this.backend, c = this.config;
-    const S0 = x.rows, H = this.hidden, D = this.headDim;
-    const nq = this.heads * D, nkv = this.kvHeads * D, I = c.intermediateSize;
+    const be = this.backend,
+      c = this.config;
+    const S0 = x.rows,
+      H = this.hidden,
+      D = this.headDim;
+    const nq = this.heads * D,
+      nkv = this.kvHeads * D,
+      I = c.intermediateSize;
     if (positions.length !== S0) throw new Error(`forward: ${positions.length} positions for ${S0} rows`);
     let maxPos = 0;
     for (let i = 0; i < positions.length; i++) maxPos = Math.max(maxPos, positions[i]);
@@ -218,17 +275,30 @@ export class LlamaDecoder implements LanguageDecoder {
     let S = S0;
     let pos_: readonly number[] | Int32Array = positions; // copied only when rows are dropped
     this.stages.forEach((st, si) => {
-      const ws = st.ws, part = cache.parts[si];
+      const ws = st.ws,
+        part = cache.parts[si];
       let xs = cur;
       if (cur.place !== st.place) {
         xs = ws.matrix('x', S, H);
         be.copy(xs, cur);
       }
       let pos = ws.intsOf('pos', pos_);
-      const hM = ws.matrix('h', S, H), qkvM = ws.matrix('qkv', S, nq + 2 * nkv), attM = ws.matrix('att', S, nq);
-      const oM = ws.matrix('o', S, H), guM = ws.matrix('gu', S, 2 * I), actM = ws.matrix('act', S, I);
-      let h = hM, qkv = qkvM, att = attM, o = oM, gu = guM, act = actM;
-      let q = qkv.view(0, S, 0, nq), k = qkv.view(0, S, nq, nkv), v = qkv.view(0, S, nq + nkv, nkv), qk = qkv.view(0, S, 0, nq + nkv);
+      const hM = ws.matrix('h', S, H),
+        qkvM = ws.matrix('qkv', S, nq + 2 * nkv),
+        attM = ws.matrix('att', S, nq);
+      const oM = ws.matrix('o', S, H),
+        guM = ws.matrix('gu', S, 2 * I),
+        actM = ws.matrix('act', S, I);
+      let h = hM,
+        qkv = qkvM,
+        att = attM,
+        o = oM,
+        gu = guM,
+        act = actM;
+      let q = qkv.view(0, S, 0, nq),
+        k = qkv.view(0, S, nq, nkv),
+        v = qkv.view(0, S, nq + nkv, nkv),
+        qk = qkv.view(0, S, 0, nq + nkv);
       // Each layer's input norm is fused with the previous layer's residual add.
       be.rmsNorm(h, xs, st.layers[0].inputNorm, c.rmsNormEps);
       st.layers.forEach((L, j) => {
@@ -256,15 +326,26 @@ export class LlamaDecoder implements LanguageDecoder {
           for (let r = 0; r < keep.length;) {
             let run = 1;
             while (r + run < keep.length && keep[r + run] === keep[r] + run) run++;
-            if (keep[r] !== r) { be.copy(xs.view(r, run), xs.view(keep[r], run)); be.copy(h.view(r, run), h.view(keep[r], run)); }
+            if (keep[r] !== r) {
+              be.copy(xs.view(r, run), xs.view(keep[r], run));
+              be.copy(h.view(r, run), h.view(keep[r], run));
+            }
             r += run;
           }
           S = keep.length;
           pos_ = keep.map((r) => pos_[r]);
           pos = ws.intsOf('pos', pos_);
-          xs = xs.view(0, S); h = hM.view(0, S); att = attM.view(0, S); o = oM.view(0, S); gu = guM.view(0, S); act = actM.view(0, S);
+          xs = xs.view(0, S);
+          h = hM.view(0, S);
+          att = attM.view(0, S);
+          o = oM.view(0, S);
+          gu = guM.view(0, S);
+          act = actM.view(0, S);
           qkv = qkvM.view(0, S);
-          q = qkv.view(0, S, 0, nq); k = qkv.view(0, S, nq, nkv); v = qkv.view(0, S, nq + nkv, nkv); qk = qkv.view(0, S, 0, nq + nkv);
+          q = qkv.view(0, S, 0, nq);
+          k = qkv.view(0, S, nq, nkv);
+          v = qkv.view(0, S, nq + nkv, nkv);
+          qk = qkv.view(0, S, 0, nq + nkv);
         }
       });
       cur = xs;

@@ -7,11 +7,7 @@ import causalLm from './causal-lm/family.js';
 import clipVision from './clip-vision/family.js';
 import llava from './llava/family.js';
 
-export const FAMILIES: readonly AnyFamily[] = [
-  llava,
-  clipVision,
-  causalLm,
-];
+export const FAMILIES: readonly AnyFamily[] = [llava, clipVision, causalLm];
 
 /** Model types of families still to come: named as such in the error. */
 const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'siglip_vision_model', 'idefics3_vision', 'llava_next', 'llava_llama'];
@@ -20,7 +16,10 @@ const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'siglip_vision_model', 'i
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => f.modelTypes);
 
 /** A config.json parsed by its family's row. */
-export interface ParsedConfig { family: AnyFamily; config: FamilyConfig }
+export interface ParsedConfig {
+  family: AnyFamily;
+  config: FamilyConfig;
+}
 
 /** The family of a config.json: the first `architectures` entry a row lists, else its `model_type`. */
 export function familyOf(json: JsonObject, source: string): AnyFamily {
@@ -29,7 +28,7 @@ export function familyOf(json: JsonObject, source: string): AnyFamily {
   const type = f.modelType();
   for (const a of archs) {
     const row = FAMILIES.find((r) => r.architectures.includes(a));
-    if (row && (row.modelTypes.includes(type))) return row;
+    if (row && row.modelTypes.includes(type)) return row;
   }
   const row = FAMILIES.find((r) => r.modelTypes.includes(type));
   if (!row) throw unsupportedType(f, 'model_type', type, SUPPORTED_MODEL_TYPES, RECOGNISED_UNSUPPORTED);

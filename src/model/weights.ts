@@ -16,7 +16,10 @@ const isStandIn = (i: TensorInfo): boolean => i.file === '';
 const WEIGHT_DTYPES: Record<string, WeightDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
 /** A tensor a family leaves in the checkpoint on purpose, and why (shown by inspect). */
-interface Skipped { test: (name: string) => boolean; why: string }
+interface Skipped {
+  test: (name: string) => boolean;
+  why: string;
+}
 
 export interface WeightLoaderOptions {
   /**
@@ -38,15 +41,27 @@ export class WeightLoader {
   private readonly skipped: Skipped[] = [];
   private readonly check: Problems | undefined;
 
-  constructor(readonly backend: KernelBackend, readonly source: TensorSource, readonly label: string, opts: WeightLoaderOptions = {}) {
+  constructor(
+    readonly backend: KernelBackend,
+    readonly source: TensorSource,
+    readonly label: string,
+    opts: WeightLoaderOptions = {},
+  ) {
     this.check = opts.check;
   }
 
   /** Whether the loader only checks (inspect) and reads no data. */
-  get checking(): boolean { return this.check !== undefined; }
+  get checking(): boolean {
+    return this.check !== undefined;
+  }
 
   has(name: string): boolean {
-    try { this.source.info(name); return true; } catch { return false; }
+    try {
+      this.source.info(name);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private fail(e: WeightError): void {
@@ -78,12 +93,18 @@ export class WeightLoader {
     try {
       info = this.source.info(name);
     } catch (e) {
-      this.fail(new WeightError(`${this.label}: the config needs tensor "${name}" [${shape.join(', ')}], but the weights do not have it (${(e as Error).message})`));
+      this.fail(
+        new WeightError(`${this.label}: the config needs tensor "${name}" [${shape.join(', ')}], but the weights do not have it (${(e as Error).message})`),
+      );
       return this.standIn(name, shape, 'F32');
     }
     const same = info.shape.length === shape.length && info.shape.every((d, i) => d === shape[i]);
     if (!same) {
-      this.fail(new WeightError(`${this.label}: tensor "${name}" has shape [${info.shape.join(', ')}], but the config implies [${shape.join(', ')}] (config.json and the weights do not match)`));
+      this.fail(
+        new WeightError(
+          `${this.label}: tensor "${name}" has shape [${info.shape.join(', ')}], but the config implies [${shape.join(', ')}] (config.json and the weights do not match)`,
+        ),
+      );
       return this.standIn(name, shape, info.dtype);
     }
     return info;
@@ -106,9 +127,14 @@ export class WeightLoader {
 
   /** Throws (or reports) when `bytes` more do not fit the current memory place. */
   private room(bytes: number, names: string): void {
-    const be = this.backend, free = be.placeCapacity - be.placeUsage(this.place);
+    const be = this.backend,
+      free = be.placeCapacity - be.placeUsage(this.place);
     if (bytes > free) {
-      this.fail(new WeightError(`${this.label}: ${names} (${bytes} bytes) does not fit: memory place ${this.place} has ${free} of its ${be.placeCapacity} bytes free (one tensor must fit one ${be.placeCapacity / 2 ** 30} GiB memory)`));
+      this.fail(
+        new WeightError(
+          `${this.label}: ${names} (${bytes} bytes) does not fit: memory place ${this.place} has ${free} of its ${be.placeCapacity} bytes free (one tensor must fit one ${be.placeCapacity / 2 ** 30} GiB memory)`,
+        ),
+      );
     }
   }
 
@@ -128,21 +154,32 @@ export class WeightLoader {
     const first = real[0] ?? infos[0];
     const dtype = this.dtypeOf(first);
     for (const i of real) {
-      if (this.dtypeOf(i) !== dtype) this.fail(new WeightError(`${this.label}: tensors "${first.name}" (${first.dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`));
+      if (this.dtypeOf(i) !== dtype)
+        this.fail(
+          new WeightError(
+            `${this.label}: tensors "${first.name}" (${first.dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`,
+          ),
+        );
     }
     // A convolution kernel [out][c][kh][kw] is a linear weight [out][c*kh*kw] in the same bytes.
     const inFeatures = infos[0].shape.slice(1).reduce((a, b) => a * b, 1);
     const out = infos.reduce((a, i) => a + i.shape[0], 0);
     const bytes = out * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
     this.room(bytes, infos.map((i) => `"${i.name}"`).join(' + '));
-    const w = this.backend.linear(out, inFeatures, dtype, (dest) => {
-      if (this.checking) return;
-      let off = 0;
-      for (const i of infos) {
-        this.source.readInto(i.name, dest.subarray(off, off + i.byteLength));
-        off += i.byteLength;
-      }
-    }, this.place);
+    const w = this.backend.linear(
+      out,
+      inFeatures,
+      dtype,
+      (dest) => {
+        if (this.checking) return;
+        let off = 0;
+        for (const i of infos) {
+          this.source.readInto(i.name, dest.subarray(off, off + i.byteLength));
+          off += i.byteLength;
+        }
+      },
+      this.place,
+    );
     this.done(infos.reduce((a, i) => a + i.byteLength, 0));
     return w;
   }
@@ -167,7 +204,10 @@ export class WeightLoader {
     });
     const out = new Float32Array(arrays.reduce((a, x) => a + x.length, 0));
     let off = 0;
-    for (const a of arrays) { out.set(a, off); off += a.length; }
+    for (const a of arrays) {
+      out.set(a, off);
+      off += a.length;
+    }
     return out;
   }
 
@@ -176,7 +216,15 @@ export class WeightLoader {
     const info = this.info(name, shape);
     const dtype = this.dtypeOf(info);
     this.room(shape[0] * shape[1] * WEIGHT_DTYPE_BYTES[dtype], `"${name}"`);
-    const t = this.backend.embedding(shape[0], shape[1], dtype, (dest) => { if (!this.checking) this.source.readInto(name, dest); }, this.place);
+    const t = this.backend.embedding(
+      shape[0],
+      shape[1],
+      dtype,
+      (dest) => {
+        if (!this.checking) this.source.readInto(name, dest);
+      },
+      this.place,
+    );
     this.done(info.byteLength);
     return t;
   }
@@ -202,8 +250,15 @@ export class WeightLoader {
   checkAllUsed(allNames: readonly string[]): void {
     const extra = this.unused(allNames);
     if (extra.length === 0) return;
-    const shown = extra.slice(0, 8).map((n) => `"${n}"`).join(', ');
-    this.fail(new WeightError(`${this.label}: ${extra.length} tensor${extra.length === 1 ? '' : 's'} of the weights ${extra.length === 1 ? 'is' : 'are'} not used by the model config.json describes: ` +
-      `${shown}${extra.length > 8 ? `, ... (${extra.length - 8} more)` : ''} (config.json and the weights do not match: check num_hidden_layers and the architecture)`));
+    const shown = extra
+      .slice(0, 8)
+      .map((n) => `"${n}"`)
+      .join(', ');
+    this.fail(
+      new WeightError(
+        `${this.label}: ${extra.length} tensor${extra.length === 1 ? '' : 's'} of the weights ${extra.length === 1 ? 'is' : 'are'} not used by the model config.json describes: ` +
+          `${shown}${extra.length > 8 ? `, ... (${extra.length - 8} more)` : ''} (config.json and the weights do not match: check num_hidden_layers and the architecture)`,
+      ),
+    );
   }
 }

@@ -7,7 +7,10 @@ export class Workspace {
   private mats = new Map<string, Matrix>();
   private ints = new Map<string, IntVector>();
 
-  constructor(private readonly backend: KernelBackend, private readonly place = 0) {}
+  constructor(
+    private readonly backend: KernelBackend,
+    private readonly place = 0,
+  ) {}
 
   /** A rows x cols matrix (contents undefined). */
   matrix(name: string, rows: number, cols: number): Matrix {

@@ -12,7 +12,10 @@ export const MAX_ARENA_BYTES = 65536 * PAGE; // 4 GiB
 
 export class OutOfArenaMemory extends Error {}
 
-interface Block { ptr: number; size: number }
+interface Block {
+  ptr: number;
+  size: number;
+}
 
 export class Arena {
   readonly memory: WebAssembly.Memory;
@@ -26,7 +29,11 @@ export class Arena {
   private f32view = new Float32Array(0);
   private i32view = new Int32Array(0);
 
-  constructor(readonly id: number, module: WebAssembly.Module, initialBytes = 16 * PAGE) {
+  constructor(
+    readonly id: number,
+    module: WebAssembly.Module,
+    initialBytes = 16 * PAGE,
+  ) {
     this.memory = new WebAssembly.Memory({ initial: Math.ceil(initialBytes / PAGE), maximum: 65536, shared: true });
     this.exports = new WebAssembly.Instance(module, { env: { memory: this.memory, abort: wasmAbort } }).exports as Record<string, unknown>;
   }
@@ -38,7 +45,9 @@ export class Arena {
     return s;
   }
   /** Bytes the memory has grown to. */
-  get committedBytes(): number { return this.memory.buffer.byteLength; }
+  get committedBytes(): number {
+    return this.memory.buffer.byteLength;
+  }
 
   /** Allocates `bytes` (rounded up to 64) aligned to 64 bytes; grows the memory when needed. */
   alloc(bytes: number): number {
@@ -48,7 +57,10 @@ export class Arena {
       if (b.size >= size) {
         const ptr = b.ptr;
         if (b.size === size) this.free.splice(i, 1);
-        else { b.ptr += size; b.size -= size; }
+        else {
+          b.ptr += size;
+          b.size -= size;
+        }
         this.sizes.set(ptr, size);
         return ptr;
       }
@@ -56,7 +68,9 @@ export class Arena {
     const ptr = this.top;
     const end = ptr + size;
     if (end > MAX_ARENA_BYTES) {
-      throw new OutOfArenaMemory(`arena ${this.id}: cannot allocate ${size} bytes (in use ${this.usedBytes}, limit ${MAX_ARENA_BYTES} bytes per wasm32 memory)`);
+      throw new OutOfArenaMemory(
+        `arena ${this.id}: cannot allocate ${size} bytes (in use ${this.usedBytes}, limit ${MAX_ARENA_BYTES} bytes per wasm32 memory)`,
+      );
     }
     const have = this.memory.buffer.byteLength;
     if (end > have) {
@@ -74,8 +88,13 @@ export class Arena {
     const size = this.sizes.get(ptr);
     if (size === undefined) throw new Error(`arena ${this.id}: release of unknown pointer ${ptr}`);
     this.sizes.delete(ptr);
-    let lo = 0, hi = this.free.length;
-    while (lo < hi) { const mid = (lo + hi) >>> 1; if (this.free[mid].ptr < ptr) lo = mid + 1; else hi = mid; }
+    let lo = 0,
+      hi = this.free.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.free[mid].ptr < ptr) lo = mid + 1;
+      else hi = mid;
+    }
     this.free.splice(lo, 0, { ptr, size });
     // Coalesce with the neighbours.
     if (lo + 1 < this.free.length && this.free[lo].ptr + this.free[lo].size === this.free[lo + 1].ptr) {
@@ -104,14 +123,29 @@ export class Arena {
     }
   }
   /** Views over the whole memory; re-fetch after any allocation (the memory may have grown). */
-  get u8(): Uint8Array { this.refresh(); return this.u8view; }
-  get f32(): Float32Array { this.refresh(); return this.f32view; }
-  get i32(): Int32Array { this.refresh(); return this.i32view; }
+  get u8(): Uint8Array {
+    this.refresh();
+    return this.u8view;
+  }
+  get f32(): Float32Array {
+    this.refresh();
+    return this.f32view;
+  }
+  get i32(): Int32Array {
+    this.refresh();
+    return this.i32view;
+  }
 
   /** A Float32Array view of n floats at ptr (valid until the memory grows). */
-  f32At(ptr: number, n: number): Float32Array { return new Float32Array(this.memory.buffer, ptr, n); }
-  u8At(ptr: number, n: number): Uint8Array { return new Uint8Array(this.memory.buffer, ptr, n); }
-  i32At(ptr: number, n: number): Int32Array { return new Int32Array(this.memory.buffer, ptr, n); }
+  f32At(ptr: number, n: number): Float32Array {
+    return new Float32Array(this.memory.buffer, ptr, n);
+  }
+  u8At(ptr: number, n: number): Uint8Array {
+    return new Uint8Array(this.memory.buffer, ptr, n);
+  }
+  i32At(ptr: number, n: number): Int32Array {
+    return new Int32Array(this.memory.buffer, ptr, n);
+  }
 }
 
 function wasmAbort(): never {

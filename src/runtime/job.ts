@@ -12,10 +12,23 @@
 // while idle.
 
 /** Control words (Int32 indices). */
-export const enum Ctrl { GEN = 0, SLEEPERS = 1 }
+export const enum Ctrl {
+  GEN = 0,
+  SLEEPERS = 1,
+}
 export const SLOTS = 64;
 /** Int32 words of a slot, then its Float64 arguments. */
-export const enum Slot { KERNEL = 0, ARENA = 1, NCHUNKS = 2, UNITS = 3, GRAIN = 4, NEXT = 5, COMPLETED = 6, ACKS = 7, ERR = 8 }
+export const enum Slot {
+  KERNEL = 0,
+  ARENA = 1,
+  NCHUNKS = 2,
+  UNITS = 3,
+  GRAIN = 4,
+  NEXT = 5,
+  COMPLETED = 6,
+  ACKS = 7,
+  ERR = 8,
+}
 export const MAX_ARGS = 16;
 const SLOT_INTS = 16; // 64 bytes of Int32 words
 export const SLOT_BYTES = SLOT_INTS * 4 + MAX_ARGS * 8;
@@ -35,7 +48,8 @@ export interface ControlBlock {
 }
 
 export function controlBlock(sab: SharedArrayBuffer): ControlBlock {
-  const slots: Int32Array[] = [], args: Float64Array[] = [];
+  const slots: Int32Array[] = [],
+    args: Float64Array[] = [];
   for (let i = 0; i < SLOTS; i++) {
     const off = HEADER_BYTES + i * SLOT_BYTES;
     slots.push(new Int32Array(sab, off, SLOT_INTS));
@@ -57,24 +71,42 @@ export type KernelInvoker = (tid: number, begin: number, end: number, a: Float64
 export function invoker(fn: KernelFn): KernelInvoker {
   const f = fn as (...x: number[]) => void;
   switch (fn.length - 3) {
-    case 0: return (t, b, e) => f(t, b, e);
-    case 1: return (t, b, e, a) => f(t, b, e, a[0]);
-    case 2: return (t, b, e, a) => f(t, b, e, a[0], a[1]);
-    case 3: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2]);
-    case 4: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3]);
-    case 5: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4]);
-    case 6: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5]);
-    case 7: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
-    case 8: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
-    case 9: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
-    case 10: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
-    case 11: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
-    case 12: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]);
-    case 13: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12]);
-    case 14: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]);
-    case 15: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]);
-    case 16: return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]);
-    default: throw new Error(`a kernel takes at most ${MAX_ARGS} arguments after (tid, begin, end); this one declares ${fn.length - 3}`);
+    case 0:
+      return (t, b, e) => f(t, b, e);
+    case 1:
+      return (t, b, e, a) => f(t, b, e, a[0]);
+    case 2:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1]);
+    case 3:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2]);
+    case 4:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3]);
+    case 5:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4]);
+    case 6:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5]);
+    case 7:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+    case 8:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+    case 9:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]);
+    case 10:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
+    case 11:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10]);
+    case 12:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]);
+    case 13:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12]);
+    case 14:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13]);
+    case 15:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]);
+    case 16:
+      return (t, b, e, a) => f(t, b, e, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]);
+    default:
+      throw new Error(`a kernel takes at most ${MAX_ARGS} arguments after (tid, begin, end); this one declares ${fn.length - 3}`);
   }
 }
 
@@ -83,7 +115,9 @@ export function invoker(fn: KernelFn): KernelInvoker {
  * Shared by the main thread and workers.
  */
 export function runChunks(slot: Int32Array, args: Float64Array, fn: KernelInvoker, tid: number): number {
-  const nChunks = slot[Slot.NCHUNKS], units = slot[Slot.UNITS], grain = slot[Slot.GRAIN];
+  const nChunks = slot[Slot.NCHUNKS],
+    units = slot[Slot.UNITS],
+    grain = slot[Slot.GRAIN];
   for (let done = 0; ; done++) {
     const c = Atomics.add(slot, Slot.NEXT, 1);
     if (c >= nChunks) return done;

@@ -65,7 +65,10 @@ function workerExecArgv(argv: readonly string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') { i++; continue; }
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') {
+      i++;
+      continue;
+    }
     if (a.startsWith('--input-type') || a.startsWith('--eval=') || a.startsWith('--print=')) continue;
     out.push(a);
   }
@@ -85,9 +88,15 @@ export function startWorker(url: URL): WorkerLike {
     }
     return {
       post: (m) => w.postMessage(m),
-      onMessage: (h) => { w.on('message', h); },
-      onError: (h) => { w.on('error', h); },
-      terminate: async () => { await w.terminate(); },
+      onMessage: (h) => {
+        w.on('message', h);
+      },
+      onError: (h) => {
+        w.on('error', h);
+      },
+      terminate: async () => {
+        await w.terminate();
+      },
       ref: () => w.ref(),
       unref: () => w.unref(),
     };
@@ -95,9 +104,15 @@ export function startWorker(url: URL): WorkerLike {
   const w = new Worker(url, { type: 'module' });
   return {
     post: (m) => w.postMessage(m),
-    onMessage: (h) => { w.onmessage = (e: MessageEvent) => h(e.data); },
-    onError: (h) => { w.onerror = (e) => h(e); },
-    terminate: async () => { w.terminate(); },
+    onMessage: (h) => {
+      w.onmessage = (e: MessageEvent) => h(e.data);
+    },
+    onError: (h) => {
+      w.onerror = (e) => h(e);
+    },
+    terminate: async () => {
+      w.terminate();
+    },
     ref: () => {},
     unref: () => {},
   };

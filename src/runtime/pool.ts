@@ -2,7 +2,21 @@
 // together over shared wasm memory. Hand-off is a spin on an atomic counter (about a microsecond),
 // so even calls of a few tens of microseconds gain from the second thread.
 import { Arena } from './arena.js';
-import { CTRL_BYTES, ControlBlock, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, KernelInvoker, MAX_ARGS, SLOTS, Slot, controlBlock, invoker, runChunks } from './job.js';
+import {
+  CTRL_BYTES,
+  ControlBlock,
+  Ctrl,
+  JOB_EXIT,
+  JOB_YIELD,
+  KernelFn,
+  KernelInvoker,
+  MAX_ARGS,
+  SLOTS,
+  Slot,
+  controlBlock,
+  invoker,
+  runChunks,
+} from './job.js';
 import { KernelModule } from './kernel-module.js';
 import { WorkerLike, startWorker } from './platform.js';
 
@@ -53,7 +67,10 @@ export class ThreadPool {
   /** Parallel calls in which the workers held the caller up (see dispatch). */
   stalls = 0;
 
-  private constructor(readonly kernels: KernelModule, threads: number) {
+  private constructor(
+    readonly kernels: KernelModule,
+    threads: number,
+  ) {
     this.threads = Math.max(1, Math.floor(threads));
     this.sab = new SharedArrayBuffer(CTRL_BYTES);
     this.cb = controlBlock(this.sab);
@@ -69,10 +86,12 @@ export class ThreadPool {
     const ready: Promise<void>[] = [];
     for (let t = 1; t < pool.threads; t++) {
       const w = startWorker(new URL('./worker.js', import.meta.url));
-      ready.push(new Promise<void>((resolve, reject) => {
-        w.onError(reject);
-        w.onMessage((m) => pool.onWorkerMessage(t, m as { type: string; arena?: number; message?: string }, resolve));
-      }));
+      ready.push(
+        new Promise<void>((resolve, reject) => {
+          w.onError(reject);
+          w.onMessage((m) => pool.onWorkerMessage(t, m as { type: string; arena?: number; message?: string }, resolve));
+        }),
+      );
       w.post({ type: 'init', module: kernels.module, ctrl: pool.sab, tid: t, kernelNames: kernels.kernelNames });
       pool.workers.push(w);
     }
@@ -101,10 +120,13 @@ export class ThreadPool {
   /** Makes an arena usable by every thread of the pool. */
   async attach(arena: Arena): Promise<void> {
     this.mainTables[arena.id] = this.kernels.kernelNames.map((n) => invoker(arena.exports[n] as KernelFn));
-    const acks = this.workers.map((w, i) => new Promise<void>((resolve) => {
-      this.pendingAcks.set(`${i + 1}:${arena.id}`, resolve);
-      w.post({ type: 'attach', arena: arena.id, memory: arena.memory });
-    }));
+    const acks = this.workers.map(
+      (w, i) =>
+        new Promise<void>((resolve) => {
+          this.pendingAcks.set(`${i + 1}:${arena.id}`, resolve);
+          w.post({ type: 'attach', arena: arena.id, memory: arena.memory });
+        }),
+    );
     // Workers spinning for jobs do not read messages: send them back to their event loop.
     this.setIdle(false);
     this.dispatch(JOB_YIELD, 0, 0, 0, []);
@@ -140,10 +162,15 @@ export class ThreadPool {
     if (this.closed) throw new KernelError('thread pool is closed');
     if (args.length > MAX_ARGS) throw new KernelError(`at most ${MAX_ARGS} kernel arguments`);
     const n = this.workers.length;
-    const job = (this.gen + 1) | 0, si = job & (SLOTS - 1);
-    const slot = this.cb.slots[si], a = this.cb.args[si], ctrl = this.cb.ctrl;
+    const job = (this.gen + 1) | 0,
+      si = job & (SLOTS - 1);
+    const slot = this.cb.slots[si],
+      a = this.cb.args[si],
+      ctrl = this.cb.ctrl;
     // The slot's previous job (SLOTS jobs ago) must be done with by every worker.
-    while (Atomics.load(slot, Slot.ACKS) < n) { /* spin: a worker far behind */ }
+    while (Atomics.load(slot, Slot.ACKS) < n) {
+      /* spin: a worker far behind */
+    }
     for (let i = 0; i < MAX_ARGS; i++) a[i] = i < args.length ? args[i] : 0;
     const nChunks = kernel >= 0 ? Math.ceil(units / grain) : 0;
     slot[Slot.KERNEL] = kernel;
@@ -163,10 +190,16 @@ export class ThreadPool {
     let mainError: unknown = null;
     let ownChunks = 0;
     const t0 = performance.now();
-    try { ownChunks = runChunks(slot, a, fn, 0); } catch (e) { mainError = e; }
+    try {
+      ownChunks = runChunks(slot, a, fn, 0);
+    } catch (e) {
+      mainError = e;
+    }
     const t1 = performance.now();
     // Chunks a worker took must finish; a worker that took none is not waited for.
-    while (Atomics.load(slot, Slot.COMPLETED) < nChunks) { /* spin */ }
+    while (Atomics.load(slot, Slot.COMPLETED) < nChunks) {
+      /* spin */
+    }
     const t2 = performance.now();
     this.lastMs[kernel] = t2 - t0;
     // Another process may hold a core: a worker descheduled in the middle of a chunk then holds
@@ -192,7 +225,9 @@ export class ThreadPool {
     if (mainError) throw mainError;
     const err = Atomics.load(slot, Slot.ERR);
     if (err !== 0) {
-      throw new KernelError(`kernel ${this.kernels.kernelNames[kernel]} failed in worker thread ${err - 1}${this.workerErrors.length ? ': ' + this.workerErrors.join('; ') : ''}`);
+      throw new KernelError(
+        `kernel ${this.kernels.kernelNames[kernel]} failed in worker thread ${err - 1}${this.workerErrors.length ? ': ' + this.workerErrors.join('; ') : ''}`,
+      );
     }
   }
 

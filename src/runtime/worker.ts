@@ -3,8 +3,18 @@
 import { ControlBlock, Ctrl, JOB_EXIT, JOB_YIELD, KernelFn, KernelInvoker, SLOTS, SPIN_MS, Slot, controlBlock, invoker, runChunks } from './job.js';
 import { isNode } from './platform.js';
 
-interface InitMessage { type: 'init'; module: WebAssembly.Module; ctrl: SharedArrayBuffer; tid: number; kernelNames: string[] }
-interface AttachMessage { type: 'attach'; arena: number; memory: WebAssembly.Memory }
+interface InitMessage {
+  type: 'init';
+  module: WebAssembly.Module;
+  ctrl: SharedArrayBuffer;
+  tid: number;
+  kernelNames: string[];
+}
+interface AttachMessage {
+  type: 'attach';
+  arena: number;
+  memory: WebAssembly.Memory;
+}
 type Message = InitMessage | AttachMessage;
 
 let cb: ControlBlock;
@@ -26,7 +36,14 @@ function onMessage(m: Message): void {
     post({ type: 'ready' });
     loop();
   } else if (m.type === 'attach') {
-    const inst = new WebAssembly.Instance(module, { env: { memory: m.memory, abort: () => { throw new Error('wasm kernel aborted'); } } });
+    const inst = new WebAssembly.Instance(module, {
+      env: {
+        memory: m.memory,
+        abort: () => {
+          throw new Error('wasm kernel aborted');
+        },
+      },
+    });
     tables[m.arena] = kernelNames.map((n) => invoker(inst.exports[n] as KernelFn));
     post({ type: 'attached', arena: m.arena });
   }
@@ -46,7 +63,10 @@ function loop(): void {
           Atomics.add(ctrl, Ctrl.SLEEPERS, 1);
           const w = Atomics.waitAsync(ctrl, Ctrl.GEN, seen);
           if (w.async) {
-            void w.value.then(() => { Atomics.sub(ctrl, Ctrl.SLEEPERS, 1); loop(); });
+            void w.value.then(() => {
+              Atomics.sub(ctrl, Ctrl.SLEEPERS, 1);
+              loop();
+            });
             return;
           }
           Atomics.sub(ctrl, Ctrl.SLEEPERS, 1);

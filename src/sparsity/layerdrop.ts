@@ -25,16 +25,25 @@ export class LayerDrop implements DecodeSelector {
   readonly keptAt = new Map<number, number[]>();
   private readonly stages: DropStage[];
 
-  constructor(private readonly decoder: LanguageDecoder, readonly visualSlots: readonly number[], stages: DropStage[], private readonly promptLength: number) {
+  constructor(
+    private readonly decoder: LanguageDecoder,
+    readonly visualSlots: readonly number[],
+    stages: DropStage[],
+    private readonly promptLength: number,
+  ) {
     const L = decoder.layers;
     this.stages = [...stages].sort((a, b) => a.layer - b.layer);
-    for (const st of this.stages) if (!Number.isInteger(st.layer) || st.layer < 0 || st.layer >= L - 1) throw new RangeError(`token dropping after layer ${st.layer}: expected 0..${L - 2}`);
+    for (const st of this.stages)
+      if (!Number.isInteger(st.layer) || st.layer < 0 || st.layer >= L - 1)
+        throw new RangeError(`token dropping after layer ${st.layer}: expected 0..${L - 2}`);
     this.rowsAt = new Array<number>(L).fill(promptLength);
   }
 
   prefillOptions(slot0: number, rows: number): ForwardOptions {
-    if (slot0 !== 0 || rows !== this.promptLength) throw new RangeError('token dropping inside the prefill needs the whole prompt in one pass (it cannot continue a cached conversation)');
-    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads;
+    if (slot0 !== 0 || rows !== this.promptLength)
+      throw new RangeError('token dropping inside the prefill needs the whole prompt in one pass (it cannot continue a cached conversation)');
+    const be = this.decoder.backend,
+      kvHeads = this.decoder.kvHeads;
     let present = Array.from({ length: rows }, (_, i) => i); // prompt positions of the current rows
     const visual = new Set(this.visualSlots);
     return {
@@ -43,9 +52,13 @@ export class LayerDrop implements DecodeSelector {
         if (!st) return null;
         const n = present.length;
         const { place } = this.decoder.layerPart(layer);
-        const keys = be.ints(n, place), out = be.matrix(kvHeads, n, place);
+        const keys = be.ints(n, place),
+          out = be.matrix(kvHeads, n, place);
         try {
-          be.writeInts(keys, Array.from({ length: n }, (_, i) => i));
+          be.writeInts(
+            keys,
+            Array.from({ length: n }, (_, i) => i),
+          );
           // The last row's attention over every key of this layer, per KV group; groups averaged.
           be.keyScores(out, q.view(n - 1, 1), part, layerInPart, { heads: this.decoder.heads, scale: 1 / Math.sqrt(this.decoder.headDim), keys });
           const sc = be.read(out);
@@ -56,7 +69,10 @@ export class LayerDrop implements DecodeSelector {
           const top = new Set([...vis].sort((a, b) => att[b] - att[a] || a - b).slice(0, keepN));
           const rowsKept = present.map((p, i) => i).filter((i) => !visual.has(present[i]) || top.has(i));
           present = rowsKept.map((i) => present[i]);
-          this.keptAt.set(layer, present.filter((p) => visual.has(p)));
+          this.keptAt.set(
+            layer,
+            present.filter((p) => visual.has(p)),
+          );
           for (let l = layer + 1; l < this.rowsAt.length; l++) this.rowsAt[l] = present.length;
           return rowsKept;
         } finally {
@@ -90,7 +106,7 @@ export class LayerDrop implements DecodeSelector {
   /** Visual tokens the last layer attends to. */
   get visualPerStep(): number {
     const last = this.stages[this.stages.length - 1];
-    return last ? this.keptAt.get(last.layer)?.length ?? this.visualSlots.length : this.visualSlots.length;
+    return last ? (this.keptAt.get(last.layer)?.length ?? this.visualSlots.length) : this.visualSlots.length;
   }
 
   /** The pruned cache's layout, once the prompt is prefilled. */
@@ -102,7 +118,9 @@ export class LayerDrop implements DecodeSelector {
     };
   }
 
-  free(): void { /* nothing held between calls */ }
+  free(): void {
+    /* nothing held between calls */
+  }
 }
 
 /**
@@ -117,18 +135,28 @@ export class PrunedCacheContinuation implements DecodeSelector {
     this.options = { layerSlot0: (layer: number, s: number) => s - dropped[layer] };
   }
 
-  prefillOptions(): ForwardOptions { return this.options; }
-  decodeOptions(): ForwardOptions { return this.options; }
+  prefillOptions(): ForwardOptions {
+    return this.options;
+  }
+  decodeOptions(): ForwardOptions {
+    return this.options;
+  }
 
   rowsPerStep(slot: number): number {
     return this.layout.dropped.reduce((a, d) => a + slot - d + 1, 0) / this.layout.dropped.length;
   }
 
-  visualPerLayer(): number[] { return [...this.layout.visualPerLayer]; }
+  visualPerLayer(): number[] {
+    return [...this.layout.visualPerLayer];
+  }
 
-  get visualPerStep(): number { return this.layout.visualPerLayer[this.layout.visualPerLayer.length - 1]; }
+  get visualPerStep(): number {
+    return this.layout.visualPerLayer[this.layout.visualPerLayer.length - 1];
+  }
 
-  free(): void { /* nothing held */ }
+  free(): void {
+    /* nothing held */
+  }
 }
 
 /** FastV's stage: after layer k - 1 (k = 2), keep (1 - r) of the visual tokens (r = 0.5). */

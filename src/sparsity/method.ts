@@ -85,7 +85,9 @@ export function sparseVilaDecode(d: number, reretrieveEvery = 0): DecodeMethod {
         rowsPerStep: (slot) => r.rowsPerStep(slot),
         visualPerStep: r.keep,
         visualPerLayer: () => new Array<number>(t.decoder.layers).fill(r.keep),
-        get keptVisual() { return r.kept; },
+        get keptVisual() {
+          return r.kept;
+        },
         free: () => r.free(),
       };
     },
@@ -108,7 +110,8 @@ export function fastV(k = 2, r = 0.5): DecodeMethod {
     prunesCache: true,
     create: (t) => {
       const L = t.decoder.layers;
-      if (k > L - 1) throw new OptionError(`FastV K = ${k}: tokens are dropped after layer K, and the language model has ${L} layers, so K must be in 1..${L - 1}`);
+      if (k > L - 1)
+        throw new OptionError(`FastV K = ${k}: tokens are dropped after layer K, and the language model has ${L} layers, so K must be in 1..${L - 1}`);
       return layerDrop(t, stages);
     },
   };

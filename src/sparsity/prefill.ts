@@ -12,7 +12,8 @@ import { keptCount, topKInOrder } from './select.js';
  * kept unit indices (rows of the tile).
  */
 export function prunedImageFeatures(encoder: ImageEncoder, image: ProcessedImage, tile: number, p: number): { features: Matrix; kept: number[] } {
-  const n = encoder.unitIds(image, tile).length, keep = keptCount(n, p);
+  const n = encoder.unitIds(image, tile).length,
+    keep = keptCount(n, p);
   if (keep === n) return { features: encoder.project(encoder.encodeTile(image, tile).units), kept: Array.from({ length: n }, (_, i) => i) };
   const { units, salience } = encoder.encodeTile(image, tile, { salience: true });
   const kept = topKInOrder(salience!, keep);

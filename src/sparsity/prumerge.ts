@@ -9,13 +9,16 @@
 export function quantile(values: ArrayLike<number>, q: number): number {
   const s = Array.from(values).sort((a, b) => a - b);
   if (s.length === 0) throw new RangeError('quantile of nothing');
-  const pos = (s.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
+  const pos = (s.length - 1) * q,
+    lo = Math.floor(pos),
+    hi = Math.ceil(pos);
   return s[lo] + (s[hi] - s[lo]) * (pos - lo);
 }
 
 /** How many values lie above Q3 + 1.5 IQR. */
 export function iqrOutlierCount(values: ArrayLike<number>): number {
-  const q1 = quantile(values, 0.25), q3 = quantile(values, 0.75);
+  const q1 = quantile(values, 0.25),
+    q3 = quantile(values, 0.75);
   const upper = q3 + 1.5 * (q3 - q1);
   let n = 0;
   for (let i = 0; i < values.length; i++) if (values[i] > upper) n++;
@@ -33,8 +36,14 @@ export interface PruMergeSelection {
  * The PruMerge rule on plain arrays: salience [n] (class-token attention), keys [n][width]. Keeps
  * the IQR outliers (at least one), or the top `budget` when given.
  */
-export function pruMergeSelect(salience: ArrayLike<number>, keys: ArrayLike<number>, width: number, opts: { budget?: number; k?: number } = {}): PruMergeSelection {
-  const n = salience.length, kNear = opts.k ?? 32;
+export function pruMergeSelect(
+  salience: ArrayLike<number>,
+  keys: ArrayLike<number>,
+  width: number,
+  opts: { budget?: number; k?: number } = {},
+): PruMergeSelection {
+  const n = salience.length,
+    kNear = opts.k ?? 32;
   if (keys.length !== n * width) throw new RangeError(`pruMerge: ${keys.length} key values for ${n} tokens of ${width}`);
   const count = Math.min(n, opts.budget ?? Math.max(1, iqrOutlierCount(salience)));
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => salience[b] - salience[a] || a - b);

@@ -35,7 +35,11 @@ export class QuestDecode implements DecodeSelector {
   private readonly order: number[] = [];
 
   /** maxSlots: the most cache slots the turn may reach (buffers grow with use up to it). */
-  constructor(private readonly decoder: LanguageDecoder, opts: QuestOptions, maxSlots: number) {
+  constructor(
+    private readonly decoder: LanguageDecoder,
+    opts: QuestOptions,
+    maxSlots: number,
+  ) {
     this.pageSize = opts.pageSize ?? 16;
     this.denseLayers = opts.denseLayers ?? 2;
     if (!Number.isInteger(opts.budget) || opts.budget < 1) throw new OptionError(`Quest budget ${opts.budget} must be a whole number >= 1`);
@@ -44,21 +48,29 @@ export class QuestDecode implements DecodeSelector {
     this.listBuf = new Int32Array(decoder.kvHeads * this.pagesPerStep * this.pageSize);
   }
 
-  prefillOptions(): ForwardOptions | undefined { return undefined; }
+  prefillOptions(): ForwardOptions | undefined {
+    return undefined;
+  }
 
   /** Slots a step at `slot` reads in a layer, on average over layers. */
   rowsPerStep(slot: number): number {
-    const L = this.decoder.layers, len = slot + 1;
+    const L = this.decoder.layers,
+      len = slot + 1;
     const sparse = Math.min(len, (this.pagesPerStep - 1) * this.pageSize + (slot % this.pageSize) + 1);
     return (this.denseLayers * len + (L - this.denseLayers) * sparse) / L;
   }
 
   decodeOptions(): ForwardOptions {
-    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, ps = this.pageSize, D = this.decoder.headDim;
+    const be = this.decoder.backend,
+      kvHeads = this.decoder.kvHeads,
+      ps = this.pageSize,
+      D = this.decoder.headDim;
     return {
       attentionKeys: (layer: number, slot0: number, q: Matrix, part: KVCache, layerInPart: number): AttentionKeys | undefined => {
         if (layer < this.denseLayers) return undefined;
-        const len = slot0 + 1, nPages = Math.ceil(len / ps), cur = Math.floor(slot0 / ps);
+        const len = slot0 + 1,
+          nPages = Math.ceil(len / ps),
+          cur = Math.floor(slot0 / ps);
         if (nPages <= this.pagesPerStep) return undefined; // everything fits the budget: dense
         if (nPages > this.maxPages) throw new RangeError(`Quest: slot ${slot0} is past the ${this.maxPages * ps} slots it was sized for`);
         const { place, part: pi } = this.decoder.layerPart(layer);
@@ -87,7 +99,12 @@ export class QuestDecode implements DecodeSelector {
           this.scoreMats.set(pi, sm);
         }
         be.pageScores(sm, q, b, { heads: this.decoder.heads, kvHeads, nPages });
-        const sc = be.read(sm, this.scoreBuf.length >= kvHeads * nPages ? this.scoreBuf.subarray(0, kvHeads * nPages) : (this.scoreBuf = new Float32Array(kvHeads * 2 * nPages)).subarray(0, kvHeads * nPages));
+        const sc = be.read(
+          sm,
+          this.scoreBuf.length >= kvHeads * nPages
+            ? this.scoreBuf.subarray(0, kvHeads * nPages)
+            : (this.scoreBuf = new Float32Array(kvHeads * 2 * nPages)).subarray(0, kvHeads * nPages),
+        );
         const stride = this.pagesPerStep * ps;
         const list = this.listBuf;
         const order = this.order;

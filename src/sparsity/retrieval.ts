@@ -46,8 +46,13 @@ export class DecodeRetrieval implements DecodeSelector {
    * questionSlot0: the first slot of the turn's question (the rows scoring the visual tokens);
    * maxSteps: most decode steps the turn may take (the lists grow to it with use, never beyond).
    */
-  constructor(private readonly decoder: LanguageDecoder, readonly visualSlots: readonly number[],
-    readonly sparsity: number, readonly questionSlot0: number, private readonly maxSteps: number) {
+  constructor(
+    private readonly decoder: LanguageDecoder,
+    readonly visualSlots: readonly number[],
+    readonly sparsity: number,
+    readonly questionSlot0: number,
+    private readonly maxSteps: number,
+  ) {
     this.keep = keptCount(visualSlots.length, sparsity);
     for (let i = 1; i < visualSlots.length; i++) {
       if (visualSlots[i] <= visualSlots[i - 1]) throw new RangeError('decode retrieval: visual slots must be ascending');
@@ -78,10 +83,12 @@ export class DecodeRetrieval implements DecodeSelector {
    * query and the following steps attend to the new selection (for long answers that move on).
    */
   decodeOptions(reretrieveEvery = 0): ForwardOptions {
-    if (!Number.isInteger(reretrieveEvery) || reretrieveEvery < 0) throw new RangeError(`decode retrieval: re-retrieval interval ${reretrieveEvery} is not a whole number >= 0`);
+    if (!Number.isInteger(reretrieveEvery) || reretrieveEvery < 0)
+      throw new RangeError(`decode retrieval: re-retrieval interval ${reretrieveEvery} is not a whole number >= 0`);
     const steps = (slot0: number): number => {
       const n = slot0 - this.firstStep + 1;
-      if (n < 1 || n > this.maxSteps) throw new RangeError(`decode retrieval: slot ${slot0} is not one of the turn's ${this.maxSteps} decode steps from ${this.firstStep}`);
+      if (n < 1 || n > this.maxSteps)
+        throw new RangeError(`decode retrieval: slot ${slot0} is not one of the turn's ${this.maxSteps} decode steps from ${this.firstStep}`);
       return n;
     };
     let current = -1;
@@ -92,30 +99,38 @@ export class DecodeRetrieval implements DecodeSelector {
         if (current > this.capacity) this.grow(current);
         return { count: this.base + current, indices: this.lists[layer], perKvHead: true, stride: this.stride };
       },
-      onQueries: reretrieveEvery > 0
-        ? (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
-          if (current > 0 && current % reretrieveEvery === 0) {
-            this.retrieve(layer, q, part, layerInPart);
-            if (layer === this.decoder.layers - 1) this.reretrievals++;
-          }
-        }
-        : undefined,
+      onQueries:
+        reretrieveEvery > 0
+          ? (layer: number, q: Matrix, part: KVCache, layerInPart: number) => {
+              if (current > 0 && current % reretrieveEvery === 0) {
+                this.retrieve(layer, q, part, layerInPart);
+                if (layer === this.decoder.layers - 1) this.reretrievals++;
+              }
+            }
+          : undefined,
     };
   }
 
   /** Cache slots a step at `slot` reads per layer: all but the visual tokens not retrieved. */
-  rowsPerStep(slot: number): number { return slot + 1 - (this.visualSlots.length - this.keep); }
+  rowsPerStep(slot: number): number {
+    return slot + 1 - (this.visualSlots.length - this.keep);
+  }
 
-  get visualPerStep(): number { return this.keep; }
+  get visualPerStep(): number {
+    return this.keep;
+  }
 
   /** Times the decode steps selected again (counted once per step, not per layer). */
   reretrievals = 0;
 
   /** Scores the visual tokens of one layer by the query rows q and rewrites the layer's lists. */
   private retrieve(layer: number, q: Matrix, part: KVCache, layerInPart: number): void {
-    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, n = this.visualSlots.length;
+    const be = this.decoder.backend,
+      kvHeads = this.decoder.kvHeads,
+      n = this.visualSlots.length;
     const { part: pi, place } = this.decoder.layerPart(layer);
-    let keys = this.visualByPart.get(pi), out = this.scores.get(pi);
+    let keys = this.visualByPart.get(pi),
+      out = this.scores.get(pi);
     if (!keys || !out) {
       keys = be.ints(n, place);
       be.writeInts(keys, this.visualSlots);
@@ -154,19 +169,37 @@ export class DecodeRetrieval implements DecodeSelector {
    * ascending (cache order), then the slots the decode steps write.
    */
   private writeList(layer: number, place: number): void {
-    const be = this.decoder.backend, kvHeads = this.decoder.kvHeads, kept = this.kept[layer];
-    const list = this.list, others = this.others;
+    const be = this.decoder.backend,
+      kvHeads = this.decoder.kvHeads,
+      kept = this.kept[layer];
+    const list = this.list,
+      others = this.others;
     for (let g = 0; g < kvHeads; g++) {
-      let a = 0, b = 0, o = g * this.stride;
+      let a = 0,
+        b = 0,
+        o = g * this.stride;
       while (a < this.keep || b < others.length) {
-        const va = a < this.keep ? kept[g * this.keep + a] : Infinity, vb = b < others.length ? others[b] : Infinity;
-        if (va < vb) { list[o++] = va; a++; } else { list[o++] = vb; b++; }
+        const va = a < this.keep ? kept[g * this.keep + a] : Infinity,
+          vb = b < others.length ? others[b] : Infinity;
+        if (va < vb) {
+          list[o++] = va;
+          a++;
+        } else {
+          list[o++] = vb;
+          b++;
+        }
       }
       for (let t = 0; t < this.capacity; t++) list[o++] = this.firstStep + t;
     }
     let lv: IntVector | undefined = this.lists[layer];
-    if (lv && lv.length !== list.length) { be.free(lv); lv = undefined; }
-    if (!lv) { lv = be.ints(list.length, place); this.lists[layer] = lv; }
+    if (lv && lv.length !== list.length) {
+      be.free(lv);
+      lv = undefined;
+    }
+    if (!lv) {
+      lv = be.ints(list.length, place);
+      this.lists[layer] = lv;
+    }
     be.writeInts(lv, list);
   }
 

@@ -24,15 +24,23 @@ export function visionZipContextual(budget: number): number {
  * The VisionZip rule on plain arrays: salience [n] (class-token attention), keys [n][heads * headDim]
  * (the layer's key rows), `dominant` + `contextual` output tokens (<= n).
  */
-export function visionZipSelect(salience: ArrayLike<number>, keys: ArrayLike<number>, heads: number, headDim: number,
-  dominant: number, contextual: number): VisionZipSelection {
-  const n = salience.length, width = heads * headDim;
+export function visionZipSelect(
+  salience: ArrayLike<number>,
+  keys: ArrayLike<number>,
+  heads: number,
+  headDim: number,
+  dominant: number,
+  contextual: number,
+): VisionZipSelection {
+  const n = salience.length,
+    width = heads * headDim;
   if (keys.length !== n * width) throw new RangeError(`visionZip: ${keys.length} key values for ${n} tokens of ${width}`);
   if (dominant < 0 || contextual < 0 || dominant + contextual > n) throw new RangeError(`visionZip: ${dominant} + ${contextual} tokens of ${n}`);
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => salience[b] - salience[a] || a - b);
   const isDominant = new Uint8Array(n);
   for (let i = 0; i < dominant; i++) isDominant[order[i]] = 1;
-  const dom: number[] = [], rest: number[] = [];
+  const dom: number[] = [],
+    rest: number[] = [];
   for (let i = 0; i < n; i++) (isDominant[i] ? dom : rest).push(i);
   if (contextual === 0) return { dominant: dom, targets: [], members: [] };
   // The metric: each remaining token's key averaged over heads, L2-normalised.
@@ -49,11 +57,15 @@ export function visionZipSelect(salience: ArrayLike<number>, keys: ArrayLike<num
   const members: number[][] = targetPos.map(() => []);
   rest.forEach((t, i) => {
     if (isTarget.has(i)) return;
-    let best = 0, bestSim = -Infinity;
+    let best = 0,
+      bestSim = -Infinity;
     targetPos.forEach((p, c) => {
       let sim = 0;
       for (let d = 0; d < headDim; d++) sim += metric[i][d] * metric[p][d];
-      if (sim > bestSim) { bestSim = sim; best = c; }
+      if (sim > bestSim) {
+        bestSim = sim;
+        best = c;
+      }
     });
     members[best].push(t);
   });
@@ -65,7 +77,8 @@ export function visionZipMerge(features: Float32Array, dim: number, s: VisionZip
   const out = new Float32Array((s.dominant.length + s.targets.length) * dim);
   s.dominant.forEach((t, r) => out.set(features.subarray(t * dim, (t + 1) * dim), r * dim));
   s.targets.forEach((t, c) => {
-    const o = (s.dominant.length + c) * dim, m = s.members[c];
+    const o = (s.dominant.length + c) * dim,
+      m = s.members[c];
     for (let d = 0; d < dim; d++) {
       let sum = 0;
       for (const j of m) sum += features[j * dim + d];

@@ -37,7 +37,15 @@ export interface FuzzCase {
 
 // ---- the model folder ---------------------------------------------------------------------------
 
-const FILES = ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja', 'preprocessor_config.json', 'generation_config.json'];
+const FILES = [
+  'config.json',
+  'model.safetensors',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'chat_template.jinja',
+  'preprocessor_config.json',
+  'generation_config.json',
+];
 
 /** A copy of the default model's folder whose files link to the originals, except those `edit` writes. */
 async function modelCopy(dir: string, edit: (m: string) => void | Promise<void>): Promise<string> {
@@ -88,7 +96,10 @@ function getPath(j: Record<string, unknown>, dotted: string): unknown {
 
 // ---- safetensors ---------------------------------------------------------------------------------
 
-interface SafetensorsParts { header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>; data: Buffer }
+interface SafetensorsParts {
+  header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  data: Buffer;
+}
 
 let baseST: SafetensorsParts | null = null;
 function baseSafetensors(): SafetensorsParts {
@@ -117,50 +128,114 @@ type Maker = (rng: Rng, index: number) => FuzzCase;
 const pick = <T>(rng: Rng, xs: readonly T[]): T => xs[rng.int(xs.length)];
 
 /** A case on a mutated model folder (inspect, loading and run), the sample image. */
-function folderCase(index: number, kind: FuzzCase['kind'], description: string, expect: Expect, names: string[], edit: (m: string) => void | Promise<void>, args: string[] = []): FuzzCase {
+function folderCase(
+  index: number,
+  kind: FuzzCase['kind'],
+  description: string,
+  expect: Expect,
+  names: string[],
+  edit: (m: string) => void | Promise<void>,
+  args: string[] = [],
+): FuzzCase {
   return {
-    index, kind, description, folder: true, command: 'run', expect, names, args,
+    index,
+    kind,
+    description,
+    folder: true,
+    command: 'run',
+    expect,
+    names,
+    args,
     build: async (dir) => ({ model: await modelCopy(dir, edit), image: SAMPLE_IMAGE }),
   };
 }
 
 /** A case on the intact model with another image or flags. */
-function inputCase(index: number, kind: FuzzCase['kind'], description: string, expect: Expect, names: string[], image: (dir: string) => string | Promise<string>, args: string[] = []): FuzzCase {
+function inputCase(
+  index: number,
+  kind: FuzzCase['kind'],
+  description: string,
+  expect: Expect,
+  names: string[],
+  image: (dir: string) => string | Promise<string>,
+  args: string[] = [],
+): FuzzCase {
   return {
-    index, kind, description, folder: false, command: 'run', expect, names, args,
+    index,
+    kind,
+    description,
+    folder: false,
+    command: 'run',
+    expect,
+    names,
+    args,
     build: async (dir) => ({ model: MODEL_DIR, image: await image(dir) }),
   };
 }
 
 const NUMERIC_FIELDS = [
-  'text_config.hidden_size', 'text_config.intermediate_size', 'text_config.num_attention_heads', 'text_config.num_key_value_heads',
-  'text_config.num_hidden_layers', 'text_config.vocab_size', 'text_config.head_dim', 'vision_config.hidden_size',
-  'vision_config.intermediate_size', 'vision_config.num_attention_heads', 'vision_config.num_hidden_layers', 'vision_config.image_size',
-  'vision_config.patch_size', 'image_token_index', 'text_config.max_position_embeddings',
+  'text_config.hidden_size',
+  'text_config.intermediate_size',
+  'text_config.num_attention_heads',
+  'text_config.num_key_value_heads',
+  'text_config.num_hidden_layers',
+  'text_config.vocab_size',
+  'text_config.head_dim',
+  'vision_config.hidden_size',
+  'vision_config.intermediate_size',
+  'vision_config.num_attention_heads',
+  'vision_config.num_hidden_layers',
+  'vision_config.image_size',
+  'vision_config.patch_size',
+  'image_token_index',
+  'text_config.max_position_embeddings',
 ];
 /** Values that cannot be a size. */
 const BAD_SIZES: unknown[] = ['abc', -1, 0, 1.5, [], {}, true, '64', 1e30, Number.MAX_SAFE_INTEGER + 2];
 
 const configMakers: Maker[] = [
   (rng, i) => {
-    const f = pick(rng, ['text_config.hidden_size', 'text_config.num_hidden_layers', 'text_config.vocab_size', 'text_config.intermediate_size', 'text_config.num_attention_heads', 'vision_config.hidden_size', 'vision_config.image_size', 'vision_config.patch_size', 'vision_config.num_hidden_layers', 'vision_config.intermediate_size', 'vision_config', 'text_config', 'model_type']);
-    return folderCase(i, 'config', `config.json: delete ${f}`, 'fail', ['config.json', f.split('.').pop()!],
-      (m) => editJson(m, 'config.json', (j) => setPath(j, f, undefined)));
+    const f = pick(rng, [
+      'text_config.hidden_size',
+      'text_config.num_hidden_layers',
+      'text_config.vocab_size',
+      'text_config.intermediate_size',
+      'text_config.num_attention_heads',
+      'vision_config.hidden_size',
+      'vision_config.image_size',
+      'vision_config.patch_size',
+      'vision_config.num_hidden_layers',
+      'vision_config.intermediate_size',
+      'vision_config',
+      'text_config',
+      'model_type',
+    ]);
+    return folderCase(i, 'config', `config.json: delete ${f}`, 'fail', ['config.json', f.split('.').pop()!], (m) =>
+      editJson(m, 'config.json', (j) => setPath(j, f, undefined)),
+    );
   },
   (rng, i) => {
-    const f = pick(rng, NUMERIC_FIELDS.filter((x) => x !== 'text_config.max_position_embeddings'));
+    const f = pick(
+      rng,
+      NUMERIC_FIELDS.filter((x) => x !== 'text_config.max_position_embeddings'),
+    );
     const v = pick(rng, BAD_SIZES);
-    return folderCase(i, 'config', `config.json: ${f} = ${JSON.stringify(v)}`, 'fail', ['config.json', f.split('.').pop()!, 'tensor'],
-      (m) => editJson(m, 'config.json', (j) => setPath(j, f, v)));
+    return folderCase(i, 'config', `config.json: ${f} = ${JSON.stringify(v)}`, 'fail', ['config.json', f.split('.').pop()!, 'tensor'], (m) =>
+      editJson(m, 'config.json', (j) => setPath(j, f, v)),
+    );
   },
   (rng, i) => {
     // A size off by a little: the tensors no longer match (or a head count no longer divides).
-    const f = pick(rng, NUMERIC_FIELDS.filter((x) => !['text_config.max_position_embeddings', 'image_token_index'].includes(x)));
+    const f = pick(
+      rng,
+      NUMERIC_FIELDS.filter((x) => !['text_config.max_position_embeddings', 'image_token_index'].includes(x)),
+    );
     const d = pick(rng, [-2, -1, 1, 2, 16]);
     // The tower's head count is in no tensor's shape: a count that still divides the width runs (as in transformers).
     const expect: Expect = f === 'vision_config.num_attention_heads' && 128 % (4 + d) === 0 ? 'any' : 'fail';
-    return folderCase(i, 'config', `config.json: ${f} ${d > 0 ? '+' : ''}${d}`, expect, ['config.json', f.split('.').pop()!, 'tensor', 'head'],
-      (m) => editJson(m, 'config.json', (j) => setPath(j, f, (getPath(j, f) as number) + d)));
+    return folderCase(i, 'config', `config.json: ${f} ${d > 0 ? '+' : ''}${d}`, expect, ['config.json', f.split('.').pop()!, 'tensor', 'head'], (m) =>
+      editJson(m, 'config.json', (j) => setPath(j, f, (getPath(j, f) as number) + d)),
+    );
   },
   (rng, i) => {
     const [f, v, expect, names] = pick(rng, [
@@ -193,8 +268,9 @@ const configMakers: Maker[] = [
       ['vision_config.num_channels', 4, 'fail', ['tensor', 'num_channels']],
       ['dtype', 'float64', 'pass', ['dtype']],
     ] as [string, unknown, Expect, string[]][]);
-    return folderCase(i, 'config', `config.json: ${f} = ${JSON.stringify(v)}`, expect, ['config.json', ...names],
-      (m) => editJson(m, 'config.json', (j) => setPath(j, f, v)));
+    return folderCase(i, 'config', `config.json: ${f} = ${JSON.stringify(v)}`, expect, ['config.json', ...names], (m) =>
+      editJson(m, 'config.json', (j) => setPath(j, f, v)),
+    );
   },
   (rng, i) => {
     const text = fs.readFileSync(path.join(MODEL_DIR, 'config.json'), 'utf8');
@@ -222,33 +298,90 @@ const tensorMakers: Maker[] = [
     const st = baseSafetensors();
     const names = Object.keys(st.header).filter((n) => n !== '__metadata__');
     const name = pick(rng, names);
-    const kind = pick(rng, ['drop', 'rename', 'extra', 'dtype-size', 'dtype-unknown', 'shape-swap', 'shape-grow', 'offsets-past', 'offsets-overlap', 'offsets-reverse', 'offsets-type', 'shape-negative', 'entry-string']);
+    const kind = pick(rng, [
+      'drop',
+      'rename',
+      'extra',
+      'dtype-size',
+      'dtype-unknown',
+      'shape-swap',
+      'shape-grow',
+      'offsets-past',
+      'offsets-overlap',
+      'offsets-reverse',
+      'offsets-type',
+      'shape-negative',
+      'entry-string',
+    ]);
     return folderCase(i, 'tensors', `model.safetensors: ${kind} ${name}`, 'fail', ['model.safetensors', name, 'tensor'], (m) => {
       const h = JSON.parse(JSON.stringify(st.header)) as Record<string, Record<string, unknown>>;
       const e = h[name];
       const [b, end] = e.data_offsets as [number, number];
       const shape = e.shape as number[];
       switch (kind) {
-        case 'drop': delete h[name]; break;
-        case 'rename': h[`${name}.renamed`] = e; delete h[name]; break;
-        case 'extra': h['extra_head.weight'] = { dtype: 'BF16', shape: [0], data_offsets: [0, 0] }; break;
-        case 'dtype-size': e.dtype = 'F32'; break;
-        case 'dtype-unknown': e.dtype = 'Q4_K'; break;
-        case 'shape-swap': if (shape.length >= 2 && shape[0] !== shape[1]) e.shape = [shape[1], shape[0], ...shape.slice(2)]; else e.shape = [...shape, 1, 2]; break;
-        case 'shape-grow': e.shape = shape.map((d, k) => (k === 0 ? d + 1 : d)); break;
-        case 'offsets-past': e.data_offsets = [b + st.data.length, end + st.data.length]; break;
-        case 'offsets-overlap': e.data_offsets = [Math.max(0, b - 2), Math.max(0, b - 2) + (end - b)]; break;
-        case 'offsets-reverse': e.data_offsets = [end, b]; break;
-        case 'offsets-type': e.data_offsets = [String(b), end]; break;
-        case 'shape-negative': e.shape = [-shape[0], ...shape.slice(1)]; break;
-        case 'entry-string': h[name] = 'tensor' as unknown as Record<string, unknown>; break;
+        case 'drop':
+          delete h[name];
+          break;
+        case 'rename':
+          h[`${name}.renamed`] = e;
+          delete h[name];
+          break;
+        case 'extra':
+          h['extra_head.weight'] = { dtype: 'BF16', shape: [0], data_offsets: [0, 0] };
+          break;
+        case 'dtype-size':
+          e.dtype = 'F32';
+          break;
+        case 'dtype-unknown':
+          e.dtype = 'Q4_K';
+          break;
+        case 'shape-swap':
+          if (shape.length >= 2 && shape[0] !== shape[1]) e.shape = [shape[1], shape[0], ...shape.slice(2)];
+          else e.shape = [...shape, 1, 2];
+          break;
+        case 'shape-grow':
+          e.shape = shape.map((d, k) => (k === 0 ? d + 1 : d));
+          break;
+        case 'offsets-past':
+          e.data_offsets = [b + st.data.length, end + st.data.length];
+          break;
+        case 'offsets-overlap':
+          e.data_offsets = [Math.max(0, b - 2), Math.max(0, b - 2) + (end - b)];
+          break;
+        case 'offsets-reverse':
+          e.data_offsets = [end, b];
+          break;
+        case 'offsets-type':
+          e.data_offsets = [String(b), end];
+          break;
+        case 'shape-negative':
+          e.shape = [-shape[0], ...shape.slice(1)];
+          break;
+        case 'entry-string':
+          h[name] = 'tensor' as unknown as Record<string, unknown>;
+          break;
       }
       writeSafetensors(path.join(m, 'model.safetensors'), h, st.data);
     });
   },
   (rng, i) => {
     const st = baseSafetensors();
-    const kind = pick(rng, ['truncate-data', 'truncate-header', 'length-huge', 'length-past', 'not-json', 'not-utf8', 'not-object', 'metadata-bad', 'empty', 'seven-bytes', 'folder', 'fifo', 'missing', 'device']);
+    const kind = pick(rng, [
+      'truncate-data',
+      'truncate-header',
+      'length-huge',
+      'length-past',
+      'not-json',
+      'not-utf8',
+      'not-object',
+      'metadata-bad',
+      'empty',
+      'seven-bytes',
+      'folder',
+      'fifo',
+      'missing',
+      'device',
+    ]);
     return folderCase(i, 'tensors', `model.safetensors: ${kind}`, 'fail', ['model.safetensors', 'checkpoint', 'tensor'], (m) => {
       const p = path.join(m, 'model.safetensors');
       fs.rmSync(p);
@@ -256,20 +389,47 @@ const tensorMakers: Maker[] = [
       const len = Buffer.alloc(8);
       len.writeBigUInt64LE(BigInt(json.length));
       switch (kind) {
-        case 'truncate-data': fs.writeFileSync(p, Buffer.concat([len, json, st.data.subarray(0, rng.int(st.data.length))])); break;
-        case 'truncate-header': fs.writeFileSync(p, Buffer.concat([len, json.subarray(0, rng.int(json.length))])); break;
-        case 'length-huge': writeSafetensors(p, st.header, st.data, 2n ** 62n); break;
-        case 'length-past': writeSafetensors(p, st.header, st.data, BigInt(json.length + st.data.length + 100)); break;
-        case 'not-json': fs.writeFileSync(p, Buffer.concat([len, Buffer.alloc(json.length, '{'), st.data])); break;
-        case 'not-utf8': fs.writeFileSync(p, Buffer.concat([len, Buffer.alloc(json.length, 0xff), st.data])); break;
-        case 'not-object': writeSafetensors(p, [1, 2, 3], st.data); break;
-        case 'metadata-bad': writeSafetensors(p, { ...st.header, __metadata__: { format: 7 } }, st.data); break;
-        case 'empty': fs.writeFileSync(p, ''); break;
-        case 'seven-bytes': fs.writeFileSync(p, Buffer.alloc(7)); break;
-        case 'folder': fs.mkdirSync(p); break;
-        case 'fifo': execFileSync('mkfifo', [p]); break;
-        case 'device': fs.symlinkSync('/dev/zero', p); break;
-        case 'missing': break;
+        case 'truncate-data':
+          fs.writeFileSync(p, Buffer.concat([len, json, st.data.subarray(0, rng.int(st.data.length))]));
+          break;
+        case 'truncate-header':
+          fs.writeFileSync(p, Buffer.concat([len, json.subarray(0, rng.int(json.length))]));
+          break;
+        case 'length-huge':
+          writeSafetensors(p, st.header, st.data, 2n ** 62n);
+          break;
+        case 'length-past':
+          writeSafetensors(p, st.header, st.data, BigInt(json.length + st.data.length + 100));
+          break;
+        case 'not-json':
+          fs.writeFileSync(p, Buffer.concat([len, Buffer.alloc(json.length, '{'), st.data]));
+          break;
+        case 'not-utf8':
+          fs.writeFileSync(p, Buffer.concat([len, Buffer.alloc(json.length, 0xff), st.data]));
+          break;
+        case 'not-object':
+          writeSafetensors(p, [1, 2, 3], st.data);
+          break;
+        case 'metadata-bad':
+          writeSafetensors(p, { ...st.header, __metadata__: { format: 7 } }, st.data);
+          break;
+        case 'empty':
+          fs.writeFileSync(p, '');
+          break;
+        case 'seven-bytes':
+          fs.writeFileSync(p, Buffer.alloc(7));
+          break;
+        case 'folder':
+          fs.mkdirSync(p);
+          break;
+        case 'fifo':
+          execFileSync('mkfifo', [p]);
+          break;
+        case 'device':
+          fs.symlinkSync('/dev/zero', p);
+          break;
+        case 'missing':
+          break;
       }
     });
   },
@@ -277,7 +437,18 @@ const tensorMakers: Maker[] = [
 
 const tokenizerMakers: Maker[] = [
   (rng, i) => {
-    const kind = pick(rng, ['truncate', 'no-model', 'model-type', 'missing', 'not-object', 'image-token-gone', 'vocab-word-gone', 'folder', 'bom', 'added-not-list']);
+    const kind = pick(rng, [
+      'truncate',
+      'no-model',
+      'model-type',
+      'missing',
+      'not-object',
+      'image-token-gone',
+      'vocab-word-gone',
+      'folder',
+      'bom',
+      'added-not-list',
+    ]);
     const expect: Expect = kind === 'vocab-word-gone' || kind === 'bom' ? 'any' : 'fail';
     return folderCase(i, 'tokenizer', `tokenizer.json: ${kind}`, expect, ['tokenizer.json', 'tokenizer', 'image_token_index'], (m) => {
       const p = path.join(m, 'tokenizer.json');
@@ -286,27 +457,63 @@ const tokenizerMakers: Maker[] = [
       fs.rmSync(p);
       const model = j.model as Record<string, unknown>;
       switch (kind) {
-        case 'truncate': fs.writeFileSync(p, text.slice(0, rng.int(text.length - 1))); break;
-        case 'no-model': delete j.model; fs.writeFileSync(p, JSON.stringify(j)); break;
-        case 'model-type': model.type = 'Nope'; fs.writeFileSync(p, JSON.stringify(j)); break;
-        case 'missing': break;
-        case 'not-object': fs.writeFileSync(p, '"tokenizer"'); break;
+        case 'truncate':
+          fs.writeFileSync(p, text.slice(0, rng.int(text.length - 1)));
+          break;
+        case 'no-model':
+          delete j.model;
+          fs.writeFileSync(p, JSON.stringify(j));
+          break;
+        case 'model-type':
+          model.type = 'Nope';
+          fs.writeFileSync(p, JSON.stringify(j));
+          break;
+        case 'missing':
+          break;
+        case 'not-object':
+          fs.writeFileSync(p, '"tokenizer"');
+          break;
         case 'image-token-gone':
           j.added_tokens = (j.added_tokens as { content: string }[]).filter((t) => t.content !== '<image>');
           delete (model.vocab as Record<string, number>)['<image>'];
-          fs.writeFileSync(p, JSON.stringify(j)); break;
-        case 'vocab-word-gone': delete (model.vocab as Record<string, number>)[pick(rng, Object.keys(model.vocab as object).filter((w) => /^[a-z]+$/.test(w)))]; fs.writeFileSync(p, JSON.stringify(j)); break;
-        case 'folder': fs.mkdirSync(p); break;
-        case 'bom': fs.writeFileSync(p, '\ufeff' + text); break;
-        case 'added-not-list': j.added_tokens = 'none'; fs.writeFileSync(p, JSON.stringify(j)); break;
+          fs.writeFileSync(p, JSON.stringify(j));
+          break;
+        case 'vocab-word-gone':
+          delete (model.vocab as Record<string, number>)[
+            pick(
+              rng,
+              Object.keys(model.vocab as object).filter((w) => /^[a-z]+$/.test(w)),
+            )
+          ];
+          fs.writeFileSync(p, JSON.stringify(j));
+          break;
+        case 'folder':
+          fs.mkdirSync(p);
+          break;
+        case 'bom':
+          fs.writeFileSync(p, '\ufeff' + text);
+          break;
+        case 'added-not-list':
+          j.added_tokens = 'none';
+          fs.writeFileSync(p, JSON.stringify(j));
+          break;
       }
     });
   },
   (rng, i) => {
-    const [kind, value, expect] = pick(rng, [['invalid', null, 'fail'], ['bos_token', 42, 'any'], ['add_bos_token', 'yes', 'any'], ['eos_token', '<nothing>', 'any'], ['chat_template', 7, 'any']] as [string, unknown, Expect][]);
+    const [kind, value, expect] = pick(rng, [
+      ['invalid', null, 'fail'],
+      ['bos_token', 42, 'any'],
+      ['add_bos_token', 'yes', 'any'],
+      ['eos_token', '<nothing>', 'any'],
+      ['chat_template', 7, 'any'],
+    ] as [string, unknown, Expect][]);
     return folderCase(i, 'tokenizer', `tokenizer_config.json: ${kind}`, expect, ['tokenizer_config.json', 'tokenizer'], (m) => {
       if (kind === 'invalid') writeText(m, 'tokenizer_config.json', '{"bos_token": "<s>",');
-      else editJson(m, 'tokenizer_config.json', (j) => { j[kind] = value; });
+      else
+        editJson(m, 'tokenizer_config.json', (j) => {
+          j[kind] = value;
+        });
     });
   },
 ];
@@ -324,8 +531,16 @@ const templateMakers: Maker[] = [
       ['doubling', "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", 'fail'],
       ['raise', "{{ raise_exception('this template refuses everything') }}", 'fail'],
       ['unknown-filter', '{{ messages | frobnicate }}', 'fail'],
-      ['drops-images', "{% for m in messages %}{{ m.role.upper() }}: {% for c in m.content if c.type == 'text' %}{{ c.text }}{% endfor %}{% endfor %}ASSISTANT:", 'fail'],
-      ['two-images', "{% for m in messages %}{{ m.role.upper() }}: {% for c in m.content %}{% if c.type == 'image' %}<image>\n<image>\n{% else %}{{ c.text }}{% endif %}{% endfor %}{% endfor %}ASSISTANT:", 'fail'],
+      [
+        'drops-images',
+        "{% for m in messages %}{{ m.role.upper() }}: {% for c in m.content if c.type == 'text' %}{{ c.text }}{% endfor %}{% endfor %}ASSISTANT:",
+        'fail',
+      ],
+      [
+        'two-images',
+        "{% for m in messages %}{{ m.role.upper() }}: {% for c in m.content %}{% if c.type == 'image' %}<image>\n<image>\n{% else %}{{ c.text }}{% endif %}{% endfor %}{% endfor %}ASSISTANT:",
+        'fail',
+      ],
       ['strings-only', '{% for m in messages %}{{ m.content + " " }}{% endfor %}', 'fail'],
       ['deep-parens', `{{ ${'('.repeat(3000)}1${')'.repeat(3000)} }}`, 'fail'],
       ['empty', '', 'fail'],
@@ -373,8 +588,11 @@ const preprocessorMakers: Maker[] = [
       ['do_resize', 'yes', 'fail', ['do_resize']],
       ['image_mean', [0.2, 0.2, 0.2], 'pass', ['image_mean']],
     ] as [string, unknown, Expect, string[]][]);
-    return folderCase(i, 'preprocessor', `preprocessor_config.json: ${f} = ${JSON.stringify(v)}`, expect, ['preprocessor_config.json', ...names],
-      (m) => editJson(m, 'preprocessor_config.json', (j) => { j[f] = v; }));
+    return folderCase(i, 'preprocessor', `preprocessor_config.json: ${f} = ${JSON.stringify(v)}`, expect, ['preprocessor_config.json', ...names], (m) =>
+      editJson(m, 'preprocessor_config.json', (j) => {
+        j[f] = v;
+      }),
+    );
   },
   (rng, i) => {
     const kind = pick(rng, ['missing', 'invalid', 'array', 'bom', 'folder']);
@@ -414,7 +632,15 @@ const generationMakers: Maker[] = [
 const imageMakers: Maker[] = [
   (rng, i) => {
     const fmt = pick(rng, ['png', 'jpeg', 'webp', 'gif', 'tiff'] as const);
-    const [w, h] = pick(rng, [[1, 1], [7, 300], [224, 224], [640, 480], [3000, 20], [333, 777], [16, 16]]);
+    const [w, h] = pick(rng, [
+      [1, 1],
+      [7, 300],
+      [224, 224],
+      [640, 480],
+      [3000, 20],
+      [333, 777],
+      [16, 16],
+    ]);
     return inputCase(i, 'image', `image: ${fmt} ${w}x${h}`, 'pass', ['image'], async (dir) => {
       const p = path.join(dir, `img.${fmt}`);
       await sharp(SAMPLE_IMAGE).resize(w, h, { fit: 'fill' }).toFormat(fmt).toFile(p);
@@ -435,17 +661,38 @@ const imageMakers: Maker[] = [
     return inputCase(i, 'image', `image: ${kind}`, 'fail', ['img', 'image', '--image'], (dir) => {
       const p = path.join(dir, 'img.png');
       switch (kind) {
-        case 'empty': fs.writeFileSync(p, ''); break;
-        case 'text': fs.writeFileSync(p, 'this is not an image'); break;
-        case 'random': fs.writeFileSync(p, Buffer.from(Array.from({ length: 4096 }, () => rng.int(256)))); break;
-        case 'folder': fs.mkdirSync(p); break;
-        case 'fifo': execFileSync('mkfifo', [p]); break;
-        case 'device': fs.symlinkSync('/dev/zero', p); break;
-        case 'missing': break;
-        case 'lying-huge': fs.writeFileSync(p, pngDeclaring(SAMPLE_IMAGE, 100000, 100000)); break;
-        case 'lying-wide': fs.writeFileSync(p, pngDeclaring(SAMPLE_IMAGE, 2 ** 30, 3)); break;
-        case 'svg-huge': fs.writeFileSync(p, '<svg xmlns="http://www.w3.org/2000/svg" width="200000" height="200000"><rect width="10" height="10"/></svg>'); break;
-        case 'html': fs.writeFileSync(p, '<html><body>hi</body></html>'); break;
+        case 'empty':
+          fs.writeFileSync(p, '');
+          break;
+        case 'text':
+          fs.writeFileSync(p, 'this is not an image');
+          break;
+        case 'random':
+          fs.writeFileSync(p, Buffer.from(Array.from({ length: 4096 }, () => rng.int(256))));
+          break;
+        case 'folder':
+          fs.mkdirSync(p);
+          break;
+        case 'fifo':
+          execFileSync('mkfifo', [p]);
+          break;
+        case 'device':
+          fs.symlinkSync('/dev/zero', p);
+          break;
+        case 'missing':
+          break;
+        case 'lying-huge':
+          fs.writeFileSync(p, pngDeclaring(SAMPLE_IMAGE, 100000, 100000));
+          break;
+        case 'lying-wide':
+          fs.writeFileSync(p, pngDeclaring(SAMPLE_IMAGE, 2 ** 30, 3));
+          break;
+        case 'svg-huge':
+          fs.writeFileSync(p, '<svg xmlns="http://www.w3.org/2000/svg" width="200000" height="200000"><rect width="10" height="10"/></svg>');
+          break;
+        case 'html':
+          fs.writeFileSync(p, '<html><body>hi</body></html>');
+          break;
       }
       return p;
     });
@@ -458,11 +705,19 @@ const imageMakers: Maker[] = [
       ['224x224 with --max-image-pixels 1000', 224, 224, ['--max-image-pixels', '1000']],
       ['224x224 with --max-image-bytes 100', 224, 224, ['--max-image-bytes', '100']],
     ] as [string, number, number, string[]][]);
-    return inputCase(i, 'image', `image: ${desc}`, 'fail', ['megapixels', 'max-image', 'maxPixels', 'maxBytes'], async (dir) => {
-      const p = path.join(dir, 'img.png');
-      await sharp(SAMPLE_IMAGE).resize(w, h, { fit: 'fill' }).png().toFile(p);
-      return p;
-    }, args);
+    return inputCase(
+      i,
+      'image',
+      `image: ${desc}`,
+      'fail',
+      ['megapixels', 'max-image', 'maxPixels', 'maxBytes'],
+      async (dir) => {
+        const p = path.join(dir, 'img.png');
+        await sharp(SAMPLE_IMAGE).resize(w, h, { fit: 'fill' }).png().toFile(p);
+        return p;
+      },
+      args,
+    );
   },
 ];
 
@@ -488,7 +743,12 @@ const flagMakers: Maker[] = [
       ['--method pdrop --pdrop-lambda 1', ['--method', 'pdrop', '--pdrop-lambda', '1'], 'pass', []],
       ['--threads 0', ['--threads', '0'], 'fail', ['--threads']],
       ['--temperature 5 --top-k 1', ['--temperature', '5', '--top-k', '1'], 'pass', []],
-      ['--method sparsevila --max-new-tokens 40 --temperature 1.5', ['--method', 'sparsevila', '--max-new-tokens', '40', '--temperature', '1.5', '--seed', String(rng.int(1000))], 'pass', []],
+      [
+        '--method sparsevila --max-new-tokens 40 --temperature 1.5',
+        ['--method', 'sparsevila', '--max-new-tokens', '40', '--temperature', '1.5', '--seed', String(rng.int(1000))],
+        'pass',
+        [],
+      ],
       ['--max-image-pixels 0', ['--max-image-pixels', '0'], 'fail', ['--max-image-pixels']],
     ] as [string, string[], Expect, string[]][]);
     return inputCase(i, 'flags', `run ${desc}`, expect, names, () => SAMPLE_IMAGE, args);
@@ -509,8 +769,15 @@ const flagMakers: Maker[] = [
 
 /** Episodes of the sample scenes, one line each. */
 function sampleEpisodes(): string[] {
-  return fs.readFileSync(path.join(SAMPLES, 'episodes.jsonl'), 'utf8').split('\n').filter((l) => l.trim()).slice(0, 2)
-    .map((l) => { const j = JSON.parse(l) as { image: string; questions: unknown[] }; return JSON.stringify({ image: path.join(SAMPLES, j.image), questions: j.questions.slice(0, 2) }); });
+  return fs
+    .readFileSync(path.join(SAMPLES, 'episodes.jsonl'), 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .slice(0, 2)
+    .map((l) => {
+      const j = JSON.parse(l) as { image: string; questions: unknown[] };
+      return JSON.stringify({ image: path.join(SAMPLES, j.image), questions: j.questions.slice(0, 2) });
+    });
 }
 
 const evalMakers: Maker[] = [
@@ -534,27 +801,65 @@ const evalMakers: Maker[] = [
       ['BOM', 'pass', []],
     ] as [string, Expect, string[]][]);
     return {
-      index: i, kind: 'eval', description: `eval: ${kind}`, folder: false, command: 'eval', expect, names, args: [],
+      index: i,
+      kind: 'eval',
+      description: `eval: ${kind}`,
+      folder: false,
+      command: 'eval',
+      expect,
+      names,
+      args: [],
       build: async (dir) => {
         const data = path.join(dir, 'episodes.jsonl');
         // Line 3 is the one made bad (lines 1 and 2: a valid episode and a blank line).
         const body = (third: string) => [lines[0], '', third].join('\n') + '\n';
         switch (kind) {
-          case 'valid': fs.writeFileSync(data, lines.join('\n') + '\n'); break;
-          case 'blank lines': fs.writeFileSync(data, `\n\n${lines[0]}\n\n\n${lines[1]}\n\n`); break;
-          case 'null line 3': fs.writeFileSync(data, body('null')); break;
-          case 'bad JSON line 3': fs.writeFileSync(data, body('{"image": ')); break;
-          case 'array line 3': fs.writeFileSync(data, body('[1, 2]')); break;
-          case 'missing image in episode 2': fs.writeFileSync(data, [lines[0], JSON.stringify({ ...JSON.parse(lines[1]) as object, image: 'missing.png' })].join('\n')); break;
-          case 'image is a folder': fs.writeFileSync(data, JSON.stringify({ ...JSON.parse(lines[0]) as object, image: SAMPLES })); break;
-          case 'questions not a list line 3': fs.writeFileSync(data, body('{"image": "a.png", "questions": "what?"}')); break;
-          case 'question without answer line 3': fs.writeFileSync(data, body('{"image": "a.png", "questions": [{"type": "colour", "question": "q?"}]}')); break;
-          case 'empty file': fs.writeFileSync(data, ''); break;
-          case 'only blank lines': fs.writeFileSync(data, '\n\n  \n'); break;
-          case 'a FIFO': execFileSync('mkfifo', [data]); break;
-          case 'image is a bad PNG': fs.writeFileSync(path.join(dir, 'bad.png'), 'nope'); fs.writeFileSync(data, JSON.stringify({ ...JSON.parse(lines[0]) as object, image: 'bad.png' })); break;
-          case 'CRLF line ends': fs.writeFileSync(data, lines.join('\r\n') + '\r\n'); break;
-          case 'BOM': fs.writeFileSync(data, '\ufeff' + lines.join('\n')); break;
+          case 'valid':
+            fs.writeFileSync(data, lines.join('\n') + '\n');
+            break;
+          case 'blank lines':
+            fs.writeFileSync(data, `\n\n${lines[0]}\n\n\n${lines[1]}\n\n`);
+            break;
+          case 'null line 3':
+            fs.writeFileSync(data, body('null'));
+            break;
+          case 'bad JSON line 3':
+            fs.writeFileSync(data, body('{"image": '));
+            break;
+          case 'array line 3':
+            fs.writeFileSync(data, body('[1, 2]'));
+            break;
+          case 'missing image in episode 2':
+            fs.writeFileSync(data, [lines[0], JSON.stringify({ ...(JSON.parse(lines[1]) as object), image: 'missing.png' })].join('\n'));
+            break;
+          case 'image is a folder':
+            fs.writeFileSync(data, JSON.stringify({ ...(JSON.parse(lines[0]) as object), image: SAMPLES }));
+            break;
+          case 'questions not a list line 3':
+            fs.writeFileSync(data, body('{"image": "a.png", "questions": "what?"}'));
+            break;
+          case 'question without answer line 3':
+            fs.writeFileSync(data, body('{"image": "a.png", "questions": [{"type": "colour", "question": "q?"}]}'));
+            break;
+          case 'empty file':
+            fs.writeFileSync(data, '');
+            break;
+          case 'only blank lines':
+            fs.writeFileSync(data, '\n\n  \n');
+            break;
+          case 'a FIFO':
+            execFileSync('mkfifo', [data]);
+            break;
+          case 'image is a bad PNG':
+            fs.writeFileSync(path.join(dir, 'bad.png'), 'nope');
+            fs.writeFileSync(data, JSON.stringify({ ...(JSON.parse(lines[0]) as object), image: 'bad.png' }));
+            break;
+          case 'CRLF line ends':
+            fs.writeFileSync(data, lines.join('\r\n') + '\r\n');
+            break;
+          case 'BOM':
+            fs.writeFileSync(data, '\ufeff' + lines.join('\n'));
+            break;
         }
         return { model: MODEL_DIR, image: SAMPLE_IMAGE, data };
       },
@@ -566,17 +871,31 @@ const pathMakers: Maker[] = [
   (rng, i) => {
     const kind = pick(rng, ['model is a file', 'model missing', 'model is a device', 'no weights', 'weights index instead']);
     return {
-      index: i, kind: 'paths', description: `--model: ${kind}`, folder: true, command: 'run', expect: kind === 'weights index instead' ? 'pass' : 'fail', names: ['model', 'config.json', 'checkpoint', 'safetensors'], args: [],
+      index: i,
+      kind: 'paths',
+      description: `--model: ${kind}`,
+      folder: true,
+      command: 'run',
+      expect: kind === 'weights index instead' ? 'pass' : 'fail',
+      names: ['model', 'config.json', 'checkpoint', 'safetensors'],
+      args: [],
       build: async (dir) => {
         let model = path.join(dir, 'model');
-        if (kind === 'model is a file') { fs.writeFileSync(model, 'x'); }
-        else if (kind === 'model is a device') { model = '/dev/null'; }
-        else if (kind === 'no weights') { await modelCopy(dir, (m) => fs.rmSync(path.join(m, 'model.safetensors'))); }
-        else if (kind === 'weights index instead') {
+        if (kind === 'model is a file') {
+          fs.writeFileSync(model, 'x');
+        } else if (kind === 'model is a device') {
+          model = '/dev/null';
+        } else if (kind === 'no weights') {
+          await modelCopy(dir, (m) => fs.rmSync(path.join(m, 'model.safetensors')));
+        } else if (kind === 'weights index instead') {
           await modelCopy(dir, (m) => {
             fs.renameSync(path.join(m, 'model.safetensors'), path.join(m, 'model-00001-of-00001.safetensors'));
             const st = baseSafetensors();
-            const map = Object.fromEntries(Object.keys(st.header).filter((n) => n !== '__metadata__').map((n) => [n, 'model-00001-of-00001.safetensors']));
+            const map = Object.fromEntries(
+              Object.keys(st.header)
+                .filter((n) => n !== '__metadata__')
+                .map((n) => [n, 'model-00001-of-00001.safetensors']),
+            );
             fs.writeFileSync(path.join(m, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: map }));
           });
         }
@@ -588,8 +907,21 @@ const pathMakers: Maker[] = [
 
 /** The makers, weighted by how many distinct inputs each can make. */
 const MAKERS: Maker[] = [
-  ...configMakers, ...configMakers, ...tensorMakers, ...tensorMakers, ...tokenizerMakers, ...templateMakers, ...templateMakers,
-  ...preprocessorMakers, ...generationMakers, ...imageMakers, ...imageMakers, ...flagMakers, ...evalMakers, ...evalMakers, ...pathMakers,
+  ...configMakers,
+  ...configMakers,
+  ...tensorMakers,
+  ...tensorMakers,
+  ...tokenizerMakers,
+  ...templateMakers,
+  ...templateMakers,
+  ...preprocessorMakers,
+  ...generationMakers,
+  ...imageMakers,
+  ...imageMakers,
+  ...flagMakers,
+  ...evalMakers,
+  ...evalMakers,
+  ...pathMakers,
 ];
 
 /** Case `index` of the run seeded by `seed`: the same pair always gives the same case. */

@@ -9,15 +9,34 @@ import { VisionLanguageModel } from '../../src/engine/vlm.js';
 import { InputError } from '../../src/base/errors.js';
 import { QUESTION, makeCase } from './cases.js';
 
-export interface CommandResult { argv: string[]; code: number; stdout: string; stderr: string; ms: number }
-export interface CaseResult { index: number; results: CommandResult[]; maxRssBytes: number; error?: string }
+export interface CommandResult {
+  argv: string[];
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+export interface CaseResult {
+  index: number;
+  results: CommandResult[];
+  maxRssBytes: number;
+  error?: string;
+}
 
 /** Runs the command line with its output captured. */
 async function cli(argv: string[]): Promise<CommandResult> {
-  let stdout = '', stderr = '';
-  const out = process.stdout.write.bind(process.stdout), err = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((c: string | Uint8Array) => { stdout += String(c); return true; }) as typeof process.stdout.write;
-  process.stderr.write = ((c: string | Uint8Array) => { stderr += String(c); return true; }) as typeof process.stderr.write;
+  let stdout = '',
+    stderr = '';
+  const out = process.stdout.write.bind(process.stdout),
+    err = process.stderr.write.bind(process.stderr);
+  process.stdout.write = ((c: string | Uint8Array) => {
+    stdout += String(c);
+    return true;
+  }) as typeof process.stdout.write;
+  process.stderr.write = ((c: string | Uint8Array) => {
+    stderr += String(c);
+    return true;
+  }) as typeof process.stderr.write;
   const t0 = performance.now();
   let code: number;
   try {
@@ -38,7 +57,13 @@ async function load(dir: string): Promise<CommandResult> {
     return { argv: ['load', dir], code: 0, stdout: '', stderr: '', ms: performance.now() - t0 };
   } catch (e) {
     const internal = !(e instanceof InputError);
-    return { argv: ['load', dir], code: internal ? 70 : 1, stdout: '', stderr: `${(e as Error).name}: ${(e as Error).message}`.slice(0, 4000), ms: performance.now() - t0 };
+    return {
+      argv: ['load', dir],
+      code: internal ? 70 : 1,
+      stdout: '',
+      stderr: `${(e as Error).name}: ${(e as Error).message}`.slice(0, 4000),
+      ms: performance.now() - t0,
+    };
   }
 }
 
@@ -53,7 +78,9 @@ async function runCase(seed: number, index: number): Promise<CaseResult> {
       results.push(await load(files.model));
     }
     if (c.command === 'run') {
-      results.push(await cli(['run', '--model', files.model, '--image', files.image, '--prompt', QUESTION, '--max-new-tokens', '3', '--threads', '1', ...c.args]));
+      results.push(
+        await cli(['run', '--model', files.model, '--image', files.image, '--prompt', QUESTION, '--max-new-tokens', '3', '--threads', '1', ...c.args]),
+      );
     } else {
       results.push(await cli(['eval', '--model', files.model, '--data', files.data!, '--max-new-tokens', '2', '--threads', '1', ...c.args]));
     }

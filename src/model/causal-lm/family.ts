@@ -14,11 +14,17 @@ export const causalLm: Family<CausalLmConfig> = {
   parse: (json, source) => {
     const f = new Fields(json, source, '');
     const c = parseLlamaLike(f, f.modelType() === 'qwen2' ? 'qwen2' : 'llama', undefined);
-    return { ...c, textFacts: { vocabSize: c.vocabSize, contextWindow: c.maxPositionEmbeddings, eosTokenIds: c.eosTokenId, contextField: 'max_position_embeddings' }, imageFacts: null };
+    return {
+      ...c,
+      textFacts: { vocabSize: c.vocabSize, contextWindow: c.maxPositionEmbeddings, eosTokenIds: c.eosTokenId, contextField: 'max_position_embeddings' },
+      imageFacts: null,
+    };
   },
   describe: (c) => ({
     family: `${c.modelType}: text-only decoder`,
-    parts: [`language:     ${c.modelType} ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads / ${c.numKeyValueHeads} KV heads, vocab ${c.vocabSize}, context ${c.maxPositionEmbeddings}`],
+    parts: [
+      `language:     ${c.modelType} ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, ${c.numAttentionHeads} heads / ${c.numKeyValueHeads} KV heads, vocab ${c.vocabSize}, context ${c.maxPositionEmbeddings}`,
+    ],
   }),
   load: async (loader, c, placement) => {
     const lmHead = loader.has('lm_head.weight') ? 'lm_head.weight' : null;

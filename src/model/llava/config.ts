@@ -41,8 +41,10 @@ export function parseFeatureLayer(f: Fields, numLayers: number): { raw: number |
   }
   const indices = (list as number[]).map((x) => {
     if (x < -states || x >= states) {
-      throw f.error('vision_feature_layer', `${x} is outside [${-states}, ${states - 1}]: ` +
-        `the vision tower has ${numLayers} layers, so ${states} hidden states (index 0 = embeddings)`);
+      throw f.error(
+        'vision_feature_layer',
+        `${x} is outside [${-states}, ${states - 1}]: ` + `the vision tower has ${numLayers} layers, so ${states} hidden states (index 0 = embeddings)`,
+      );
     }
     return x < 0 ? x + states : x;
   });
@@ -67,8 +69,7 @@ export function parseLlava(f: Fields): LlavaConfig {
     throw f.error('vision_feature_select_strategy', `expected "default" or "full", found "${strategy}"`);
   }
   const featureLayer = parseFeatureLayer(f, vision.numHiddenLayers);
-  const imageTokenKey = f.obj['image_token_index'] == null && f.obj['image_token_id'] != null
-    ? 'image_token_id' : 'image_token_index';
+  const imageTokenKey = f.obj['image_token_index'] == null && f.obj['image_token_id'] != null ? 'image_token_id' : 'image_token_index';
   const imageTokenIndex = f.optInt(imageTokenKey, 0) ?? 32000;
   const grid = vision.imageSize / vision.patchSize;
   return {
@@ -84,7 +85,12 @@ export function parseLlava(f: Fields): LlavaConfig {
     multimodalProjectorBias: f.boolOr('multimodal_projector_bias', true),
     padTokenId: f.optInt('pad_token_id', 0),
     torchDtype: dtype,
-    textFacts: { vocabSize: text.vocabSize, contextWindow: text.maxPositionEmbeddings, eosTokenIds: text.eosTokenId, contextField: 'text_config.max_position_embeddings' },
+    textFacts: {
+      vocabSize: text.vocabSize,
+      contextWindow: text.maxPositionEmbeddings,
+      eosTokenIds: text.eosTokenId,
+      contextField: 'text_config.max_position_embeddings',
+    },
     imageFacts: { tokenId: imageTokenIndex, tokenField: imageTokenKey, minTokens: grid * grid + (strategy === 'full' ? 1 : 0) },
   };
 }

@@ -17,14 +17,20 @@ function checkImageProcessor(p: ClipImageProcessorConfig, c: LlavaConfig, file: 
   const px = c.vision.imageSize;
   const size = 'shortestEdge' in p.size ? { height: p.size.shortestEdge, width: p.size.shortestEdge } : p.size;
   if (p.doResize && size.height * size.width > maxPixels) {
-    throw new ImageError(`${file}: size resizes images to ${size.width}×${size.height} = ${pixels(size.width * size.height)}, more than the image limit maxPixels of ${pixels(maxPixels)} (--max-image-pixels); the vision tower takes ${px}×${px}`);
+    throw new ImageError(
+      `${file}: size resizes images to ${size.width}×${size.height} = ${pixels(size.width * size.height)}, more than the image limit maxPixels of ${pixels(maxPixels)} (--max-image-pixels); the vision tower takes ${px}×${px}`,
+    );
   }
   if (p.doCenterCrop) {
     if (p.cropSize.height !== px || p.cropSize.width !== px) {
-      throw new ImageError(`${file}: crop_size ${p.cropSize.width}x${p.cropSize.height} differs from the vision tower's image_size ${px} (config.json vision_config.image_size)`);
+      throw new ImageError(
+        `${file}: crop_size ${p.cropSize.width}x${p.cropSize.height} differs from the vision tower's image_size ${px} (config.json vision_config.image_size)`,
+      );
     }
   } else if (!p.doResize || 'shortestEdge' in p.size || p.size.height !== px || p.size.width !== px) {
-    throw new ImageError(`${file}: without do_center_crop the resize must give the vision tower's ${px}×${px} (size {"height": ${px}, "width": ${px}}), but it is ${p.doResize ? JSON.stringify('shortestEdge' in p.size ? { shortest_edge: p.size.shortestEdge } : p.size) : 'off (do_resize false)'}`);
+    throw new ImageError(
+      `${file}: without do_center_crop the resize must give the vision tower's ${px}×${px} (size {"height": ${px}, "width": ${px}}), but it is ${p.doResize ? JSON.stringify('shortestEdge' in p.size ? { shortest_edge: p.size.shortestEdge } : p.size) : 'off (do_resize false)'}`,
+    );
   }
 }
 
@@ -44,7 +50,9 @@ export function imagePlaceholder(id: number, field: string, tokenizer: TextToken
   const t = tokenizer.idToToken(id);
   if (t === undefined) throw new ConfigError(`${path.join(dir, 'config.json')}: ${field} ${id} is not a token of the tokenizer (tokenizer.json)`);
   if (!tokenizer.isAddedToken(id)) {
-    throw new ConfigError(`${path.join(dir, 'config.json')}: ${field} ${id} is ${JSON.stringify(t)}, a word of the tokenizer's vocabulary, not one of its added tokens (tokenizer.json "added_tokens"), as an image placeholder is`);
+    throw new ConfigError(
+      `${path.join(dir, 'config.json')}: ${field} ${id} is ${JSON.stringify(t)}, a word of the tokenizer's vocabulary, not one of its added tokens (tokenizer.json "added_tokens"), as an image placeholder is`,
+    );
   }
   return t;
 }
@@ -54,7 +62,14 @@ export function repeatedPlaceholderLayout(placeholder: string, imageTokenId: num
   return {
     placeholder,
     imageTokenId,
-    encode: (text, images, tokenizer) => tokenizer.encode(expandImageTokens(text, placeholder, images.map((i) => i.rows))),
+    encode: (text, images, tokenizer) =>
+      tokenizer.encode(
+        expandImageTokens(
+          text,
+          placeholder,
+          images.map((i) => i.rows),
+        ),
+      ),
   };
 }
 
@@ -80,7 +95,8 @@ export const llava: Family<LlavaConfig> = {
     checkImageProcessor(cfg, c, file, maxPixels);
     return singleTileProcessor(cfg, c.vision.imageSize, c.imageFacts.minTokens);
   },
-  promptLayout: (c, tokenizer, dir) => repeatedPlaceholderLayout(imagePlaceholder(c.imageTokenIndex, c.imageFacts.tokenField, tokenizer, dir), c.imageTokenIndex),
+  promptLayout: (c, tokenizer, dir) =>
+    repeatedPlaceholderLayout(imagePlaceholder(c.imageTokenIndex, c.imageFacts.tokenField, tokenizer, dir), c.imageTokenIndex),
   load: async (loader, c, placement) => {
     const m = await LlavaModel.load(loader, c, placement);
     return { decoder: m.language, encoder: m };

@@ -30,11 +30,15 @@ export class LlavaModel implements ImageEncoder {
   static async load(loader: WeightLoader, config: LlavaConfig, opts: PlacementOptions = {}): Promise<LlavaModel> {
     const idx = config.visionFeatureHiddenStateIndices;
     if (idx.length !== 1) {
-      throw new ConfigError(`${loader.label}: config.json: vision_feature_layer ${JSON.stringify(config.visionFeatureLayer)} selects ${idx.length} layers; only one feature layer is supported`);
+      throw new ConfigError(
+        `${loader.label}: config.json: vision_feature_layer ${JSON.stringify(config.visionFeatureLayer)} selects ${idx.length} layers; only one feature layer is supported`,
+      );
     }
     activationOf(config.projectorHiddenAct, 'projector_hidden_act');
     const vision = ClipVisionTower.load(loader, config.vision, 'vision_tower.vision_model.', idx[0]);
-    const Dv = config.vision.hiddenSize, Ht = config.text.hiddenSize, bias = config.multimodalProjectorBias;
+    const Dv = config.vision.hiddenSize,
+      Ht = config.text.hiddenSize,
+      bias = config.multimodalProjectorBias;
     const m = 'multi_modal_projector.';
     const projector = {
       l1: loader.linear([{ name: `${m}linear_1.weight`, shape: [Ht, Dv] }]),
@@ -59,8 +63,10 @@ export class LlavaModel implements ImageEncoder {
 
   /** Projects selected features into the language model's embedding space, [rows][text hidden]. */
   project(features: Matrix): Matrix {
-    const be = this.backend, Ht = this.config.text.hiddenSize;
-    const h = this.ws.matrix('proj1', features.rows, Ht), out = this.ws.matrix('proj2', features.rows, Ht);
+    const be = this.backend,
+      Ht = this.config.text.hiddenSize;
+    const h = this.ws.matrix('proj1', features.rows, Ht),
+      out = this.ws.matrix('proj2', features.rows, Ht);
     be.matmul(h, features, this.projector.l1, this.projector.b1);
     be.activation(h, h, this.act);
     be.matmul(out, h, this.projector.l2, this.projector.b2);
@@ -89,8 +95,12 @@ export class LlavaModel implements ImageEncoder {
 
   // ---- ImageEncoder: one tile per image, one unit per selected feature row ----
 
-  get heads(): number { return this.config.vision.numAttentionHeads; }
-  get headDim(): number { return this.config.vision.hiddenSize / this.config.vision.numAttentionHeads; }
+  get heads(): number {
+    return this.config.vision.numAttentionHeads;
+  }
+  get headDim(): number {
+    return this.config.vision.hiddenSize / this.config.vision.numAttentionHeads;
+  }
 
   encodeTile(image: ProcessedImage, tile: number, want: { salience?: boolean; keys?: boolean } = {}): EncodedTile {
     if (tile !== 0 || image.tiles.length !== 1) throw new RangeError(`llava: an image is one tile, asked for tile ${tile} of ${image.tiles.length}`);
@@ -106,7 +116,8 @@ export class LlavaModel implements ImageEncoder {
   /** A unit is a selected feature row: a patch (row 0 the class token with strategy "full", which has no place). */
   unitRegion(_image: ProcessedImage, unit: number): UnitRegion | null {
     const patch = this.config.visionFeatureSelectStrategy === 'default' ? unit : unit - 1;
-    const G = this.vision.grid, P = this.config.vision.patchSize;
+    const G = this.vision.grid,
+      P = this.config.vision.patchSize;
     if (patch < 0 || patch >= G * G) return null;
     return { tile: 0, x: (patch % G) * P, y: Math.floor(patch / G) * P, width: P, height: P };
   }
