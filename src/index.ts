@@ -54,9 +54,9 @@ export type { LanguageDecoder, ForwardOptions, PlacementOptions } from './model/
 export { LlamaDecoder } from './model/llama.js';
 export type { DecoderNames } from './model/llama.js';
 export type { LlamaLikeConfig } from './model/llama-config.js';
-export { ClipVisionTower } from './model/clip.js';
-export type { SalienceRequest } from './model/clip.js';
-export type { ClipVisionConfig } from './model/clip-config.js';
+export { VisionTransformer } from './model/vit.js';
+export type { SalienceRequest } from './model/vit.js';
+export type { ClipVisionConfig } from './model/vit-config.js';
 export { LlavaModel } from './model/llava/model.js';
 export type { LlavaConfig } from './model/llava/config.js';
 export { WeightLoader, WeightError } from './model/weights.js';

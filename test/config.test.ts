@@ -5,7 +5,9 @@ import * as path from 'node:path';
 import { fixture, tempDir } from './helpers.js';
 import { ConfigError } from '../src/formats/config.js';
 import { loadConfig, parseConfig } from '../src/model/registry.js';
-import type { ClipTowerConfig } from '../src/model/clip-vision/family.js';
+import type { ClipTowerConfig, SiglipTowerConfig } from '../src/model/vision-tower/family.js';
+import { VisionLanguageModel } from '../src/engine/vlm.js';
+import { MetaBackend } from '../src/kernels/meta-backend.js';
 import type { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import type { LlavaConfig } from '../src/model/llava/config.js';
 
@@ -123,17 +125,29 @@ test('qwen2-tiny: qwen2 with qkv bias, tied embeddings and rope_theta 1e6', () =
   });
 });
 
-test('siglip-tiny: siglip_vision_model is recognised but unsupported', () => {
+test('siglip-tiny: a SigLIP tower alone is parsed, and refused as not runnable by itself', async () => {
   const dir = fixture('siglip-tiny');
-  assert.throws(
-    () => loadConfig(dir),
-    (e: unknown) => {
-      assert.ok(e instanceof ConfigError);
-      assert.ok(e.message.includes(path.join(dir, 'config.json')));
-      assert.match(e.message, /model_type: "siglip_vision_model" is not supported \(recognised, but not supported yet\)/);
-      assert.match(e.message, /llava, clip_vision_model, llama, qwen2/);
-      return true;
-    },
+  const { family, config } = loadConfig(dir);
+  assert.equal(family.name, 'siglip-vision');
+  const c = config as SiglipTowerConfig;
+  assert.deepEqual(
+    [
+      c.modelType,
+      c.hiddenSize,
+      c.intermediateSize,
+      c.numHiddenLayers,
+      c.numAttentionHeads,
+      c.imageSize,
+      c.patchSize,
+      c.layerNormEps,
+      c.hiddenAct,
+      c.torchDtype,
+    ],
+    ['siglip_vision_model', 64, 128, 3, 4, 112, 16, 1e-6, 'gelu_pytorch_tanh', 'float32'],
+  );
+  await assert.rejects(
+    VisionLanguageModel.load(dir, { backend: new MetaBackend() }),
+    /model_type "siglip_vision_model" is a vision encoder alone; load a VLM that contains it/,
   );
 });
 

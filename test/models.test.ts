@@ -18,7 +18,7 @@ import { WeightError, WeightLoader } from '../src/model/weights.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { LlavaModel } from '../src/model/llava/model.js';
 import { embedPrompt } from '../src/model/embed-prompt.js';
-import { ClipVisionTower, SalienceRequest } from '../src/model/clip.js';
+import { VisionTransformer, SalienceRequest } from '../src/model/vit.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
 import { fixture, tempDir } from './helpers.js';
@@ -128,7 +128,7 @@ describe('model parity with the transformers goldens', () => {
     const T = 65,
       Dv = 64;
     // Every hidden state of the tower, including the last layer that LLaVA itself does not run.
-    const full = ClipVisionTower.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 3);
+    const full = VisionTransformer.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 3);
     let seen = 0;
     full.encode(px, (i, x) => {
       close(`vision hidden state ${i}`, be.read(x), vhs.subarray(i * T * Dv, (i + 1) * T * Dv));
@@ -138,7 +138,7 @@ describe('model parity with the transformers goldens', () => {
     // Query-agnostic salience from the tower's own attention, against the head-mean attention
     // goldens: the CLS row and the column mean, at the last layer and at the layer LLaVA feeds its
     // projector from (the default: the last layer that tower runs). Patches are columns 1..64.
-    const towerM2 = ClipVisionTower.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 2);
+    const towerM2 = VisionTransformer.load(new WeightLoader(be, ck, dir), cfg.vision, 'vision_tower.vision_model.', 2);
     for (const [tower, name, layer] of [
       [full, 'last', undefined],
       [full, 'layer_m2', 1],

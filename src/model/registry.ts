@@ -4,13 +4,20 @@
 import { ConfigError, Fields, JsonObject, describe, isObject, readConfigJson, unsupportedType } from '../formats/config.js';
 import { AnyFamily, FamilyConfig } from './family.js';
 import causalLm from './causal-lm/family.js';
-import clipVision from './clip-vision/family.js';
 import llava from './llava/family.js';
+import { clipTowerRow, siglipTowerRow } from './vision-tower/family.js';
 
-export const FAMILIES: readonly AnyFamily[] = [llava, clipVision, causalLm];
+// One row per line (prettier-ignore keeps it so).
+// prettier-ignore
+export const FAMILIES: readonly AnyFamily[] = [
+  llava,
+  clipTowerRow,
+  causalLm,
+  siglipTowerRow,
+];
 
 /** Model types of families still to come: named as such in the error. */
-const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'siglip_vision_model', 'idefics3_vision', 'llava_next', 'llava_llama'];
+const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'idefics3_vision', 'llava_next', 'llava_llama'];
 
 /** Every `model_type` the registry accepts. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => f.modelTypes);

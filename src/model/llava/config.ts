@@ -1,7 +1,7 @@
 // The config of a LLaVA checkpoint (`llava`): a CLIP vision_config, a Llama/Qwen2 text_config and the
 // projector's settings.
 import { Fields, describe, unsupportedType } from '../../formats/config.js';
-import { ClipVisionConfig, parseClipVision } from '../clip-config.js';
+import { ClipVisionConfig, parseClipVision } from '../vit-config.js';
 import { LlamaLikeConfig, parseLlamaLike } from '../llama-config.js';
 import { FamilyConfig, TextFacts } from '../family.js';
 

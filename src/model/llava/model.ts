@@ -3,7 +3,7 @@
 import { Activation, KernelBackend, LinearWeight, Matrix, ParamVector } from '../../kernels/backend.js';
 import { ConfigError } from '../../formats/config.js';
 import { activationOf } from '../activations.js';
-import { ClipVisionTower, SalienceRequest } from '../clip.js';
+import { VisionTransformer, SalienceRequest } from '../vit.js';
 import { LlamaDecoder } from '../llama.js';
 import { PlacementOptions } from '../decoder.js';
 import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion } from '../family.js';
@@ -18,7 +18,7 @@ export class LlavaModel implements ImageEncoder {
   private constructor(
     readonly backend: KernelBackend,
     readonly config: LlavaConfig,
-    readonly vision: ClipVisionTower,
+    readonly vision: VisionTransformer,
     private readonly projector: { l1: LinearWeight; b1?: ParamVector; l2: LinearWeight; b2?: ParamVector },
     readonly language: LlamaDecoder,
   ) {
@@ -35,7 +35,7 @@ export class LlavaModel implements ImageEncoder {
       );
     }
     activationOf(config.projectorHiddenAct, 'projector_hidden_act');
-    const vision = ClipVisionTower.load(loader, config.vision, 'vision_tower.vision_model.', idx[0]);
+    const vision = VisionTransformer.load(loader, config.vision, 'vision_tower.vision_model.', idx[0]);
     const Dv = config.vision.hiddenSize,
       Ht = config.text.hiddenSize,
       bias = config.multimodalProjectorBias;

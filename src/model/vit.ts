@@ -1,14 +1,16 @@
-// The CLIP vision transformer (pre-LayerNorm, class token, learned position embeddings,
-// quick_gelu MLP). Runs only the layers up to the hidden state the projector reads.
+// The vision transformers of the VLM towers: CLIP (class token, pre-LayerNorm, quick_gelu, no
+// patch bias) and SigLIP / Idefics3's (no class token, no pre-norm, a patch bias, post-LayerNorm
+// where the family reads it). Learned position embeddings, one per patch (and the class token).
+// Runs only the layers up to the hidden state the connector reads.
 import { Activation, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
 import { ConfigError } from '../formats/config.js';
-import { ClipVisionConfig } from './clip-config.js';
+import { VitConfig } from './vit-config.js';
 import { checkHeadDim } from './limits.js';
 import { activationOf } from './activations.js';
 import { WeightLoader } from './weights.js';
 import { Workspace } from './workspace.js';
 
-interface ClipLayer {
+interface VitLayer {
   ln1w: ParamVector;
   ln1b: ParamVector;
   qkv: LinearWeight;
@@ -43,63 +45,86 @@ export interface SalienceRequest {
   keys?: Float32Array;
 }
 
-export class ClipVisionTower {
+/** How a tower is loaded: where its tensors are and which hidden state it returns. */
+export interface VitLoadOptions {
+  /** Apply post_layernorm to the returned state (SigLIP's last_hidden_state, which Idefics3's connector reads); only with every layer run. */
+  postNorm?: boolean;
+}
+
+export class VisionTransformer {
   readonly grid: number;
-  /** Tokens out of the tower: the class token and one per patch. */
+  /** Tokens out of the tower: one per patch, after the class token where the tower has one. */
   readonly tokens: number;
+  /** Whether row 0 is a class token (CLIP). */
+  readonly classToken: boolean;
   private readonly ws: Workspace;
   private readonly cache: KVCache;
   private readonly act: Activation;
 
   private constructor(
     readonly backend: KernelBackend,
-    readonly config: ClipVisionConfig,
+    readonly config: VitConfig,
     private readonly patchEmbed: LinearWeight,
-    /** Position embeddings with the class embedding added to row 0, [tokens][hidden]. */
+    private readonly patchBias: ParamVector | undefined,
+    /** Position embeddings (with the class embedding added to row 0 for CLIP), [tokens][hidden]. */
     private readonly posClass: Matrix,
-    private readonly preNorm: [ParamVector, ParamVector],
-    private readonly layers: ClipLayer[],
+    private readonly preNorm: [ParamVector, ParamVector] | null,
+    private readonly postNorm: [ParamVector, ParamVector] | null,
+    private readonly layers: VitLayer[],
     readonly place: number,
   ) {
-    this.grid = config.imageSize / config.patchSize;
-    this.tokens = this.grid * this.grid + 1;
+    this.classToken = config.modelType === 'clip_vision_model';
+    this.grid = Math.floor(config.imageSize / config.patchSize);
+    this.tokens = this.grid * this.grid + (this.classToken ? 1 : 0);
     this.ws = new Workspace(backend, place);
     this.cache = backend.kvCache(1, config.numAttentionHeads, config.hiddenSize / config.numAttentionHeads, { place });
     this.act = activationOf(config.hiddenAct, 'vision_config.hidden_act');
   }
 
   /**
-   * Loads the embeddings, pre-LayerNorm and the first `layers` encoder layers (hidden state
-   * `layers` of HF's hidden_states is the output of encoder layer layers-1).
+   * Loads the embeddings, the pre-LayerNorm (CLIP) and the first `layers` encoder layers (hidden
+   * state `layers` of HF's hidden_states is the output of encoder layer layers-1); with
+   * `postNorm`, also post_layernorm, applied to what encode() returns.
    */
-  static load(loader: WeightLoader, config: ClipVisionConfig, prefix: string, layers: number): ClipVisionTower {
+  static load(loader: WeightLoader, config: VitConfig, prefix: string, layers: number, opts: VitLoadOptions = {}): VisionTransformer {
     const c = config,
       D = c.hiddenSize,
       P = c.patchSize,
       C = c.numChannels,
       I = c.intermediateSize;
-    if (c.imageSize % P !== 0) throw new ConfigError(`${loader.label}: vision_config.image_size ${c.imageSize} is not a multiple of patch_size ${P}`);
+    const clip = c.modelType === 'clip_vision_model';
+    if (clip && c.imageSize % P !== 0) throw new ConfigError(`${loader.label}: vision_config.image_size ${c.imageSize} is not a multiple of patch_size ${P}`);
     if (D % c.numAttentionHeads !== 0) throw new ConfigError(`${loader.label}: vision hidden size ${D} is not a multiple of ${c.numAttentionHeads} heads`);
+    if (!Number.isInteger(layers) || layers < 1 || layers > c.numHiddenLayers) {
+      throw new ConfigError(
+        `${loader.label}: the vision tower has ${c.numHiddenLayers} layers (num_hidden_layers), so its hidden state ${layers} cannot feed the connector`,
+      );
+    }
+    if (opts.postNorm && layers !== c.numHiddenLayers) throw new Error(`internal: post_layernorm after ${layers} of ${c.numHiddenLayers} layers`);
     checkHeadDim(
       loader.backend,
       D / c.numAttentionHeads,
       `${loader.label}: the vision tower's head dimension (vision_config hidden_size / num_attention_heads in config.json)`,
     );
     activationOf(c.hiddenAct, 'vision_config.hidden_act');
-    const grid = c.imageSize / P,
-      tokens = grid * grid + 1;
+    const grid = Math.floor(c.imageSize / P),
+      tokens = grid * grid + (clip ? 1 : 0);
     const e = `${prefix}embeddings.`;
     loader.skip((n) => n === `${e}position_ids`, 'a constant buffer some checkpoints store');
     const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }]);
+    const patchBias = clip ? undefined : loader.params([{ name: `${e}patch_embedding.bias`, shape: [D] }]);
     const pos = loader.f32([{ name: `${e}position_embedding.weight`, shape: [tokens, D] }]);
-    const cls = loader.f32([{ name: `${e}class_embedding`, shape: [D] }]);
-    for (let i = 0; i < D; i++) pos[i] += cls[i];
+    if (clip) {
+      const cls = loader.f32([{ name: `${e}class_embedding`, shape: [D] }]);
+      for (let i = 0; i < D; i++) pos[i] += cls[i];
+    }
     const posClass = loader.backend.matrix(tokens, D, loader.place);
     loader.backend.write(posClass, pos);
-    const preNorm: [ParamVector, ParamVector] = [
-      loader.params([{ name: `${prefix}pre_layrnorm.weight`, shape: [D] }]),
-      loader.params([{ name: `${prefix}pre_layrnorm.bias`, shape: [D] }]),
+    const norm = (name: string): [ParamVector, ParamVector] => [
+      loader.params([{ name: `${prefix}${name}.weight`, shape: [D] }]),
+      loader.params([{ name: `${prefix}${name}.bias`, shape: [D] }]),
     ];
+    const preNorm = clip ? norm('pre_layrnorm') : null;
     // The tensors of encoder layer l, by role.
     const layerTensors = (l: number) => {
       const p = `${prefix}encoder.layers.${l}.`,
@@ -120,7 +145,7 @@ export class ClipVisionTower {
         fc2Bias: t('mlp.fc2.bias', [D]),
       };
     };
-    const ls: ClipLayer[] = [];
+    const ls: VitLayer[] = [];
     for (let l = 0; l < layers; l++) {
       const t = layerTensors(l);
       ls.push({
@@ -138,21 +163,24 @@ export class ClipVisionTower {
         fc2Bias: loader.params([t.fc2Bias]),
       });
     }
-    // The layers after the one the projector reads, and the final LayerNorm, are not run, but the
-    // config declares them: they must be there (a config that miscounts the layers would move the
-    // feature layer, vision_feature_layer counting from the end).
+    // The layers after the one the connector reads, and a final LayerNorm it does not read, are not
+    // run, but the config declares them: they must be there (a config that miscounts the layers
+    // would move the feature layer, which counts from the end).
     for (let l = layers; l < c.numHiddenLayers; l++) loader.expect(Object.values(layerTensors(l)).flat());
-    loader.expect([
-      { name: `${prefix}post_layernorm.weight`, shape: [D] },
-      { name: `${prefix}post_layernorm.bias`, shape: [D] },
-    ]);
-    return new ClipVisionTower(loader.backend, config, patchEmbed, posClass, preNorm, ls, loader.place);
+    const postNorm = opts.postNorm ? norm('post_layernorm') : null;
+    if (!postNorm) {
+      loader.expect([
+        { name: `${prefix}post_layernorm.weight`, shape: [D] },
+        { name: `${prefix}post_layernorm.bias`, shape: [D] },
+      ]);
+    }
+    return new VisionTransformer(loader.backend, config, patchEmbed, patchBias, posClass, preNorm, postNorm, ls, loader.place);
   }
 
   /**
    * Encodes one image, pixel values [channels][imageSize][imageSize] (channel-major), and returns
-   * the hidden state the tower was loaded up to, [tokens][hidden] (row 0 is the class token).
-   * The matrix is reused by the next call. With `salience`, also measures token salience at the
+   * the hidden state the tower was loaded up to (post-normed when loaded so), [tokens][hidden]
+   * (row 0 is the class token where the tower has one). The matrix is reused by the next call. With `salience`, also measures token salience at the
    * requested layer (see SalienceRequest) into `salience.result`.
    */
   encode(pixels: Float32Array, onHidden?: (index: number, x: Matrix) => void, salience?: SalienceRequest): Matrix {
@@ -167,12 +195,14 @@ export class ClipVisionTower {
       T = this.tokens;
     if (pixels.length !== C * S * S) throw new Error(`vision tower: expected ${C}x${S}x${S} pixel values, got ${pixels.length}`);
     // Unfold the patches into rows (row 0, the class token's, stays zero): the patch convolution
-    // is then one matmul with the kernel as a [hidden][C*P*P] weight.
-    const K = C * P * P;
+    // is then one matmul with the kernel as a [hidden][C*P*P] weight. Pixels past the last whole
+    // patch are never seen (a stride-P convolution without padding).
+    const K = C * P * P,
+      first = this.classToken ? 1 : 0;
     const patches = new Float32Array(T * K);
     for (let gy = 0; gy < G; gy++) {
       for (let gx = 0; gx < G; gx++) {
-        const row = (1 + gy * G + gx) * K;
+        const row = (first + gy * G + gx) * K;
         for (let ch = 0; ch < C; ch++) {
           for (let i = 0; i < P; i++) {
             const src = ch * S * S + (gy * P + i) * S + gx * P;
@@ -184,9 +214,9 @@ export class ClipVisionTower {
     const pm = ws.matrix('patches', T, K);
     be.write(pm, patches);
     const x = ws.matrix('x', T, D);
-    be.matmul(x, pm, this.patchEmbed);
+    be.matmul(x, pm, this.patchEmbed, this.patchBias);
     be.add(x, x, this.posClass);
-    be.layerNorm(x, x, this.preNorm[0], this.preNorm[1], c.layerNormEps);
+    if (this.preNorm) be.layerNorm(x, x, this.preNorm[0], this.preNorm[1], c.layerNormEps);
     onHidden?.(0, x);
     const H = c.numAttentionHeads,
       hd = D / H,
@@ -212,6 +242,7 @@ export class ClipVisionTower {
       if (salience && l === salLayer) {
         const w = ws.matrix('salienceWeights', 1, T),
           out = ws.matrix('salience', 1, T);
+        if (salience.rows === 'cls' && !this.classToken) throw new Error('vision tower: class-token salience asked of a tower without a class token');
         const summary = salience.rows === 'cls' ? 1 : salience.rows === 'mean' ? T : salience.rows;
         if (!Number.isInteger(summary) || summary < 1 || summary > T)
           throw new Error(`vision tower: salience over ${String(salience.rows)} summary rows, expected 1..${T}`);
@@ -234,6 +265,9 @@ export class ClipVisionTower {
       be.add(x, x, o);
       onHidden?.(l + 1, x);
     }
-    return x;
+    if (!this.postNorm) return x;
+    const y = ws.matrix('post', T, D);
+    be.layerNorm(y, x, this.postNorm[0], this.postNorm[1], c.layerNormEps);
+    return y;
   }
 }
