@@ -7,17 +7,36 @@ import * as path from 'node:path';
 import { decodeImage, ImageError, type RgbImage } from '../src/io/image.js';
 import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
 import {
-  anyresFeatureLayout, anyresGrid, anyresTokenCount, featureSourcePairs, llavaNextPreprocess,
-  loadLlavaNextProcessorConfig, parseLlavaNextProcessorConfig, selectBestResolution, unpaddedGrid,
+  anyresFeatureLayout,
+  anyresGrid,
+  anyresTokenCount,
+  featureSourcePairs,
+  llavaNextPreprocess,
+  loadLlavaNextProcessorConfig,
+  parseLlavaNextProcessorConfig,
+  selectBestResolution,
+  unpaddedGrid,
   type LlavaNextProcessorConfig,
 } from '../src/model/llava-next/processor.js';
 import { fixture } from './helpers.js';
 
 const dir = fixture('llava-next-tiny');
 const golden = Checkpoint.open(path.join(dir, 'golden.safetensors'));
-const PINPOINTS: [number, number][] = [[84, 168], [168, 84], [168, 168], [252, 84], [84, 252]];
+const PINPOINTS: [number, number][] = [
+  [84, 168],
+  [168, 84],
+  [168, 168],
+  [252, 84],
+  [84, 252],
+];
 /** The real llava-v1.6 pinpoints (tile 336, 24 patches per side). */
-const REAL_PINPOINTS: [number, number][] = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
+const REAL_PINPOINTS: [number, number][] = [
+  [336, 672],
+  [672, 336],
+  [672, 672],
+  [1008, 336],
+  [336, 1008],
+];
 /** Patches per tile side: vision image_size 84 / patch 14. */
 const P = 6;
 
@@ -36,7 +55,7 @@ function normalised(cfg: LlavaNextProcessorConfig, v: number, c: number): number
 
 // ---- config ----------------------------------------------------------------------------------------
 
-test('parseLlavaNextProcessorConfig: the fixture\'s preprocessor_config.json', () => {
+test("parseLlavaNextProcessorConfig: the fixture's preprocessor_config.json", () => {
   const cfg = loadLlavaNextProcessorConfig(dir);
   assert.equal(cfg.processor, 'LlavaNextImageProcessor');
   assert.deepEqual(cfg.imageGridPinpoints, PINPOINTS);
@@ -54,7 +73,7 @@ test('parseLlavaNextProcessorConfig: the fixture\'s preprocessor_config.json', (
   assert.deepEqual(cfg.clip.imageStd, [0.26862954, 0.26130258, 0.27577711]);
 });
 
-test('parseLlavaNextProcessorConfig: defaults are transformers\' (CLIP settings, v1.6 pinpoints, do_pad)', () => {
+test("parseLlavaNextProcessorConfig: defaults are transformers' (CLIP settings, v1.6 pinpoints, do_pad)", () => {
   const cfg = parseLlavaNextProcessorConfig({ image_processor_type: 'LlavaNextImageProcessorFast', crop_size: 336 }, 'p.json');
   assert.deepEqual(cfg.imageGridPinpoints, REAL_PINPOINTS);
   assert.equal(cfg.tileSize, 336);
@@ -74,7 +93,15 @@ test('parseLlavaNextProcessorConfig: bad fields are ImageErrors naming the file 
     [{ image_grid_pinpoints: [[84, 0]] }, 'image_grid_pinpoints'],
     [{ image_grid_pinpoints: [[84, 168.5]] }, 'image_grid_pinpoints'],
     [{ image_grid_pinpoints: '(1x1),...,(3x3)' }, 'image_grid_pinpoints'],
-    [{ image_grid_pinpoints: [[84, 168], [84, 100]] }, 'image_grid_pinpoints'], // 100 is not a multiple of 84
+    [
+      {
+        image_grid_pinpoints: [
+          [84, 168],
+          [84, 100],
+        ],
+      },
+      'image_grid_pinpoints',
+    ], // 100 is not a multiple of 84
     [{ do_pad: 'yes' }, 'do_pad'],
     [{ crop_size: { height: 84, width: 112 } }, 'crop_size'],
     [{ image_processor_type: 'CLIPImageProcessor' }, 'image_processor_type'],
@@ -85,11 +112,14 @@ test('parseLlavaNextProcessorConfig: bad fields are ImageErrors naming the file 
     [{ image_std: [1, 0, 1] }, 'image_std'],
   ];
   for (const [edit, field] of cases) {
-    assert.throws(() => parseLlavaNextProcessorConfig({ ...base, ...edit }, source), (e: unknown) => {
-      assert.ok(e instanceof ImageError, `${field}: expected ImageError, got ${String(e)}`);
-      assert.ok(e.message.includes(source) && e.message.includes(`"${field}"`), `${field}: ${e.message}`);
-      return true;
-    });
+    assert.throws(
+      () => parseLlavaNextProcessorConfig({ ...base, ...edit }, source),
+      (e: unknown) => {
+        assert.ok(e instanceof ImageError, `${field}: expected ImageError, got ${String(e)}`);
+        assert.ok(e.message.includes(source) && e.message.includes(`"${field}"`), `${field}: ${e.message}`);
+        return true;
+      },
+    );
   }
   assert.throws(() => parseLlavaNextProcessorConfig([1, 2], source), ImageError);
 });
@@ -103,20 +133,56 @@ test('selectBestResolution: the fixture, ties and (height, width) order', () => 
   // (height, width): for h 120, w 160, (84,168) scales by min(168/160, 84/120) = 0.7 to 112×84 = 9408 pixels,
   // (168,84) by min(84/160, 168/120) = 0.525 to 84×63 = 5292. The tall image (h 160, w 120) is the mirror.
   // Reading the pairs (or the size) as (width, height) would swap both answers.
-  assert.deepEqual(selectBestResolution(120, 160, [[84, 168], [168, 84]]), [84, 168]);
-  assert.deepEqual(selectBestResolution(160, 120, [[84, 168], [168, 84]]), [168, 84]);
+  assert.deepEqual(
+    selectBestResolution(120, 160, [
+      [84, 168],
+      [168, 84],
+    ]),
+    [84, 168],
+  );
+  assert.deepEqual(
+    selectBestResolution(160, 120, [
+      [84, 168],
+      [168, 84],
+    ]),
+    [168, 84],
+  );
 
   // Exact tie: a 100×100 image fits both (200,100) and (100,200) at scale 1, 10000 pixels kept and 10000
   // wasted each: the first candidate wins, whichever it is.
-  assert.deepEqual(selectBestResolution(100, 100, [[200, 100], [100, 200]]), [200, 100]);
-  assert.deepEqual(selectBestResolution(100, 100, [[100, 200], [200, 100]]), [100, 200]);
+  assert.deepEqual(
+    selectBestResolution(100, 100, [
+      [200, 100],
+      [100, 200],
+    ]),
+    [200, 100],
+  );
+  assert.deepEqual(
+    selectBestResolution(100, 100, [
+      [100, 200],
+      [200, 100],
+    ]),
+    [100, 200],
+  );
 
   // Equal effective pixels, different waste: a 50×50 image keeps all 2500 pixels in both; (84,84) wastes
   // 7056 - 2500 = 4556, (168,168) wastes 25724, so (84,84) wins although it comes second.
-  assert.deepEqual(selectBestResolution(50, 50, [[168, 168], [84, 84]]), [84, 84]);
+  assert.deepEqual(
+    selectBestResolution(50, 50, [
+      [168, 168],
+      [84, 84],
+    ]),
+    [84, 84],
+  );
   // Likewise (84,168) and (84,252) both keep 9408 pixels of the fixture image; the fixture list has the first
   // (less waste) first. Listed alone in the other order, (84,168) still wins on waste.
-  assert.deepEqual(selectBestResolution(120, 160, [[84, 252], [84, 168]]), [84, 168]);
+  assert.deepEqual(
+    selectBestResolution(120, 160, [
+      [84, 252],
+      [84, 168],
+    ]),
+    [84, 168],
+  );
 
   // A wide 50×300 image: (84,252) scales by 0.84 to 252×42 = 10584 pixels; (84,168) and (168,168) by 0.56 to
   // 168×28 = 4704; the tall ones by 0.28 to 84×14.
@@ -160,19 +226,34 @@ test('llavaNextPreprocess: a tall image is padded left and right, an odd differe
   // height 168 and width min(ceil(120·1.05), 168) = 126; (168 - 126) / 2 = 21 black columns on each side.
   const tall = noiseImage(120, 160);
   const a = llavaNextPreprocess(tall, cfg);
-  assert.deepEqual([a.bestResolution, a.grid, a.resized, a.padding], [[168, 168], [2, 2], [168, 126], [0, 0, 21, 21]]);
+  assert.deepEqual(
+    [a.bestResolution, a.grid, a.resized, a.padding],
+    [
+      [168, 168],
+      [2, 2],
+      [168, 126],
+      [0, 0, 21, 21],
+    ],
+  );
 
   // 160 wide × 119 tall: best (168,168); width 168, height min(ceil(119·1.05) = ceil(124.95), 168) = 125;
   // 168 - 125 = 43 = 21 on top + 22 at the bottom.
   const odd = noiseImage(160, 119);
   const b = llavaNextPreprocess(odd, cfg);
-  assert.deepEqual([b.bestResolution, b.grid, b.resized, b.padding], [[168, 168], [2, 2], [125, 168], [21, 22, 0, 0]]);
+  assert.deepEqual(
+    [b.bestResolution, b.grid, b.resized, b.padding],
+    [
+      [168, 168],
+      [2, 2],
+      [125, 168],
+      [21, 22, 0, 0],
+    ],
+  );
 
   // Which pixels are padding. Tile k ≥ 1 is grid tile (r, c) = divmod(k - 1, 2); its pixel (y, x) is pixel
   // (84r + y, 84c + x) of the padded 168×168 image. A padded pixel is the normalised 0, not 0.
   const S = 84;
-  const at = (img: ReturnType<typeof llavaNextPreprocess>, k: number, ch: number, y: number, x: number): number =>
-    img.tiles[k][ch * S * S + y * S + x];
+  const at = (img: ReturnType<typeof llavaNextPreprocess>, k: number, ch: number, y: number, x: number): number => img.tiles[k][ch * S * S + y * S + x];
   for (let ch = 0; ch < 3; ch++) {
     const zero = normalised(cfg, 0, ch);
     assert.notEqual(zero, 0);
@@ -199,10 +280,14 @@ test('llavaNextPreprocess: refuses resize targets over maxPixels', async () => {
   const img = await decodeImage(path.join(dir, 'image.png'));
   // The largest buffer is the padded 168×168 image.
   assert.equal(llavaNextPreprocess(img, cfg, 168 * 168).tiles.length, 5);
-  assert.throws(() => llavaNextPreprocess(img, cfg, 168 * 168 - 1), (e: unknown) =>
-    e instanceof ImageError && e.message.includes('maxPixels') && e.message.includes('168×168'));
-  assert.throws(() => llavaNextPreprocess(img, cfg, 126 * 168 - 1), (e: unknown) =>
-    e instanceof ImageError && e.message.includes('maxPixels') && e.message.includes('168×126'));
+  assert.throws(
+    () => llavaNextPreprocess(img, cfg, 168 * 168 - 1),
+    (e: unknown) => e instanceof ImageError && e.message.includes('maxPixels') && e.message.includes('168×168'),
+  );
+  assert.throws(
+    () => llavaNextPreprocess(img, cfg, 126 * 168 - 1),
+    (e: unknown) => e instanceof ImageError && e.message.includes('maxPixels') && e.message.includes('168×126'),
+  );
   assert.throws(() => llavaNextPreprocess({ width: 2, height: 2, data: new Uint8Array(5) }, cfg), ImageError);
 });
 
@@ -242,7 +327,10 @@ test('anyresFeatureLayout: a tall image loses columns', () => {
   // After the 36 base rows: feature row 0 starts at column 1 (tile 1, patch 1); column 6 is tile 2's patch 0;
   // column 10 is tile 2's patch 4; then a newline; row 1 starts at tile 1's patch 7; row 6 (the second tile row)
   // starts at tile 3's patch 1.
-  assert.deepEqual(r.slice(0, 36), Array.from({ length: 36 }, (_, patch) => ({ tile: 0, patch })));
+  assert.deepEqual(
+    r.slice(0, 36),
+    Array.from({ length: 36 }, (_, patch) => ({ tile: 0, patch })),
+  );
   assert.deepEqual(r[36], { tile: 1, patch: 1 });
   assert.deepEqual(r[36 + 5], { tile: 2, patch: 0 });
   assert.deepEqual(r[36 + 9], { tile: 2, patch: 4 });
@@ -275,7 +363,15 @@ test('unpaddedGrid: odd differences keep the extra row or column, and the round(
   assert.deepEqual(unpaddedGrid(12, 6, 168, 84), { rows: [0, 12], cols: [0, 6] });
 
   // Every layout row count equals anyresTokenCount.
-  for (const [h, w] of [[120, 160], [160, 120], [82, 205], [50, 300], [300, 50], [119, 160], [84, 84]]) {
+  for (const [h, w] of [
+    [120, 160],
+    [160, 120],
+    [82, 205],
+    [50, 300],
+    [300, 50],
+    [119, 160],
+    [84, 84],
+  ]) {
     const image = { imageSize: [h, w] as [number, number], grid: anyresGrid(h, w, PINPOINTS, 84) };
     assert.equal(anyresFeatureLayout(image, P).rows.length, anyresTokenCount(image, P), `${h}×${w}`);
   }

@@ -239,7 +239,7 @@ export class ModelCore {
           throw e;
         }
         const a = enc.assemble(image, tiles);
-        out.push({ features: a.features, units: a.units, rows: a.features.rows, tileRows: a.tileRows, denseRows: image.dense.rows });
+        out.push({ features: a.features, units: a.units, rows: a.features.rows, tileRows: a.tileRows, grid: image.dense.grid, denseRows: image.dense.rows });
       }
     } catch (e) {
       for (const f of out) this.backend.free(f.features);

@@ -18,15 +18,27 @@ export function expandImageTokens(text: string, imageToken: string, countPerImag
       throw new PromptError(`expandImageTokens: token count for image ${i} must be a non-negative integer, got ${String(n)}`);
     }
   }
-  const pieces = text.split(imageToken);
+  return replacePlaceholders(
+    text,
+    imageToken,
+    countPerImage.map((n) => imageToken.repeat(n)),
+  );
+}
+
+/**
+ * Replaces the i-th `placeholder` of `text` with `replacements[i]`, as a VLM processor expands each
+ * image's placeholder; the counts must agree (PromptError naming both otherwise).
+ */
+export function replacePlaceholders(text: string, placeholder: string, replacements: readonly string[]): string {
+  const pieces = text.split(placeholder);
   const placeholders = pieces.length - 1;
-  if (placeholders !== countPerImage.length) {
+  if (placeholders !== replacements.length) {
     throw new PromptError(
-      `the prompt has ${placeholders} ${JSON.stringify(imageToken)} placeholder${placeholders === 1 ? '' : 's'} ` +
-        `but ${countPerImage.length} image${countPerImage.length === 1 ? ' was' : 's were'} given`,
+      `the prompt has ${placeholders} ${JSON.stringify(placeholder)} placeholder${placeholders === 1 ? '' : 's'} ` +
+        `but ${replacements.length} image${replacements.length === 1 ? ' was' : 's were'} given`,
     );
   }
   let out = pieces[0];
-  for (let i = 0; i < placeholders; i++) out += imageToken.repeat(countPerImage[i]) + pieces[i + 1];
+  for (let i = 0; i < placeholders; i++) out += replacements[i] + pieces[i + 1];
   return out;
 }

@@ -128,6 +128,8 @@ export interface PromptImage {
   rows: number;
   /** Rows per tile, in tile order. */
   tileRows: readonly number[];
+  /** Rows and columns of the image's tile grid, for layouts that mark tiles by position (Idefics3); absent for one tile. */
+  grid?: readonly [number, number];
 }
 
 /** How a family lays out images in the prompt. */

@@ -5,6 +5,7 @@ import { ConfigError, Fields, JsonObject, describe, isObject, readConfigJson, un
 import { AnyFamily, FamilyConfig } from './family.js';
 import causalLm from './causal-lm/family.js';
 import llava from './llava/family.js';
+import llavaNext from './llava-next/family.js';
 import { clipTowerRow, siglipTowerRow } from './vision-tower/family.js';
 
 // One row per line (prettier-ignore keeps it so).
@@ -14,10 +15,11 @@ export const FAMILIES: readonly AnyFamily[] = [
   clipTowerRow,
   causalLm,
   siglipTowerRow,
+  llavaNext,
 ];
 
 /** Model types of families still to come: named as such in the error. */
-const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'idefics3_vision', 'llava_next', 'llava_llama'];
+const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'idefics3_vision', 'llava_llama'];
 
 /** Every `model_type` the registry accepts. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => f.modelTypes);

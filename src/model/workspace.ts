@@ -23,6 +23,25 @@ export class Workspace {
     return m.rows === rows ? m : m.view(0, rows);
   }
 
+  /** A matrix holding `data` (row-major [n][cols]). */
+  matrixOf(name: string, data: Float32Array, cols: number): Matrix {
+    const m = this.matrix(name, data.length / cols, cols);
+    this.backend.write(m, data);
+    return m;
+  }
+
+  /** Rows `rows` (ascending) of m, gathered into the matrix `name` (runs of consecutive rows in one copy). */
+  gather(name: string, m: Matrix, rows: readonly number[]): Matrix {
+    const g = this.matrix(name, rows.length, m.cols);
+    for (let i = 0; i < rows.length;) {
+      let run = 1;
+      while (i + run < rows.length && rows[i + run] === rows[i] + run) run++;
+      this.backend.copy(g.view(i, run), m.view(rows[i], run));
+      i += run;
+    }
+    return g;
+  }
+
   /** An int vector holding `values`. */
   intsOf(name: string, values: Int32Array | readonly number[]): IntVector {
     let v = this.ints.get(name);

@@ -46,7 +46,13 @@ export interface LlavaNextProcessorConfig {
 }
 
 /** transformers' default `image_grid_pinpoints` (the llava-v1.6 ones). */
-const DEFAULT_PINPOINTS: readonly (readonly [number, number])[] = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]];
+const DEFAULT_PINPOINTS: readonly (readonly [number, number])[] = [
+  [336, 672],
+  [672, 336],
+  [672, 672],
+  [1008, 336],
+  [336, 1008],
+];
 
 /** The class names accepted in `image_processor_type` (a `…Fast` or transformers 5 `…Pil` class reads as the slow one). */
 const LLAVA_NEXT_TYPES: readonly string[] = ['LlavaNextImageProcessor', 'LlavaNextImageProcessorFast', 'LlavaNextImageProcessorPil'];
@@ -94,16 +100,17 @@ export function parseLlavaNextProcessorConfig(json: unknown, source: string): Ll
     imageGridPinpoints = DEFAULT_PINPOINTS.map(([h, w]) => [h, w]);
   } else {
     const positiveInt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
-    if (!Array.isArray(rawPins) || rawPins.length === 0
-      || !rawPins.every((p) => Array.isArray(p) && p.length === 2 && p.every(positiveInt))) {
+    if (!Array.isArray(rawPins) || rawPins.length === 0 || !rawPins.every((p) => Array.isArray(p) && p.length === 2 && p.every(positiveInt))) {
       fail('image_grid_pinpoints', 'a non-empty list of [height, width] pairs of positive integers');
     }
     imageGridPinpoints = (rawPins as [number, number][]).map(([h, w]) => [h, w]);
   }
   const off = imageGridPinpoints.find(([h, w]) => h % tileSize !== 0 || w % tileSize !== 0);
   if (off !== undefined) {
-    throw new ImageError(`${source}: field "image_grid_pinpoints"${rawPins == null ? ' (transformers\' default)' : ''}: ` +
-      `every [height, width] must be a multiple of the tile size ${tileSize} (crop_size), found [${off.join(', ')}]`);
+    throw new ImageError(
+      `${source}: field "image_grid_pinpoints"${rawPins == null ? " (transformers' default)" : ''}: ` +
+        `every [height, width] must be a multiple of the tile size ${tileSize} (crop_size), found [${off.join(', ')}]`,
+    );
   }
 
   let doPad = true;
@@ -153,9 +160,7 @@ export function selectBestResolution(height: number, width: number, pinpoints: r
 export function anyresResizedSize(height: number, width: number, th: number, tw: number): [number, number] {
   const scaleW = tw / width;
   const scaleH = th / height;
-  return scaleW < scaleH
-    ? [Math.min(Math.ceil(height * scaleW), th), tw]
-    : [th, Math.min(Math.ceil(width * scaleH), tw)];
+  return scaleW < scaleH ? [Math.min(Math.ceil(height * scaleW), th), tw] : [th, Math.min(Math.ceil(width * scaleH), tw)];
 }
 
 /** One image after anyres preprocessing: the `pixel_values` of one `image_sizes` entry, and how they were made. */
@@ -187,8 +192,10 @@ export function llavaNextPreprocess(img: RgbImage, cfg: LlavaNextProcessorConfig
   // Sizes in messages are width×height, as in clipPreprocess's.
   const limit = (what: string, w: number, h: number): void => {
     if (w * h > maxPixels) {
-      throw new ImageError(`LLaVA-NeXT preprocessing of the ${width}×${height} image: ${what} gives ${w}×${h}, more than the ${pixels(maxPixels)} allowed ` +
-        '(the image limit maxPixels; --max-image-pixels)');
+      throw new ImageError(
+        `LLaVA-NeXT preprocessing of the ${width}×${height} image: ${what} gives ${w}×${h}, more than the ${pixels(maxPixels)} allowed ` +
+          '(the image limit maxPixels; --max-image-pixels)',
+      );
     }
   };
 
@@ -221,8 +228,10 @@ export function llavaNextPreprocess(img: RgbImage, cfg: LlavaNextProcessorConfig
     const pv = clipPreprocess(e, cfg.clip, maxPixels);
     // transformers stacks the entries into one array: they must come out as squares of one size.
     if (pv.width !== pv.height || (tileSize !== 0 && pv.width !== tileSize)) {
-      throw new ImageError(`llavaNextPreprocess: the processor settings make tiles of different or non-square sizes ` +
-        `(${tileSize}×${tileSize} and ${pv.width}×${pv.height}); check size, crop_size, do_resize and do_center_crop`);
+      throw new ImageError(
+        `llavaNextPreprocess: the processor settings make tiles of different or non-square sizes ` +
+          `(${tileSize}×${tileSize} and ${pv.width}×${pv.height}); check size, crop_size, do_resize and do_center_crop`,
+      );
     }
     tileSize = pv.width;
     tiles.push(pv.data);
@@ -281,7 +290,12 @@ function intRound7(x: number): number {
  * difference keeps one extra row or column.
  */
 export function unpaddedGrid(currentH: number, currentW: number, imageH: number, imageW: number): GridWindow {
-  for (const [name, v] of [['currentH', currentH], ['currentW', currentW], ['imageH', imageH], ['imageW', imageW]] as const) {
+  for (const [name, v] of [
+    ['currentH', currentH],
+    ['currentW', currentW],
+    ['imageH', imageH],
+    ['imageW', imageW],
+  ] as const) {
     if (!Number.isSafeInteger(v) || v < 1) throw new ImageError(`unpaddedGrid: ${name} must be a positive integer, found ${v}`);
   }
   if (imageW / imageH > currentW / currentH) {

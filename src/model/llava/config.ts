@@ -7,7 +7,8 @@ import { FamilyConfig, TextFacts } from '../family.js';
 
 /** LLaVA: vision tower, two-layer MLP projector and language model (`llava`). */
 export interface LlavaConfig extends FamilyConfig {
-  modelType: 'llava';
+  /** `llava`, or `llava_next` for a LLaVA-NeXT config (which adds its own fields, see llava-next/config.ts). */
+  modelType: 'llava' | 'llava_next';
   vision: ClipVisionConfig;
   text: LlamaLikeConfig;
   /** Token id of the `<image>` placeholder (`image_token_index`, alias `image_token_id`). */
@@ -52,7 +53,7 @@ export function parseFeatureLayer(f: Fields, numLayers: number): { raw: number |
 }
 
 /** Parses a `llava` config with its nested `vision_config` and `text_config`. */
-export function parseLlava(f: Fields): LlavaConfig {
+export function parseLlava(f: Fields, modelType: LlavaConfig['modelType'] = 'llava'): LlavaConfig {
   const dtype = f.dtype();
   const vf = f.nested('vision_config');
   const visionType = vf.modelType('clip_vision_model');
@@ -73,7 +74,7 @@ export function parseLlava(f: Fields): LlavaConfig {
   const imageTokenIndex = f.optInt(imageTokenKey, 0) ?? 32000;
   const grid = vision.imageSize / vision.patchSize;
   return {
-    modelType: 'llava',
+    modelType,
     vision,
     text,
     imageTokenIndex,

@@ -2,12 +2,10 @@
 // hidden state goes through a two-layer MLP projector; one image is one tile, each selected feature
 // row one image token.
 import path from 'node:path';
-import { ConfigError } from '../../formats/config.js';
 import { ClipImageProcessorConfig, ImageError, clipPreprocess, parseClipImageProcessorConfig, pixelsToRgb } from '../../io/image.js';
 import { pixels } from '../../io/image-types.js';
-import { expandImageTokens } from '../../io/prompt.js';
-import { TextTokenizer } from '../../io/tokenizer.js';
-import { Family, ImageProcessor, ProcessedImage, PromptLayout, familyRow } from '../family.js';
+import { Family, ImageProcessor, ProcessedImage, familyRow } from '../family.js';
+import { imagePlaceholder, repeatedPlaceholderLayout } from '../prompt-layout.js';
 import { LlavaConfig, parseLlava } from './config.js';
 import { LlavaModel } from './model.js';
 import { Fields } from '../../formats/config.js';
@@ -39,37 +37,6 @@ export function singleTileProcessor(cfg: ClipImageProcessorConfig, size: number,
   return {
     process: (image, maxPixels): ProcessedImage => ({ tiles: [clipPreprocess(image, cfg, maxPixels).data], dense: { rows: tokens, tileRows: [tokens] } }),
     tileView: (image, tile) => pixelsToRgb(image.tiles[tile], size, size, cfg),
-  };
-}
-
-/**
- * The text of an image token id, checked: it must be one of the tokenizer's added tokens (a
- * placeholder that is a word of the vocabulary would be split or merged by the tokenizer).
- */
-export function imagePlaceholder(id: number, field: string, tokenizer: TextTokenizer, dir: string): string {
-  const t = tokenizer.idToToken(id);
-  if (t === undefined) throw new ConfigError(`${path.join(dir, 'config.json')}: ${field} ${id} is not a token of the tokenizer (tokenizer.json)`);
-  if (!tokenizer.isAddedToken(id)) {
-    throw new ConfigError(
-      `${path.join(dir, 'config.json')}: ${field} ${id} is ${JSON.stringify(t)}, a word of the tokenizer's vocabulary, not one of its added tokens (tokenizer.json "added_tokens"), as an image placeholder is`,
-    );
-  }
-  return t;
-}
-
-/** One placeholder token per image row, as LlavaProcessor expands it before tokenising. */
-export function repeatedPlaceholderLayout(placeholder: string, imageTokenId: number): PromptLayout {
-  return {
-    placeholder,
-    imageTokenId,
-    encode: (text, images, tokenizer) =>
-      tokenizer.encode(
-        expandImageTokens(
-          text,
-          placeholder,
-          images.map((i) => i.rows),
-        ),
-      ),
   };
 }
 

@@ -122,11 +122,8 @@ export class LlavaModel implements ImageEncoder {
     return { tile: 0, x: (patch % G) * P, y: Math.floor(patch / G) * P, width: P, height: P };
   }
 
-  /** A matrix holding `data` (row-major [n][cols]), reused by the next call. */
   unitRows(data: Float32Array, cols: number): Matrix {
-    const m = this.ws.matrix('merged', data.length / cols, cols);
-    this.backend.write(m, data);
-    return m;
+    return this.ws.matrixOf('merged', data, cols);
   }
 
   /** One tile: its rows are the image's rows. */
@@ -137,13 +134,6 @@ export class LlavaModel implements ImageEncoder {
 
   /** Rows `rows` (ascending) of m, gathered into a matrix reused by the next call. */
   gather(m: Matrix, rows: readonly number[]): Matrix {
-    const g = this.ws.matrix('gathered', rows.length, m.cols);
-    for (let i = 0; i < rows.length;) {
-      let run = 1;
-      while (i + run < rows.length && rows[i + run] === rows[i] + run) run++;
-      this.backend.copy(g.view(i, run), m.view(rows[i], run));
-      i += run;
-    }
-    return g;
+    return this.ws.gather('gathered', m, rows);
   }
 }
