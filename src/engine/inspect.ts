@@ -6,12 +6,11 @@
 import os from 'node:os';
 import { Problems } from '../base/problems.js';
 import { LimitError } from '../base/errors.js';
-import { Checkpoint } from '../formats/safetensors.js';
 import { FamilyConfig } from '../model/family.js';
 import { MetaBackend } from '../kernels/meta-backend.js';
 import { WeightLoader } from '../model/weights.js';
 import { readModelFiles } from './model-folder.js';
-import { loadWeights } from './weights-of.js';
+import { loadWeights, openWeights } from './weights-of.js';
 
 export interface Inspection {
   dir: string;
@@ -50,7 +49,7 @@ export async function inspectModel(dir: string): Promise<Inspection> {
     out.family = d.family;
     out.parts = d.parts;
   }
-  const ck = problems.attempt(() => Checkpoint.open(dir));
+  const ck = problems.attempt(() => openWeights(dir, files.family, files.config));
   if (ck) {
     try {
       const names = ck.names();

@@ -14,6 +14,7 @@ import { AnyFamily, FamilyConfig, ImageProcessor, ProcessorFiles, PromptLayout }
 import { loadConfig } from '../model/registry.js';
 import { readJsonFile } from '../base/files.js';
 import { normaliseContent } from './request.js';
+import { textFolderOf } from './weights-of.js';
 
 export interface ModelFiles {
   dir: string;
@@ -57,23 +58,27 @@ export function readModelFiles(dir: string, problems: Problems, limits: ImageLim
   const text = config?.textFacts ?? null;
   const image = config?.imageFacts ?? null;
 
+  // Tokenizer, generation config and chat template: in the model folder, or where the family keeps them.
+  const textDir = textFolderOf(dir, family, config);
   // Tokenizer: without one, only token-id requests work.
-  if (pathExists(path.join(dir, 'tokenizer.json'))) {
-    out.tokenizer = problems.attempt(() => TextTokenizer.fromDir(dir, { readGenerationConfig: false })) ?? null;
+  if (pathExists(path.join(textDir, 'tokenizer.json'))) {
+    out.tokenizer = problems.attempt(() => TextTokenizer.fromDir(textDir, { readGenerationConfig: false })) ?? null;
   } else {
     out.tokenizer = null;
-    problems.warn(`${dir}: no tokenizer.json: requests must give token ids (inputIds), not text`);
+    problems.warn(`${textDir}: no tokenizer.json: requests must give token ids (inputIds), not text`);
   }
   const tokenizer = out.tokenizer;
 
-  out.generationEos = problems.attempt(() => readGenerationEos(dir)) ?? [];
+  out.generationEos = problems.attempt(() => readGenerationEos(textDir)) ?? [];
 
-  // Chat template: none is allowed (said once); one that exists must parse.
-  const template = problems.attempt(() => ChatTemplate.fromDirIfAny(dir));
+  // Chat template: none is allowed (said once, unless the family has its own); one that exists must parse.
+  let template = problems.attempt(() => ChatTemplate.fromDirIfAny(textDir));
+  const builtIn = family && config ? family.defaultChatTemplate?.(config) : undefined;
+  if (template === null && builtIn !== undefined) template = new ChatTemplate(builtIn, `the ${family!.name} conversation format`);
   out.template = template ?? null;
   if (template === null && tokenizer) {
     problems.warn(
-      `${dir}: no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): prompts use the plain layout, ` +
+      `${textDir}: no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json): prompts use the plain layout, ` +
         `${image ? 'one image placeholder and a newline per image, then ' : ''}the text of each message on its own line`,
     );
   }

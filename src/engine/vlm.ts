@@ -3,7 +3,6 @@
 import os from 'node:os';
 import { KernelBackend } from '../kernels/backend.js';
 import { WasmBackend, checkThreads } from '../kernels/wasm-backend.js';
-import { Checkpoint } from '../formats/safetensors.js';
 import { WeightLoader } from '../model/weights.js';
 import { checkImageLimits } from '../io/image.js';
 import { mergeEosTokenIds } from '../io/tokenizer.js';
@@ -11,7 +10,7 @@ import { LimitError } from '../base/errors.js';
 import { Problems } from '../base/problems.js';
 import { Session, SessionOptions } from './session.js';
 import { completeFiles, readModelFiles } from './model-folder.js';
-import { loadWeights } from './weights-of.js';
+import { loadWeights, openWeights } from './weights-of.js';
 import { GenerationError, checkGenerateOptions } from './request.js';
 import { GenerateOptions, GenerateRequest, GenerationResult, ImageInput, LoadOptions, decodeMethodOf, prefillReducerOf } from './options.js';
 import { CoreParts, ImageRows, ModelCore } from './core.js';
@@ -55,7 +54,7 @@ export class VisionLanguageModel extends ModelCore {
     const problems = new Problems(false, opts.onWarning ?? defaultWarning);
     const imageLimits = checkImageLimits(opts.imageLimits);
     const files = completeFiles(readModelFiles(dir, problems, imageLimits));
-    const ck = Checkpoint.open(dir);
+    const ck = openWeights(dir, files.family, files.config);
     try {
       const names = ck.names();
       const total = names.reduce((a, n) => a + ck.info(n).byteLength, 0);

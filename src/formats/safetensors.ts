@@ -320,22 +320,57 @@ export class Checkpoint implements TensorSource {
   readonly files: readonly SafetensorsFile[];
   private readonly byName: Map<string, TensorInfo>;
   private readonly fileOf: Map<string, SafetensorsFile>;
+  /** The name a tensor has in its file, where the checkpoint names it with a prefix (see openParts). */
+  private readonly stored = new Map<string, string>();
 
-  private constructor(dir: string, source: string, files: SafetensorsFile[]) {
+  private constructor(dir: string, source: string, files: SafetensorsFile[], prefixes: readonly string[] = []) {
     this.dir = dir;
     this.source = source;
     this.files = files;
     this.byName = new Map();
     this.fileOf = new Map();
-    for (const f of files) {
-      for (const [name, t] of f.tensors) {
+    files.forEach((f, i) => {
+      const prefix = prefixes[i] ?? '';
+      for (const [own, t] of f.tensors) {
+        const name = prefix + own;
         const other = this.fileOf.get(name);
         if (other !== undefined) {
           throw new SafetensorsError(source, `tensor is stored in two shards: ${other.path} and ${f.path}`, name);
         }
-        this.byName.set(name, t);
+        this.byName.set(name, prefix ? { ...t, name } : t);
         this.fileOf.set(name, f);
+        if (prefix) this.stored.set(name, own);
       }
+    });
+  }
+
+  /**
+   * One checkpoint from several folders of a model (VILA's `llm/`, `vision_tower/`,
+   * `mm_projector/`), each opened as by {@link open}; the tensors of part i are named with
+   * `parts[i].prefix` before their stored names.
+   */
+  static openParts(dir: string, parts: readonly { folder: string; prefix: string }[]): Checkpoint {
+    const opened: Checkpoint[] = [];
+    try {
+      for (const p of parts) opened.push(Checkpoint.open(path.join(dir, p.folder)));
+    } catch (e) {
+      for (const c of opened) c.close();
+      throw e;
+    }
+    const files: SafetensorsFile[] = [],
+      prefixes: string[] = [];
+    opened.forEach((c, i) => {
+      if (c.stored.size > 0) throw new Error('internal: nested checkpoint parts');
+      for (const f of c.files) {
+        files.push(f);
+        prefixes.push(parts[i].prefix);
+      }
+    });
+    try {
+      return new Checkpoint(dir, dir, files, prefixes);
+    } catch (e) {
+      for (const f of files) f.close();
+      throw e;
     }
   }
 
@@ -442,7 +477,7 @@ export class Checkpoint implements TensorSource {
   /** Reads the raw bytes of tensor `name` into `dest`; see {@link SafetensorsFile.readInto}. */
   readInto(name: string, dest: Uint8Array): void {
     this.info(name);
-    this.fileOf.get(name)!.readInto(name, dest);
+    this.fileOf.get(name)!.readInto(this.stored.get(name) ?? name, dest);
   }
 
   /** Closes every shard. */

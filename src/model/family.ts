@@ -168,6 +168,15 @@ export interface Family<C extends FamilyConfig = FamilyConfig> {
   describe(config: C): { family: string; parts: string[] };
   /** Null: the config describes something the engine cannot run alone (a vision tower). */
   readonly notRunnable?: string;
+  /**
+   * Where the weights are when not in the model folder itself (VILA: `llm/`, `vision_tower/`,
+   * `mm_projector/`): each folder's tensors are named with its prefix.
+   */
+  weightFolders?(config: C): { folder: string; prefix: string }[];
+  /** The folder of the tokenizer, chat template and generation config, relative to the model folder (default: the folder itself). */
+  textFolder?(config: C): string;
+  /** The chat template to use when the folder has none (VILA's conversation format). */
+  defaultChatTemplate?(config: C): string;
   /** Processor files it reads, relative to the model folder (absent ones are passed as null). */
   processorFiles?(config: C): string[];
   /** The image processor, from the processor files; ImageError/ConfigError naming the file and field. */

@@ -6,6 +6,7 @@ import { AnyFamily, FamilyConfig } from './family.js';
 import causalLm from './causal-lm/family.js';
 import llava from './llava/family.js';
 import llavaNext from './llava-next/family.js';
+import vila from './vila/family.js';
 import { clipTowerRow, siglipTowerRow } from './vision-tower/family.js';
 
 // One row per line (prettier-ignore keeps it so).
@@ -16,10 +17,11 @@ export const FAMILIES: readonly AnyFamily[] = [
   causalLm,
   siglipTowerRow,
   llavaNext,
+  vila,
 ];
 
 /** Model types of families still to come: named as such in the error. */
-const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'idefics3_vision', 'llava_llama'];
+const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'idefics3_vision'];
 
 /** Every `model_type` the registry accepts. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => f.modelTypes);

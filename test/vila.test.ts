@@ -1,0 +1,120 @@
+// VILA1.5 layout parity with vila-tiny's goldens (a faithful PyTorch reimplementation of VILA's
+// inference path; bf16 weights, f32 math): preprocessing, VILA's tokenisation around <image>,
+// SigLIP hidden states and column-mean salience, the mlp_downsample projector (its column-major
+// block order), merged embeddings, logits within 1e-4 max abs and identical greedy tokens.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { WasmBackend } from '../src/kernels/wasm-backend.js';
+import { VisionLanguageModel } from '../src/engine/vlm.js';
+import { densePrefill, sparseVilaPrefill } from '../src/sparsity/method.js';
+import { embedPrompt } from '../src/model/embed-prompt.js';
+import { VilaModel, vilaBlocks } from '../src/model/vila/model.js';
+import { SalienceRequest } from '../src/model/vit.js';
+import { inspectModel } from '../src/engine/inspect.js';
+import { fixture, assertClose, absRel } from './helpers.js';
+
+const TOL = absRel(1e-4, 0);
+const dir = fixture('vila-tiny');
+const image = path.join(dir, 'image.png');
+const QUERY = 'Please describe the image.';
+
+describe('vila-tiny against the goldens of VILA1.5', () => {
+  let be: WasmBackend, model: VisionLanguageModel, g: Checkpoint;
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+    model = await VisionLanguageModel.load(dir, { backend: be });
+    g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+  });
+  after(async () => {
+    g.close();
+    await model.close();
+    await be.close();
+  });
+
+  it('the registry reads the VILA layout; inspect names the family and its parts', async () => {
+    assert.equal(model.family.name, 'vila');
+    assert.deepEqual(model.warnings, [], 'the vicuna_v1 format is built in: no missing-template warning');
+    const r = await inspectModel(dir);
+    assert.deepEqual(r.problems, []);
+    assert.match(r.family!, /^vila: SigLIP vision tower, mlp_downsample projector, llama decoder/);
+    assert.match(r.parts!.join('\n'), /connector: +mlp_downsample: 16 tokens per image/);
+    assert.ok(r.skipped.some((s) => s.name.startsWith('vision_tower.vision_model.head.')));
+  });
+
+  it('pixel values, prompt ids, vision states, column-mean salience, projector stages and token order match', async () => {
+    const im = await model.preprocess(image);
+    assertClose(im.tiles[0], readTensorF32(g, 'pixel_values'), absRel(1e-6, 0), 'pixel_values');
+    const ids = await model.promptIds({ images: [image], prompt: QUERY });
+    assert.deepEqual(ids, readTensorInt(g, 'merged.input_ids'), 'VILA ids with 16 rows of -200');
+    const enc = model.encoder as VilaModel;
+    // DownSampleBlock's token order: column-major blocks, zero padding at the bottom and right.
+    const src = readTensorInt(g, 'projector.token_source');
+    assert.deepEqual(
+      vilaBlocks('mlp_downsample', 7).flatMap((b) => b.sources),
+      Array.from(src),
+    );
+    const hs = readTensorF32(g, 'vision.hidden_states'),
+      n = 49 * 64;
+    enc.vision.encode(im.tiles[0], (i, x) => assertClose(be.read(x), hs.subarray(i * n, (i + 1) * n), TOL, `vision hidden state ${i}`));
+    const col = readTensorF32(g, 'vision.colmean_salience');
+    for (const layer of [0, 1]) {
+      const req: SalienceRequest = { rows: 'mean', layer };
+      enc.vision.encode(im.tiles[0], undefined, req);
+      assertClose(req.result!, col.subarray(layer * 49, (layer + 1) * 49), absRel(1e-5, 0), `column-mean salience, layer ${layer}`);
+    }
+    const e = enc.encodeTile(im, 0, { salience: true });
+    assertClose(be.read(e.units), readTensorF32(g, 'projector.layers.0'), TOL, 'downsampled units');
+    const want = vilaBlocks('mlp_downsample', 7).map((b) => {
+      const real = b.sources.filter((p) => p >= 0);
+      return real.reduce((a, p) => a + col[49 + p], 0) / real.length;
+    });
+    assertClose(e.salience!, want, absRel(1e-5, 0), 'unit salience: the mean over its block');
+    assertClose(be.read(enc.project(e.units)), readTensorF32(g, 'image_features'), TOL, 'image_features');
+  });
+
+  it('merged embeddings, logits at the last two positions and the 12 greedy tokens', async () => {
+    const [rows] = await model.imageFeatures([image], densePrefill);
+    try {
+      const ids = await model.promptIds({ images: [image], prompt: QUERY });
+      const d = model.decoder,
+        x = be.matrix(ids.length, d.hidden),
+        cache = d.newCache();
+      embedPrompt(d, x, ids, -200, [rows.features]);
+      assertClose(be.read(x), readTensorF32(g, 'llm.inputs_embeds'), TOL, 'inputs_embeds');
+      const positions = readTensorInt(g, 'logits.positions');
+      const logits = d.forward(
+        x,
+        cache,
+        0,
+        ids.map((_, i) => i),
+        { logitRows: positions },
+      );
+      assertClose(logits, readTensorF32(g, 'logits.at_positions'), TOL, 'logits');
+      d.freeCache(cache);
+      be.free(x);
+    } finally {
+      be.free(rows.features);
+    }
+    const r = await model.generate({ images: [image], prompt: QUERY }, { maxNewTokens: 12, eosTokenIds: [] });
+    assert.deepEqual(r.ids, readTensorInt(g, 'generate.new_tokens'));
+    assert.deepEqual([r.stats.promptTokens, r.stats.imageTokens], [63, 16]);
+  });
+
+  it('SparseVILA keeps the most salient blocks in order; p = d = 0 is bit-identical to dense', async () => {
+    const [half] = await model.imageFeatures([image], sparseVilaPrefill(0.5));
+    try {
+      assert.equal(half.features.rows, 8);
+      assert.deepEqual(
+        half.units,
+        [...half.units].sort((a, b) => a - b),
+      );
+    } finally {
+      be.free(half.features);
+    }
+    const dense = await model.generate({ images: [image], prompt: QUERY }, { maxNewTokens: 4, eosTokenIds: [] });
+    const zero = await model.generate({ images: [image], prompt: QUERY }, { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0, decodeSparsity: 0 });
+    assert.deepEqual(zero.ids, dense.ids);
+  });
+});
