@@ -270,6 +270,10 @@ test('error: wrong type', () => {
 test('error: unknown model type lists the supported ones', () => {
   rejects({ ...llama(), model_type: 'gpt2' }, 'model_type: "gpt2" is not supported; supported here: llava, clip_vision_model, llama, qwen2');
   rejects({ ...llama(), model_type: undefined }, 'model_type: expected a string naming the model type');
+  rejects(
+    { ...llama(), architectures: ['GPT2LMHeadModel'], model_type: 'gpt2' },
+    '(architectures GPT2LMHeadModel is not one of LlavaForConditionalGeneration, CLIPVisionModel, LlamaForCausalLM, Qwen2ForCausalLM, SiglipVisionModel, LlavaNextForConditionalGeneration, LlavaLlamaModel)',
+  );
   const base = readFixtureJson('llava-tiny');
   rejects(
     { ...base, text_config: { ...(base['text_config'] as object), model_type: 'mistral' } },

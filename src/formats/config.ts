@@ -166,7 +166,7 @@ export function readConfigJson(dir: string): { json: JsonObject; file: string } 
 }
 
 /** The error for a `model_type` (or other type field) the engine does not run, listing what it runs. */
-export function unsupportedType(f: Fields, key: string, type: string, allowed: readonly string[], recognised: readonly string[] = []): ConfigError {
+export function unsupportedType(f: Fields, key: string, type: string, allowed: readonly string[], recognised: readonly string[] = [], more = ''): ConfigError {
   const known = recognised.includes(type) ? ' (recognised, but not supported yet)' : '';
-  return f.error(key, `"${type}" is not supported${known}; supported here: ${allowed.join(', ')}`);
+  return f.error(key, `"${type}" is not supported${known}; supported here: ${allowed.join(', ')}${more}`);
 }

@@ -42,7 +42,12 @@ export function familyOf(json: JsonObject, source: string): AnyFamily {
     if (row && row.modelTypes.includes(type)) return row;
   }
   const row = FAMILIES.find((r) => r.modelTypes.includes(type));
-  if (!row) throw unsupportedType(f, 'model_type', type, SUPPORTED_MODEL_TYPES, RECOGNISED_UNSUPPORTED);
+  if (!row) {
+    const listed = archs.length
+      ? ` (architectures ${archs.join(', ')} ${archs.length === 1 ? 'is' : 'are'} not one of ${FAMILIES.flatMap((r) => r.architectures).join(', ')})`
+      : '';
+    throw unsupportedType(f, 'model_type', type, SUPPORTED_MODEL_TYPES, RECOGNISED_UNSUPPORTED, listed);
+  }
   return row;
 }
 
