@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import sharp from 'sharp';
-import { fixture, tempDir } from './helpers.js';
+import { editJson, fixture, modelVariant, tempDir } from './helpers.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
@@ -46,9 +46,16 @@ describe('sparsevila CLI', () => {
   });
 
   it('inspect of an unsupported architecture names it', () => {
-    const r = run('inspect', fixture('smolvlm-tiny'));
+    const pali = modelVariant(fixture('smolvlm-tiny'), (d) =>
+      editJson(d, 'config.json', (j) => {
+        j.model_type = 'paligemma';
+        j.architectures = ['PaliGemmaForConditionalGeneration'];
+      }),
+    );
+    const r = run('inspect', pali);
     assert.equal(r.status, 1);
-    assert.match(r.stderr, /idefics3/);
+    assert.match(r.stderr, /"paligemma" is not supported; supported here: .*idefics3/);
+    assert.match(r.stderr, /architectures PaliGemmaForConditionalGeneration is not one of/);
   });
 
   it('run --json answers about the image with the golden greedy tokens', () => {

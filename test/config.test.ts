@@ -10,6 +10,7 @@ import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { MetaBackend } from '../src/kernels/meta-backend.js';
 import type { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import type { LlavaConfig } from '../src/model/llava/config.js';
+import type { Idefics3Config } from '../src/model/idefics3/config.js';
 
 /** Writes `json` as config.json into a fresh folder; returns the folder and the file path. */
 function writeConfig(json: unknown): { dir: string; file: string } {
@@ -151,17 +152,16 @@ test('siglip-tiny: a SigLIP tower alone is parsed, and refused as not runnable b
   );
 });
 
-test('smolvlm-tiny: idefics3 is recognised but unsupported', () => {
-  const dir = fixture('smolvlm-tiny');
-  assert.throws(
-    () => loadConfig(dir),
-    (e: unknown) => {
-      assert.ok(e instanceof ConfigError);
-      assert.ok(e.message.includes(path.join(dir, 'config.json')));
-      assert.match(e.message, /"idefics3" is not supported \(recognised/);
-      return true;
-    },
+test('smolvlm-tiny: idefics3 parses; a scale_factor that does not divide the patch grid is named', () => {
+  const { family, config } = loadConfig(fixture('smolvlm-tiny'));
+  const c = config as Idefics3Config;
+  assert.equal(family.name, 'idefics3');
+  assert.deepEqual(
+    [c.vision.modelType, c.vision.imageSize, c.vision.patchSize, c.scaleFactor, c.imageTokenId, c.text.numHiddenLayers, c.imageFacts.minTokens],
+    ['idefics3_vision', 64, 16, 2, 49190, 2, 4],
   );
+  const json = readFixtureJson('smolvlm-tiny');
+  rejects({ ...json, scale_factor: 3 }, "scale_factor: 3 does not divide the tile's 4×4 patch grid");
 });
 
 test('defaults follow transformers', () => {

@@ -38,6 +38,8 @@ const FAMILIES: Row[] = [
   },
   // 7×7 patches → 16 blocks of 2×2.
   { family: 'vila', dir: fixture('vila-tiny'), prompt: 'Please describe the image.', dense: 16, budget: 8, budgeted: 8, sparse: 7 },
+  // A 2×2 grid of tiles plus the global image, 4 tokens (2×2 pixel-shuffle blocks) each.
+  { family: 'idefics3', dir: fixture('smolvlm-tiny'), prompt: 'What is in this image?', dense: 20, budget: 2, budgeted: 10, sparse: 10 },
 ];
 
 type Out = { ids: number[]; method: string; imageTokens: number; visualTokensIn: number; visualTokensRetrieved: number };

@@ -8,15 +8,22 @@ import * as path from 'node:path';
 import { decodeImage, ImageError, resize, type RgbImage } from '../src/io/image.js';
 import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
 import {
-  idefics3ImageString, idefics3Preprocess, loadIdefics3ProcessorConfig, parseIdefics3ProcessorConfig, pixelShuffle,
-  pixelShuffleSources, type Idefics3ProcessorConfig,
+  idefics3ImageString,
+  idefics3Preprocess,
+  loadIdefics3ProcessorConfig,
+  parseIdefics3ProcessorConfig,
+  pixelShuffle,
+  pixelShuffleSources,
+  type Idefics3ProcessorConfig,
 } from '../src/model/idefics3/processor.js';
 import { fixture } from './helpers.js';
 
 const dir = fixture('smolvlm-tiny');
 const readJson = (name: string): unknown => JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8'));
 let golden: Checkpoint;
-before(() => { golden = Checkpoint.open(path.join(dir, 'golden.safetensors')); });
+before(() => {
+  golden = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+});
 after(() => golden.close());
 
 /** The fixture's config: longest edge 128, tiles of 64, splitting, LANCZOS, mean = std = 0.5, 4 tokens per tile. */
@@ -33,7 +40,7 @@ function makeImage(width: number, height: number, f: (x: number, y: number, c: n
 }
 
 /** A deterministic pseudo-random byte for pixel (x, y), channel c. */
-const noise = (x: number, y: number, c: number): number => (Math.imul(x * 73856093 ^ y * 19349663 ^ c * 83492791, 2654435761) >>> 24);
+const noise = (x: number, y: number, c: number): number => Math.imul((x * 73856093) ^ (y * 19349663) ^ (c * 83492791), 2654435761) >>> 24;
 
 /** `[3][h][w]` of an RGB image, rescaled by 1/255 and normalised with mean = std = 0.5 in float32. */
 function normalised(img: RgbImage): Float32Array {
@@ -54,7 +61,7 @@ function cropOf(img: RgbImage, x0: number, y0: number, w: number, h: number): Rg
 
 // ---- config -----------------------------------------------------------------------------------------
 
-test('parseIdefics3ProcessorConfig: the fixture\'s preprocessor_config.json and processor_config.json', () => {
+test("parseIdefics3ProcessorConfig: the fixture's preprocessor_config.json and processor_config.json", () => {
   const expected: Idefics3ProcessorConfig = {
     doResize: true,
     size: { longestEdge: 128 },
@@ -75,7 +82,7 @@ test('parseIdefics3ProcessorConfig: the fixture\'s preprocessor_config.json and 
   assert.deepEqual(loadIdefics3ProcessorConfig(path.join(dir, 'preprocessor_config.json')), expected, 'from the file');
 });
 
-test('parseIdefics3ProcessorConfig: transformers\' defaults for absent fields and no processor_config.json', () => {
+test("parseIdefics3ProcessorConfig: transformers' defaults for absent fields and no processor_config.json", () => {
   assert.deepEqual(parseIdefics3ProcessorConfig({}, null, 'p.json'), {
     doResize: true,
     size: { longestEdge: 4 * 364 },
@@ -91,10 +98,18 @@ test('parseIdefics3ProcessorConfig: transformers\' defaults for absent fields an
     doConvertRgb: true,
     imageSeqLen: 169,
   });
-  const c = parseIdefics3ProcessorConfig({
-    image_processor_type: 'SmolVLMImageProcessor', size: { height: 30, width: 40 }, resample: 3, do_pad: false,
-    do_image_splitting: null, image_mean: 0.25,
-  }, { processor_class: 'SmolVLMProcessor' }, 'p.json');
+  const c = parseIdefics3ProcessorConfig(
+    {
+      image_processor_type: 'SmolVLMImageProcessor',
+      size: { height: 30, width: 40 },
+      resample: 3,
+      do_pad: false,
+      do_image_splitting: null,
+      image_mean: 0.25,
+    },
+    { processor_class: 'SmolVLMProcessor' },
+    'p.json',
+  );
   assert.deepEqual(c.size, { height: 30, width: 40 });
   assert.equal(c.resample, 'bicubic');
   assert.equal(c.doPad, false);
@@ -125,16 +140,22 @@ test('parseIdefics3ProcessorConfig: a bad field is an ImageError naming the file
     [{}, [4], ['p.json (processor_config.json): expected a JSON object']],
   ];
   for (const [pre, proc, needles] of cases) {
-    assert.throws(() => parseIdefics3ProcessorConfig(pre, proc, 'p.json'), (e: unknown) => {
-      assert.ok(e instanceof ImageError, `expected ImageError, got ${String(e)}`);
-      for (const n of needles) assert.ok(e.message.includes(n), `message ${JSON.stringify(e.message)} lacks ${JSON.stringify(n)}`);
-      return true;
-    }, JSON.stringify([pre, proc]));
+    assert.throws(
+      () => parseIdefics3ProcessorConfig(pre, proc, 'p.json'),
+      (e: unknown) => {
+        assert.ok(e instanceof ImageError, `expected ImageError, got ${String(e)}`);
+        for (const n of needles) assert.ok(e.message.includes(n), `message ${JSON.stringify(e.message)} lacks ${JSON.stringify(n)}`);
+        return true;
+      },
+      JSON.stringify([pre, proc]),
+    );
   }
   assert.throws(() => parseIdefics3ProcessorConfig([1], null, 'p.json'), /p\.json: expected a JSON object/);
   // The processor file is named next to a preprocessor_config.json source.
-  assert.throws(() => parseIdefics3ProcessorConfig({}, { image_seq_len: -1 }, path.join('m', 'preprocessor_config.json')),
-    (e: unknown) => e instanceof ImageError && e.message.startsWith(`${path.join('m', 'processor_config.json')}: image_seq_len`));
+  assert.throws(
+    () => parseIdefics3ProcessorConfig({}, { image_seq_len: -1 }, path.join('m', 'preprocessor_config.json')),
+    (e: unknown) => e instanceof ImageError && e.message.startsWith(`${path.join('m', 'processor_config.json')}: image_seq_len`),
+  );
 });
 
 // ---- preprocessing ------------------------------------------------------------------------------------
@@ -164,7 +185,7 @@ test('idefics3Preprocess: image.png matches the golden pixel_values, pixel_atten
   assert.ok(maxDiff <= 1e-6, `max abs diff ${maxDiff}`);
 });
 
-test('idefics3Preprocess: a 200×90 image, split and not split, gives transformers\' shapes', () => {
+test("idefics3Preprocess: a 200×90 image, split and not split, gives transformers' shapes", () => {
   const img = makeImage(200, 90, noise);
   const cfg = fixtureConfig();
 
@@ -207,11 +228,15 @@ test('idefics3Preprocess: a 200×90 image, split and not split, gives transforme
 test('idefics3Preprocess: a resize target over maxPixels is refused, naming the limit', () => {
   const img = makeImage(200, 90, noise);
   // 128×58 = 7424 pixels for the first resize.
-  assert.throws(() => idefics3Preprocess(img, fixtureConfig(), 7000), (e: unknown) =>
-    e instanceof ImageError && e.message.includes('128×58') && e.message.includes('maxPixels'));
+  assert.throws(
+    () => idefics3Preprocess(img, fixtureConfig(), 7000),
+    (e: unknown) => e instanceof ImageError && e.message.includes('128×58') && e.message.includes('maxPixels'),
+  );
   // 7424 passes; the 128×64 = 8192 of the split does not.
-  assert.throws(() => idefics3Preprocess(img, fixtureConfig(), 8000), (e: unknown) =>
-    e instanceof ImageError && e.message.includes('128×64') && e.message.includes('maxPixels'));
+  assert.throws(
+    () => idefics3Preprocess(img, fixtureConfig(), 8000),
+    (e: unknown) => e instanceof ImageError && e.message.includes('128×64') && e.message.includes('maxPixels'),
+  );
   assert.equal(idefics3Preprocess(img, fixtureConfig(), 8192).tiles.length, 3);
 });
 
@@ -223,13 +248,13 @@ test('idefics3ImageString: the golden expanded prompt, and per-tile counts', () 
   assert.equal(prompt.chat_template_output.replace('<image>', idefics3ImageString(2, 2, 4)), prompt.expanded_text);
   assert.equal(idefics3ImageString(2, 2, [4, 4, 4, 4, 4]), idefics3ImageString(2, 2, 4));
 
-  const I = '<image>', F = '<fake_token_around_image>';
-  assert.equal(idefics3ImageString(2, 2, [1, 0, 2, 3, 4]),
-    `${F}<row_1_col_1>${I}${F}<row_1_col_2>\n` +
-    `${F}<row_2_col_1>${I}${I}${F}<row_2_col_2>${I}${I}${I}\n` +
-    `\n${F}<global-img>${I}${I}${I}${I}${F}`);
-  assert.equal(idefics3ImageString(1, 3, 1, { image: 'i', fake: 'f', global: 'g' }),
-    'f<row_1_col_1>if<row_1_col_2>if<row_1_col_3>i\n\nfgif');
+  const I = '<image>',
+    F = '<fake_token_around_image>';
+  assert.equal(
+    idefics3ImageString(2, 2, [1, 0, 2, 3, 4]),
+    `${F}<row_1_col_1>${I}${F}<row_1_col_2>\n` + `${F}<row_2_col_1>${I}${I}${F}<row_2_col_2>${I}${I}${I}\n` + `\n${F}<global-img>${I}${I}${I}${I}${F}`,
+  );
+  assert.equal(idefics3ImageString(1, 3, 1, { image: 'i', fake: 'f', global: 'g' }), 'f<row_1_col_1>if<row_1_col_2>if<row_1_col_3>i\n\nfgif');
   // Not split: transformers' _prompt_single_image.
   assert.equal(idefics3ImageString(0, 0, 3), `${F}<global-img>${I}${I}${I}${F}`);
   assert.equal(idefics3ImageString(0, 0, [2]), `${F}<global-img>${I}${I}${F}`);
@@ -253,7 +278,12 @@ test('pixelShuffle: golden vision.last_hidden_state per tile gives connector.pix
 });
 
 test('pixelShuffleSources: the patches of each output token, in channel-block order', () => {
-  assert.deepEqual(pixelShuffleSources(4, 2), [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]);
+  assert.deepEqual(pixelShuffleSources(4, 2), [
+    [0, 1, 4, 5],
+    [2, 3, 6, 7],
+    [8, 9, 12, 13],
+    [10, 11, 14, 15],
+  ]);
   assert.deepEqual(pixelShuffleSources(3, 1), [[0], [1], [2], [3], [4], [5], [6], [7], [8]]);
   // Consistent with pixelShuffle: shuffling the patch indices themselves (dim 1) lists the sources.
   const ids = Float32Array.from({ length: 36 }, (_, i) => i);

@@ -21,7 +21,7 @@ import { embedPrompt } from '../src/model/embed-prompt.js';
 import { VisionTransformer, SalienceRequest } from '../src/model/vit.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
-import { fixture, tempDir } from './helpers.js';
+import { editJson, fixture, modelVariant, tempDir } from './helpers.js';
 
 const TOL = 1e-4;
 
@@ -270,9 +270,16 @@ describe('model parity with the transformers goldens', () => {
 
   describe('clear errors', () => {
     it('unsupported architecture', async () => {
+      // A PaliGemma config (not a registered family) in a copy of smolvlm-tiny.
+      const pali = modelVariant(fixture('smolvlm-tiny'), (d) =>
+        editJson(d, 'config.json', (j) => {
+          j.model_type = 'paligemma';
+          j.architectures = ['PaliGemmaForConditionalGeneration'];
+        }),
+      );
       await assert.rejects(
-        VisionLanguageModel.load(fixture('smolvlm-tiny'), { backend: be }),
-        (e: Error) => e instanceof ConfigError && /idefics3/.test(e.message) && /config\.json/.test(e.message),
+        VisionLanguageModel.load(pali, { backend: be }),
+        (e: Error) => e instanceof ConfigError && /"paligemma" is not supported/.test(e.message) && /config\.json/.test(e.message),
       );
       await assert.rejects(
         VisionLanguageModel.load(fixture('siglip-tiny'), { backend: be }),

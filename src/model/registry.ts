@@ -7,6 +7,7 @@ import causalLm from './causal-lm/family.js';
 import llava from './llava/family.js';
 import llavaNext from './llava-next/family.js';
 import vila from './vila/family.js';
+import idefics3 from './idefics3/family.js';
 import { clipTowerRow, siglipTowerRow } from './vision-tower/family.js';
 
 // One row per line (prettier-ignore keeps it so).
@@ -18,10 +19,11 @@ export const FAMILIES: readonly AnyFamily[] = [
   siglipTowerRow,
   llavaNext,
   vila,
+  idefics3,
 ];
 
 /** Model types of families still to come: named as such in the error. */
-const RECOGNISED_UNSUPPORTED = ['idefics3', 'smolvlm', 'idefics3_vision'];
+const RECOGNISED_UNSUPPORTED: string[] = [];
 
 /** Every `model_type` the registry accepts. */
 export const SUPPORTED_MODEL_TYPES: readonly string[] = FAMILIES.flatMap((f) => f.modelTypes);

@@ -78,8 +78,12 @@ const LANCZOS = 1;
 
 /** Image processor classes with this pipeline (SmolVLM's is generated from Idefics3's; `…Fast` reads as its slow class). */
 const PROCESSOR_TYPES: ReadonlySet<string> = new Set([
-  'Idefics3ImageProcessor', 'Idefics3ImageProcessorFast', 'Idefics3ImageProcessorPil',
-  'SmolVLMImageProcessor', 'SmolVLMImageProcessorFast', 'SmolVLMImageProcessorPil',
+  'Idefics3ImageProcessor',
+  'Idefics3ImageProcessorFast',
+  'Idefics3ImageProcessorPil',
+  'SmolVLMImageProcessor',
+  'SmolVLMImageProcessorFast',
+  'SmolVLMImageProcessorPil',
 ]);
 
 /**
@@ -103,7 +107,10 @@ export function loadIdefics3ProcessorConfig(fileOrDir: string): Idefics3Processo
  * A wrong value is an {@link ImageError} naming the file and the field.
  */
 export function parseIdefics3ProcessorConfig(
-  preprocessor: unknown, processor: unknown | null, source: string, processorSource = siblingProcessorFile(source),
+  preprocessor: unknown,
+  processor: unknown | null,
+  source: string,
+  processorSource = siblingProcessorFile(source),
 ): Idefics3ProcessorConfig {
   if (!isObject(preprocessor)) throw new ImageError(`${source}: expected a JSON object, got ${describe(preprocessor)}`);
   const json = preprocessor;
@@ -193,9 +200,7 @@ export function parseIdefics3ProcessorConfig(
 
 /** The `processor_config.json` that sits next to a `preprocessor_config.json` (or in a folder). */
 function siblingProcessorFile(source: string): string {
-  return path.basename(source) === 'preprocessor_config.json'
-    ? path.join(path.dirname(source), 'processor_config.json')
-    : `${source} (processor_config.json)`;
+  return path.basename(source) === 'preprocessor_config.json' ? path.join(path.dirname(source), 'processor_config.json') : `${source} (processor_config.json)`;
 }
 
 // ---- sizes ------------------------------------------------------------------------------------------
@@ -267,8 +272,10 @@ export function idefics3Preprocess(img: RgbImage, cfg: Idefics3ProcessorConfig, 
   if (!positiveInt(m)) throw new ImageError(`idefics3Preprocess: maxImageSize must be a positive integer, got ${describe(m)}`);
   const resizeTo = (im: RgbImage, width: number, height: number, why: string): RgbImage => {
     if (width * height > maxPixels) {
-      throw new ImageError(`resizing the ${img.width}×${img.height} image as ${why} gives ${width}×${height}, ` +
-        `more than the ${pixels(maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`);
+      throw new ImageError(
+        `resizing the ${img.width}×${img.height} image as ${why} gives ${width}×${height}, ` +
+          `more than the ${pixels(maxPixels)} allowed (the image limit maxPixels; --max-image-pixels)`,
+      );
     }
     return resize(im, width, height, cfg.resample);
   };
@@ -281,7 +288,8 @@ export function idefics3Preprocess(img: RgbImage, cfg: Idefics3ProcessorConfig, 
   const resized = { height: im.height, width: im.width };
 
   const frames: RgbImage[] = [];
-  let rows = 0, cols = 0;
+  let rows = 0,
+    cols = 0;
   if (cfg.doImageSplitting) {
     const t = visionEncoderSize(im.width, im.height, m);
     im = resizeTo(im, t.width, t.height, 'image splitting (multiples of max_image_size) asks');
@@ -350,7 +358,9 @@ export interface Idefics3ImageTokens {
 }
 
 const DEFAULT_TOKENS: Readonly<Idefics3ImageTokens> = Object.freeze({
-  image: '<image>', fake: '<fake_token_around_image>', global: '<global-img>',
+  image: '<image>',
+  fake: '<fake_token_around_image>',
+  global: '<global-img>',
 });
 
 /**
@@ -363,7 +373,10 @@ const DEFAULT_TOKENS: Readonly<Idefics3ImageTokens> = Object.freeze({
  * (length rows·cols + 1, the global image last), for a caller that keeps fewer tokens of some tiles.
  */
 export function idefics3ImageString(
-  rows: number, cols: number, tokensPerTile: number | readonly number[], tokens: Idefics3ImageTokens = DEFAULT_TOKENS,
+  rows: number,
+  cols: number,
+  tokensPerTile: number | readonly number[],
+  tokens: Idefics3ImageTokens = DEFAULT_TOKENS,
 ): string {
   if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows < 0 || cols < 0 || (rows === 0) !== (cols === 0)) {
     throw new RangeError(`idefics3ImageString: rows and cols must be both 0 or both positive integers, got ${rows}, ${cols}`);
