@@ -1,16 +1,21 @@
 // Every family through the CLI: dense, SparseVILA and each baseline run on it (`run --json`), with
-// the visual-token counts each method should give; p = d = 0 gives the dense tokens; --heatmap
-// draws the image's tiles. One row per family.
-import { describe, it } from 'node:test';
+// the visual-token counts each method should give; p = d = 0 gives the dense tokens; chat reuses the
+// session's cache, eval scores a scene's questions, --heatmap draws the image's tiles. One row per family.
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { fixture, tempDir } from './helpers.js';
+import { writeSplit } from '../src/data/scenes.js';
+import { readEpisodes } from '../src/eval/harness.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+const run = (...args: (string | { input: string })[]) => {
+  const input = args.find((a): a is { input: string } => typeof a === 'object')?.input;
+  return spawnSync(process.execPath, [cli, ...args.filter((a): a is string => typeof a === 'string')], { encoding: 'utf8', input });
+};
 
 interface Row {
   family: string;
@@ -45,6 +50,12 @@ const FAMILIES: Row[] = [
 type Out = { ids: number[]; method: string; imageTokens: number; visualTokensIn: number; visualTokensRetrieved: number };
 
 describe('every family through the CLI', () => {
+  let episodes = '',
+    questions = 0;
+  before(async () => {
+    episodes = await writeSplit(tempDir(), 'test', 1);
+    questions = readEpisodes(episodes)[0].questions.length;
+  });
   for (const f of FAMILIES) {
     it(`${f.family}: dense, SparseVILA, VisionZip, PruMerge, Quest, FastV and PDrop run; p = d = 0 equals dense; the heatmap is drawn`, () => {
       const base = ['run', '--model', f.dir, '--image', path.join(f.dir, 'image.png'), '--prompt', f.prompt, '--max-new-tokens', '2', '--json'];
@@ -73,6 +84,18 @@ describe('every family through the CLI', () => {
         assert.equal(d.imageTokens, f.dense);
         assert.ok(d.visualTokensRetrieved < f.dense, `${extra[1]} drops visual tokens`);
       }
+      // chat: two questions, the second from the session cache (SparseVILA retrieving anew).
+      const chat = run('chat', '--model', f.dir, '--image', path.join(f.dir, 'image.png'), '--max-new-tokens', '2', '--method', 'sparsevila', {
+        input: `${f.prompt}\nAnd the colours?\n`,
+      });
+      assert.equal(chat.status, 0, chat.stderr);
+      const turns = chat.stderr.split('\n').filter((l) => l.startsWith('[turn '));
+      assert.equal(turns.length, 2, chat.stderr);
+      assert.match(turns[1], new RegExp(`image from the session cache \\| visual tokens ${f.dense} in, ${f.sparse} kept`));
+      // eval: a scene's questions through a session, every answer scored.
+      const ev = run('eval', '--model', f.dir, '--data', episodes, '--method', 'sparsevila', '--max-new-tokens', '2', '--json');
+      assert.equal(ev.status, 0, ev.stderr);
+      assert.equal((JSON.parse(ev.stdout) as { overall: { total: number } }).overall.total, questions);
       const file = path.join(tempDir(), 'heat.png');
       const h = run(...base.slice(0, -1), '--method', 'sparsevila', '--heatmap', file);
       assert.equal(h.status, 0, h.stderr);
