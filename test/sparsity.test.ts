@@ -67,6 +67,11 @@ describe('prefill pruning on llava-tiny', () => {
       H = got.length / 32;
     assert.equal(half.features.rows, 32);
     half.kept.forEach((t, i) => assert.deepEqual(got.subarray(i * H, (i + 1) * H), dense.subarray(t * H, (t + 1) * H), `kept row ${i} (token ${t})`));
+    // The salience layer is a setting: layer 0's class-token row ranks differently.
+    const att0 = readTensorF32(g, 'vision.attentions_mean').subarray(1, 65);
+    assert.deepEqual(prunedImageFeatures(m, image, 0, 0.5, 0).kept, topKInOrder(att0, 32), 'salience layer 0');
+    assert.notDeepEqual(topKInOrder(att0, 32), half.kept);
+    assert.throws(() => prunedImageFeatures(m, image, 0, 0.5, 2), /salience layer 2 is outside the vision tower's layers 0\.\.1 that feed the connector/);
     ck.close();
     g.close();
   });

@@ -54,7 +54,12 @@ const fraction = (v: string) => {
 function withOptions(c: Command, o: { sampling: boolean }): Command {
   c.option('--fastv-k <k>', 'fastv: the layer after which visual tokens are dropped (default 2)', int(1))
     .option('--fastv-r <r>', 'fastv: the fraction of visual tokens dropped (default 0.5)', fraction)
-    .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction);
+    .option('--pdrop-lambda <l>', 'pdrop: the fraction of visual tokens kept at each of its stages (default 0.5)', unitFraction)
+    .option(
+      '--salience-layer <l>',
+      'sparsevila: the vision tower layer (0-based) whose attention ranks the visual tokens (default: the layer that feeds the connector)',
+      int(0),
+    );
   if (o.sampling) {
     c.option('--temperature <t>', '0 is greedy; > 0 samples', nonNegative, 0)
       .option('--top-k <k>', 'sample among the k most likely tokens', int(0))

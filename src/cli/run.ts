@@ -6,7 +6,7 @@ import { checkInputFile, checkOutputFile } from '../base/files.js';
 import { ImageLimits } from '../io/image-types.js';
 import { EXIT_INTERRUPTED, Interrupts } from './interrupt.js';
 import { setExitCode } from './exit.js';
-import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../sparsity/method.js';
+import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill, sparseVilaPrefill } from '../sparsity/method.js';
 import { DecodeMethod } from '../sparsity/decode.js';
 import { modelDir } from '../default-model.js';
 
@@ -75,6 +75,7 @@ export interface MethodFlags {
   fastvK?: number;
   fastvR?: number;
   pdropLambda?: number;
+  salienceLayer?: number;
 }
 
 /** SparseVILA's defaults (the paper's): images prefill 0.6, decode 0.75; video 0.75, 0.9. */
@@ -103,6 +104,7 @@ export function methodOf(
     throw new OptionError('--visual-budget needs --method visionzip, prumerge or quest');
   if ((o.fastvK !== undefined || o.fastvR !== undefined) && m !== 'fastv') throw new OptionError('--fastv-k and --fastv-r need --method fastv');
   if (o.pdropLambda !== undefined && m !== 'pdrop') throw new OptionError('--pdrop-lambda needs --method pdrop');
+  if (o.salienceLayer !== undefined && m !== 'sparsevila') throw new OptionError('--salience-layer needs --method sparsevila');
   if (m === 'visionzip' && o.visualBudget !== undefined && o.visualBudget < 2)
     throw new OptionError('--visual-budget: visionzip keeps dominant and contextual tokens, so at least 2');
   if (m === 'fastv') {
@@ -123,10 +125,12 @@ export function methodOf(
       label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})`,
     };
   const defaults = video ? SPARSEVILA_VIDEO_DEFAULTS : SPARSEVILA_IMAGE_DEFAULTS;
+  const prefill = o.prefillSparsity ?? defaults.prefill;
   return {
-    prefill: o.prefillSparsity ?? defaults.prefill,
+    prefill,
     decode: o.decodeSparsity ?? defaults.decode,
-    label: video ? 'sparsevila (video defaults)' : 'sparsevila',
+    reducer: o.salienceLayer === undefined ? undefined : sparseVilaPrefill(prefill, { salienceLayer: o.salienceLayer }),
+    label: `${video ? 'sparsevila (video defaults)' : 'sparsevila'}${o.salienceLayer === undefined ? '' : ` (salience layer ${o.salienceLayer})`}`,
   };
 }
 

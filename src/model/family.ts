@@ -76,6 +76,17 @@ export interface EncodedTile {
   keys?: Float32Array;
 }
 
+/** What an encoded tile should carry besides its units. */
+export interface UnitRequest {
+  salience?: boolean;
+  keys?: boolean;
+  /**
+   * The tower layer (0-based) whose attention gives salience and keys; default the last layer the
+   * tower runs, the one whose output feeds the connector. A layer outside the tower is an OptionError.
+   */
+  layer?: number;
+}
+
 /** Where a unit of an image lies, in the pixels of one of its tiles. */
 export interface UnitRegion {
   tile: number;
@@ -101,8 +112,8 @@ export interface ImageEncoder {
   /** The tower's attention heads and head dimension (the shape of EncodedTile.keys rows). */
   readonly heads: number;
   readonly headDim: number;
-  /** Encodes tile `tile` of an image to connector units, with salience and keys when asked. */
-  encodeTile(image: ProcessedImage, tile: number, want?: { salience?: boolean; keys?: boolean }): EncodedTile;
+  /** Encodes tile `tile` of an image to connector units, with salience and keys when asked (see UnitRequest). */
+  encodeTile(image: ProcessedImage, tile: number, want?: UnitRequest): EncodedTile;
   /** The image-level ids of tile `tile`'s units, in row order (what results and heatmaps report). */
   unitIds(image: ProcessedImage, tile: number): number[];
   /** Where a unit lies (null for one without a place, such as a class token). */

@@ -4,6 +4,7 @@
 // Runs only the layers up to the hidden state the connector reads.
 import { Activation, KVCache, KernelBackend, LinearWeight, Matrix, ParamVector } from '../kernels/backend.js';
 import { ConfigError } from '../formats/config.js';
+import { OptionError } from '../base/errors.js';
 import { VitConfig } from './vit-config.js';
 import { checkHeadDim } from './limits.js';
 import { activationOf } from './activations.js';
@@ -231,7 +232,7 @@ export class VisionTransformer {
       v = qkv.view(0, T, 2 * D, D);
     const salLayer = salience?.layer ?? this.layers.length - 1;
     if (salience && (!Number.isInteger(salLayer) || salLayer < 0 || salLayer >= this.layers.length)) {
-      throw new Error(`vision tower: salience layer ${salLayer} is outside the ${this.layers.length} layers this tower runs`);
+      throw new OptionError(`salience layer ${salLayer} is outside the vision tower's layers 0..${this.layers.length - 1} that feed the connector`);
     }
     for (let l = 0; l < this.layers.length; l++) {
       const L = this.layers[l];

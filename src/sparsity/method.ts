@@ -32,9 +32,17 @@ export interface PrefillReducer {
 /** Every visual token (the dense path, exactly). */
 export const densePrefill: PrefillReducer = { name: 'dense', reduce: (e, im, t) => prunedImageFeatures(e, im, t, 0) };
 
-/** SparseVILA's query-agnostic pruning with prefill sparsity p (per tile). */
-export function sparseVilaPrefill(p: number): PrefillReducer {
-  return { name: `sparsevila(p=${p})`, reduce: (e, im, t) => prunedImageFeatures(e, im, t, p) };
+/**
+ * SparseVILA's query-agnostic pruning with prefill sparsity p (per tile), ranked by the attention
+ * of the tower layer `salienceLayer` (default: the one that feeds the connector).
+ */
+export function sparseVilaPrefill(p: number, opts: { salienceLayer?: number } = {}): PrefillReducer {
+  const layer = opts.salienceLayer;
+  if (layer !== undefined && (!Number.isInteger(layer) || layer < 0)) throw new OptionError(`salience layer ${layer} must be a whole number >= 0`);
+  return {
+    name: layer === undefined ? `sparsevila(p=${p})` : `sparsevila(p=${p}, salience layer ${layer})`,
+    reduce: (e, im, t) => prunedImageFeatures(e, im, t, p, layer),
+  };
 }
 
 /** VisionZip with a budget of output tokens per image (its paper's 64 = 54 dominant + 10 contextual). */

@@ -4,7 +4,7 @@
 // gives (grid / scale)² tokens, a unit each.
 import { KernelBackend, LinearWeight, Matrix } from '../../kernels/backend.js';
 import { PlacementOptions } from '../decoder.js';
-import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion } from '../family.js';
+import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion, UnitRequest } from '../family.js';
 import { LlamaDecoder } from '../llama.js';
 import { VisionTransformer, SalienceRequest } from '../vit.js';
 import { WeightLoader } from '../weights.js';
@@ -55,10 +55,10 @@ export class Idefics3Model implements ImageEncoder {
    * JS: a permutation of the tile's rows). Salience: the column mean at the last layer (the one
    * the connector reads), averaged over each unit's patches; keys likewise.
    */
-  encodeTile(image: ProcessedImage, tile: number, want: { salience?: boolean; keys?: boolean } = {}): EncodedTile {
+  encodeTile(image: ProcessedImage, tile: number, want: UnitRequest = {}): EncodedTile {
     const px = image.tiles[tile];
     if (!px) throw new RangeError(`idefics3: tile ${tile} of an image of ${image.tiles.length}`);
-    const req: SalienceRequest | undefined = want.salience || want.keys ? { rows: 'mean', withKeys: want.keys } : undefined;
+    const req: SalienceRequest | undefined = want.salience || want.keys ? { rows: 'mean', withKeys: want.keys, layer: want.layer } : undefined;
     const x = this.vision.encode(px, undefined, req);
     const D = this.config.vision.hiddenSize,
       s = this.config.scaleFactor;

@@ -6,7 +6,7 @@
 // its newline).
 import { KernelBackend, Matrix } from '../../kernels/backend.js';
 import { PlacementOptions } from '../decoder.js';
-import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion } from '../family.js';
+import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion, UnitRequest } from '../family.js';
 import { LlamaDecoder } from '../llama.js';
 import { LlavaModel } from '../llava/model.js';
 import { WeightLoader } from '../weights.js';
@@ -71,7 +71,7 @@ export class LlavaNextModel implements ImageEncoder {
   }
 
   /** One tile through CLIP (class token dropped), restricted to the patches the packing keeps. */
-  encodeTile(image: ProcessedImage, tile: number, want: { salience?: boolean; keys?: boolean } = {}): EncodedTile {
+  encodeTile(image: ProcessedImage, tile: number, want: UnitRequest = {}): EncodedTile {
     const im = anyres(image);
     const px = im.tiles[tile];
     if (!px) throw new RangeError(`llava-next: tile ${tile} of an image of ${im.tiles.length}`);
@@ -81,7 +81,7 @@ export class LlavaNextModel implements ImageEncoder {
       const f = this.llava.selectedFeatures(px);
       return { units: all ? f : this.llava.gather(f, patches) };
     }
-    const r = this.llava.salientFeatures(px, want.keys);
+    const r = this.llava.salientFeatures(px, want.keys, want.layer);
     const D = this.config.vision.hiddenSize;
     const pick = (v: Float32Array, w: number) => {
       const out = new Float32Array(patches.length * w);

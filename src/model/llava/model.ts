@@ -6,7 +6,7 @@ import { activationOf } from '../activations.js';
 import { VisionTransformer, SalienceRequest } from '../vit.js';
 import { LlamaDecoder } from '../llama.js';
 import { PlacementOptions } from '../decoder.js';
-import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion } from '../family.js';
+import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion, UnitRequest } from '../family.js';
 import { WeightLoader } from '../weights.js';
 import { Workspace } from '../workspace.js';
 import { LlavaConfig } from './config.js';
@@ -83,8 +83,8 @@ export class LlavaModel implements ImageEncoder {
    * attention the class token pays to each token at the layer that feeds the projector, measured
    * inside that layer's attention (see SalienceRequest). Reused by the next call.
    */
-  salientFeatures(pixels: Float32Array, withKeys = false): { features: Matrix; salience: Float32Array; keys?: Float32Array } {
-    const req: SalienceRequest = { rows: 'cls', withKeys };
+  salientFeatures(pixels: Float32Array, withKeys = false, layer?: number): { features: Matrix; salience: Float32Array; keys?: Float32Array } {
+    const req: SalienceRequest = { rows: 'cls', withKeys, layer };
     const hs = this.vision.encode(pixels, undefined, req);
     if (this.config.visionFeatureSelectStrategy === 'default') {
       const D = this.config.vision.hiddenSize;
@@ -102,10 +102,10 @@ export class LlavaModel implements ImageEncoder {
     return this.config.vision.hiddenSize / this.config.vision.numAttentionHeads;
   }
 
-  encodeTile(image: ProcessedImage, tile: number, want: { salience?: boolean; keys?: boolean } = {}): EncodedTile {
+  encodeTile(image: ProcessedImage, tile: number, want: UnitRequest = {}): EncodedTile {
     if (tile !== 0 || image.tiles.length !== 1) throw new RangeError(`llava: an image is one tile, asked for tile ${tile} of ${image.tiles.length}`);
     if (!want.salience && !want.keys) return { units: this.selectedFeatures(image.tiles[0]) };
-    const r = this.salientFeatures(image.tiles[0], want.keys);
+    const r = this.salientFeatures(image.tiles[0], want.keys, want.layer);
     return { units: r.features, salience: r.salience, keys: r.keys };
   }
 

@@ -5,7 +5,7 @@
 // order; a unit is one block, its salience the mean over the patches it merges.
 import { KernelBackend, LinearWeight, Matrix, ParamVector } from '../../kernels/backend.js';
 import { PlacementOptions } from '../decoder.js';
-import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion } from '../family.js';
+import { AssembledImage, EncodedTile, ImageEncoder, ProcessedImage, UnitRegion, UnitRequest } from '../family.js';
 import { LlamaDecoder } from '../llama.js';
 import { VisionTransformer, SalienceRequest } from '../vit.js';
 import { WeightLoader } from '../weights.js';
@@ -116,9 +116,9 @@ export class VilaModel implements ImageEncoder {
   }
 
   /** The tower's selected hidden state laid out as the projector's units (read back; a permutation with zero padding). */
-  encodeTile(image: ProcessedImage, tile: number, want: { salience?: boolean; keys?: boolean } = {}): EncodedTile {
+  encodeTile(image: ProcessedImage, tile: number, want: UnitRequest = {}): EncodedTile {
     if (tile !== 0 || image.tiles.length !== 1) throw new RangeError(`vila: an image is one tile, asked for tile ${tile} of ${image.tiles.length}`);
-    const req: SalienceRequest | undefined = want.salience || want.keys ? { rows: 'mean', withKeys: want.keys } : undefined;
+    const req: SalienceRequest | undefined = want.salience || want.keys ? { rows: 'mean', withKeys: want.keys, layer: want.layer } : undefined;
     const x = this.backend.read(this.vision.encode(image.tiles[0], undefined, req));
     const D = this.config.vision.hiddenSize,
       width = this.blocks[0].sources.length * D;
