@@ -57,23 +57,64 @@ export function fillBf16(dest: Uint8Array, seed: number, norm: boolean): void {
   if (off < end) new Uint16Array(dest.buffer, off, 1)[0] = ((next() & mask) | base) & 0xffff;
 }
 
-/** The tensors of a Llama checkpoint of `shape` (BF16), with random contents. */
-export class RandomLlamaSource implements TensorSource {
-  private readonly tensors = new Map<string, TensorInfo>();
+/**
+ * Tensors of given names and shapes (BF16) with random contents: norm weights near 1, everything
+ * else small (see fillBf16).
+ */
+export class RandomTensorSource implements TensorSource {
+  protected readonly tensors = new Map<string, TensorInfo>();
 
   constructor(
-    readonly shape: LlamaShape,
+    shapes: ReadonlyMap<string, readonly number[]>,
     readonly label: string,
     readonly seed = 0x5eed,
   ) {
+    for (const [name, dims] of shapes) this.add(name, [...dims]);
+  }
+
+  protected add(name: string, dims: number[]): void {
+    const numel = dims.reduce((a, b) => a * b, 1);
+    this.tensors.set(name, { name, dtype: 'BF16', shape: dims, numel, byteLength: numel * 2, file: this.label, fileOffset: 0 });
+  }
+
+  /** Bytes of all tensors. */
+  get totalBytes(): number {
+    let n = 0;
+    for (const t of this.tensors.values()) n += t.byteLength;
+    return n;
+  }
+
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
+
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t) throw new Error(`${this.label}: no tensor "${name}"`);
+    return t;
+  }
+
+  readInto(name: string, dest: Uint8Array): void {
+    const t = this.info(name);
+    if (dest.byteLength !== t.byteLength) throw new Error(`${this.label}: "${name}" has ${t.byteLength} bytes, asked for ${dest.byteLength}`);
+    // Every 1-D weight of these models is a norm's scale (biases are ".bias").
+    fillBf16(dest, (seedOf(name) ^ this.seed) >>> 0, t.shape.length === 1 && name.endsWith('.weight'));
+  }
+}
+
+/** The tensors of a Llama checkpoint of `shape` (BF16), with random contents. */
+export class RandomLlamaSource extends RandomTensorSource {
+  constructor(
+    readonly shape: LlamaShape,
+    label: string,
+    seed = 0x5eed,
+  ) {
+    super(new Map(), label, seed);
     const s = shape,
       H = s.hidden_size,
       D = s.head_dim,
       I = s.intermediate_size;
-    const add = (name: string, dims: number[]) => {
-      const numel = dims.reduce((a, b) => a * b, 1);
-      this.tensors.set(name, { name, dtype: 'BF16', shape: dims, numel, byteLength: numel * 2, file: label, fileOffset: 0 });
-    };
+    const add = (name: string, dims: number[]) => this.add(name, dims);
     add('model.embed_tokens.weight', [s.vocab_size, H]);
     for (let l = 0; l < s.num_hidden_layers; l++) {
       const p = `model.layers.${l}.`;
@@ -89,25 +130,6 @@ export class RandomLlamaSource implements TensorSource {
     }
     add('model.norm.weight', [H]);
     if (!s.tie_word_embeddings) add('lm_head.weight', [s.vocab_size, H]);
-  }
-
-  /** Bytes of all tensors. */
-  get totalBytes(): number {
-    let n = 0;
-    for (const t of this.tensors.values()) n += t.byteLength;
-    return n;
-  }
-
-  info(name: string): TensorInfo {
-    const t = this.tensors.get(name);
-    if (!t) throw new Error(`${this.label}: no tensor "${name}"`);
-    return t;
-  }
-
-  readInto(name: string, dest: Uint8Array): void {
-    const t = this.info(name);
-    if (dest.byteLength !== t.byteLength) throw new Error(`${this.label}: "${name}" has ${t.byteLength} bytes, asked for ${dest.byteLength}`);
-    fillBf16(dest, (seedOf(name) ^ this.seed) >>> 0, name.endsWith('norm.weight'));
   }
 }
 

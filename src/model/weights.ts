@@ -38,6 +38,8 @@ export class WeightLoader {
   /** Called after each tensor with the bytes loaded so far (progress bars). */
   onProgress?: (loadedBytes: number) => void;
   private readonly used = new Set<string>();
+  /** Every tensor asked for, with the shape the config implies (e.g. to generate random weights of a family's shape). */
+  readonly implied = new Map<string, number[]>();
   private readonly skipped: Skipped[] = [];
   private readonly check: Problems | undefined;
 
@@ -89,6 +91,7 @@ export class WeightLoader {
   /** The tensor's description, checked against the shape the config implies. */
   info(name: string, shape: number[]): TensorInfo {
     this.used.add(name);
+    this.implied.set(name, shape);
     let info: TensorInfo;
     try {
       info = this.source.info(name);

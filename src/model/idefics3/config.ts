@@ -37,12 +37,6 @@ export function parseIdefics3(f: Fields): Idefics3Config {
       `${scaleFactor} does not divide the tile's ${grid}×${grid} patch grid (vision_config.image_size ${vision.imageSize} / patch_size ${vision.patchSize})`,
     );
   }
-  if (vision.imageSize % vision.patchSize !== 0) {
-    throw f.error(
-      'vision_config.image_size',
-      `${vision.imageSize} is not a multiple of vision_config.patch_size ${vision.patchSize}: Idefics3 tiles are whole patches`,
-    );
-  }
   const imageTokenId = f.optInt('image_token_id', 0) ?? 128257;
   const perTile = (grid / scaleFactor) ** 2;
   return {
