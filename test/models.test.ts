@@ -153,7 +153,10 @@ describe('model parity with the transformers goldens', () => {
         close(`${golden}_salience_${name} (layer ${layer ?? 'default'})`, req.result!.subarray(1), readTensorF32(g, `vision.${golden}_salience_${name}`), 1e-4);
       }
     }
-    assert.throws(() => towerM2.encode(px, undefined, { rows: 'cls', layer: 2 }), /vision tower: salience layer 2 is outside the 2 layers this tower runs/);
+    assert.throws(
+      () => towerM2.encode(px, undefined, { rows: 'cls', layer: 2 }),
+      /salience layer 2 is outside the vision tower's layers 0\.\.1 that feed the connector/,
+    );
     // Several summary tokens: the mean of their rows. One summary row is the CLS row exactly; all
     // 65 rows are the column mean.
     const one: SalienceRequest = { rows: 1 },
