@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Rng as Mulberry32 } from '../src/engine/sampling.js';
+import type { GenerateRequest, VisionLanguageModel } from '../src/engine/vlm.js';
+import { densePrefill, sparseVilaPrefill } from '../src/sparsity/method.js';
 
 /** Absolute path of a folder (or file) under test/fixtures (tests run from dist/test/). */
 export const fixture = (name: string): string => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
@@ -273,4 +275,26 @@ export function pngDeclaring(src: string, width: number, height: number): Buffer
   b.writeUInt32BE(height, 20);
   b.writeUInt32BE(crc32(b.subarray(12, 29)), 29);
   return b;
+}
+
+/**
+ * p = d = 0 is dense, bit for bit: the image rows of SparseVILA at p = 0 equal the dense rows
+ * exactly (same units), and generating with prefillSparsity = decodeSparsity = 0 gives the dense
+ * tokens and text.
+ */
+export async function assertZeroSparsityIsDense(model: VisionLanguageModel, req: GenerateRequest): Promise<void> {
+  const images = req.images ?? [];
+  const dense = await model.imageFeatures(images, densePrefill);
+  const zero = await model.imageFeatures(images, sparseVilaPrefill(0));
+  try {
+    dense.forEach((d, i) => {
+      assert.deepEqual(zero[i].units, d.units, `image ${i}: units at p = 0`);
+      assert.deepEqual(model.backend.read(zero[i].features), model.backend.read(d.features), `image ${i}: rows at p = 0 are not bit-identical`);
+    });
+  } finally {
+    for (const r of [...dense, ...zero]) model.backend.free(r.features);
+  }
+  const a = await model.generate(req, { maxNewTokens: 4, eosTokenIds: [] });
+  const b = await model.generate(req, { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0, decodeSparsity: 0 });
+  assert.deepEqual([b.ids, b.text, b.stats.imageTokens], [a.ids, a.text, a.stats.imageTokens]);
 }

@@ -11,7 +11,7 @@ import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { densePrefill, sparseVilaPrefill } from '../src/sparsity/method.js';
 import { embedPrompt } from '../src/model/embed-prompt.js';
 import { LlavaNextModel } from '../src/model/llava-next/model.js';
-import { fixture, assertClose, absRel } from './helpers.js';
+import { fixture, assertClose, absRel, assertZeroSparsityIsDense } from './helpers.js';
 import { ChatMessage } from '../src/io/chat-template.js';
 
 const TOL = absRel(1e-4, 0);
@@ -115,9 +115,7 @@ describe('llava-next-tiny against the transformers goldens', () => {
     } finally {
       be.free(sparse.features);
     }
-    const dense = await model.generate({ images: [image], messages }, { maxNewTokens: 4, eosTokenIds: [] });
-    const zero = await model.generate({ images: [image], messages }, { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0, decodeSparsity: 0 });
-    assert.deepEqual(zero.ids, dense.ids);
+    await assertZeroSparsityIsDense(model, { images: [image], messages });
     const sv = await model.generate({ images: [image], messages }, { maxNewTokens: 4, eosTokenIds: [], prefillSparsity: 0.5, decodeSparsity: 0.5 });
     assert.equal(sv.stats.imageTokens, 88);
     assert.equal(sv.ids.length, 4);
