@@ -4,8 +4,9 @@
 // block order), merged embeddings, logits within 1e-4 max abs and identical greedy tokens.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
-import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { Checkpoint, TensorToWrite, readTensorF32, readTensorInt, writeSafetensors } from '../src/formats/safetensors.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { densePrefill, sparseVilaPrefill } from '../src/sparsity/method.js';
@@ -13,7 +14,7 @@ import { embedPrompt } from '../src/model/embed-prompt.js';
 import { VilaModel, vilaBlocks } from '../src/model/vila/model.js';
 import { SalienceRequest } from '../src/model/vit.js';
 import { inspectModel } from '../src/engine/inspect.js';
-import { fixture, assertClose, absRel, assertZeroSparsityIsDense } from './helpers.js';
+import { fixture, assertClose, absRel, assertZeroSparsityIsDense, editJson, modelVariant, Rng } from './helpers.js';
 
 const TOL = absRel(1e-4, 0);
 const dir = fixture('vila-tiny');
@@ -114,5 +115,54 @@ describe('vila-tiny against the goldens of VILA1.5', () => {
       be.free(half.features);
     }
     await assertZeroSparsityIsDense(model, { images: [image], prompt: QUERY });
+  });
+});
+
+describe('vila: the NVILA-era mlp_downsample_3x3_fix projector', () => {
+  it('lays 3×3 blocks out row-major with zero padding, and runs end to end', async () => {
+    // 7×7 patches, padded to 9×9: 9 blocks; block (0, 2) covers columns 6..8 of rows 0..2 (only column 6 real).
+    const blocks = vilaBlocks('mlp_downsample_3x3_fix', 7);
+    assert.equal(blocks.length, 9);
+    assert.deepEqual(blocks[0].sources, [0, 1, 2, 7, 8, 9, 14, 15, 16]);
+    assert.deepEqual(blocks[2].sources, [6, -1, -1, 13, -1, -1, 20, -1, -1]);
+    assert.deepEqual(blocks[8].sources, [48, -1, -1, -1, -1, -1, -1, -1, -1]);
+    // A copy of vila-tiny with a 3×3 projector of random weights (layers 1, 2, 4, 5, 7).
+    const D = 64,
+      Ht = 48,
+      rng = new Rng(7);
+    const t = (name: string, shape: number[], one = false): TensorToWrite => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(n).map(() => (one ? 1 : 0) + (rng.next() - 0.5) * 0.1);
+      return { name, dtype: 'F32', shape, data: new Uint8Array(data.buffer) };
+    };
+    const variant = modelVariant(dir, (d) => {
+      editJson(d, 'config.json', (j) => (j.mm_projector_cfg.mm_projector_type = 'mlp_downsample_3x3_fix'));
+      // The variant links the fixture's folders: mm_projector/ becomes a folder of its own.
+      const proj = path.join(d, 'mm_projector');
+      fs.rmSync(proj);
+      fs.mkdirSync(proj);
+      fs.copyFileSync(path.join(dir, 'mm_projector', 'config.json'), path.join(proj, 'config.json'));
+      writeSafetensors(path.join(proj, 'model.safetensors'), [
+        t('layers.1.weight', [9 * D], true),
+        t('layers.1.bias', [9 * D]),
+        t('layers.2.weight', [3 * D, 9 * D]),
+        t('layers.2.bias', [3 * D]),
+        t('layers.4.weight', [3 * D], true),
+        t('layers.4.bias', [3 * D]),
+        t('layers.5.weight', [Ht, 3 * D]),
+        t('layers.5.bias', [Ht]),
+        t('layers.7.weight', [Ht, Ht]),
+        t('layers.7.bias', [Ht]),
+      ]);
+    });
+    const be = await WasmBackend.create({ threads: 1 });
+    try {
+      const m = await VisionLanguageModel.load(variant, { backend: be });
+      const r = await m.generate({ images: [path.join(dir, 'image.png')], prompt: QUERY }, { maxNewTokens: 2, eosTokenIds: [], prefillSparsity: 0.5 });
+      assert.deepEqual([r.stats.visualTokensIn, r.stats.imageTokens, r.ids.length], [9, 5, 2]);
+      await m.close();
+    } finally {
+      await be.close();
+    }
   });
 });

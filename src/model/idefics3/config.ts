@@ -6,7 +6,8 @@ import { LlamaLikeConfig, parseLlamaLike } from '../llama-config.js';
 import { SiglipVisionConfig, parseSiglipVision } from '../vit-config.js';
 
 export interface Idefics3Config extends FamilyConfig {
-  modelType: 'idefics3';
+  /** `idefics3`, or `smolvlm` (SmolVLMForConditionalGeneration, the same model). */
+  modelType: 'idefics3' | 'smolvlm';
   vision: SiglipVisionConfig;
   text: LlamaLikeConfig;
   /** The connector's pixel shuffle merges scale × scale patches into one token. */
@@ -20,10 +21,12 @@ export interface Idefics3Config extends FamilyConfig {
 }
 
 export function parseIdefics3(f: Fields): Idefics3Config {
+  const modelType = f.modelType() === 'smolvlm' ? 'smolvlm' : 'idefics3';
   const dtype = f.dtype();
   const vf = f.nested('vision_config');
   const visionType = vf.modelType('idefics3_vision');
-  if (visionType !== 'idefics3_vision' && visionType !== 'siglip_vision_model') throw unsupportedType(vf, 'model_type', visionType, ['idefics3_vision']);
+  const visionTypes = ['idefics3_vision', 'smolvlm_vision', 'siglip_vision_model'];
+  if (!visionTypes.includes(visionType)) throw unsupportedType(vf, 'model_type', visionType, visionTypes);
   const vision = parseSiglipVision(vf, 'idefics3_vision', dtype);
   const tf = f.nested('text_config');
   const textType = tf.modelType('llama');
@@ -40,7 +43,7 @@ export function parseIdefics3(f: Fields): Idefics3Config {
   const imageTokenId = f.optInt('image_token_id', 0) ?? 128257;
   const perTile = (grid / scaleFactor) ** 2;
   return {
-    modelType: 'idefics3',
+    modelType,
     vision,
     text,
     scaleFactor,
