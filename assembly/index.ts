@@ -1,6 +1,7 @@
 // Entry point of the kernel module: every export here is a kernel the runtime can call.
 export { SCRATCH_BYTES } from "./simd";
 export * from "./matmul";
+export * from "./qmatmul";
 export * from "./elementwise";
 export * from "./attention";
 export * from "./bench";

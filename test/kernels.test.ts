@@ -30,7 +30,8 @@
 // Set KERNEL_TEST_STATS=1 to print, per kernel, the worst |difference| / tolerance seen.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { Activation, IntVector, KVCache, LinearWeight, Matrix, WeightDType } from '../src/kernels/backend.js';
+import { q16Bytes } from '../src/kernels/backend.js';
+import type { Activation, IntVector, KVCache, LinearCompute, LinearWeight, Matrix, WeightDType } from '../src/kernels/backend.js';
 import { BackendError, WasmBackend } from '../src/kernels/wasm-backend.js';
 import { Arena } from '../src/runtime/arena.js';
 import { loadKernelModule, relaxedSimdSupported } from '../src/runtime/kernel-module.js';
@@ -129,8 +130,8 @@ class Scope {
     this.be.writeInts(v, data);
     return v;
   }
-  linear(N: number, K: number, dtype: WeightDType, w: StoredWeights): LinearWeight {
-    return this.keep(this.be.linear(N, K, dtype, (dest) => dest.set(w.bytes)));
+  linear(N: number, K: number, dtype: WeightDType, w: StoredWeights, compute: LinearCompute = 'stored'): LinearWeight {
+    return this.keep(this.be.linear(N, K, dtype, (dest) => dest.set(w.bytes), 0, compute));
   }
   free(): void {
     for (const h of this.items.reverse()) this.be.free(h);
@@ -459,6 +460,48 @@ function checkMatmul(
   }
 }
 
+// int16 linears: against the exact integer result of the same quantization (reference.matmulInt16).
+// The kernel sums exactly in i32 over blocks of 512 k, then per block converts to f32, scales by
+// sw and sa (2 roundings) and adds into C: |error| <= (3 + blocks) u * absSum, absSum = sa sw
+// sum|qa qw| + |bias|. Separately, quantization itself is bounded: |x w - x^ w^| <= |x| sw/2 +
+// |w| sa/2 + sa sw/4 per product, so |y_int16 - y_exact| <= that sum (plus the rounding above).
+function checkMatmulInt16(
+  s: Scope,
+  what: string,
+  M: number,
+  K: number,
+  N: number,
+  dtype: WeightDType,
+  x: Float32Array,
+  w: StoredWeights,
+  bias?: Float32Array,
+): void {
+  const be = s.be;
+  const W = s.linear(N, K, dtype, w, 'int16');
+  assert.equal(W.compute, 'int16');
+  assert.equal(W.byteLength, q16Bytes(N, K));
+  const B = bias ? s.keep(be.params(bias)) : undefined;
+  const xm = s.matrix(M, K, x),
+    y = s.matrix(M, N);
+  be.matmul(y, xm, W, B);
+  const got = be.read(y);
+  const want = ref.matmulInt16(x, M, K, w.values, N, bias);
+  const blocks = Math.ceil(K / 512);
+  check('matmul int16', what, got, want.y, (i) => (3 + blocks) * U * want.absSum[i] + 1e-30, N);
+  // Quantization error against the exact product.
+  const exact = ref.matmul(x, M, K, w.values, N, bias);
+  const qa = ref.quantizeRows12(x, M, K).scale,
+    qw = ref.quantizeRows12(w.values, N, K).scale;
+  const bound = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let e = 0;
+      for (let k = 0; k < K; k++) e += (Math.abs(x[m * K + k]) * qw[n]) / 2 + (Math.abs(w.values[n * K + k]) * qa[m]) / 2 + (qa[m] * qw[n]) / 4;
+      bound[m * N + n] = e + (3 + blocks) * U * want.absSum[m * N + n];
+    }
+  check('matmul int16 vs exact', what, got, exact.y, (i) => bound[i] + 1e-30, N);
+}
+
 describe('matmul', () => {
   for (const dtype of DTYPES) {
     eachConfig(`${dtype} weights, odd shapes, GEMV and GEMM, with and without bias`, (be) =>
@@ -492,6 +535,43 @@ describe('matmul', () => {
       }),
     );
   }
+
+  eachConfig('int16 compute: f32 / f16 / bf16 weights, odd shapes, with and without bias', (be) =>
+    scoped(be, (s) => {
+      for (const dtype of DTYPES) {
+        for (const [M, K, N] of MATMUL_SHAPES) {
+          if (M * K * N > 2e6) continue;
+          const rng = new Rng(seed('matmul-int16', dtype, M, K, N));
+          const x = rng.f32(M * K);
+          // An outlier column, as in ViT activations: the other values lose precision, not range.
+          if (K > 3) for (let m = 0; m < M; m++) x[m * K + 2] *= 40;
+          const w = toStorage(
+            rng.f32(N * K).map((v) => v / Math.sqrt(K)),
+            dtype,
+          );
+          checkMatmulInt16(s, `${dtype} ${M}x${K}x${N}`, M, K, N, dtype, x, w, (M + K) % 2 ? rng.f32(N, -0.5, 0.5) : undefined);
+        }
+      }
+    }),
+  );
+
+  eachConfig('int16 compute: worst-case magnitudes never overflow the integer sums; zero rows', (be) =>
+    scoped(be, (s) => {
+      // Every quantized value at +-2047 over K = 4101: each 512-k block sums to 2^31 - 2.1e6.
+      const M = 6,
+        K = 4101,
+        N = 9;
+      const x = new Float32Array(M * K).map((_, i) => (Math.floor(i / K) % 2 ? -1.5 : 1.5));
+      const w = toStorage(
+        new Float32Array(N * K).map((_, i) => (Math.floor(i / K) % 3 ? 0.25 : -0.25)),
+        'bf16',
+      );
+      checkMatmulInt16(s, 'saturated', M, K, N, 'bf16', x, w);
+      const xz = new Float32Array(5 * 40);
+      xz.fill(0.5, 40, 80);
+      checkMatmulInt16(s, 'zero rows', 5, 40, 3, 'f32', xz, toStorage(new Float32Array(3 * 40).fill(0.1), 'f32'), Float32Array.from([1, 2, 3]));
+    }),
+  );
 
   eachConfig('16-bit weights over their whole exponent range (f16 subnormals included)', (be) =>
     scoped(be, (s) => {

@@ -34,6 +34,63 @@ export function matmul(
   return { y, absSum };
 }
 
+/** Round half to even, as f32x4.nearest. */
+function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 ? 2 * Math.round(v / 2) : r;
+}
+
+/**
+ * Per-row 12-bit quantization as the int16 linear does it, in f32 arithmetic: scale =
+ * f32(max|row| / 2047), q = roundHalfEven(f32(x * f32(2047 / max|row|))), clamped to +-2047.
+ */
+export function quantizeRows12(x: ArrayLike<number>, rows: number, n: number): { q: Int32Array; scale: Float64Array } {
+  const q = new Int32Array(rows * n),
+    scale = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let amax = 0;
+    for (let k = 0; k < n; k++) amax = Math.max(amax, Math.abs(x[r * n + k]));
+    scale[r] = Math.fround(amax / 2047);
+    if (amax === 0) continue;
+    const inv = Math.fround(2047 / amax);
+    for (let k = 0; k < n; k++) q[r * n + k] = Math.max(-2047, Math.min(2047, roundHalfEven(Math.fround(x[r * n + k] * inv))));
+  }
+  return { q, scale };
+}
+
+/**
+ * The int16 linear's exact result: both operands quantized by quantizeRows12, integer dot
+ * products, scaled: y = sa[m] sw[n] sum_k qa qw (+ bias). absSum: sa sw sum|qa qw| + |bias|.
+ */
+export function matmulInt16(
+  x: ArrayLike<number>,
+  M: number,
+  K: number,
+  w: ArrayLike<number>,
+  N: number,
+  bias?: ArrayLike<number>,
+): { y: Float64Array; absSum: Float64Array } {
+  const a = quantizeRows12(x, M, K),
+    b = quantizeRows12(w, N, K);
+  const y = new Float64Array(M * N),
+    absSum = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = 0,
+        t = 0;
+      for (let k = 0; k < K; k++) {
+        const p = a.q[m * K + k] * b.q[n * K + k];
+        s += p;
+        t += Math.abs(p);
+      }
+      const sc = a.scale[m] * b.scale[n];
+      y[m * N + n] = s * sc + (bias ? bias[n] : 0);
+      absSum[m * N + n] = t * sc + (bias ? Math.abs(bias[n]) : 0);
+    }
+  }
+  return { y, absSum };
+}
+
 // ---- normalisation ---------------------------------------------------------------------------
 
 export function rmsNorm(x: ArrayLike<number>, rows: number, n: number, w: ArrayLike<number>, eps: number): Float64Array {

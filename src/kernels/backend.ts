@@ -9,6 +9,21 @@ export type WeightDType = 'f32' | 'f16' | 'bf16';
 
 export const WEIGHT_DTYPE_BYTES: Record<WeightDType, number> = { f32: 4, f16: 2, bf16: 2 };
 
+/**
+ * How a linear layer multiplies. `stored`: f32 math over the weight in its storage dtype (exact
+ * up to f32 rounding). `int16`: the weight is quantized once, at load, per output row to 12-bit
+ * integers (replacing the stored copy), activations per row as they are multiplied, and the
+ * products summed in integers: about twice the f32 speed on compute-bound GEMMs, with a relative
+ * error of about 1e-3 per output. Opt-in, for compute-bound layers (a vision tower's).
+ */
+export type LinearCompute = 'stored' | 'int16';
+
+/** Bytes an `int16` linear weight takes: 8-row panels of 16-bit pairs, and a scale per row. */
+export function q16Bytes(outFeatures: number, inFeatures: number): number {
+  const rows = Math.ceil(outFeatures / 8) * 8;
+  return rows * Math.ceil(inFeatures / 2) * 4 + rows * 4;
+}
+
 /** An f32 matrix [rows][cols] with a row stride (`ld` >= cols, in elements). */
 export interface Matrix {
   /** The memory place (see KernelBackend.addPlace) the matrix lives in. */
@@ -30,6 +45,8 @@ export interface LinearWeight {
   readonly outFeatures: number;
   readonly inFeatures: number;
   readonly dtype: WeightDType;
+  /** How it multiplies (see LinearCompute). */
+  readonly compute: LinearCompute;
   /** Bytes the weight occupies on the backend. */
   readonly byteLength: number;
 }
@@ -160,9 +177,9 @@ export interface KernelBackend {
   /**
    * A linear weight from its raw little-endian bytes in storage dtype, row-major [out][in] (as in a
    * safetensors file). `fill` receives a staging area on the backend to write those bytes into, so
-   * the weight never exists as f32.
+   * the weight never exists as f32. `compute` (default `stored`) picks how it multiplies.
    */
-  linear(outFeatures: number, inFeatures: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): LinearWeight;
+  linear(outFeatures: number, inFeatures: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number, compute?: LinearCompute): LinearWeight;
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): EmbeddingTable;
   params(data: Float32Array, place?: number): ParamVector;
   ropeTable(rotaryDim: number, theta: number, maxPositions: number, place?: number): RopeTable;

@@ -9,12 +9,14 @@ import {
   KVCache,
   KernelBackend,
   KeyScoreOptions,
+  LinearCompute,
   LinearWeight,
   Matrix,
   ParamVector,
   RopeTable,
   WEIGHT_DTYPE_BYTES,
   WeightDType,
+  q16Bytes,
 } from './backend.js';
 
 /** What a meta backend is asked to compute (it cannot). */
@@ -91,9 +93,16 @@ export class MetaBackend implements KernelBackend {
     }
   }
 
-  linear(outFeatures: number, inFeatures: number, dtype: WeightDType, _fill: (dest: Uint8Array) => void, place = 0): LinearWeight {
-    const byteLength = outFeatures * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
-    return this.take({ outFeatures, inFeatures, dtype, byteLength }, byteLength, place);
+  linear(
+    outFeatures: number,
+    inFeatures: number,
+    dtype: WeightDType,
+    _fill: (dest: Uint8Array) => void,
+    place = 0,
+    compute: LinearCompute = 'stored',
+  ): LinearWeight {
+    const byteLength = compute === 'int16' ? q16Bytes(outFeatures, inFeatures) : outFeatures * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
+    return this.take({ outFeatures, inFeatures, dtype, compute, byteLength }, byteLength, place);
   }
   embedding(rows: number, dim: number, dtype: WeightDType, _fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
     return this.take({ rows, dim, dtype }, rows * dim * WEIGHT_DTYPE_BYTES[dtype], place);

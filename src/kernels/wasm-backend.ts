@@ -13,12 +13,14 @@ import {
   IntVector,
   KVCache,
   KernelBackend,
+  LinearCompute,
   LinearWeight,
   Matrix,
   ParamVector,
   RopeTable,
   WEIGHT_DTYPE_BYTES,
   WeightDType,
+  q16Bytes,
 } from './backend.js';
 
 const DTYPE_CODE: Record<WeightDType, number> = { f32: 0, f16: 1, bf16: 2 };
@@ -61,6 +63,9 @@ class WLinear implements LinearWeight {
     readonly inFeatures: number,
     readonly dtype: WeightDType,
     readonly byteLength: number,
+    readonly compute: LinearCompute = 'stored',
+    /** int16: the row scales (8 per panel), after the panels. */
+    readonly scalePtr = 0,
   ) {}
 }
 class WEmbedding implements EmbeddingTable {
@@ -338,28 +343,39 @@ export class WasmBackend implements KernelBackend {
 
   // ---- parameters --------------------------------------------------------------------------------
 
-  linear(outFeatures: number, inFeatures: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place = 0): LinearWeight {
+  linear(
+    outFeatures: number,
+    inFeatures: number,
+    dtype: WeightDType,
+    fill: (dest: Uint8Array) => void,
+    place = 0,
+    compute: LinearCompute = 'stored',
+  ): LinearWeight {
     checkDims('linear', outFeatures, inFeatures);
     const a = this.arena(place);
     const esz = WEIGHT_DTYPE_BYTES[dtype];
     if (esz === undefined) throw new BackendError(`linear: unsupported weight dtype ${dtype}`);
+    if (compute !== 'stored' && compute !== 'int16') throw new BackendError(`linear: unknown compute "${String(compute)}" (expected stored or int16)`);
     const panels = Math.ceil(outFeatures / 8);
-    const bytes = panels * inFeatures * 8 * esz;
+    const q16 = compute === 'int16';
+    const bytes = q16 ? q16Bytes(outFeatures, inFeatures) : panels * inFeatures * 8 * esz;
     const ptr = a.alloc(bytes);
+    const scalePtr = q16 ? ptr + panels * Math.ceil(inFeatures / 2) * 32 : 0;
     // Stage the raw rows above the packed weight, pack, then free the staging area.
     const rawBytes = outFeatures * inFeatures * esz;
     const staging = a.alloc(rawBytes);
     try {
       fill(a.u8At(staging, rawBytes));
       const grain = Math.max(1, Math.ceil(panels / (this.threads * 4)));
-      this.pool.run(a, esz === 4 ? 'pack_w32' : 'pack_w16', panels, grain, [staging, ptr, outFeatures, inFeatures]);
+      if (q16) this.pool.run(a, 'pack_w_q16', panels, grain, [staging, DTYPE_CODE[dtype], ptr, scalePtr, outFeatures, inFeatures]);
+      else this.pool.run(a, esz === 4 ? 'pack_w32' : 'pack_w16', panels, grain, [staging, ptr, outFeatures, inFeatures]);
     } catch (e) {
       a.release(staging);
       a.release(ptr);
       throw e;
     }
     a.release(staging);
-    return new WLinear(a, ptr, outFeatures, inFeatures, dtype, bytes);
+    return new WLinear(a, ptr, outFeatures, inFeatures, dtype, bytes, compute, scalePtr);
   }
 
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
@@ -436,6 +452,15 @@ export class WasmBackend implements KernelBackend {
       N = W.outFeatures;
     const panels = Math.ceil(N / 8);
     const arena = a.arena;
+    if (W.compute === 'int16') {
+      // One path for every M: activations are quantized per row as they are packed.
+      const slices = Math.ceil(M / 4);
+      const ap = this.workspace(arena, 'packA', slices * Math.ceil(K / 2) * 16);
+      const sa = this.workspace(arena, 'scaleA', slices * 16);
+      this.pool.run(arena, 'pack_a_q16', slices, this.grain(slices, 2), [a.ptr, a.ld, M, K, ap, sa]);
+      this.pool.run(arena, 'gemm_q16', panels, this.grain(panels, 8), [ap, sa, M, K, W.ptr, W.scalePtr, N, o.ptr, o.ld, b ? b.ptr : 0]);
+      return;
+    }
     if (M === 1) {
       this.pool.run(arena, `gemv_${W.dtype}`, panels, this.grain(panels, 8), [a.ptr, W.ptr, b ? b.ptr : 0, o.ptr, K, N]);
       return;
@@ -465,6 +490,7 @@ export class WasmBackend implements KernelBackend {
     if (o.rows !== v.length || o.cols !== W.inFeatures)
       throw new BackendError(`embedFromLinear: output ${o.rows}x${o.cols}, expected ${v.length}x${W.inFeatures}`);
     this.checkIds(v, W.outFeatures, 'embedFromLinear');
+    if (W.compute !== 'stored') throw new BackendError('embedFromLinear: an int16 linear weight holds no stored rows to look up');
     this.pool.run(o.arena, 'packed_rows', o.rows, this.grain(o.rows), [W.ptr, DTYPE_CODE[W.dtype], W.inFeatures, v.ptr, o.ptr, o.ld]);
   }
 
