@@ -6,12 +6,12 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { VisionLanguageModel } from '../engine/vlm.js';
 import { InputError } from '../base/errors.js';
-import { MethodFlags, checkMethodFlags, checkPaths, cliWarning, imageLimitsOf, methodOf, perLayer, visualInputs } from './run.js';
+import { MethodFlags, checkMethodFlags, checkPaths, cliWarning, LoadFlags, loadOptionsOf, methodOf, perLayer, visualInputs } from './run.js';
 import { modelDir } from '../default-model.js';
 import { EXIT_INTERRUPTED, Interrupts } from './interrupt.js';
 import { setExitCode } from './exit.js';
 
-export interface ChatOptions extends MethodFlags {
+export interface ChatOptions extends MethodFlags, LoadFlags {
   model?: string;
   image?: string[];
   frames?: string[];
@@ -21,10 +21,7 @@ export interface ChatOptions extends MethodFlags {
   topK?: number;
   topP?: number;
   seed: number;
-  threads?: number;
   heatmap?: string;
-  maxImageBytes?: number;
-  maxImagePixels?: number;
 }
 
 export async function chatCommand(o: ChatOptions): Promise<void> {
@@ -33,7 +30,7 @@ export async function chatCommand(o: ChatOptions): Promise<void> {
   checkPaths(input, o.heatmap);
   const tty = process.stdin.isTTY && process.stdout.isTTY;
   if (tty) process.stderr.write('loading the model…\n');
-  const model = await VisionLanguageModel.load(modelDir(o.model), { threads: o.threads, onWarning: cliWarning, imageLimits: imageLimitsOf(o) });
+  const model = await VisionLanguageModel.load(modelDir(o.model), loadOptionsOf(o));
   let session: ReturnType<VisionLanguageModel['session']> | null = null;
   const rl = createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });
   const interrupts = new Interrupts(() => {

@@ -2,19 +2,16 @@
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
 import { EvalReport, evaluate, readEpisodes } from '../eval/harness.js';
-import { MethodFlags, checkMethodFlags, cliWarning, imageLimitsOf, methodOf } from './run.js';
+import { LoadFlags, MethodFlags, checkMethodFlags, loadOptionsOf, methodOf } from './run.js';
 import { modelDir } from '../default-model.js';
 import { setExitCode } from './exit.js';
 
-export interface EvalCliOptions extends MethodFlags {
+export interface EvalCliOptions extends MethodFlags, LoadFlags {
   model?: string;
   data: string;
   mode: 'independent' | 'chat';
   maxNewTokens: number;
-  threads?: number;
   json?: boolean;
-  maxImageBytes?: number;
-  maxImagePixels?: number;
 }
 
 const pct = (a: { correct: number; total: number; accuracy: number }) => `${(100 * a.accuracy).toFixed(1)}% (${a.correct}/${a.total})`;
@@ -35,7 +32,7 @@ export function formatReport(label: string, mode: string, r: EvalReport): string
 export async function evalCommand(o: EvalCliOptions): Promise<void> {
   const m = methodOf(o);
   const episodes = readEpisodes(o.data);
-  const model = await VisionLanguageModel.load(modelDir(o.model), { threads: o.threads, onWarning: cliWarning, imageLimits: imageLimitsOf(o) });
+  const model = await VisionLanguageModel.load(modelDir(o.model), loadOptionsOf(o));
   const total = episodes.reduce((a, e) => a + e.questions.length, 0);
   const bar =
     !o.json && process.stderr.isTTY

@@ -1,6 +1,8 @@
 // `sparsevila run`: answer a prompt about an image with a model folder.
 import cliProgress from 'cli-progress';
 import { VisionLanguageModel } from '../engine/vlm.js';
+import { LoadOptions } from '../engine/options.js';
+import { LinearCompute } from '../kernels/backend.js';
 import { OptionError } from '../base/errors.js';
 import { checkInputFile, checkOutputFile } from '../base/files.js';
 import { ImageLimits } from '../io/image-types.js';
@@ -10,7 +12,7 @@ import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visio
 import { DecodeMethod } from '../sparsity/decode.js';
 import { modelDir } from '../default-model.js';
 
-export interface RunOptions {
+export interface RunOptions extends LoadFlags {
   model?: string;
   image?: string[];
   frames?: string[];
@@ -27,19 +29,29 @@ export interface RunOptions {
   fastvK?: number;
   fastvR?: number;
   pdropLambda?: number;
-  threads?: number;
   json?: boolean;
   heatmap?: string;
+}
+
+/** The flags every model-loading command takes. */
+export interface LoadFlags {
+  threads?: number;
   maxImageBytes?: number;
   maxImagePixels?: number;
+  visionCompute?: LinearCompute;
 }
 
 /** The image bounds the --max-image-* flags set (the library's defaults for the others). */
-export function imageLimitsOf(o: { maxImageBytes?: number; maxImagePixels?: number }): Partial<ImageLimits> {
+export function imageLimitsOf(o: LoadFlags): Partial<ImageLimits> {
   return {
     ...(o.maxImageBytes !== undefined ? { maxBytes: o.maxImageBytes } : {}),
     ...(o.maxImagePixels !== undefined ? { maxPixels: o.maxImagePixels } : {}),
   };
+}
+
+/** What VisionLanguageModel.load gets from a command's flags. */
+export function loadOptionsOf(o: LoadFlags): LoadOptions {
+  return { threads: o.threads, onWarning: cliWarning, imageLimits: imageLimitsOf(o), visionCompute: o.visionCompute };
 }
 
 /** A warning of the engine or the command, on stderr. */
@@ -148,9 +160,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
     : null;
   let started = false;
   const model = await VisionLanguageModel.load(modelDir(o.model), {
-    threads: o.threads,
-    onWarning: cliWarning,
-    imageLimits: imageLimitsOf(o),
+    ...loadOptionsOf(o),
     onProgress: (loaded, total) => {
       if (!bar) return;
       const mib = (b: number) => Math.round(b / 2 ** 20);
@@ -230,7 +240,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
         `\n[${r.finishReason}] prompt ${s.promptTokens} tokens (${s.imageTokens} image${s.imageTokens !== s.visualTokensIn ? ` of ${s.visualTokensIn}` : ''}` +
           `${s.visualTokensRetrieved !== s.imageTokens ? `, ${perLayer(s.visualTokensPerLayer)} per layer in decode` : ''}) | image ${s.imageMs.toFixed(0)} ms | ` +
           `prefill ${s.prefillMs.toFixed(0)} ms, ${s.prefillTokensPerSecond.toFixed(1)} tok/s | decode ${s.newTokens} tokens, ` +
-          `${s.decodeTokensPerSecond.toFixed(1)} tok/s | KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads`,
+          `${s.decodeTokensPerSecond.toFixed(1)} tok/s | KV read per step ${(s.kvBytesPerStep / 2 ** 20).toFixed(1)} MiB | peak memory ${(s.peakMemoryBytes / 2 ** 20).toFixed(0)} MiB | ${model.backend.name}, ${model.backend.threads} threads${model.visionCompute === 'stored' ? '' : `, vision ${model.visionCompute}`}`,
       );
       for (const h of heatmaps) console.error(`heatmap: ${h}`);
     }

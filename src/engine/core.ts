@@ -2,7 +2,7 @@
 // encoder, prompt layout), the tokenizer and chat template; prompts (text and ids) and image rows.
 // The generation loop (generation.ts), sessions and the public facade (vlm.ts) build on it.
 import path from 'node:path';
-import { KernelBackend, Matrix } from '../kernels/backend.js';
+import { KernelBackend, LinearCompute, Matrix } from '../kernels/backend.js';
 import { AnyFamily, FamilyConfig, ImageEncoder, ImageProcessor, ProcessedImage, PromptImage, PromptLayout } from '../model/family.js';
 import { LanguageDecoder } from '../model/decoder.js';
 import { Workspace } from '../model/workspace.js';
@@ -41,6 +41,8 @@ export interface CoreParts {
   weightBytes: number;
   warnings: readonly string[];
   imageLimits: ImageLimits;
+  /** How the vision tower's linear layers were loaded (LoadOptions.visionCompute; default stored). */
+  visionCompute?: LinearCompute;
 }
 
 export class ModelCore {
@@ -63,6 +65,8 @@ export class ModelCore {
   /** What the engine said while loading (see LoadOptions.onWarning). */
   readonly warnings: readonly string[];
   readonly imageLimits: ImageLimits;
+  /** How the vision tower's linear layers multiply (LoadOptions.visionCompute). */
+  readonly visionCompute: LinearCompute;
   /** @internal Prompt and step rows. */
   readonly ws: Workspace;
   /** @internal Per layer, the visual slots the last turn with decode retrieval kept, [kvHeads][keep]. */
@@ -83,6 +87,7 @@ export class ModelCore {
     this.weightBytes = p.weightBytes;
     this.warnings = p.warnings;
     this.imageLimits = p.imageLimits;
+    this.visionCompute = p.visionCompute ?? 'stored';
     this.ws = new Workspace(p.backend, p.decoder.place);
   }
 

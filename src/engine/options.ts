@@ -1,6 +1,6 @@
 // The public shapes of generation (requests, options, results, statistics) and the sparsity
 // methods a request's options select.
-import { KernelBackend } from '../kernels/backend.js';
+import { KernelBackend, LinearCompute } from '../kernels/backend.js';
 import { WasmBackendOptions } from '../kernels/wasm-backend.js';
 import { RgbImage, ImageLimits } from '../io/image.js';
 import { ChatMessage } from '../io/chat-template.js';
@@ -26,6 +26,13 @@ export interface LoadOptions extends WasmBackendOptions {
   onWarning?: (message: string) => void;
   /** Bounds on the images this model is given, checked before decoding (see ImageLimits). */
   imageLimits?: Partial<ImageLimits>;
+  /**
+   * How the vision tower's linear layers multiply. `stored` (default): f32 math over the weights
+   * as stored. `int16`: weights quantized at load per output row to 12-bit integers, activations
+   * per row, integer sums: the tower encodes ~1.5x faster, its outputs differ from `stored` by
+   * about 1e-3 relative (docs/BENCHMARKS.md measures both). The language model is not affected.
+   */
+  visionCompute?: LinearCompute;
 }
 
 export interface GenerateRequest {

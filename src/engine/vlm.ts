@@ -6,7 +6,7 @@ import { WasmBackend, checkThreads } from '../kernels/wasm-backend.js';
 import { WeightLoader } from '../model/weights.js';
 import { checkImageLimits } from '../io/image.js';
 import { mergeEosTokenIds } from '../io/tokenizer.js';
-import { LimitError } from '../base/errors.js';
+import { LimitError, OptionError } from '../base/errors.js';
 import { Problems } from '../base/problems.js';
 import { Session, SessionOptions } from './session.js';
 import { completeFiles, readModelFiles } from './model-folder.js';
@@ -53,6 +53,9 @@ export class VisionLanguageModel extends ModelCore {
   static async load(dir: string, opts: LoadOptions = {}): Promise<VisionLanguageModel> {
     const problems = new Problems(false, opts.onWarning ?? defaultWarning);
     const imageLimits = checkImageLimits(opts.imageLimits);
+    const visionCompute = opts.visionCompute ?? 'stored';
+    if (visionCompute !== 'stored' && visionCompute !== 'int16')
+      throw new OptionError(`visionCompute must be "stored" or "int16", got ${JSON.stringify(visionCompute)}`);
     const files = completeFiles(readModelFiles(dir, problems, imageLimits));
     const ck = openWeights(dir, files.family, files.config);
     try {
@@ -68,7 +71,7 @@ export class VisionLanguageModel extends ModelCore {
       }
       const backend: KernelBackend = opts.backend ?? (await WasmBackend.create(opts));
       try {
-        const loader = new WeightLoader(backend, ck, dir);
+        const loader = new WeightLoader(backend, ck, dir, { visionCompute });
         if (opts.onProgress) loader.onProgress = (b) => opts.onProgress!(Math.min(b, total), total);
         const { decoder, encoder } = await loadWeights(loader, files.family, files.config, names, { placeBudgetBytes: opts.placeBudgetBytes });
         return new VisionLanguageModel(
@@ -87,6 +90,7 @@ export class VisionLanguageModel extends ModelCore {
             weightBytes: loader.loadedBytes,
             warnings: problems.warnings,
             imageLimits,
+            visionCompute,
           },
           !opts.backend,
         );

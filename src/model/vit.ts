@@ -112,7 +112,8 @@ export class VisionTransformer {
       tokens = grid * grid + (clip ? 1 : 0);
     const e = `${prefix}embeddings.`;
     loader.skip((n) => n === `${e}position_ids`, 'a constant buffer some checkpoints store');
-    const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }]);
+    const compute = loader.visionCompute;
+    const patchEmbed = loader.linear([{ name: `${e}patch_embedding.weight`, shape: [D, C, P, P] }], compute);
     const patchBias = clip ? undefined : loader.params([{ name: `${e}patch_embedding.bias`, shape: [D] }]);
     const pos = loader.f32([{ name: `${e}position_embedding.weight`, shape: [tokens, D] }]);
     if (clip) {
@@ -152,15 +153,15 @@ export class VisionTransformer {
       ls.push({
         ln1w: loader.params([t.ln1w]),
         ln1b: loader.params([t.ln1b]),
-        qkv: loader.linear(t.qkv),
+        qkv: loader.linear(t.qkv, compute),
         qkvBias: loader.params(t.qkvBias),
-        o: loader.linear([t.o]),
+        o: loader.linear([t.o], compute),
         oBias: loader.params([t.oBias]),
         ln2w: loader.params([t.ln2w]),
         ln2b: loader.params([t.ln2b]),
-        fc1: loader.linear([t.fc1]),
+        fc1: loader.linear([t.fc1], compute),
         fc1Bias: loader.params([t.fc1Bias]),
-        fc2: loader.linear([t.fc2]),
+        fc2: loader.linear([t.fc2], compute),
         fc2Bias: loader.params([t.fc2Bias]),
       });
     }

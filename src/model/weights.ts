@@ -3,7 +3,7 @@
 // tensor the config implies must be there with its shape, and every tensor there must be used (or
 // be one the family knowingly skips). Weights go to the backend in their storage dtype; only small
 // vectors (norm weights, biases, embedding rows that are combined at load time) are widened to f32.
-import { EmbeddingTable, KernelBackend, LinearWeight, ParamVector, WEIGHT_DTYPE_BYTES, WeightDType } from '../kernels/backend.js';
+import { EmbeddingTable, KernelBackend, LinearCompute, LinearWeight, ParamVector, WEIGHT_DTYPE_BYTES, WeightDType } from '../kernels/backend.js';
 import { DType, TensorInfo, TensorSource, readTensorF32 } from '../formats/safetensors.js';
 import { InputError } from '../base/errors.js';
 import { Problems } from '../base/problems.js';
@@ -28,6 +28,8 @@ export interface WeightLoaderOptions {
    * backend that holds no data (MetaBackend).
    */
   check?: Problems;
+  /** How the vision tower's linear layers multiply (default `stored`; see LinearCompute). */
+  visionCompute?: LinearCompute;
 }
 
 export class WeightLoader {
@@ -42,6 +44,8 @@ export class WeightLoader {
   readonly implied = new Map<string, number[]>();
   private readonly skipped: Skipped[] = [];
   private readonly check: Problems | undefined;
+  /** How the vision tower's linear layers multiply: a tower passes it to `linear`. */
+  readonly visionCompute: LinearCompute;
 
   constructor(
     readonly backend: KernelBackend,
@@ -50,6 +54,7 @@ export class WeightLoader {
     opts: WeightLoaderOptions = {},
   ) {
     this.check = opts.check;
+    this.visionCompute = opts.visionCompute ?? 'stored';
   }
 
   /** Whether the loader only checks (inspect) and reads no data. */
@@ -148,9 +153,10 @@ export class WeightLoader {
 
   /**
    * A linear weight [out][in]. Several tensors (e.g. q, k, v projections) are stacked along the
-   * output dimension into one weight, so one matmul computes them all.
+   * output dimension into one weight, so one matmul computes them all. `compute`: how it
+   * multiplies (default `stored`).
    */
-  linear(parts: { name: string; shape: number[] }[]): LinearWeight {
+  linear(parts: { name: string; shape: number[] }[], compute: LinearCompute = 'stored'): LinearWeight {
     const infos = parts.map((p) => this.info(p.name, p.shape));
     // (Check mode: a tensor already reported missing stands in without a dtype of its own.)
     const real = infos.filter((i) => !isStandIn(i));
@@ -182,6 +188,7 @@ export class WeightLoader {
         }
       },
       this.place,
+      compute,
     );
     this.done(infos.reduce((a, i) => a + i.byteLength, 0));
     return w;
