@@ -72,20 +72,13 @@ export function matmulInt16(
 ): { y: Float64Array; absSum: Float64Array } {
   const a = quantizeRows12(x, M, K),
     b = quantizeRows12(w, N, K);
-  const y = new Float64Array(M * N),
-    absSum = new Float64Array(M * N);
+  // Integer products and their sums are exact in float64 (|sum| < 2^53).
+  const { y, absSum } = matmul(a.q, M, K, b.q, N);
   for (let m = 0; m < M; m++) {
     for (let n = 0; n < N; n++) {
-      let s = 0,
-        t = 0;
-      for (let k = 0; k < K; k++) {
-        const p = a.q[m * K + k] * b.q[n * K + k];
-        s += p;
-        t += Math.abs(p);
-      }
       const sc = a.scale[m] * b.scale[n];
-      y[m * N + n] = s * sc + (bias ? bias[n] : 0);
-      absSum[m * N + n] = t * sc + (bias ? Math.abs(bias[n]) : 0);
+      y[m * N + n] = y[m * N + n] * sc + (bias ? bias[n] : 0);
+      absSum[m * N + n] = absSum[m * N + n] * sc + (bias ? Math.abs(bias[n]) : 0);
     }
   }
   return { y, absSum };
