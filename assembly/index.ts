@@ -2,6 +2,7 @@
 export { SCRATCH_BYTES } from "./simd";
 export * from "./matmul";
 export * from "./qmatmul";
+export * from "./int4";
 export * from "./elementwise";
 export * from "./attention";
 export * from "./bench";

@@ -202,6 +202,9 @@ export function gemv_f16(tid: i32, begin: i32, end: i32, x: usize, w: usize, bia
 /** Block sizes of the GEMM loop nest: K block (k steps) and M block (4-row slices). */
 const KB: i32 = 1024;
 const MB_SLICES: i32 = 32;
+/** The f32 GEMM's block sizes, for kernels that feed its micro-kernel their own panels. */
+export const KB_F32: i32 = KB;
+export const MB_SLICES_F32: i32 = MB_SLICES;
 
 /**
  * Packs activations A [M][K] (row stride lda floats) into 4-row k-major slices [ceil(M/4)][K][4];
@@ -262,6 +265,12 @@ export function pack_a4(tid: i32, begin: i32, end: i32, a: usize, lda: i32, M: i
     a += 16; b += bStep;
   }
   storeTile(c, ldc, M, N, s, p, first, bias, c00, c01, c10, c11, c20, c21, c30, c31);
+}
+
+/** The 4x8 f32 micro-kernel over an f32 panel [kl][8] (for other weight formats' GEMMs). */
+// @ts-ignore: decorator
+@inline export function microTileF32(ap: usize, bp: usize, kl: i32, c: usize, ldc: i32, M: i32, N: i32, s: i32, p: i32, first: bool, bias: usize): void {
+  microTile<f32>(ap, bp, kl, c, ldc, M, N, s, p, first, bias);
 }
 
 // @ts-ignore: decorator

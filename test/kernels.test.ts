@@ -30,7 +30,7 @@
 // Set KERNEL_TEST_STATS=1 to print, per kernel, the worst |difference| / tolerance seen.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { q16Bytes } from '../src/kernels/backend.js';
+import { int4Bytes, q16Bytes } from '../src/kernels/backend.js';
 import type { Activation, IntVector, KVCache, LinearCompute, LinearWeight, Matrix, WeightDType } from '../src/kernels/backend.js';
 import { BackendError, WasmBackend } from '../src/kernels/wasm-backend.js';
 import { Arena } from '../src/runtime/arena.js';
@@ -570,6 +570,77 @@ describe('matmul', () => {
       const xz = new Float32Array(5 * 40);
       xz.fill(0.5, 40, 80);
       checkMatmulInt16(s, 'zero rows', 5, 40, 3, 'f32', xz, toStorage(new Float32Array(3 * 40).fill(0.1), 'f32'), Float32Array.from([1, 2, 3]));
+    }),
+  );
+
+  // int4 (AWQ): w = q * s + m with f16 scales and m = -z * s, so every dequantized weight is exact
+  // in f32. GEMM (M > 1) dequantizes to f32 and runs the f32 micro-kernel: the f32 matmul
+  // tolerance. GEMV (M = 1) quantizes x to i16 (|x - sx xq| <= sx / 2, sx = max|x| / 32767):
+  // |error| <= sx/2 * sum_k |w_k| + the f32 tolerance (per group sums add one rounding each).
+  eachConfig('int4 weights: GEMV and GEMM, group sizes 32 / 64 / 128, odd N, K over several blocks, bias', (be) =>
+    scoped(be, (s) => {
+      for (const [M, K, N, G] of [
+        [1, 256, 192, 128],
+        [1, 64, 5, 32],
+        [1, 2304, 37, 64],
+        [3, 256, 9, 128],
+        [13, 128, 8, 32],
+        [6, 2304, 19, 128],
+        [33, 512, 70, 128],
+      ]) {
+        const rng = new Rng(seed('int4', M, K, N, G));
+        const groups = K / G;
+        const q = new Uint8Array((N * K) / 2);
+        const qv = new Uint8Array(N * K);
+        for (let i = 0; i < N * K; i++) {
+          qv[i] = rng.int(16);
+          q[i >> 1] |= qv[i] << ((i & 1) * 4);
+        }
+        const scales = new Float32Array(N * groups),
+          offsets = new Float32Array(N * groups);
+        for (let i = 0; i < N * groups; i++) {
+          scales[i] = f16ToNumber(f32ToF16(rng.uniform(0.002, 0.03)));
+          offsets[i] = -rng.int(16) * scales[i];
+        }
+        const w = new Float64Array(N * K);
+        for (let n = 0; n < N; n++)
+          for (let k = 0; k < K; k++) w[n * K + k] = qv[n * K + k] * scales[n * groups + Math.floor(k / G)] + offsets[n * groups + Math.floor(k / G)];
+        const W = s.keep(
+          be.linearInt4(N, K, G, (d) => {
+            d.q.set(q);
+            d.scales.set(scales);
+            d.offsets.set(offsets);
+          }),
+        );
+        assert.equal(W.dtype, 'int4');
+        assert.equal(W.byteLength, int4Bytes(N, K, G));
+        const x = rng.f32(M * K);
+        const bias = (M + N) % 2 ? rng.f32(N, -0.5, 0.5) : undefined;
+        const B = bias ? s.keep(be.params(bias)) : undefined;
+        const want = ref.matmul(x, M, K, w, N, bias);
+        const y = s.matrix(M, N);
+        be.matmul(y, s.matrix(M, K, x), W, B);
+        let tol = matmulTol(want.absSum, K);
+        if (M === 1) {
+          const sx = x.reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
+          const f32tol = tol;
+          tol = (i) => {
+            let sw = 0;
+            for (let k = 0; k < K; k++) sw += Math.abs(w[i * K + k]);
+            return (sx / 2) * sw + f32tol(i) + groups * U * want.absSum[i];
+          };
+        }
+        check('matmul int4', `${M}x${K}x${N} G${G}${bias ? '+bias' : ''}`, be.read(y), want.y, tol, N);
+      }
+    }),
+  );
+
+  eachConfig('int4 weights: shapes the kernels cannot take are refused; no row lookup', (be) =>
+    scoped(be, (s) => {
+      assert.throws(() => be.linearInt4(8, 100, 32, () => {}), /linearInt4: 100 inputs are not a multiple of the group size 32/);
+      assert.throws(() => be.linearInt4(8, 96, 48, () => {}), /group size 48 is not a multiple of 32/);
+      const W = s.keep(be.linearInt4(8, 64, 32, () => {}));
+      assert.throws(() => be.embedFromLinear(s.matrix(1, 64), W, s.ints([0])), /an int4 linear weight holds no stored rows/);
     }),
   );
 

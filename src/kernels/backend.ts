@@ -18,6 +18,20 @@ export const WEIGHT_DTYPE_BYTES: Record<WeightDType, number> = { f32: 4, f16: 2,
  */
 export type LinearCompute = 'stored' | 'int16';
 
+/** Bytes an `int4` linear weight takes: quads of rows, half a byte per weight, a scale and an offset (f32) per row and group. */
+export function int4Bytes(outFeatures: number, inFeatures: number, groupSize: number): number {
+  const rows = Math.ceil(outFeatures / 4) * 4;
+  return rows * (inFeatures / 2) + rows * (inFeatures / groupSize) * 8;
+}
+
+/** Checks an int4 weight's shape against the kernels' needs; returns the problem or null. */
+export function int4ShapeProblem(inFeatures: number, groupSize: number): string | null {
+  if (!Number.isInteger(groupSize) || groupSize < 32 || groupSize % 32 !== 0 || groupSize > 8192)
+    return `group size ${groupSize} is not a multiple of 32 in [32, 8192]`;
+  if (inFeatures % groupSize !== 0) return `${inFeatures} inputs are not a multiple of the group size ${groupSize}`;
+  return null;
+}
+
 /** Bytes an `int16` linear weight takes: 8-row panels of 16-bit pairs, and a scale per row. */
 export function q16Bytes(outFeatures: number, inFeatures: number): number {
   const rows = Math.ceil(outFeatures / 8) * 8;
@@ -40,11 +54,30 @@ export interface IntVector {
   readonly length: number;
 }
 
+/**
+ * How a linear weight is held: a float dtype, or `int4`: 4-bit integers q with a scale s and an
+ * offset m per output row and group of `groupSize` inputs, w = q * s + m (AWQ W4A16).
+ */
+export type LinearStorage = WeightDType | 'int4';
+
+/**
+ * A 4-bit weight in the interface's canonical form, as a weight format hands it over: `q` row-major
+ * [out][in / 2] bytes (even input index in the low nibble), `scales` and `offsets` [out][in /
+ * groupSize] (w = q * scale + offset).
+ */
+export interface Int4Parts {
+  q: Uint8Array;
+  scales: Float32Array;
+  offsets: Float32Array;
+}
+
 /** A linear layer's weight W [outFeatures][inFeatures], held in its storage dtype. */
 export interface LinearWeight {
   readonly outFeatures: number;
   readonly inFeatures: number;
-  readonly dtype: WeightDType;
+  readonly dtype: LinearStorage;
+  /** int4: inputs per scale group. */
+  readonly groupSize?: number;
   /** How it multiplies (see LinearCompute). */
   readonly compute: LinearCompute;
   /** Bytes the weight occupies on the backend. */
@@ -180,6 +213,12 @@ export interface KernelBackend {
    * the weight never exists as f32. `compute` (default `stored`) picks how it multiplies.
    */
   linear(outFeatures: number, inFeatures: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number, compute?: LinearCompute): LinearWeight;
+  /**
+   * A 4-bit linear weight (`int4`): `fill` writes the canonical parts (see Int4Parts) into staging
+   * areas on the backend, which repacks them into its kernels' layout. inFeatures must be a
+   * multiple of groupSize, and groupSize a multiple of 32.
+   */
+  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, fill: (dest: Int4Parts) => void, place?: number): LinearWeight;
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): EmbeddingTable;
   params(data: Float32Array, place?: number): ParamVector;
   ropeTable(rotaryDim: number, theta: number, maxPositions: number, place?: number): RopeTable;

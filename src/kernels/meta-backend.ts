@@ -9,6 +9,7 @@ import {
   KVCache,
   KernelBackend,
   KeyScoreOptions,
+  Int4Parts,
   LinearCompute,
   LinearWeight,
   Matrix,
@@ -16,6 +17,8 @@ import {
   RopeTable,
   WEIGHT_DTYPE_BYTES,
   WeightDType,
+  int4Bytes,
+  int4ShapeProblem,
   q16Bytes,
 } from './backend.js';
 
@@ -103,6 +106,12 @@ export class MetaBackend implements KernelBackend {
   ): LinearWeight {
     const byteLength = compute === 'int16' ? q16Bytes(outFeatures, inFeatures) : outFeatures * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
     return this.take({ outFeatures, inFeatures, dtype, compute, byteLength }, byteLength, place);
+  }
+  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, _fill: (dest: Int4Parts) => void, place = 0): LinearWeight {
+    const problem = int4ShapeProblem(inFeatures, groupSize);
+    if (problem) throw new MetaBackendError(`linearInt4: ${problem}`);
+    const byteLength = int4Bytes(outFeatures, inFeatures, groupSize);
+    return this.take({ outFeatures, inFeatures, dtype: 'int4', groupSize, compute: 'stored', byteLength }, byteLength, place);
   }
   embedding(rows: number, dim: number, dtype: WeightDType, _fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
     return this.take({ rows, dim, dtype }, rows * dim * WEIGHT_DTYPE_BYTES[dtype], place);

@@ -13,13 +13,17 @@ import {
   IntVector,
   KVCache,
   KernelBackend,
+  Int4Parts,
   LinearCompute,
+  LinearStorage,
   LinearWeight,
   Matrix,
   ParamVector,
   RopeTable,
   WEIGHT_DTYPE_BYTES,
   WeightDType,
+  int4Bytes,
+  int4ShapeProblem,
   q16Bytes,
 } from './backend.js';
 
@@ -61,11 +65,12 @@ class WLinear implements LinearWeight {
     readonly ptr: number,
     readonly outFeatures: number,
     readonly inFeatures: number,
-    readonly dtype: WeightDType,
+    readonly dtype: LinearStorage,
     readonly byteLength: number,
     readonly compute: LinearCompute = 'stored',
-    /** int16: the row scales (8 per panel), after the panels. */
+    /** int16: the row scales (8 per panel), after the panels; int4: the scale and offset block. */
     readonly scalePtr = 0,
+    readonly groupSize?: number,
   ) {}
 }
 class WEmbedding implements EmbeddingTable {
@@ -378,6 +383,36 @@ export class WasmBackend implements KernelBackend {
     return new WLinear(a, ptr, outFeatures, inFeatures, dtype, bytes, compute, scalePtr);
   }
 
+  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, fill: (dest: Int4Parts) => void, place = 0): LinearWeight {
+    checkDims('linearInt4', outFeatures, inFeatures);
+    const problem = int4ShapeProblem(inFeatures, groupSize);
+    if (problem) throw new BackendError(`linearInt4: ${problem}`);
+    const a = this.arena(place);
+    const quads = Math.ceil(outFeatures / 4),
+      groups = inFeatures / groupSize;
+    const bytes = int4Bytes(outFeatures, inFeatures, groupSize);
+    const ptr = a.alloc(bytes);
+    const smPtr = ptr + quads * (inFeatures / 32) * 64;
+    const qBytes = (outFeatures * inFeatures) / 2,
+      sBytes = outFeatures * groups * 4;
+    const staging = a.alloc(qBytes + 2 * sBytes);
+    try {
+      const sPtr = staging + qBytes; // qBytes is a multiple of 16 (inFeatures of 32)
+      fill({
+        q: a.u8At(staging, qBytes),
+        scales: new Float32Array(a.f32.buffer, sPtr, outFeatures * groups),
+        offsets: new Float32Array(a.f32.buffer, sPtr + sBytes, outFeatures * groups),
+      });
+      this.pool.run(a, 'pack_q4', quads, this.grain(quads), [staging, sPtr, sPtr + sBytes, ptr, smPtr, outFeatures, inFeatures, groupSize]);
+    } catch (e) {
+      a.release(staging);
+      a.release(ptr);
+      throw e;
+    }
+    a.release(staging);
+    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize);
+  }
+
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
     checkDims('embedding', rows, dim);
     const a = this.arena(place);
@@ -461,6 +496,23 @@ export class WasmBackend implements KernelBackend {
       this.pool.run(arena, 'gemm_q16', panels, this.grain(panels, 8), [ap, sa, M, K, W.ptr, W.scalePtr, N, o.ptr, o.ld, b ? b.ptr : 0]);
       return;
     }
+    if (W.dtype === 'int4') {
+      const G = W.groupSize!;
+      if (M === 1) {
+        const xq = this.workspace(arena, 'int4x', K * 2 + 64 + (K / G) * 4);
+        const xs = xq + K * 2,
+          xg = xs + 64;
+        this.pool.run(arena, 'quant_x_q4', 1, 1, [a.ptr, K, G, xq, xs, xg]);
+        const quads = Math.ceil(N / 4);
+        this.pool.run(arena, 'gemv_q4', quads, this.grain(quads, 8), [xq, xs, xg, W.ptr, W.scalePtr, b ? b.ptr : 0, o.ptr, K, N, G]);
+        return;
+      }
+      const slices = Math.ceil(M / 4);
+      const ap = this.workspace(arena, 'packA', slices * K * 16);
+      this.pool.run(arena, 'pack_a4', slices, this.grain(slices, 2), [a.ptr, a.ld, M, K, ap]);
+      this.pool.run(arena, 'gemm_q4', panels, this.grain(panels, 8), [ap, M, K, W.ptr, W.scalePtr, N, o.ptr, o.ld, b ? b.ptr : 0, this.scratch.get(arena)!, G]);
+      return;
+    }
     if (M === 1) {
       this.pool.run(arena, `gemv_${W.dtype}`, panels, this.grain(panels, 8), [a.ptr, W.ptr, b ? b.ptr : 0, o.ptr, K, N]);
       return;
@@ -490,7 +542,8 @@ export class WasmBackend implements KernelBackend {
     if (o.rows !== v.length || o.cols !== W.inFeatures)
       throw new BackendError(`embedFromLinear: output ${o.rows}x${o.cols}, expected ${v.length}x${W.inFeatures}`);
     this.checkIds(v, W.outFeatures, 'embedFromLinear');
-    if (W.compute !== 'stored') throw new BackendError('embedFromLinear: an int16 linear weight holds no stored rows to look up');
+    if (W.compute !== 'stored' || W.dtype === 'int4')
+      throw new BackendError(`embedFromLinear: an ${W.dtype === 'int4' ? 'int4' : 'int16'} linear weight holds no stored rows to look up`);
     this.pool.run(o.arena, 'packed_rows', o.rows, this.grain(o.rows), [W.ptr, DTYPE_CODE[W.dtype], W.inFeatures, v.ptr, o.ptr, o.ld]);
   }
 
