@@ -24,6 +24,7 @@ export function formatInspection(r: Inspection): string {
     ...Object.entries(r.dtypes).map(([d, v]) => `  ${d.padEnd(5)} ${String(v.tensors).padStart(5)} tensors, ${mb(v.bytes)}`),
   );
   lines.push(...(r.parts ?? []));
+  if (r.weightFormats?.length) lines.push(`linears:      ${r.weightFormats.join(', ')}`);
   if (r.memoryPlaces !== undefined) lines.push(`memory:       ${r.memoryPlaces} wasm memor${r.memoryPlaces === 1 ? 'y' : 'ies'} of 4 GiB`);
   if (r.skipped.length)
     lines.push(

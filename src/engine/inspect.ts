@@ -29,6 +29,8 @@ export interface Inspection {
   dtypes: Record<string, { tensors: number; bytes: number }>;
   /** Memory places (4 GiB wasm memories) the weights take. */
   memoryPlaces?: number;
+  /** How the linear layers are stored ("dense", "awq-gemm", ...), sorted. */
+  weightFormats?: string[];
   /** Tensors the family leaves unused on purpose, and why. */
   skipped: { name: string; why: string }[];
   /** Everything loading would refuse, each naming its file, field or tensor. Empty: the folder loads. */
@@ -78,6 +80,7 @@ export async function inspectModel(dir: string): Promise<Inspection> {
         await problems.attemptAsync(() => loadWeights(loader, family, config, names));
         out.memoryPlaces = meta.places;
         out.skipped = loader.skippedTensors(names);
+        out.weightFormats = loader.formats.sort();
       }
     } finally {
       ck.close();

@@ -133,7 +133,7 @@ export class LlamaDecoder implements LanguageDecoder {
         `${p}layers.${l}.mlp.gate_proj.weight`,
         `${p}layers.${l}.mlp.up_proj.weight`,
         `${p}layers.${l}.mlp.down_proj.weight`,
-      ].reduce((a, n) => a + (loader.has(n) ? loader.source.info(n).byteLength : 0), 0);
+      ].reduce((a, n) => a + loader.linearBytes(n), 0);
     const ensureRoom = async (bytes: number) => {
       if (be.placeUsage(loader.place) + bytes > budget && be.placeUsage(loader.place) > 0) {
         loader.place = await be.addPlace();

@@ -7,11 +7,11 @@ import { EmbeddingTable, KernelBackend, LinearCompute, LinearWeight, ParamVector
 import { DType, TensorInfo, TensorSource, readTensorF32 } from '../formats/safetensors.js';
 import { InputError } from '../base/errors.js';
 import { Problems } from '../base/problems.js';
+import { LinearPart, TensorReader } from './weight-formats/format.js';
+import { LINEAR_FORMATS } from './weight-formats/registry.js';
+import { denseFormat } from './weight-formats/dense.js';
 
 export class WeightError extends InputError {}
-
-/** Whether a tensor description is a check-mode stand-in for a tensor already reported. */
-const isStandIn = (i: TensorInfo): boolean => i.file === '';
 
 const WEIGHT_DTYPES: Record<string, WeightDType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
@@ -44,6 +44,7 @@ export class WeightLoader {
   readonly implied = new Map<string, number[]>();
   private readonly skipped: Skipped[] = [];
   private readonly check: Problems | undefined;
+  private readonly formatsUsed = new Set<string>();
   /** How the vision tower's linear layers multiply: a tower passes it to `linear`. */
   readonly visionCompute: LinearCompute;
 
@@ -152,46 +153,72 @@ export class WeightLoader {
   }
 
   /**
-   * A linear weight [out][in]. Several tensors (e.g. q, k, v projections) are stacked along the
-   * output dimension into one weight, so one matmul computes them all. `compute`: how it
-   * multiplies (default `stored`).
+   * A linear weight [out][in], asked for by its float tensor names ("...q_proj.weight"). Several
+   * parts (e.g. q, k, v projections) are stacked along the output dimension into one weight, so
+   * one matmul computes them all. The checkpoint decides how each is stored (a float weight, or
+   * a 4-bit AWQ format: see weight-formats/); fused parts must share it. `compute`: how a float
+   * weight multiplies (default `stored`).
    */
   linear(parts: { name: string; shape: number[] }[], compute: LinearCompute = 'stored'): LinearWeight {
-    const infos = parts.map((p) => this.info(p.name, p.shape));
-    // (Check mode: a tensor already reported missing stands in without a dtype of its own.)
-    const real = infos.filter((i) => !isStandIn(i));
-    const first = real[0] ?? infos[0];
-    const dtype = this.dtypeOf(first);
-    for (const i of real) {
-      if (this.dtypeOf(i) !== dtype)
+    const lp: LinearPart[] = parts.map((p) => ({ base: p.name.replace(/\.weight$/, ''), shape: p.shape }));
+    const r = this.reader;
+    const formats = lp.map((p) => LINEAR_FORMATS.find((f) => f.detect(r, p.base)) ?? denseFormat);
+    const format = formats[0];
+    formats.forEach((f, i) => {
+      if (f !== format)
         this.fail(
           new WeightError(
-            `${this.label}: tensors "${first.name}" (${first.dtype}) and "${i.name}" (${i.dtype}) are fused into one matmul and must share a dtype`,
+            `${this.label}: "${lp[0].base}" (${format.name}) and "${lp[i].base}" (${f.name}) are fused into one matmul and must be stored the same way`,
           ),
         );
-    }
-    // A convolution kernel [out][c][kh][kw] is a linear weight [out][c*kh*kw] in the same bytes.
-    const inFeatures = infos[0].shape.slice(1).reduce((a, b) => a * b, 1);
-    const out = infos.reduce((a, i) => a + i.shape[0], 0);
-    const bytes = out * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
-    this.room(bytes, infos.map((i) => `"${i.name}"`).join(' + '));
-    const w = this.backend.linear(
-      out,
-      inFeatures,
-      dtype,
-      (dest) => {
-        if (this.checking) return;
-        let off = 0;
-        for (const i of infos) {
-          this.source.readInto(i.name, dest.subarray(off, off + i.byteLength));
-          off += i.byteLength;
-        }
-      },
-      this.place,
-      compute,
-    );
-    this.done(infos.reduce((a, i) => a + i.byteLength, 0));
+    });
+    const names = lp.flatMap((p) => format.tensorNames(p.base));
+    const srcBytes = names.reduce((a, n) => a + (this.has(n) ? this.source.info(n).byteLength : 0), 0);
+    this.room(srcBytes, names.map((n) => `"${n}"`).join(' + '));
+    const w = format.load(r, lp, compute);
+    this.formatsUsed.add(format.name);
     return w;
+  }
+
+  /** The weight formats the linears loaded so far were stored in ("dense", "awq-gemm", ...). */
+  get formats(): string[] {
+    return [...this.formatsUsed];
+  }
+
+  /** Bytes the checkpoint stores for linear `name` ("...weight"), in whichever format it has. */
+  linearBytes(name: string): number {
+    const base = name.replace(/\.weight$/, '');
+    const format = LINEAR_FORMATS.find((f) => f.detect(this.reader, base));
+    if (!format) return 0;
+    return format.tensorNames(base).reduce((a, n) => a + (this.has(n) ? this.source.info(n).byteLength : 0), 0);
+  }
+
+  /** The checked view of the checkpoint that weight formats read through. */
+  private get reader(): TensorReader {
+    return {
+      backend: this.backend,
+      place: this.place,
+      label: this.label,
+      checking: this.checking,
+      has: (n) => this.has(n),
+      peek: (n) => (this.has(n) ? this.source.info(n) : null),
+      info: (n, shape) => this.info(n, shape),
+      readInto: (info, dest) => {
+        this.source.readInto(info.name, dest);
+        this.done(info.byteLength);
+      },
+      bytes: (info) => {
+        const out = new Uint8Array(info.byteLength);
+        this.source.readInto(info.name, out);
+        this.done(info.byteLength);
+        return out;
+      },
+      f32: (info) => {
+        this.done(info.byteLength);
+        return readTensorF32(this.source, info.name);
+      },
+      fail: (m) => this.fail(new WeightError(m)),
+    };
   }
 
   /** An f32 parameter vector: one tensor, or several concatenated (fused biases). */

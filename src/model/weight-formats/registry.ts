@@ -1,0 +1,5 @@
+// The weight formats the loader recognises, tried in order for each linear layer.
+import { LinearFormat } from './format.js';
+import { denseFormat } from './dense.js';
+
+export const LINEAR_FORMATS: readonly LinearFormat[] = [denseFormat];
