@@ -130,11 +130,31 @@ export function gemv_q4(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, xg
   }
 }
 
+// Rounds f32 lanes to the nearest (ties to even) f16 (rounding 1) or bf16 (2) value; 0 leaves them.
+// The reference kernels dequantize in the scales' dtype, one rounding (AWQ GEMM: (q - z) * s in
+// fp16; TinyChat: an fp16 FMA), so prefill rounds the same way. Weights are far from overflow; f16
+// subnormals (|w| < 2^-14) round to multiples of 2^-24 as f16 does.
+// @ts-ignore: decorator
+@inline function roundTo(v: v128, rounding: i32): v128 {
+  if (rounding == 0) return v;
+  if (rounding == 2) {
+    const odd = v128.and(i32x4.shr_u(v, 16), i32x4.splat(1));
+    return v128.and(i32x4.add(v, i32x4.add(i32x4.splat(0x7FFF), odd)), i32x4.splat(0xFFFF0000));
+  }
+  const odd = v128.and(i32x4.shr_u(v, 13), i32x4.splat(1));
+  const normal = v128.and(i32x4.add(v, i32x4.add(i32x4.splat(0x0FFF), odd)), i32x4.splat(0xFFFFE000));
+  // Below 2^-14: adding and subtracting 0.5 (ulp 2^-24) rounds to the f16 subnormal quantum.
+  const half = v128.or(v128.and(v, i32x4.splat(0x80000000)), f32x4.splat(0.5));
+  const sub = f32x4.sub(f32x4.add(v, half), half);
+  return v128.bitselect(sub, normal, f32x4.lt(f32x4.abs(v), f32x4.splat(6.103515625e-5)));
+}
+
 /**
  * C[M][N] (row stride ldc) = A W^T (+ bias), A packed by `pack_a4`. Units: panels of 8 rows of W
  * (two quads). `scratch`: the per-thread scratch base (one dequantized K block per thread).
+ * `rounding`: the dequantized weights are rounded to 0 f32 (exact), 1 f16, 2 bf16 (see roundTo).
  */
-export function gemm_q4(tid: i32, begin: i32, end: i32, ap: usize, M: i32, K: i32, w: usize, sm: usize, N: i32, c: usize, ldc: i32, bias: usize, scratch: usize, G: i32): void {
+export function gemm_q4(tid: i32, begin: i32, end: i32, ap: usize, M: i32, K: i32, w: usize, sm: usize, N: i32, c: usize, ldc: i32, bias: usize, scratch: usize, G: i32, rounding: i32): void {
   const slices = (M + 3) >> 2;
   const quads = (N + 3) >> 2;
   const chunks = K >> 5;
@@ -165,8 +185,8 @@ export function gemm_q4(tid: i32, begin: i32, end: i32, ap: usize, M: i32, K: i3
               const v = i32x4(load<u8>(o), load<u8>(o, 16), load<u8>(o, 32), load<u8>(o, 48));
               const lo = f32x4.convert_i32x4_u(v128.and(v, i32x4.splat(15)));
               const hi = f32x4.convert_i32x4_u(i32x4.shr_u(v, 4));
-              v128.store(base + <usize>b * 32, fma(lo, sv, mv));
-              v128.store(base + <usize>(b + 16) * 32, fma(hi, sv, mv));
+              v128.store(base + <usize>b * 32, roundTo(fma(lo, sv, mv), rounding));
+              v128.store(base + <usize>(b + 16) * 32, roundTo(fma(hi, sv, mv), rounding));
             }
           }
         }

@@ -635,6 +635,50 @@ describe('matmul', () => {
     }),
   );
 
+  // Prefill rounds each dequantized weight as the reference kernels do (to the scales' dtype);
+  // scales down to 1e-7 put weights in f16's subnormal range. Then the f32 matmul tolerance.
+  eachConfig('int4 weights: GEMM rounds dequantized weights to f16 / bf16 when asked (subnormals too)', (be) =>
+    scoped(be, (s) => {
+      for (const rounding of ['f16', 'bf16'] as const) {
+        const M = 7,
+          K = 256,
+          N = 13,
+          G = 64,
+          groups = K / G;
+        const rng = new Rng(seed('int4-round', rounding));
+        const q = new Uint8Array((N * K) / 2).map(() => rng.int(256));
+        const scales = new Float32Array(N * groups).map((_, i) => f16ToNumber(f32ToF16(i % 3 === 0 ? rng.uniform(1e-7, 3e-6) : rng.uniform(0.001, 0.03))));
+        const offsets = scales.map((sc) => Math.fround(-rng.int(16) * sc * 1.0001));
+        const round = (v: number) => (rounding === 'f16' ? f16ToNumber(f32ToF16(v)) : bf16ToNumber(f32ToBf16(v)));
+        const w = new Float64Array(N * K);
+        for (let i = 0; i < N * K; i++) {
+          const gi = Math.floor(i / K) * groups + Math.floor((i % K) / G);
+          w[i] = round(Math.fround(((q[i >> 1] >> ((i & 1) * 4)) & 15) * scales[gi] + offsets[gi]));
+        }
+        const W = s.keep(
+          be.linearInt4(
+            N,
+            K,
+            G,
+            (d) => {
+              d.q.set(q);
+              d.scales.set(scales);
+              d.offsets.set(offsets);
+            },
+            0,
+            rounding,
+          ),
+        );
+        assert.equal(W.dequantRounding, rounding);
+        const x = rng.f32(M * K);
+        const want = ref.matmul(x, M, K, w, N);
+        const y = s.matrix(M, N);
+        be.matmul(y, s.matrix(M, K, x), W);
+        check('matmul int4', `${rounding} rounding ${M}x${K}x${N}`, be.read(y), want.y, matmulTol(want.absSum, K), N);
+      }
+    }),
+  );
+
   eachConfig('int4 weights: shapes the kernels cannot take are refused; no row lookup', (be) =>
     scoped(be, (s) => {
       assert.throws(() => be.linearInt4(8, 100, 32, () => {}), /linearInt4: 100 inputs are not a multiple of the group size 32/);

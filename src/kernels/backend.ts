@@ -78,6 +78,8 @@ export interface LinearWeight {
   readonly dtype: LinearStorage;
   /** int4: inputs per scale group. */
   readonly groupSize?: number;
+  /** int4: the dtype many-row products round each dequantized weight to (see linearInt4). */
+  readonly dequantRounding?: 'f16' | 'bf16' | 'none';
   /** How it multiplies (see LinearCompute). */
   readonly compute: LinearCompute;
   /** Bytes the weight occupies on the backend. */
@@ -216,9 +218,19 @@ export interface KernelBackend {
   /**
    * A 4-bit linear weight (`int4`): `fill` writes the canonical parts (see Int4Parts) into staging
    * areas on the backend, which repacks them into its kernels' layout. inFeatures must be a
-   * multiple of groupSize, and groupSize a multiple of 32.
+   * multiple of groupSize, and groupSize a multiple of 32. `dequantRounding`: the reference
+   * implementations dequantize in the scales' dtype (one rounding of q * s + offset to f16 or
+   * bf16); many-row products (prefill) do the same, so that they compute with the reference's
+   * weights. One-row products (decode) use the exact q * s + offset in integer arithmetic.
    */
-  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, fill: (dest: Int4Parts) => void, place?: number): LinearWeight;
+  linearInt4(
+    outFeatures: number,
+    inFeatures: number,
+    groupSize: number,
+    fill: (dest: Int4Parts) => void,
+    place?: number,
+    dequantRounding?: 'f16' | 'bf16' | 'none',
+  ): LinearWeight;
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): EmbeddingTable;
   params(data: Float32Array, place?: number): ParamVector;
   ropeTable(rotaryDim: number, theta: number, maxPositions: number, place?: number): RopeTable;

@@ -30,6 +30,7 @@ import {
 const DTYPE_CODE: Record<WeightDType, number> = { f32: 0, f16: 1, bf16: 2 };
 const ACT_CODE: Record<Activation, number> = { gelu: 0, gelu_pytorch_tanh: 1, quick_gelu: 2, silu: 3, identity: 4 };
 const MAX_HEAD_DIM = 256;
+const ROUNDING_CODE = { none: 0, f16: 1, bf16: 2 } as const;
 
 export class BackendError extends Error {}
 
@@ -71,6 +72,7 @@ class WLinear implements LinearWeight {
     /** int16: the row scales (8 per panel), after the panels; int4: the scale and offset block. */
     readonly scalePtr = 0,
     readonly groupSize?: number,
+    readonly dequantRounding?: 'f16' | 'bf16' | 'none',
   ) {}
 }
 class WEmbedding implements EmbeddingTable {
@@ -383,7 +385,14 @@ export class WasmBackend implements KernelBackend {
     return new WLinear(a, ptr, outFeatures, inFeatures, dtype, bytes, compute, scalePtr);
   }
 
-  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, fill: (dest: Int4Parts) => void, place = 0): LinearWeight {
+  linearInt4(
+    outFeatures: number,
+    inFeatures: number,
+    groupSize: number,
+    fill: (dest: Int4Parts) => void,
+    place = 0,
+    dequantRounding: 'f16' | 'bf16' | 'none' = 'none',
+  ): LinearWeight {
     checkDims('linearInt4', outFeatures, inFeatures);
     const problem = int4ShapeProblem(inFeatures, groupSize);
     if (problem) throw new BackendError(`linearInt4: ${problem}`);
@@ -410,7 +419,7 @@ export class WasmBackend implements KernelBackend {
       throw e;
     }
     a.release(staging);
-    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize);
+    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize, dequantRounding);
   }
 
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
@@ -510,7 +519,20 @@ export class WasmBackend implements KernelBackend {
       const slices = Math.ceil(M / 4);
       const ap = this.workspace(arena, 'packA', slices * K * 16);
       this.pool.run(arena, 'pack_a4', slices, this.grain(slices, 2), [a.ptr, a.ld, M, K, ap]);
-      this.pool.run(arena, 'gemm_q4', panels, this.grain(panels, 8), [ap, M, K, W.ptr, W.scalePtr, N, o.ptr, o.ld, b ? b.ptr : 0, this.scratch.get(arena)!, G]);
+      this.pool.run(arena, 'gemm_q4', panels, this.grain(panels, 8), [
+        ap,
+        M,
+        K,
+        W.ptr,
+        W.scalePtr,
+        N,
+        o.ptr,
+        o.ld,
+        b ? b.ptr : 0,
+        this.scratch.get(arena)!,
+        G,
+        ROUNDING_CODE[W.dequantRounding ?? 'none'],
+      ]);
       return;
     }
     if (M === 1) {

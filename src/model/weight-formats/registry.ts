@@ -1,5 +1,6 @@
 // The weight formats the loader recognises, tried in order for each linear layer.
 import { LinearFormat } from './format.js';
 import { denseFormat } from './dense.js';
+import { awqGemmFormat } from './awq-gemm.js';
 
-export const LINEAR_FORMATS: readonly LinearFormat[] = [denseFormat];
+export const LINEAR_FORMATS: readonly LinearFormat[] = [denseFormat, awqGemmFormat];

@@ -1,0 +1,183 @@
+// AWQ W4A16 parity on ../shared/fixtures/awq (copied to test/fixtures/awq), whose goldens come from
+// AutoAWQ's own pack / dequantize code (see its README).
+//
+// Tolerances:
+// - unpacked q and zero points: exact; dequantized weights q * s - z * s: bit-exact against the
+//   fixture's f32 `weight_dequant_exact` (every value is exact in f32).
+// - a linear layer's output. Prefill (many rows) dequantizes as AutoAWQ does, rounding each weight
+//   once to fp16, then f32 math: within 1e-5 of `y` (computed over AutoAWQ's fp16 weights). Decode
+//   (one row) multiplies the exact weights in integers, the activations quantized to i16: within
+//   sx/2 * sum|w| + 1e-5 of `y_exact`, sx = max|x| / 32767.
+// - the tiny AWQ Llama (goldens: a float64 forward over AutoAWQ's fp16-dequantized weights):
+//   prefill hidden states within 1e-4 and logits within 1e-3 (the issue's bound; measured 7e-6);
+//   one token at a time (decode kernels: exact weights, i16 activations) logits within 1e-2
+//   (measured 2.6e-3: the fp16 rounding of the weights, up to 2^-11 relative, is what differs);
+//   greedy tokens identical at every position either way.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { Checkpoint, TensorInfo, TensorSource, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { WasmBackend } from '../src/kernels/wasm-backend.js';
+import { WeightLoader } from '../src/model/weights.js';
+import { LlamaDecoder } from '../src/model/llama.js';
+import { loadConfig } from '../src/model/registry.js';
+import { CausalLmConfig } from '../src/model/causal-lm/family.js';
+import { unpackAwqGemm } from '../src/model/weight-formats/awq-gemm.js';
+import { VisionLanguageModel } from '../src/engine/vlm.js';
+import { inspectModel } from '../src/engine/inspect.js';
+import { assertClose, absRel, fixture } from './helpers.js';
+
+const awq = (name: string) => fixture(`awq/${name}`);
+
+/** A checkpoint whose tensor names get a prefix (the linear fixtures store bare buffer names). */
+function prefixed(ck: Checkpoint, prefix: string): TensorSource & { names(): string[] } {
+  const strip = (n: string) => (n.startsWith(prefix) ? n.slice(prefix.length) : `\0${n}`);
+  return {
+    info: (n: string): TensorInfo => ({ ...ck.info(strip(n)), name: n }),
+    readInto: (n: string, dest: Uint8Array) => ck.readInto(strip(n), dest),
+    names: () => ck.names().map((n) => prefix + n),
+  };
+}
+
+function raw(ck: Checkpoint, name: string): Uint8Array {
+  const out = new Uint8Array(ck.info(name).byteLength);
+  ck.readInto(name, out);
+  return out;
+}
+
+const argmaxRows = (a: Float32Array, rows: number, V: number) =>
+  Array.from({ length: rows }, (_, r) => {
+    let b = 0;
+    for (let i = 1; i < V; i++) if (a[r * V + i] > a[r * V + b]) b = i;
+    return b;
+  });
+
+describe('AWQ W4A16: AutoAWQ GEMM checkpoints', () => {
+  let be: WasmBackend;
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
+
+  it('awq-gemm-linear: unpacked q and zeros exact, dequantized weights bit-exact, layer outputs (GEMM and GEMV)', () => {
+    const dir = awq('awq-gemm-linear');
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const N = 192,
+      K = 256,
+      groups = 2;
+    const parts = { q: new Uint8Array((N * K) / 2), scales: new Float32Array(N * groups), offsets: new Float32Array(N * groups) };
+    unpackAwqGemm(
+      { qweight: new Uint32Array(raw(ck, 'qweight').buffer), qzeros: new Uint32Array(raw(ck, 'qzeros').buffer), scales: readTensorF32(ck, 'scales') },
+      N,
+      K,
+      groups,
+      parts,
+    );
+    const q = readTensorInt(g, 'q'),
+      zeros = readTensorInt(g, 'zeros'),
+      exact = readTensorF32(g, 'weight_dequant_exact');
+    for (let n = 0; n < N; n++) {
+      for (let k = 0; k < K; k++) {
+        const i = n * K + k;
+        const got = (parts.q[i >> 1] >> ((i & 1) * 4)) & 15;
+        if (got !== q[i]) assert.fail(`q[${n}, ${k}] = ${got}, golden ${q[i]}`);
+        const gi = n * groups + Math.floor(k / 128);
+        const w = Math.fround(got * parts.scales[gi] + parts.offsets[gi]);
+        if (w !== exact[i]) assert.fail(`w[${n}, ${k}] = ${w}, golden ${exact[i]}`);
+      }
+      for (let gg = 0; gg < groups; gg++) {
+        const z = -parts.offsets[n * groups + gg] / parts.scales[n * groups + gg];
+        assert.equal(z === 0 ? 0 : z, zeros[n * groups + gg], `zero point [${n}, ${gg}]`);
+      }
+    }
+    // Through the loader: the format is recognised by its tensors; the bias is a plain vector.
+    const src = prefixed(ck, 'layer.');
+    const loader = new WeightLoader(be, src, dir);
+    const W = loader.linear([{ name: 'layer.weight', shape: [N, K] }]);
+    const bias = loader.params([{ name: 'layer.bias', shape: [N] }]);
+    loader.checkAllUsed(src.names());
+    assert.deepEqual(loader.formats, ['awq-gemm']);
+    assert.equal(W.dtype, 'int4');
+    assert.equal(W.groupSize, 128);
+    const x = readTensorF32(g, 'x'),
+      yExact = readTensorF32(g, 'y_exact');
+    const xm = be.matrix(5, K),
+      y = be.matrix(5, N);
+    be.write(xm, x);
+    be.matmul(y, xm, W, bias);
+    assertClose(be.read(y), readTensorF32(g, 'y'), absRel(1e-5, 0), 'GEMM output (fp16-dequantized weights, as AutoAWQ)');
+    for (let r = 0; r < 5; r++) {
+      be.matmul(y.view(r, 1), xm.view(r, 1), W, bias);
+      const xr = x.subarray(r * K, (r + 1) * K);
+      const sx = xr.reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
+      const bound = (i: number) => {
+        let sw = 0;
+        for (let k = 0; k < K; k++) sw += Math.abs(exact[(i % N) * K + k]);
+        return (sx / 2) * sw + 1e-5;
+      };
+      assertClose(be.read(y.view(r, 1)), yExact.subarray(r * N, (r + 1) * N), bound, `GEMV output, row ${r} (exact weights)`);
+    }
+    ck.close();
+    g.close();
+  });
+
+  it('awq-gemm-llama-tiny: hidden states, logits within 1e-3 and greedy tokens, in prefill and one token at a time', async () => {
+    const dir = awq('awq-gemm-llama-tiny');
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const cfg = loadConfig(dir).config as CausalLmConfig;
+    const loader = new WeightLoader(be, ck, dir);
+    const dec = await LlamaDecoder.load(loader, cfg, { prefix: 'model.', lmHead: 'lm_head.weight' });
+    loader.checkAllUsed(ck.names());
+    assert.deepEqual(loader.formats.sort(), ['awq-gemm', 'dense']);
+    const ids = readTensorInt(g, 'input_ids'),
+      S = ids.length,
+      H = cfg.hiddenSize,
+      V = cfg.vocabSize;
+    const x = be.matrix(S, H);
+    dec.embed(x, ids);
+    assertClose(be.read(x), readTensorF32(g, 'hidden.embed'), absRel(0, 0), 'embeddings');
+    const cache = dec.newCache();
+    const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+    const logits = dec.forward(x, cache, 0, range(S), {
+      logitRows: range(S),
+      onHidden: (l, m) => assertClose(be.read(m), readTensorF32(g, `hidden.layer${l}`), absRel(1e-4, 0), `hidden state after layer ${l}`),
+    });
+    const want = readTensorF32(g, 'logits');
+    assertClose(logits, want, absRel(1e-3, 0), 'logits (prefill)');
+    const argmax = [471, 50, 481, 315, 99, 151, 146, 145, 21, 138, 480, 149, 199, 320, 355, 240];
+    assert.deepEqual(argmaxRows(want, S, V), argmax);
+    assert.deepEqual(argmaxRows(logits, S, V), argmax);
+    // One token at a time: every matmul takes the one-row (GEMV) path.
+    dec.freeCache(cache);
+    const c2 = dec.newCache();
+    const y = be.matrix(1, H);
+    for (let s = 0; s < S; s++) {
+      dec.embed(y, [ids[s]]);
+      const l = dec.forward(y, c2, s, [s]);
+      assertClose(l, want.subarray(s * V, (s + 1) * V), absRel(1e-2, 0), `logits at step ${s} (decode)`);
+      assert.equal(argmaxRows(l, 1, V)[0], argmax[s], `greedy token at step ${s}`);
+    }
+    dec.freeCache(c2);
+    ck.close();
+    g.close();
+  });
+
+  it('the engine loads an AWQ folder like any other; inspect names the weight format', async () => {
+    const dir = awq('awq-gemm-llama-tiny');
+    const m = await VisionLanguageModel.load(dir, { threads: 1 });
+    try {
+      const r = await m.generate({ inputIds: [339, 409, 274, 358] }, { maxNewTokens: 4 });
+      assert.equal(r.ids.length, 4);
+      assert.equal(r.ids[0], 315); // the golden argmax after these four tokens
+    } finally {
+      await m.close();
+    }
+    const info = await inspectModel(dir);
+    assert.deepEqual(info.problems, []);
+    assert.deepEqual(info.weightFormats, ['awq-gemm', 'dense']);
+  });
+});
