@@ -23,6 +23,8 @@ import { LlamaDecoder } from '../src/model/llama.js';
 import { loadConfig } from '../src/model/registry.js';
 import { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import { unpackAwqGemm } from '../src/model/weight-formats/awq-gemm.js';
+import { groupSizeOf, paddedGroups, unpackAwqV2 } from '../src/model/weight-formats/awq-v2.js';
+import * as ref from './reference.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { inspectModel } from '../src/engine/inspect.js';
 import { assertClose, absRel, fixture } from './helpers.js';
@@ -179,5 +181,85 @@ describe('AWQ W4A16: AutoAWQ GEMM checkpoints', () => {
     const info = await inspectModel(dir);
     assert.deepEqual(info.problems, []);
     assert.deepEqual(info.weightFormats, ['awq-gemm', 'dense']);
+  });
+});
+
+describe('AWQ W4A16: TinyChat v2 (llm-awq) linears', () => {
+  let be: WasmBackend;
+  before(async () => {
+    be = await WasmBackend.create({ threads: 2 });
+  });
+  after(async () => {
+    await be.close();
+  });
+
+  it('padded group rows: calculate_zeros_width as llm-awq computes it', () => {
+    assert.equal(paddedGroups(256, 128), 8);
+    assert.equal(paddedGroups(4096, 128), 32);
+    assert.equal(paddedGroups(4096, 64), 64);
+    assert.equal(paddedGroups(4096, 32), 128);
+    assert.equal(paddedGroups(2560, 128), 24);
+    assert.equal(groupSizeOf(256, 8), 128);
+    assert.equal(groupSizeOf(4096, 64), 64);
+    assert.equal(groupSizeOf(4096, 40), null);
+  });
+
+  it('tinychat-v2-linear (safetensors): q exact, q * s + scaled_zeros bit-exact, layer outputs (GEMM and GEMV)', () => {
+    const dir = awq('tinychat-v2-linear');
+    const ck = Checkpoint.open(dir),
+      g = Checkpoint.open(path.join(dir, 'golden.safetensors'));
+    const N = 128,
+      K = 256,
+      groups = 2;
+    const parts = { q: new Uint8Array((N * K) / 2), scales: new Float32Array(N * groups), offsets: new Float32Array(N * groups) };
+    unpackAwqV2(
+      { qweight: new Uint16Array(raw(ck, 'qweight').buffer), scales: readTensorF32(ck, 'scales'), scaledZeros: readTensorF32(ck, 'scaled_zeros') },
+      N,
+      K,
+      groups,
+      parts,
+    );
+    const q = readTensorInt(g, 'q'),
+      exact = readTensorF32(g, 'weight_dequant');
+    for (let n = 0; n < N; n++) {
+      for (let k = 0; k < K; k++) {
+        const i = n * K + k;
+        const got = (parts.q[i >> 1] >> ((i & 1) * 4)) & 15;
+        if (got !== q[i]) assert.fail(`q[${n}, ${k}] = ${got}, golden ${q[i]}`);
+        const gi = n * groups + Math.floor(k / 128);
+        const w = Math.fround(got * parts.scales[gi] + parts.offsets[gi]);
+        if (w !== exact[i]) assert.fail(`w[${n}, ${k}] = ${w}, golden ${exact[i]}`);
+      }
+    }
+    const src = prefixed(ck, 'layer.');
+    const loader = new WeightLoader(be, src, dir);
+    const W = loader.linear([{ name: 'layer.weight', shape: [N, K] }]);
+    const bias = loader.params([{ name: 'layer.bias', shape: [N] }]);
+    loader.checkAllUsed(src.names());
+    assert.deepEqual(loader.formats, ['awq-v2']);
+    assert.equal(W.groupSize, 128);
+    assert.equal(W.dequantRounding, 'f16');
+    const x = readTensorF32(g, 'x'),
+      y = readTensorF32(g, 'y');
+    const xm = be.matrix(5, K),
+      ym = be.matrix(5, N);
+    be.write(xm, x);
+    be.matmul(ym, xm, W, bias);
+    // Prefill: TinyChat's fp16 FMA weights (weight_dequant_f16), f32 math.
+    const want = ref.matmul(x, 5, K, readTensorF32(g, 'weight_dequant_f16'), N, readTensorF32(ck, 'bias'));
+    assertClose(be.read(ym), want.y, absRel(1e-5, 0), 'GEMM output (fp16 weights, as TinyChat)');
+    for (let r = 0; r < 5; r++) {
+      be.matmul(ym.view(r, 1), xm.view(r, 1), W, bias);
+      const xr = x.subarray(r * K, (r + 1) * K);
+      const sx = xr.reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
+      const bound = (i: number) => {
+        let sw = 0;
+        for (let k = 0; k < K; k++) sw += Math.abs(exact[(i % N) * K + k]);
+        return (sx / 2) * sw + 1e-5;
+      };
+      assertClose(be.read(ym.view(r, 1)), y.subarray(r * N, (r + 1) * N), bound, `GEMV output, row ${r} (exact weights)`);
+    }
+    ck.close();
+    g.close();
   });
 });

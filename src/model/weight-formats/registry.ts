@@ -2,5 +2,6 @@
 import { LinearFormat } from './format.js';
 import { denseFormat } from './dense.js';
 import { awqGemmFormat } from './awq-gemm.js';
+import { awqV2Format } from './awq-v2.js';
 
-export const LINEAR_FORMATS: readonly LinearFormat[] = [denseFormat, awqGemmFormat];
+export const LINEAR_FORMATS: readonly LinearFormat[] = [denseFormat, awqGemmFormat, awqV2Format];
