@@ -105,4 +105,5 @@ export type { SimdLevel, KernelModule } from './runtime/kernel-module.js';
 
 // Files: safetensors checkpoints and Hugging Face configs.
 export * from './formats/safetensors.js';
+export * from './formats/checkpoint.js';
 export * from './formats/config.js';

@@ -16,7 +16,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { Checkpoint, TensorInfo, TensorSource, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { TensorInfo, TensorSource, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightLoader } from '../src/model/weights.js';
 import { LlamaDecoder } from '../src/model/llama.js';

@@ -1,7 +1,8 @@
 // The baselines' selection rules on small hand-made cases, against what their papers' rules pick.
 import { after, before, describe, it } from 'node:test';
 import path from 'node:path';
-import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
+import { readTensorF32 } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill } from '../src/sparsity/method.js';

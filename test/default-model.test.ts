@@ -11,7 +11,7 @@ import { DEFAULT_MODEL_DIR } from '../src/default-model.js';
 import { EpisodeRecord, makeScene, renderScene } from '../src/data/scenes.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { normaliseAnswer } from '../src/eval/harness.js';
-import { Checkpoint } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const samples = fileURLToPath(new URL('../../samples/scenes', import.meta.url));

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decodeImage, ImageError, resize, type RgbImage } from '../src/io/image.js';
-import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import {
   idefics3ImageString,
   idefics3Preprocess,

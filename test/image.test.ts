@@ -17,7 +17,8 @@ import {
   type ResampleFilter,
   type RgbImage,
 } from '../src/io/image.js';
-import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
+import { readTensorF32 } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import { fixture } from './helpers.js';
 
 const tempDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sparsevila-image-'));

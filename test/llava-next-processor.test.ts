@@ -5,7 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { decodeImage, ImageError, type RgbImage } from '../src/io/image.js';
-import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import {
   anyresFeatureLayout,
   anyresGrid,

@@ -4,7 +4,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fixture, tempDir } from './helpers.js';
 import {
-  Checkpoint,
   DTYPE_SIZE,
   SafetensorsError,
   SafetensorsFile,
@@ -16,6 +15,7 @@ import {
   type DType,
   type TensorToWrite,
 } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 
 /** Asserts that `fn` throws a SafetensorsError whose message contains every one of `needles`. */
 function throwsST(fn: () => unknown, ...needles: string[]): void {

@@ -6,7 +6,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
+import { readTensorF32 } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightLoader } from '../src/model/weights.js';
 import { VisionTransformer, SalienceRequest } from '../src/model/vit.js';

@@ -5,7 +5,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { Checkpoint, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { densePrefill, sparseVilaPrefill } from '../src/sparsity/method.js';

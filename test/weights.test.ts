@@ -3,7 +3,8 @@
 // with them agree with the same tensors widened to f32 in plain TypeScript.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Checkpoint, readTensorF32 } from '../src/formats/safetensors.js';
+import { readTensorF32 } from '../src/formats/safetensors.js';
+import { Checkpoint } from '../src/formats/checkpoint.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightDType } from '../src/kernels/backend.js';
 import { fixture } from './helpers.js';

@@ -2,7 +2,7 @@
 // load and inspect's check on a MetaBackend. After it, every tensor of the checkpoint must be used.
 import path from 'node:path';
 import { ConfigError } from '../formats/config.js';
-import { Checkpoint } from '../formats/safetensors.js';
+import { Checkpoint } from '../formats/checkpoint.js';
 import { AnyFamily, FamilyConfig, FamilyModel } from '../model/family.js';
 import { PlacementOptions } from '../model/decoder.js';
 import { WeightLoader } from '../model/weights.js';

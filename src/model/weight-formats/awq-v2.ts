@@ -81,7 +81,13 @@ function checkDtypes(r: TensorReader, qweight: TensorInfo, scales: TensorInfo, z
  * Unpacks one TinyChat v2 linear (N outputs, K inputs, `groups` real groups; scale rows may be
  * padded past them) into canonical int4 parts.
  */
-export function unpackAwqV2(t: { qweight: Uint16Array; scales: Float32Array; scaledZeros: Float32Array }, N: number, K: number, groups: number, dest: Int4Parts): void {
+export function unpackAwqV2(
+  t: { qweight: Uint16Array; scales: Float32Array; scaledZeros: Float32Array },
+  N: number,
+  K: number,
+  groups: number,
+  dest: Int4Parts,
+): void {
   const { q, scales, offsets } = dest;
   for (let n = 0; n < N; n++) {
     const row = (n >> 2) * K,
