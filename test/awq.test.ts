@@ -18,6 +18,8 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { TensorInfo, TensorSource, readTensorF32, readTensorInt } from '../src/formats/safetensors.js';
 import { Checkpoint } from '../src/formats/checkpoint.js';
+import { TorchPtError, unpickle } from '../src/formats/torch-pt.js';
+import fs from 'node:fs';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { WeightLoader } from '../src/model/weights.js';
 import { LlamaDecoder } from '../src/model/llama.js';
@@ -28,7 +30,7 @@ import { groupSizeOf, paddedGroups, unpackAwqV2 } from '../src/model/weight-form
 import * as ref from './reference.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { inspectModel } from '../src/engine/inspect.js';
-import { assertClose, absRel, fixture } from './helpers.js';
+import { assertClose, absRel, fixture, tempDir } from './helpers.js';
 
 const awq = (name: string) => fixture(`awq/${name}`);
 
@@ -262,5 +264,124 @@ describe('AWQ W4A16: TinyChat v2 (llm-awq) linears', () => {
     }
     ck.close();
     g.close();
+  });
+});
+
+// ---- PyTorch .pt state dicts --------------------------------------------------------------------
+
+const crcTable = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(b: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const x of b) c = crcTable[(c ^ x) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** A zip archive of stored (uncompressed) entries, as torch.save writes them. */
+function zip(entries: [string, Uint8Array][]): Uint8Array {
+  const chunks: Uint8Array[] = [],
+    central: Uint8Array[] = [];
+  let off = 0;
+  for (const [name, data] of entries) {
+    const n = new TextEncoder().encode(name);
+    const h = new DataView(new ArrayBuffer(30));
+    h.setUint32(0, 0x04034b50, true);
+    h.setUint32(14, crc32(data), true);
+    h.setUint32(18, data.length, true);
+    h.setUint32(22, data.length, true);
+    h.setUint16(26, n.length, true);
+    const c = new DataView(new ArrayBuffer(46));
+    c.setUint32(0, 0x02014b50, true);
+    c.setUint32(16, crc32(data), true);
+    c.setUint32(20, data.length, true);
+    c.setUint32(24, data.length, true);
+    c.setUint16(28, n.length, true);
+    c.setUint32(42, off, true);
+    chunks.push(new Uint8Array(h.buffer), n, data);
+    central.push(new Uint8Array(c.buffer), n);
+    off += 30 + n.length + data.length;
+  }
+  const cdSize = central.reduce((a, b) => a + b.length, 0);
+  const e = new DataView(new ArrayBuffer(22));
+  e.setUint32(0, 0x06054b50, true);
+  e.setUint16(8, entries.length, true);
+  e.setUint16(10, entries.length, true);
+  e.setUint32(12, cdSize, true);
+  e.setUint32(16, off, true);
+  return Buffer.concat([...chunks, ...central, new Uint8Array(e.buffer)]);
+}
+
+const ascii = (s: string) => Array.from(new TextEncoder().encode(s));
+/** A protocol-2 pickle: GLOBAL module.name, its string argument, REDUCE. */
+const callPickle = (module: string, name: string, arg: string) =>
+  Uint8Array.from([0x80, 2, 0x63, ...ascii(`${module}\n${name}\n`), 0x58, ...[arg.length, 0, 0, 0], ...ascii(arg), 0x85, 0x52, 0x2e]);
+
+describe('PyTorch .pt checkpoints: a restricted reader', () => {
+  let be: WasmBackend;
+  before(async () => {
+    be = await WasmBackend.create({ threads: 1 });
+  });
+  after(async () => {
+    await be.close();
+  });
+
+  it('tinychat-v2-linear/model.pt holds the same tensors as its safetensors, and loads as awq-v2 with the same outputs', () => {
+    const dir = awq('tinychat-v2-linear');
+    const pt = Checkpoint.open(path.join(dir, 'model.pt')),
+      st = Checkpoint.open(path.join(dir, 'model.safetensors'));
+    assert.deepEqual(pt.names().sort(), st.names().sort());
+    for (const n of st.names()) {
+      assert.equal(pt.info(n).dtype, st.info(n).dtype, n);
+      assert.deepEqual(pt.info(n).shape, st.info(n).shape, n);
+      assert.deepEqual(raw(pt, n), raw(st, n), n);
+    }
+    // A folder whose only checkpoint is one .pt opens it.
+    const folder = tempDir('sparsevila-pt-');
+    fs.copyFileSync(path.join(dir, 'model.pt'), path.join(folder, 'llm-w4-g128-awq-v2.pt'));
+    const viaDir = Checkpoint.open(folder);
+    assert.deepEqual(viaDir.names().sort(), st.names().sort());
+    const outputs = (ck: Checkpoint) => {
+      const src = prefixed(ck, 'layer.');
+      const loader = new WeightLoader(be, src, dir);
+      const W = loader.linear([{ name: 'layer.weight', shape: [128, 256] }]);
+      assert.deepEqual(loader.formats, ['awq-v2']);
+      const x = be.matrix(3, 256),
+        y = be.matrix(3, 128);
+      be.write(
+        x,
+        Float32Array.from({ length: 768 }, (_, i) => Math.sin(i)),
+      );
+      be.matmul(y, x, W);
+      return be.read(y);
+    };
+    assert.deepEqual(outputs(viaDir), outputs(st));
+    for (const c of [pt, st, viaDir]) c.close();
+  });
+
+  it('a pickle that calls a function is refused, names it, and runs nothing', () => {
+    const marker = path.join(tempDir('sparsevila-pwn-'), 'ran');
+    const evil = callPickle('os', 'system', `touch ${marker}`);
+    assert.throws(
+      () => unpickle(evil, 'evil.pt'),
+      (e: unknown) => e instanceof TorchPtError && /refuses the global os\.system/.test((e as Error).message),
+    );
+    // The same inside a whole .pt file, through Checkpoint.open.
+    const file = path.join(tempDir('sparsevila-pt-'), 'evil.pt');
+    fs.writeFileSync(file, zip([['evil/data.pkl', evil]]));
+    assert.throws(() => Checkpoint.open(file), /evil\.pt: refuses the global os\.system: only tensors, their storages and plain containers are read/);
+    assert.equal(fs.existsSync(marker), false, 'nothing ran');
+    // Other ways in: builtins.eval, an allowed global called the wrong way, an unknown instruction.
+    assert.throws(() => unpickle(callPickle('builtins', 'eval', '1+1'), 'x.pt'), /refuses the global builtins\.eval/);
+    assert.throws(() => unpickle(callPickle('collections', 'OrderedDict', 'a'), 'x.pt'), /OrderedDict called with arguments/);
+    assert.throws(() => unpickle(Uint8Array.from([0x80, 2, 0x69, ...ascii('os\nsystem\n'), 0x2e]), 'x.pt'), /unsupported pickle instruction 0x69/);
+    // Not a zip, or a zip without data.pkl.
+    const junk = path.join(tempDir('sparsevila-pt-'), 'junk.pt');
+    fs.writeFileSync(junk, new Uint8Array(100).fill(7));
+    assert.throws(() => Checkpoint.open(junk), /junk\.pt: not a zip file/);
+    fs.writeFileSync(junk, zip([['a/other', new Uint8Array(4)]]));
+    assert.throws(() => Checkpoint.open(junk), /no data\.pkl in the archive/);
   });
 });

@@ -3,7 +3,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { readJsonFile } from '../base/files.js';
-import { SafetensorsError, SafetensorsFile, TensorInfo, TensorSource } from './safetensors.js';
+import { SafetensorsError, SafetensorsFile, TensorInfo, TensorSource, WeightFile } from './safetensors.js';
+import { TorchPtFile } from './torch-pt.js';
 import { describe, isPlainObject } from './json-values.js';
 /** Options for {@link Checkpoint.open}. */
 export interface CheckpointOptions {
@@ -24,13 +25,13 @@ export class Checkpoint implements TensorSource {
   /** The file the checkpoint was opened from: the single safetensors file or the index JSON. */
   readonly source: string;
   /** The open files, one per shard. */
-  readonly files: readonly SafetensorsFile[];
+  readonly files: readonly WeightFile[];
   private readonly byName: Map<string, TensorInfo>;
-  private readonly fileOf: Map<string, SafetensorsFile>;
+  private readonly fileOf: Map<string, WeightFile>;
   /** The name a tensor has in its file, where the checkpoint names it with a prefix (see openParts). */
   private readonly stored = new Map<string, string>();
 
-  private constructor(dir: string, source: string, files: SafetensorsFile[], prefixes: readonly string[] = []) {
+  private constructor(dir: string, source: string, files: WeightFile[], prefixes: readonly string[] = []) {
     this.dir = dir;
     this.source = source;
     this.files = files;
@@ -64,7 +65,7 @@ export class Checkpoint implements TensorSource {
       for (const c of opened) c.close();
       throw e;
     }
-    const files: SafetensorsFile[] = [],
+    const files: WeightFile[] = [],
       prefixes: string[] = [];
     opened.forEach((c, i) => {
       if (c.stored.size > 0) throw new Error('internal: nested checkpoint parts');
@@ -98,6 +99,7 @@ export class Checkpoint implements TensorSource {
     if (stat.isFile()) {
       const dir = path.dirname(pathOrDir);
       if (pathOrDir.endsWith('.json')) return Checkpoint.openIndex(dir, pathOrDir);
+      if (pathOrDir.endsWith('.pt')) return new Checkpoint(dir, pathOrDir, [TorchPtFile.open(pathOrDir)]);
       return new Checkpoint(dir, pathOrDir, [SafetensorsFile.open(pathOrDir)]);
     }
     const single = path.join(pathOrDir, SINGLE_FILE_NAME);
@@ -106,11 +108,19 @@ export class Checkpoint implements TensorSource {
       return new Checkpoint(pathOrDir, single, [SafetensorsFile.open(single)]);
     }
     if (fs.existsSync(index)) return Checkpoint.openIndex(pathOrDir, index);
+    // A folder without safetensors but with one PyTorch state dict (TinyChat's `*-awq-v2.pt`).
+    const pts = opts.indexName === undefined ? fs.readdirSync(pathOrDir).filter((f) => f.endsWith('.pt')) : [];
+    if (pts.length === 1) {
+      const file = path.join(pathOrDir, pts[0]);
+      return new Checkpoint(pathOrDir, file, [TorchPtFile.open(file)]);
+    }
     throw new SafetensorsError(
       pathOrDir,
-      opts.indexName === undefined
-        ? `no checkpoint found: neither ${SINGLE_FILE_NAME} nor ${DEFAULT_INDEX_NAME} exists`
-        : `no checkpoint found: index ${opts.indexName} does not exist`,
+      opts.indexName !== undefined
+        ? `no checkpoint found: index ${opts.indexName} does not exist`
+        : pts.length > 1
+          ? `no checkpoint found: no ${SINGLE_FILE_NAME} or ${DEFAULT_INDEX_NAME}, and ${pts.length} .pt files (${pts.join(', ')}): keep the one to load`
+          : `no checkpoint found: neither ${SINGLE_FILE_NAME} nor ${DEFAULT_INDEX_NAME} (nor one .pt state dict) exists`,
     );
   }
 
