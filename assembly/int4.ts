@@ -54,26 +54,39 @@ export function pack_q4(tid: i32, begin: i32, end: i32, q: usize, s: usize, m: u
 }
 
 /**
- * Quantizes one activation row x[K] for gemv_q4: xq[K] i16 with x ~ sx * xq, the scale sx at
- * xs[0], and the exact f32 sums of x over each group of G at xg. Units: one (run it on one thread).
+ * Quantizes one activation row x[K] for the GEMVs, per group of G inputs: bits 16 → xq i16 [K]
+ * (|xq| <= 32767, for gemv_q4), bits 8 → xq i8 [K] (|xq| <= 127, for gemv_q4a8); x ~ xs[g] * xq.
+ * Also the exact f32 sums of x over each group at xg. Units: groups.
  */
-export function quant_x_q4(tid: i32, begin: i32, end: i32, x: usize, K: i32, G: i32, xq: usize, xs: usize, xg: usize): void {
-  if (begin >= end) return;
-  let vmax = f32x4.splat(0);
-  for (let k = 0; k < K; k += 4) vmax = f32x4.max(vmax, f32x4.abs(v128.load(x + <usize>k * 4)));
-  const amax = max(max(f32x4.extract_lane(vmax, 0), f32x4.extract_lane(vmax, 1)), max(f32x4.extract_lane(vmax, 2), f32x4.extract_lane(vmax, 3)));
-  store<f32>(xs, amax / 32767);
-  const inv = f32x4.splat(amax > 0 ? <f32>32767 / amax : 0);
-  for (let g = 0; g < K; g += G) {
+export function quant_x_q4(tid: i32, begin: i32, end: i32, x: usize, K: i32, G: i32, xq: usize, xs: usize, xg: usize, bits: i32): void {
+  const qmax: f32 = bits == 8 ? 127 : 32767;
+  for (let g = begin; g < end; g++) {
+    const k0 = g * G;
+    let vmax = f32x4.splat(0);
     let sum = f32x4.splat(0);
-    for (let k = g; k < g + G; k += 8) {
-      const a = v128.load(x + <usize>k * 4), b = v128.load(x + <usize>k * 4, 16);
-      sum = f32x4.add(sum, f32x4.add(a, b));
-      const qa = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(a, inv)));
-      const qb = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(b, inv)));
-      v128.store(xq + <usize>k * 2, i16x8.narrow_i32x4_s(qa, qb));
+    for (let k = k0; k < k0 + G; k += 4) {
+      const a = v128.load(x + <usize>k * 4);
+      vmax = f32x4.max(vmax, f32x4.abs(a));
+      sum = f32x4.add(sum, a);
     }
-    store<f32>(xg + <usize>(g / G) * 4, f32x4.extract_lane(sum, 0) + f32x4.extract_lane(sum, 1) + (f32x4.extract_lane(sum, 2) + f32x4.extract_lane(sum, 3)));
+    const amax = max(max(f32x4.extract_lane(vmax, 0), f32x4.extract_lane(vmax, 1)), max(f32x4.extract_lane(vmax, 2), f32x4.extract_lane(vmax, 3)));
+    store<f32>(xs + <usize>g * 4, amax / qmax);
+    store<f32>(xg + <usize>g * 4, f32x4.extract_lane(sum, 0) + f32x4.extract_lane(sum, 1) + (f32x4.extract_lane(sum, 2) + f32x4.extract_lane(sum, 3)));
+    const inv = f32x4.splat(amax > 0 ? qmax / amax : 0);
+    for (let k = k0; k < k0 + G; k += 16) {
+      const p = x + <usize>k * 4;
+      const q0 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), inv)));
+      const q1 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), inv)));
+      const q2 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), inv)));
+      const q3 = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), inv)));
+      const lo = i16x8.narrow_i32x4_s(q0, q1), hi = i16x8.narrow_i32x4_s(q2, q3);
+      if (bits == 8) {
+        v128.store(xq + <usize>k, i8x16.narrow_i16x8_s(lo, hi));
+      } else {
+        v128.store(xq + <usize>k * 2, lo);
+        v128.store(xq + <usize>k * 2, hi, 16);
+      }
+    }
   }
 }
 
@@ -93,7 +106,6 @@ export function gemv_q4(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, xg
   const chunks = K >> 5;
   const groups = K / G;
   const perGroup = G >> 5;
-  const sx = f32x4.splat(load<f32>(xs));
   for (let i = begin; i < end; i++) {
     let wp = w + <usize>i * <usize>chunks * 64;
     let sp = sm + <usize>i * <usize>groups * 32;
@@ -113,20 +125,81 @@ export function gemv_q4(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, xg
       const u0 = i32x4.add(i32x4.shuffle(a0, a1, 0, 1, 4, 5), i32x4.shuffle(a0, a1, 2, 3, 6, 7));
       const u1 = i32x4.add(i32x4.shuffle(a2, a3, 0, 1, 4, 5), i32x4.shuffle(a2, a3, 2, 3, 6, 7));
       const t = f32x4.convert_i32x4_s(i32x4.add(i32x4.shuffle(u0, u1, 0, 2, 4, 6), i32x4.shuffle(u0, u1, 1, 3, 5, 7)));
-      yacc = fma(f32x4.mul(v128.load(sp), sx), t, yacc);
+      yacc = fma(f32x4.mul(v128.load(sp), v128.load32_splat(xs + <usize>g * 4)), t, yacc);
       yacc = fma(v128.load(sp, 16), v128.load32_splat(xg + <usize>g * 4), yacc);
       sp += 32;
     }
-    const n0 = i * 4;
-    if (bias != 0 && n0 + 4 <= N) yacc = f32x4.add(yacc, v128.load(bias + <usize>n0 * 4));
-    if (n0 + 4 <= N) {
-      v128.store(y + <usize>n0 * 4, yacc);
-    } else {
-      for (let r = 0; r < N - n0; r++) {
-        const v: f32 = r == 0 ? f32x4.extract_lane(yacc, 0) : r == 1 ? f32x4.extract_lane(yacc, 1) : f32x4.extract_lane(yacc, 2);
-        store<f32>(y + <usize>(n0 + r) * 4, bias != 0 ? v + load<f32>(bias + <usize>(n0 + r) * 4) : v);
+    storeQuad(y, bias, i * 4, N, yacc);
+  }
+}
+
+// Writes rows n0..n0+3 (those below N) of y from one quad's sums, adding the bias.
+// @ts-ignore: decorator
+@inline function storeQuad(y: usize, bias: usize, n0: i32, N: i32, yacc: v128): void {
+  if (n0 + 4 <= N) {
+    v128.store(y + <usize>n0 * 4, bias != 0 ? f32x4.add(yacc, v128.load(bias + <usize>n0 * 4)) : yacc);
+    return;
+  }
+  for (let r = 0; r < N - n0; r++) {
+    const v: f32 = r == 0 ? f32x4.extract_lane(yacc, 0) : r == 1 ? f32x4.extract_lane(yacc, 1) : f32x4.extract_lane(yacc, 2);
+    store<f32>(y + <usize>(n0 + r) * 4, bias != 0 ? v + load<f32>(bias + <usize>(n0 + r) * 4) : v);
+  }
+}
+
+// Pairwise products of i8 lanes a with lanes b in [0, 127], summed in pairs into i16 lanes (the
+// relaxed dot, one pmaddubsw on x86; emulated in the plain SIMD build).
+// @ts-ignore: decorator
+@inline function dot8(a: v128, b: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    return i16x8.relaxed_dot_i8x16_i7x16_s(a, b);
+  } else {
+    const lo = i16x8.extmul_low_i8x16_s(a, b), hi = i16x8.extmul_high_i8x16_s(a, b);
+    return i16x8.add(i8x16.shuffle(lo, hi, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), i8x16.shuffle(lo, hi, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31));
+  }
+}
+
+/**
+ * W4A8 (opt-in): y[N] = W x (+ bias) for one row with x quantized to i8 per group (quant_x_q4,
+ * bits 8). Products are summed in i16 (a pair at most 2 * 127 * 15 = 3810, four chunks per flush
+ * at most 30480) and widened every 4 chunks. Units: quads.
+ */
+export function gemv_q4a8(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, xg: usize, w: usize, sm: usize, bias: usize, y: usize, K: i32, N: i32, G: i32): void {
+  const chunks = K >> 5;
+  const groups = K / G;
+  const perGroup = G >> 5;
+  const mask = i8x16.splat(15);
+  for (let i = begin; i < end; i++) {
+    let wp = w + <usize>i * <usize>chunks * 64;
+    let sp = sm + <usize>i * <usize>groups * 32;
+    let xp = xq;
+    let yacc = f32x4.splat(0);
+    for (let g = 0; g < groups; g++) {
+      let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+      for (let c0 = 0; c0 < perGroup; c0 += 4) {
+        let h0 = i16x8.splat(0), h1 = i16x8.splat(0), h2 = i16x8.splat(0), h3 = i16x8.splat(0);
+        const cEnd = min(perGroup, c0 + 4);
+        for (let c = c0; c < cEnd; c++) {
+          const xa = v128.load(xp), xb = v128.load(xp, 16);
+          const w0 = v128.load(wp), w1 = v128.load(wp, 16), w2 = v128.load(wp, 32), w3 = v128.load(wp, 48);
+          h0 = i16x8.add(h0, i16x8.add(dot8(xa, v128.and(w0, mask)), dot8(xb, i8x16.shr_u(w0, 4))));
+          h1 = i16x8.add(h1, i16x8.add(dot8(xa, v128.and(w1, mask)), dot8(xb, i8x16.shr_u(w1, 4))));
+          h2 = i16x8.add(h2, i16x8.add(dot8(xa, v128.and(w2, mask)), dot8(xb, i8x16.shr_u(w2, 4))));
+          h3 = i16x8.add(h3, i16x8.add(dot8(xa, v128.and(w3, mask)), dot8(xb, i8x16.shr_u(w3, 4))));
+          wp += 64; xp += 32;
+        }
+        a0 = i32x4.add(a0, i32x4.extadd_pairwise_i16x8_s(h0));
+        a1 = i32x4.add(a1, i32x4.extadd_pairwise_i16x8_s(h1));
+        a2 = i32x4.add(a2, i32x4.extadd_pairwise_i16x8_s(h2));
+        a3 = i32x4.add(a3, i32x4.extadd_pairwise_i16x8_s(h3));
       }
+      const u0 = i32x4.add(i32x4.shuffle(a0, a1, 0, 1, 4, 5), i32x4.shuffle(a0, a1, 2, 3, 6, 7));
+      const u1 = i32x4.add(i32x4.shuffle(a2, a3, 0, 1, 4, 5), i32x4.shuffle(a2, a3, 2, 3, 6, 7));
+      const t = f32x4.convert_i32x4_s(i32x4.add(i32x4.shuffle(u0, u1, 0, 2, 4, 6), i32x4.shuffle(u0, u1, 1, 3, 5, 7)));
+      yacc = fma(f32x4.mul(v128.load(sp), v128.load32_splat(xs + <usize>g * 4)), t, yacc);
+      yacc = fma(v128.load(sp, 16), v128.load32_splat(xg + <usize>g * 4), yacc);
+      sp += 32;
     }
+    storeQuad(y, bias, i * 4, N, yacc);
   }
 }
 

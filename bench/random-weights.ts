@@ -162,3 +162,66 @@ export const VILA_3B_LLM_SHAPE: LlamaShape = {
   rms_norm_eps: 1e-5,
   max_position_embeddings: 4096,
 };
+
+/** The decoder linears of a Llama layer, as [name, out, in] for `shape`. */
+function llamaLinears(s: LlamaShape, l: number): [string, number, number][] {
+  const H = s.hidden_size,
+    D = s.head_dim,
+    I = s.intermediate_size,
+    p = `model.layers.${l}.`;
+  return [
+    [`${p}self_attn.q_proj`, s.num_attention_heads * D, H],
+    [`${p}self_attn.k_proj`, s.num_key_value_heads * D, H],
+    [`${p}self_attn.v_proj`, s.num_key_value_heads * D, H],
+    [`${p}self_attn.o_proj`, H, s.num_attention_heads * D],
+    [`${p}mlp.gate_proj`, I, H],
+    [`${p}mlp.up_proj`, I, H],
+    [`${p}mlp.down_proj`, H, I],
+  ];
+}
+
+/**
+ * A Llama checkpoint of `shape` as AutoAWQ saves it (GEMM layout, group size G): every decoder
+ * linear as `qweight` I32 [in][out/8], `qzeros` I32 [in/G][out/8], `scales` F16 [in/G][out];
+ * embeddings, norms and lm_head in BF16. Random nibbles and zeros, scales in [0.0017, 0.0024]
+ * (weights of magnitude up to ~0.035, like the bf16 models').
+ */
+export class RandomAwqLlamaSource extends RandomLlamaSource {
+  constructor(
+    shape: LlamaShape,
+    label: string,
+    readonly groupSize: number,
+    seed = 0x5eed,
+  ) {
+    super(shape, label, seed);
+    for (let l = 0; l < shape.num_hidden_layers; l++) {
+      for (const [base, N, K] of llamaLinears(shape, l)) {
+        this.tensors.delete(`${base}.weight`);
+        const G = groupSize;
+        this.addTyped(`${base}.qweight`, 'I32', [K, N / 8]);
+        this.addTyped(`${base}.qzeros`, 'I32', [K / G, N / 8]);
+        this.addTyped(`${base}.scales`, 'F16', [K / G, N]);
+      }
+    }
+  }
+
+  private addTyped(name: string, dtype: 'I32' | 'F16', dims: number[]): void {
+    const numel = dims.reduce((a, b) => a * b, 1);
+    this.tensors.set(name, { name, dtype, shape: dims, numel, byteLength: numel * (dtype === 'I32' ? 4 : 2), file: this.label, fileOffset: 0 });
+  }
+
+  override readInto(name: string, dest: Uint8Array): void {
+    const t = this.info(name);
+    if (t.dtype === 'BF16') return super.readInto(name, dest);
+    let s = (seedOf(name) ^ this.seed) >>> 0 || 1;
+    const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0);
+    if (t.dtype === 'I32') {
+      const w = new Uint32Array(dest.buffer, dest.byteOffset, dest.byteLength / 4);
+      for (let i = 0; i < w.length; i++) w[i] = next();
+      return;
+    }
+    // F16 scales: 0x1700..0x18ff = 0.0017 .. 0.0024.
+    const h = new Uint16Array(dest.buffer, dest.byteOffset, dest.byteLength / 2);
+    for (let i = 0; i < h.length; i++) h[i] = 0x1700 + ((next() >>> 16) & 0x1ff);
+  }
+}

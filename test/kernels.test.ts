@@ -605,32 +605,44 @@ describe('matmul', () => {
         const w = new Float64Array(N * K);
         for (let n = 0; n < N; n++)
           for (let k = 0; k < K; k++) w[n * K + k] = qv[n * K + k] * scales[n * groups + Math.floor(k / G)] + offsets[n * groups + Math.floor(k / G)];
-        const W = s.keep(
-          be.linearInt4(N, K, G, (d) => {
-            d.q.set(q);
-            d.scales.set(scales);
-            d.offsets.set(offsets);
-          }),
-        );
-        assert.equal(W.dtype, 'int4');
-        assert.equal(W.byteLength, int4Bytes(N, K, G));
         const x = rng.f32(M * K);
         const bias = (M + N) % 2 ? rng.f32(N, -0.5, 0.5) : undefined;
         const B = bias ? s.keep(be.params(bias)) : undefined;
         const want = ref.matmul(x, M, K, w, N, bias);
-        const y = s.matrix(M, N);
-        be.matmul(y, s.matrix(M, K, x), W, B);
-        let tol = matmulTol(want.absSum, K);
-        if (M === 1) {
-          const sx = x.reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
-          const f32tol = tol;
-          tol = (i) => {
-            let sw = 0;
-            for (let k = 0; k < K; k++) sw += Math.abs(w[i * K + k]);
-            return (sx / 2) * sw + f32tol(i) + groups * U * want.absSum[i];
-          };
+        for (const activations of M === 1 ? (['i16', 'i8'] as const) : (['i16'] as const)) {
+          const W = s.keep(
+            be.linearInt4(
+              N,
+              K,
+              G,
+              (d) => {
+                d.q.set(q);
+                d.scales.set(scales);
+                d.offsets.set(offsets);
+              },
+              0,
+              { activations },
+            ),
+          );
+          assert.equal(W.dtype, 'int4');
+          assert.equal(W.activations, activations);
+          assert.equal(W.byteLength, int4Bytes(N, K, G));
+          const y = s.matrix(M, N);
+          be.matmul(y, s.matrix(M, K, x), W, B);
+          let tol = matmulTol(want.absSum, K);
+          if (M === 1) {
+            // Per group g: |x - sx_g xq| <= sx_g / 2, sx_g = max_g |x| / (32767 or 127).
+            const qmax = activations === 'i8' ? 127 : 32767;
+            const sx = Array.from({ length: groups }, (_, g) => x.subarray(g * G, (g + 1) * G).reduce((a, v) => Math.max(a, Math.abs(v)), 0) / qmax);
+            const f32tol = tol;
+            tol = (i) => {
+              let e = 0;
+              for (let k = 0; k < K; k++) e += (Math.abs(w[i * K + k]) * sx[Math.floor(k / G)]) / 2;
+              return e + f32tol(i) + groups * U * want.absSum[i];
+            };
+          }
+          check('matmul int4', `${M}x${K}x${N} G${G} ${activations}${bias ? '+bias' : ''}`, be.read(y), want.y, tol, N);
         }
-        check('matmul int4', `${M}x${K}x${N} G${G}${bias ? '+bias' : ''}`, be.read(y), want.y, tol, N);
       }
     }),
   );
@@ -666,7 +678,7 @@ describe('matmul', () => {
               d.offsets.set(offsets);
             },
             0,
-            rounding,
+            { dequantRounding: rounding },
           ),
         );
         assert.equal(W.dequantRounding, rounding);

@@ -74,6 +74,14 @@ function withOptions(c: Command, o: { sampling: boolean }): Command {
         .choices(['stored', 'int16'])
         .default('stored'),
     )
+    .addOption(
+      new Option(
+        '--int4-activations <type>',
+        '4-bit (AWQ) checkpoints: decode quantizes activations per group to i16 (W4A16) or i8 (W4A8: faster decode, ~1e-2 error)',
+      )
+        .choices(['i16', 'i8'])
+        .default('i16'),
+    )
     .option('--max-image-bytes <n>', `largest image file accepted, in bytes (default ${DEFAULT_IMAGE_LIMITS.maxBytes})`, int(1))
     .option('--max-image-pixels <n>', `largest image accepted, width x height (default ${DEFAULT_IMAGE_LIMITS.maxPixels})`, int(1));
 }

@@ -39,6 +39,7 @@ export interface LoadFlags {
   maxImageBytes?: number;
   maxImagePixels?: number;
   visionCompute?: LinearCompute;
+  int4Activations?: 'i16' | 'i8';
 }
 
 /** The image bounds the --max-image-* flags set (the library's defaults for the others). */
@@ -51,7 +52,7 @@ export function imageLimitsOf(o: LoadFlags): Partial<ImageLimits> {
 
 /** What VisionLanguageModel.load gets from a command's flags. */
 export function loadOptionsOf(o: LoadFlags): LoadOptions {
-  return { threads: o.threads, onWarning: cliWarning, imageLimits: imageLimitsOf(o), visionCompute: o.visionCompute };
+  return { threads: o.threads, onWarning: cliWarning, imageLimits: imageLimitsOf(o), visionCompute: o.visionCompute, int4Activations: o.int4Activations };
 }
 
 /** A warning of the engine or the command, on stderr. */

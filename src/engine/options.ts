@@ -33,6 +33,13 @@ export interface LoadOptions extends WasmBackendOptions {
    * about 1e-3 relative (docs/BENCHMARKS.md measures both). The language model is not affected.
    */
   visionCompute?: LinearCompute;
+  /**
+   * 4-bit (AWQ) checkpoints: what decode quantizes each activation row to, per group, before the
+   * integer products. `i16` (default, W4A16: relative error ~1e-5); `i8` (W4A8: the decode
+   * matmuls ~1.6× faster where they are compute-bound, error ~1e-2 like llama.cpp's Q8
+   * activations; docs/BENCHMARKS.md measures both). Prefill is not affected.
+   */
+  int4Activations?: 'i16' | 'i8';
 }
 
 export interface GenerateRequest {

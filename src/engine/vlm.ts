@@ -56,6 +56,9 @@ export class VisionLanguageModel extends ModelCore {
     const visionCompute = opts.visionCompute ?? 'stored';
     if (visionCompute !== 'stored' && visionCompute !== 'int16')
       throw new OptionError(`visionCompute must be "stored" or "int16", got ${JSON.stringify(visionCompute)}`);
+    const int4Activations = opts.int4Activations ?? 'i16';
+    if (int4Activations !== 'i16' && int4Activations !== 'i8')
+      throw new OptionError(`int4Activations must be "i16" or "i8", got ${JSON.stringify(int4Activations)}`);
     const files = completeFiles(readModelFiles(dir, problems, imageLimits));
     const ck = openWeights(dir, files.family, files.config);
     try {
@@ -71,7 +74,7 @@ export class VisionLanguageModel extends ModelCore {
       }
       const backend: KernelBackend = opts.backend ?? (await WasmBackend.create(opts));
       try {
-        const loader = new WeightLoader(backend, ck, dir, { visionCompute });
+        const loader = new WeightLoader(backend, ck, dir, { visionCompute, int4Activations });
         if (opts.onProgress) loader.onProgress = (b) => opts.onProgress!(Math.min(b, total), total);
         const { decoder, encoder } = await loadWeights(loader, files.family, files.config, names, { placeBudgetBytes: opts.placeBudgetBytes });
         return new VisionLanguageModel(

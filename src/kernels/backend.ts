@@ -71,6 +71,23 @@ export interface Int4Parts {
   offsets: Float32Array;
 }
 
+/** How a 4-bit linear computes (see KernelBackend.linearInt4). */
+export interface Int4Options {
+  /**
+   * The reference implementations dequantize in the scales' dtype (one rounding of q * s +
+   * offset to f16 or bf16); many-row products (prefill) do the same, so that they compute with
+   * the reference's weights. Default none (exact). One-row products (decode) use the exact q * s
+   * + offset in integer arithmetic.
+   */
+  dequantRounding?: 'f16' | 'bf16' | 'none';
+  /**
+   * One-row products (decode) quantize the activation row per group of groupSize inputs: `i16`
+   * (default, W4A16: relative error ~1e-5) or `i8` (W4A8: about twice the speed where the kernel
+   * is compute-bound, error ~1e-2 like llama.cpp's Q8 activations; opt-in).
+   */
+  activations?: 'i16' | 'i8';
+}
+
 /** A linear layer's weight W [outFeatures][inFeatures], held in its storage dtype. */
 export interface LinearWeight {
   readonly outFeatures: number;
@@ -78,8 +95,10 @@ export interface LinearWeight {
   readonly dtype: LinearStorage;
   /** int4: inputs per scale group. */
   readonly groupSize?: number;
-  /** int4: the dtype many-row products round each dequantized weight to (see linearInt4). */
+  /** int4: the dtype many-row products round each dequantized weight to (see Int4Options). */
   readonly dequantRounding?: 'f16' | 'bf16' | 'none';
+  /** int4: what one-row products quantize the activations to (see Int4Options). */
+  readonly activations?: 'i16' | 'i8';
   /** How it multiplies (see LinearCompute). */
   readonly compute: LinearCompute;
   /** Bytes the weight occupies on the backend. */
@@ -218,19 +237,9 @@ export interface KernelBackend {
   /**
    * A 4-bit linear weight (`int4`): `fill` writes the canonical parts (see Int4Parts) into staging
    * areas on the backend, which repacks them into its kernels' layout. inFeatures must be a
-   * multiple of groupSize, and groupSize a multiple of 32. `dequantRounding`: the reference
-   * implementations dequantize in the scales' dtype (one rounding of q * s + offset to f16 or
-   * bf16); many-row products (prefill) do the same, so that they compute with the reference's
-   * weights. One-row products (decode) use the exact q * s + offset in integer arithmetic.
+   * multiple of groupSize, and groupSize a multiple of 32. See Int4Options.
    */
-  linearInt4(
-    outFeatures: number,
-    inFeatures: number,
-    groupSize: number,
-    fill: (dest: Int4Parts) => void,
-    place?: number,
-    dequantRounding?: 'f16' | 'bf16' | 'none',
-  ): LinearWeight;
+  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, fill: (dest: Int4Parts) => void, place?: number, opts?: Int4Options): LinearWeight;
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place?: number): EmbeddingTable;
   params(data: Float32Array, place?: number): ParamVector;
   ropeTable(rotaryDim: number, theta: number, maxPositions: number, place?: number): RopeTable;

@@ -9,6 +9,7 @@ import {
   KVCache,
   KernelBackend,
   KeyScoreOptions,
+  Int4Options,
   Int4Parts,
   LinearCompute,
   LinearWeight,
@@ -107,18 +108,14 @@ export class MetaBackend implements KernelBackend {
     const byteLength = compute === 'int16' ? q16Bytes(outFeatures, inFeatures) : outFeatures * inFeatures * WEIGHT_DTYPE_BYTES[dtype];
     return this.take({ outFeatures, inFeatures, dtype, compute, byteLength }, byteLength, place);
   }
-  linearInt4(
-    outFeatures: number,
-    inFeatures: number,
-    groupSize: number,
-    _fill: (dest: Int4Parts) => void,
-    place = 0,
-    dequantRounding: 'f16' | 'bf16' | 'none' = 'none',
-  ): LinearWeight {
+  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, _fill: (dest: Int4Parts) => void, place = 0, opts: Int4Options = {}): LinearWeight {
+    const dequantRounding = opts.dequantRounding ?? 'none',
+      activations = opts.activations ?? 'i16';
+    if (activations !== 'i16' && activations !== 'i8') throw new MetaBackendError(`linearInt4: activations must be i16 or i8, got ${String(activations)}`);
     const problem = int4ShapeProblem(inFeatures, groupSize);
     if (problem) throw new MetaBackendError(`linearInt4: ${problem}`);
     const byteLength = int4Bytes(outFeatures, inFeatures, groupSize);
-    return this.take({ outFeatures, inFeatures, dtype: 'int4', groupSize, dequantRounding, compute: 'stored', byteLength }, byteLength, place);
+    return this.take({ outFeatures, inFeatures, dtype: 'int4', groupSize, dequantRounding, activations, compute: 'stored', byteLength }, byteLength, place);
   }
   embedding(rows: number, dim: number, dtype: WeightDType, _fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
     return this.take({ rows, dim, dtype }, rows * dim * WEIGHT_DTYPE_BYTES[dtype], place);

@@ -13,6 +13,7 @@ import {
   IntVector,
   KVCache,
   KernelBackend,
+  Int4Options,
   Int4Parts,
   LinearCompute,
   LinearStorage,
@@ -73,6 +74,7 @@ class WLinear implements LinearWeight {
     readonly scalePtr = 0,
     readonly groupSize?: number,
     readonly dequantRounding?: 'f16' | 'bf16' | 'none',
+    readonly activations?: 'i16' | 'i8',
   ) {}
 }
 class WEmbedding implements EmbeddingTable {
@@ -385,14 +387,10 @@ export class WasmBackend implements KernelBackend {
     return new WLinear(a, ptr, outFeatures, inFeatures, dtype, bytes, compute, scalePtr);
   }
 
-  linearInt4(
-    outFeatures: number,
-    inFeatures: number,
-    groupSize: number,
-    fill: (dest: Int4Parts) => void,
-    place = 0,
-    dequantRounding: 'f16' | 'bf16' | 'none' = 'none',
-  ): LinearWeight {
+  linearInt4(outFeatures: number, inFeatures: number, groupSize: number, fill: (dest: Int4Parts) => void, place = 0, opts: Int4Options = {}): LinearWeight {
+    const dequantRounding = opts.dequantRounding ?? 'none',
+      activations = opts.activations ?? 'i16';
+    if (activations !== 'i16' && activations !== 'i8') throw new BackendError(`linearInt4: activations must be i16 or i8, got ${String(activations)}`);
     checkDims('linearInt4', outFeatures, inFeatures);
     const problem = int4ShapeProblem(inFeatures, groupSize);
     if (problem) throw new BackendError(`linearInt4: ${problem}`);
@@ -419,7 +417,7 @@ export class WasmBackend implements KernelBackend {
       throw e;
     }
     a.release(staging);
-    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize, dequantRounding);
+    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize, dequantRounding, activations);
   }
 
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
@@ -508,12 +506,14 @@ export class WasmBackend implements KernelBackend {
     if (W.dtype === 'int4') {
       const G = W.groupSize!;
       if (M === 1) {
-        const xq = this.workspace(arena, 'int4x', K * 2 + 64 + (K / G) * 4);
+        const groups = K / G;
+        const a8 = W.activations === 'i8';
+        const xq = this.workspace(arena, 'int4x', K * 2 + groups * 8);
         const xs = xq + K * 2,
-          xg = xs + 64;
-        this.pool.run(arena, 'quant_x_q4', 1, 1, [a.ptr, K, G, xq, xs, xg]);
+          xg = xs + groups * 4;
+        this.pool.run(arena, 'quant_x_q4', groups, groups, [a.ptr, K, G, xq, xs, xg, a8 ? 8 : 16]);
         const quads = Math.ceil(N / 4);
-        this.pool.run(arena, 'gemv_q4', quads, this.grain(quads, 8), [xq, xs, xg, W.ptr, W.scalePtr, b ? b.ptr : 0, o.ptr, K, N, G]);
+        this.pool.run(arena, a8 ? 'gemv_q4a8' : 'gemv_q4', quads, this.grain(quads, 8), [xq, xs, xg, W.ptr, W.scalePtr, b ? b.ptr : 0, o.ptr, K, N, G]);
         return;
       }
       const slices = Math.ceil(M / 4);

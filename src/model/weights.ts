@@ -30,6 +30,8 @@ export interface WeightLoaderOptions {
   check?: Problems;
   /** How the vision tower's linear layers multiply (default `stored`; see LinearCompute). */
   visionCompute?: LinearCompute;
+  /** What 4-bit linears quantize activations to in decode (default `i16`; see Int4Options). */
+  int4Activations?: 'i16' | 'i8';
 }
 
 export class WeightLoader {
@@ -47,6 +49,8 @@ export class WeightLoader {
   private readonly formatsUsed = new Set<string>();
   /** How the vision tower's linear layers multiply: a tower passes it to `linear`. */
   readonly visionCompute: LinearCompute;
+  /** What 4-bit linears quantize activations to in decode. */
+  readonly int4Activations: 'i16' | 'i8';
 
   constructor(
     readonly backend: KernelBackend,
@@ -56,6 +60,7 @@ export class WeightLoader {
   ) {
     this.check = opts.check;
     this.visionCompute = opts.visionCompute ?? 'stored';
+    this.int4Activations = opts.int4Activations ?? 'i16';
   }
 
   /** Whether the loader only checks (inspect) and reads no data. */
@@ -200,6 +205,7 @@ export class WeightLoader {
       place: this.place,
       label: this.label,
       checking: this.checking,
+      int4Activations: this.int4Activations,
       has: (n) => this.has(n),
       peek: (n) => (this.has(n) ? this.source.info(n) : null),
       info: (n, shape) => this.info(n, shape),

@@ -17,6 +17,8 @@ export interface TensorReader {
   readonly label: string;
   /** Check mode (inspect): tensors are checked but not read; fills write nothing. */
   readonly checking: boolean;
+  /** What 4-bit linears quantize activations to in one-row products (see Int4Options). */
+  readonly int4Activations: 'i16' | 'i8';
   has(name: string): boolean;
   /** The tensor's description without checking or claiming it (format detection). */
   peek(name: string): TensorInfo | null;

@@ -23,7 +23,7 @@ export function loadInt4(r: TensorReader, parts: LinearPart[], G: number, scaleD
       if (!r.checking) fill(dest);
     },
     r.place,
-    scaleDtype === 'F16' ? 'f16' : scaleDtype === 'BF16' ? 'bf16' : 'none',
+    { dequantRounding: scaleDtype === 'F16' ? 'f16' : scaleDtype === 'BF16' ? 'bf16' : 'none', activations: r.int4Activations },
   );
 }
 
