@@ -23,6 +23,8 @@ export interface ModelSpec {
   ref: Reference;
   /** Prompt length of the untimed warm-up prefill. */
   warmupTokens: number;
+  /** Prompt lengths to time (default PROMPTS). */
+  prompts?: number[];
   /** Timed prefill runs per prompt length (the median is reported). */
   prefillReps: number;
   /** Untimed and timed decode steps per context. */
@@ -68,7 +70,7 @@ export let level = '';
 
 /**
  * Loads the decoder of `spec` from `source` (default: random bf16 weights of its shape) and times
- * prefill at PROMPTS and decode at CONTEXTS. `loader`: options of the weight loader (e.g. W4A8).
+ * prefill at spec.prompts (default PROMPTS) and decode at CONTEXTS. `loader`: options of the weight loader (e.g. W4A8).
  */
 export async function benchModel(
   spec: ModelSpec,
@@ -143,7 +145,7 @@ export async function benchModel(
       }
     };
     prefill(spec.warmupTokens);
-    for (const n of PROMPTS) {
+    for (const n of spec.prompts ?? PROMPTS) {
       const times: number[] = [];
       for (let r = 0; r < spec.prefillReps; r++) times.push(prefill(n));
       times.sort((a, b) => a - b);
