@@ -202,9 +202,8 @@ export function gemv_f16(tid: i32, begin: i32, end: i32, x: usize, w: usize, bia
 /** Block sizes of the GEMM loop nest: K block (k steps) and M block (4-row slices). */
 const KB: i32 = 1024;
 const MB_SLICES: i32 = 32;
-/** The f32 GEMM's block sizes, for kernels that feed its micro-kernel their own panels. */
+/** The f32 GEMM's K block, for kernels that feed its micro-kernel their own panels. */
 export const KB_F32: i32 = KB;
-export const MB_SLICES_F32: i32 = MB_SLICES;
 
 /**
  * Packs activations A [M][K] (row stride lda floats) into 4-row k-major slices [ceil(M/4)][K][4];

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { InputError } from '../base/errors.js';
 import { ensureOutputDir } from '../base/files.js';
 import { DEFAULT_IMAGE_LIMITS } from '../io/image-types.js';
+import { quantizeCommand } from './quantize.js';
 import { inspectCommand } from './inspect.js';
 import { runtimeInfo } from './info.js';
 import { METHODS, runCommand } from './run.js';
@@ -204,6 +205,17 @@ function build(): Command {
       ensureOutputDir(opts.out, '--out');
       console.log(await writeSplit(opts.out, opts.split, opts.count, 224, { bank: opts.bank }));
     });
+
+  program
+    .command('quantize')
+    .description(
+      "write a 4-bit copy of a model: its language model's decoder linears quantized per group (round to nearest, AWQ's quantizer), in AutoAWQ's GEMM format (loads here, in transformers and in vLLM); the vision tower, projector, embeddings and lm_head stay as stored",
+    )
+    .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
+    .requiredOption('--out <dir>', 'folder to write the quantized model to')
+    .addOption(new Option('--method <name>', 'rtn: round to nearest per group').choices(['rtn']).default('rtn'))
+    .option('--group-size <n>', 'inputs per scale group (a multiple of 32 that divides every linear input size)', int(32), 128)
+    .action(quantizeCommand);
 
   program
     .command('inspect')

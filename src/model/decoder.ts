@@ -47,6 +47,19 @@ export interface PlacementOptions {
   placeBudgetBytes?: number;
 }
 
+/**
+ * A set of linear layers that read the same input, and what produces that input: a norm (whose
+ * weight a per-input-channel scale can be folded into) or another linear (whose output rows can
+ * be divided by it). AWQ's scale search and every 4-bit quantizer work on these groups.
+ */
+export interface LinearGroup {
+  layer: number;
+  /** null: nothing a scale can be folded into (o_proj under grouped-query attention). */
+  prev: { kind: 'norm'; weight: string } | { kind: 'linear'; base: string } | null;
+  /** Tensor name prefixes ("...q_proj": its tensors are "<base>.weight", "<base>.bias"), with [out, in]. */
+  linears: { base: string; out: number; in: number }[];
+}
+
 /** What the engine and the sparsity methods use of a language model. */
 export interface LanguageDecoder {
   readonly backend: KernelBackend;
@@ -67,6 +80,8 @@ export interface LanguageDecoder {
   readonly place: number;
   /** Where layer `layer` lives: its memory place, the index of its cache part, and its index there. */
   layerPart(layer: number): { place: number; part: number; layerInPart: number };
+  /** The decoder layers' linears in groups by shared input (see LinearGroup), layer by layer. */
+  linearGroups(): LinearGroup[];
   newCache(): DecoderCache;
   /** Drops cache slots past `length`. */
   truncateCache(cache: DecoderCache, length: number): void;

@@ -8,7 +8,7 @@ import { WeightLoader } from './weights.js';
 import { ConfigError } from '../formats/config.js';
 import { checkHeadDim } from './limits.js';
 import { Workspace } from './workspace.js';
-import { DecoderCache, ForwardOptions, LanguageDecoder, PlacementOptions } from './decoder.js';
+import { DecoderCache, LinearGroup, ForwardOptions, LanguageDecoder, PlacementOptions } from './decoder.js';
 
 export { DecoderCache } from './decoder.js';
 export type { ForwardOptions, PlacementOptions } from './decoder.js';
@@ -67,6 +67,7 @@ export class LlamaDecoder implements LanguageDecoder {
     private readonly lmHead: LinearWeight,
     private readonly finalNorm: ParamVector,
     embedPlace: number,
+    private readonly names: DecoderNames,
   ) {
     this.heads = config.numAttentionHeads;
     this.kvHeads = config.numKeyValueHeads;
@@ -93,6 +94,49 @@ export class LlamaDecoder implements LanguageDecoder {
   }
   get eosTokenIds(): readonly number[] {
     return this.config.eosTokenId;
+  }
+
+  /**
+   * Per layer, as AutoAWQ pairs them for Llama: input_layernorm → q, k, v; v_proj → o_proj (only
+   * when their shapes match, i.e. without grouped-query attention); post_attention_layernorm →
+   * gate, up; up_proj → down_proj.
+   */
+  linearGroups(): LinearGroup[] {
+    const c = this.config,
+      p = this.names.prefix;
+    const H = c.hiddenSize,
+      nq = c.numAttentionHeads * c.headDim,
+      nkv = c.numKeyValueHeads * c.headDim,
+      I = c.intermediateSize;
+    const groups: LinearGroup[] = [];
+    for (let l = 0; l < c.numHiddenLayers; l++) {
+      const a = `${p}layers.${l}.self_attn.`,
+        m = `${p}layers.${l}.mlp.`;
+      groups.push({
+        layer: l,
+        prev: { kind: 'norm', weight: `${p}layers.${l}.input_layernorm.weight` },
+        linears: [
+          { base: `${a}q_proj`, out: nq, in: H },
+          { base: `${a}k_proj`, out: nkv, in: H },
+          { base: `${a}v_proj`, out: nkv, in: H },
+        ],
+      });
+      groups.push({
+        layer: l,
+        prev: nkv === nq ? { kind: 'linear', base: `${a}v_proj` } : null,
+        linears: [{ base: `${a}o_proj`, out: H, in: nq }],
+      });
+      groups.push({
+        layer: l,
+        prev: { kind: 'norm', weight: `${p}layers.${l}.post_attention_layernorm.weight` },
+        linears: [
+          { base: `${m}gate_proj`, out: I, in: H },
+          { base: `${m}up_proj`, out: I, in: H },
+        ],
+      });
+      groups.push({ layer: l, prev: { kind: 'linear', base: `${m}up_proj` }, linears: [{ base: `${m}down_proj`, out: H, in: I }] });
+    }
+    return groups;
   }
 
   /** Where layer `layer` lives: its memory place, the index of its cache part, and its index there. */
@@ -202,7 +246,7 @@ export class LlamaDecoder implements LanguageDecoder {
     loader.place = lastPlace;
     const finalNorm = loader.params([{ name: `${p}norm.weight`, shape: [H] }]);
     const lmHead = loader.linear([{ name: tied ? embedName : names.lmHead!, shape: [c.vocabSize, H] }]);
-    return new LlamaDecoder(be, c, stages, embedTable, lmHead, finalNorm, tied ? lastPlace : tablePlace);
+    return new LlamaDecoder(be, c, stages, embedTable, lmHead, finalNorm, tied ? lastPlace : tablePlace, names);
   }
 
   /**

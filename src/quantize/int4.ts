@@ -1,0 +1,126 @@
+// 4-bit group quantization as AutoAWQ and llm-awq compute it (`pseudo_quantize_tensor`), and
+// AutoAWQ's GEMM packing, so that what `sparsevila quantize` writes is what AutoAWQ would have
+// written for the same (scaled) weights, and loads in transformers and vLLM as well as here.
+//
+// Per output row n and group g of G inputs, in fp16 arithmetic (each step rounded to fp16, as the
+// reference runs on fp16 tensors):
+//   scale = max(max(w) - min(w), 1e-5) / 15
+//   zero  = clamp(-round(min(w) / scale), 0, 15)
+//   q     = clamp(round(w / scale) + zero, 0, 15)          round: half to even (torch.round)
+//   w^    = (q - zero) * scale
+
+/** Rounds to the nearest fp16 value (ties to even); out of range becomes ±Infinity. */
+export function roundF16(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const a = Math.abs(x);
+  if (a >= 65520) return x > 0 ? Infinity : -Infinity;
+  // The quantum of fp16 at a's binade: 2^(e - 10) for normal values, 2^-24 below 2^-14.
+  const q = 2 ** (Math.max(binade(a), -14) - 10);
+  const r = roundHalfEven(a / q) * q;
+  return x < 0 ? -r : r;
+}
+
+/** e with 2^e <= a < 2^(e+1), for a > 0 (log2 corrected where it rounds across a power of two). */
+function binade(a: number): number {
+  const e = Math.floor(Math.log2(a));
+  return 2 ** e > a ? e - 1 : 2 ** (e + 1) <= a ? e + 1 : e;
+}
+
+/** Round half to even (torch.round). */
+export function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** One linear quantized: q[n][k] (0..15), zero[n][g] (0..15), scale[n][g] (fp16 values). */
+export interface QuantizedLinear {
+  N: number;
+  K: number;
+  G: number;
+  q: Uint8Array;
+  zeros: Uint8Array;
+  scales: Float32Array;
+}
+
+const F16_1E5 = roundF16(1e-5);
+
+/**
+ * Quantizes W [N][K] (f32 values, rounded to fp16 first as the reference loads models in fp16) per
+ * row and group of G.
+ */
+export function quantizeInt4(w: Float32Array, N: number, K: number, G: number): QuantizedLinear {
+  if (K % G !== 0) throw new RangeError(`${K} inputs are not a multiple of the group size ${G}`);
+  const groups = K / G;
+  const q = new Uint8Array(N * K),
+    zeros = new Uint8Array(N * groups),
+    scales = new Float32Array(N * groups);
+  const h = new Float64Array(G);
+  for (let n = 0; n < N; n++) {
+    for (let g = 0; g < groups; g++) {
+      const off = n * K + g * G;
+      let mx = -Infinity,
+        mn = Infinity;
+      for (let i = 0; i < G; i++) {
+        const v = roundF16(w[off + i]);
+        h[i] = v;
+        if (v > mx) mx = v;
+        if (v < mn) mn = v;
+      }
+      const scale = roundF16(Math.max(roundF16(mx - mn), F16_1E5) / 15);
+      const zero = Math.min(15, Math.max(0, -roundHalfEven(roundF16(mn / scale))));
+      scales[n * groups + g] = scale;
+      zeros[n * groups + g] = zero;
+      for (let i = 0; i < G; i++) q[off + i] = Math.min(15, Math.max(0, roundHalfEven(roundF16(h[i] / scale)) + zero));
+    }
+  }
+  return { N, K, G, q, zeros, scales };
+}
+
+/** The dequantized weight (q - zero) * scale rounded to fp16, as AutoAWQ's dequantize_gemm gives it. */
+export function dequantizeInt4(t: QuantizedLinear): Float32Array {
+  const groups = t.K / t.G;
+  const out = new Float32Array(t.N * t.K);
+  for (let n = 0; n < t.N; n++)
+    for (let k = 0; k < t.K; k++) {
+      const gi = n * groups + Math.floor(k / t.G);
+      out[n * t.K + k] = roundF16((t.q[n * t.K + k] - t.zeros[gi]) * t.scales[gi]);
+    }
+  return out;
+}
+
+/** AWQ_ORDER: nibble p of a packed word holds column 8j + AWQ_ORDER[p]. */
+const AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/** fp16 bits of an fp16 value v. */
+export function f16Bits(v: number): number {
+  if (Number.isNaN(v)) return 0x7e00;
+  const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
+  const a = Math.abs(v);
+  if (a === Infinity) return sign | 0x7c00;
+  if (a < 2 ** -14) return sign | Math.round(a / 2 ** -24);
+  const e = binade(a);
+  return sign | ((e + 15) << 10) | Math.round((a / 2 ** e - 1) * 1024);
+}
+
+/**
+ * AutoAWQ GEMM tensors of a quantized linear: qweight I32 [K][N/8], qzeros I32 [K/G][N/8] (AWQ
+ * nibble order), scales F16 [K/G][N].
+ */
+export function packAwqGemm(t: QuantizedLinear): { qweight: Uint8Array; qzeros: Uint8Array; scales: Uint8Array } {
+  const { N, K, G } = t;
+  if (N % 8 !== 0) throw new RangeError(`${N} outputs are not a multiple of 8 (AWQ packs 8 per word)`);
+  const words = N / 8,
+    groups = K / G;
+  const qweight = new Uint32Array(K * words),
+    qzeros = new Uint32Array(groups * words);
+  const scales = new Uint16Array(groups * N);
+  for (let j = 0; j < words; j++) {
+    for (let p = 0; p < 8; p++) {
+      const n = 8 * j + AWQ_ORDER[p];
+      for (let k = 0; k < K; k++) qweight[k * words + j] |= t.q[n * K + k] << (4 * p);
+      for (let g = 0; g < groups; g++) qzeros[g * words + j] |= t.zeros[n * groups + g] << (4 * p);
+    }
+  }
+  for (let n = 0; n < N; n++) for (let g = 0; g < groups; g++) scales[g * N + n] = f16Bits(t.scales[n * groups + g]);
+  return { qweight: new Uint8Array(qweight.buffer), qzeros: new Uint8Array(qzeros.buffer), scales: new Uint8Array(scales.buffer) };
+}

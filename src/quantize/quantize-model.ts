@@ -1,0 +1,174 @@
+// `sparsevila quantize`: a model folder in, an AutoAWQ "GEMM" checkpoint out (the format of
+// Hugging Face `quant_method: "awq"` folders, which transformers and vLLM load too). Only the
+// language model's decoder linears become 4-bit; the vision tower, the projector, embeddings,
+// norms and lm_head keep their stored dtype, as in the paper. The decoder says which linears it
+// has (LanguageDecoder.linearGroups), so this works for every family whose decoder does.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Checkpoint } from '../formats/checkpoint.js';
+import { TensorToWrite, readTensorF32, writeSafetensors } from '../formats/safetensors.js';
+import { MetaBackend } from '../kernels/meta-backend.js';
+import { WeightLoader } from '../model/weights.js';
+import { LinearGroup } from '../model/decoder.js';
+import { Problems } from '../base/problems.js';
+import { InputError, OptionError } from '../base/errors.js';
+import { readJsonFile } from '../base/files.js';
+import { readModelFiles, completeFiles } from '../engine/model-folder.js';
+import { loadWeights, openWeights } from '../engine/weights-of.js';
+import { QuantizedLinear, packAwqGemm, quantizeInt4 } from './int4.js';
+
+export class QuantizeError extends InputError {}
+
+export interface QuantizeOptions {
+  /** `rtn`: round to nearest per group (AWQ's quantizer without its scale and clip search). */
+  method: 'rtn';
+  /** Inputs per scale group (default 128). */
+  groupSize?: number;
+  /** After each group of linears: how many are done, of how many, and which layer. */
+  onProgress?: (done: number, total: number, layer: number) => void;
+  /** Called with warnings (e.g. the model is not made smaller much). */
+  onWarning?: (message: string) => void;
+}
+
+export interface QuantizeReport {
+  out: string;
+  /** Decoder linears written in 4 bits, and those kept as stored (sizes the format cannot group). */
+  linears: number;
+  keptLinears: number;
+  groupSize: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** The decoder linears of a model folder, in groups by shared input (a check-mode load: nothing is read). */
+export async function decoderLinearGroups(dir: string): Promise<{ groups: LinearGroup[]; ck: Checkpoint }> {
+  const problems = new Problems(false);
+  const files = completeFiles(readModelFiles(dir, problems));
+  const ck = openWeights(dir, files.family, files.config);
+  try {
+    const loader = new WeightLoader(new MetaBackend(), ck, dir, { check: new Problems(true) });
+    const { decoder } = await loadWeights(loader, files.family, files.config, ck.names());
+    return { groups: decoder.linearGroups(), ck };
+  } catch (e) {
+    ck.close();
+    throw e;
+  }
+}
+
+/**
+ * Quantizes the decoder linears of the model in `dir` and writes the whole model, 4-bit, to `out`
+ * (config.json gains AutoAWQ's quantization_config; the other files are copied).
+ */
+export async function quantizeModel(dir: string, out: string, opts: QuantizeOptions): Promise<QuantizeReport> {
+  const G = opts.groupSize ?? 128;
+  if (opts.method !== 'rtn') throw new OptionError(`quantize: unknown method ${JSON.stringify(opts.method)} (expected rtn)`);
+  if (!Number.isInteger(G) || G < 32 || G % 32 !== 0) throw new OptionError(`--group-size must be a multiple of 32, got ${G}`);
+  if (path.resolve(out) === path.resolve(dir)) throw new OptionError('quantize: --out must be another folder than --model');
+  const { groups, ck } = await decoderLinearGroups(dir);
+  try {
+    if (ck.files.length !== 1 || ck.files[0].path !== path.join(dir, 'model.safetensors'))
+      throw new QuantizeError(
+        `${dir}: quantize writes single-file checkpoints (model.safetensors); this folder's weights are in ${ck.files.map((f) => f.path).join(', ')}`,
+      );
+    const all = groups.flatMap((g) => g.linears);
+    for (const l of all) {
+      if (!ck.has(`${l.base}.weight`))
+        throw new QuantizeError(
+          ck.has(`${l.base}.qweight`) ? `${dir}: "${l.base}" is already quantized` : `${dir}: the checkpoint has no "${l.base}.weight" to quantize`,
+        );
+    }
+    // A linear whose sizes the format cannot group (inputs not a multiple of G, outputs not of 8)
+    // stays as stored, listed in modules_to_not_convert (transformers and vLLM skip it too).
+    const fits = (l: { in: number; out: number }) => l.in % G === 0 && l.out % 8 === 0;
+    const kept = all.filter((l) => !fits(l));
+    if (kept.length === all.length)
+      throw new QuantizeError(
+        `${dir}: no decoder linear fits group size ${G} (input sizes ${[...new Set(all.map((l) => l.in))].join(', ')}; try --group-size 64 or 32)`,
+      );
+    if (kept.length) {
+      const sizes = [...new Set(kept.map((l) => `${l.base.split('.').pop()} (${l.in} inputs, ${l.out} outputs)`))];
+      opts.onWarning?.(
+        `${kept.length} of ${all.length} decoder linears stay as stored: ${sizes.join(', ')} cannot be grouped by ${G} (inputs) and 8 (outputs)`,
+      );
+    }
+    const quantized = new Map<string, QuantizedLinear>();
+    const total = all.length - kept.length;
+    let done = 0;
+    for (const g of groups) {
+      for (const l of g.linears.filter(fits)) {
+        quantized.set(l.base, quantizeInt4(readTensorF32(ck, `${l.base}.weight`), l.out, l.in, G));
+        opts.onProgress?.(++done, total, g.layer);
+      }
+    }
+    const tensors = checkpointTensors(ck, quantized);
+    fs.mkdirSync(out, { recursive: true });
+    writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt', quantized_by: 'sparsevila quantize (rtn)' });
+    copyFolder(
+      dir,
+      out,
+      ck,
+      G,
+      [...quantized.keys()],
+      kept.map((l) => l.base),
+    );
+    return {
+      out,
+      linears: quantized.size,
+      keptLinears: kept.length,
+      groupSize: G,
+      bytesIn: ck.names().reduce((a, n) => a + ck.info(n).byteLength, 0),
+      bytesOut: tensors.reduce((a, t) => a + t.data.byteLength, 0),
+    };
+  } finally {
+    ck.close();
+  }
+}
+
+/** The output checkpoint's tensors: each quantized linear's weight replaced by its AWQ GEMM tensors, the rest as stored. */
+export function checkpointTensors(ck: Checkpoint, quantized: ReadonlyMap<string, QuantizedLinear>): TensorToWrite[] {
+  const out: TensorToWrite[] = [];
+  for (const name of ck.names()) {
+    const base = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : null;
+    const q = base !== null ? quantized.get(base) : undefined;
+    if (q) {
+      const p = packAwqGemm(q);
+      out.push(
+        { name: `${base}.qweight`, dtype: 'I32', shape: [q.K, q.N / 8], data: p.qweight },
+        { name: `${base}.qzeros`, dtype: 'I32', shape: [q.K / q.G, q.N / 8], data: p.qzeros },
+        { name: `${base}.scales`, dtype: 'F16', shape: [q.K / q.G, q.N], data: p.scales },
+      );
+      continue;
+    }
+    const info = ck.info(name);
+    const data = new Uint8Array(info.byteLength);
+    ck.readInto(name, data);
+    out.push({ name, dtype: info.dtype, shape: info.shape, data });
+  }
+  return out;
+}
+
+/** Copies the folder's other files and writes config.json with AutoAWQ's quantization_config. */
+function copyFolder(dir: string, out: string, ck: Checkpoint, G: number, quantized: string[], keptLinears: string[]): void {
+  for (const f of fs.readdirSync(dir)) {
+    const src = path.join(dir, f);
+    if (f === 'config.json' || f.endsWith('.safetensors') || f === 'model.safetensors.index.json' || !fs.statSync(src).isFile()) continue;
+    fs.copyFileSync(src, path.join(out, f));
+  }
+  const config = readJsonFile(path.join(dir, 'config.json'), { what: 'config' }) as Record<string, unknown>;
+  // Linear modules outside the decoder that stay as they are (transformers must not convert them).
+  const decoderModules = new Set(quantized.map((b) => b.split('.')[0]));
+  const keep = new Set<string>();
+  for (const n of ck.names()) {
+    const top = n.split('.')[0];
+    if (n.endsWith('.weight') && ck.info(n).shape.length === 2 && !decoderModules.has(top) && top !== 'lm_head') keep.add(top);
+  }
+  config.quantization_config = {
+    quant_method: 'awq',
+    version: 'gemm',
+    bits: 4,
+    group_size: G,
+    zero_point: true,
+    modules_to_not_convert: keep.size || keptLinears.length ? [...[...keep].sort(), ...keptLinears] : null,
+  };
+  fs.writeFileSync(path.join(out, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+}
