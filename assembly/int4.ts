@@ -124,16 +124,23 @@ export function gemv_q4(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, xg
         a3 = rowDot(v128.load(wp, 48), x0, x1, x2, x3, a3);
         wp += 64; xp += 64;
       }
-      // [sum a0, sum a1, sum a2, sum a3]
-      const u0 = i32x4.add(i32x4.shuffle(a0, a1, 0, 1, 4, 5), i32x4.shuffle(a0, a1, 2, 3, 6, 7));
-      const u1 = i32x4.add(i32x4.shuffle(a2, a3, 0, 1, 4, 5), i32x4.shuffle(a2, a3, 2, 3, 6, 7));
-      const t = f32x4.convert_i32x4_s(i32x4.add(i32x4.shuffle(u0, u1, 0, 2, 4, 6), i32x4.shuffle(u0, u1, 1, 3, 5, 7)));
-      yacc = fma(f32x4.mul(v128.load(sp), v128.load32_splat(xs + <usize>g * 4)), t, yacc);
-      yacc = fma(v128.load(sp, 16), v128.load32_splat(xg + <usize>g * 4), yacc);
+      yacc = groupEnd(a0, a1, a2, a3, sp, xs + <usize>g * 4, xg + <usize>g * 4, yacc);
       sp += 32;
     }
     storeQuad(y, bias, i * 4, N, yacc);
   }
+}
+
+// The end of a group of a quad: the rows' integer sums [sum a0, sum a1, sum a2, sum a3], scaled
+// by the group's weight scales (sp) and activation scale (xs), plus its offsets (sp + 16) times the
+// activations' group sum (xg), added to yacc.
+// @ts-ignore: decorator
+@inline function groupEnd(a0: v128, a1: v128, a2: v128, a3: v128, sp: usize, xs: usize, xg: usize, yacc: v128): v128 {
+  const u0 = i32x4.add(i32x4.shuffle(a0, a1, 0, 1, 4, 5), i32x4.shuffle(a0, a1, 2, 3, 6, 7));
+  const u1 = i32x4.add(i32x4.shuffle(a2, a3, 0, 1, 4, 5), i32x4.shuffle(a2, a3, 2, 3, 6, 7));
+  const t = f32x4.convert_i32x4_s(i32x4.add(i32x4.shuffle(u0, u1, 0, 2, 4, 6), i32x4.shuffle(u0, u1, 1, 3, 5, 7)));
+  const y = fma(f32x4.mul(v128.load(sp), v128.load32_splat(xs)), t, yacc);
+  return fma(v128.load(sp, 16), v128.load32_splat(xg), y);
 }
 
 // Writes rows n0..n0+3 (those below N) of y from one quad's sums, adding the bias.
@@ -195,11 +202,7 @@ export function gemv_q4a8(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, 
         a2 = i32x4.add(a2, i32x4.extadd_pairwise_i16x8_s(h2));
         a3 = i32x4.add(a3, i32x4.extadd_pairwise_i16x8_s(h3));
       }
-      const u0 = i32x4.add(i32x4.shuffle(a0, a1, 0, 1, 4, 5), i32x4.shuffle(a0, a1, 2, 3, 6, 7));
-      const u1 = i32x4.add(i32x4.shuffle(a2, a3, 0, 1, 4, 5), i32x4.shuffle(a2, a3, 2, 3, 6, 7));
-      const t = f32x4.convert_i32x4_s(i32x4.add(i32x4.shuffle(u0, u1, 0, 2, 4, 6), i32x4.shuffle(u0, u1, 1, 3, 5, 7)));
-      yacc = fma(f32x4.mul(v128.load(sp), v128.load32_splat(xs + <usize>g * 4)), t, yacc);
-      yacc = fma(v128.load(sp, 16), v128.load32_splat(xg + <usize>g * 4), yacc);
+      yacc = groupEnd(a0, a1, a2, a3, sp, xs + <usize>g * 4, xg + <usize>g * 4, yacc);
       sp += 32;
     }
     storeQuad(y, bias, i * 4, N, yacc);

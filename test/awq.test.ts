@@ -23,6 +23,7 @@ import { Checkpoint } from '../src/formats/checkpoint.js';
 import { TorchPtError, unpickle } from '../src/formats/torch-pt.js';
 import fs from 'node:fs';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
+import type { LinearWeight, Matrix, ParamVector } from '../src/kernels/backend.js';
 import { WeightLoader } from '../src/model/weights.js';
 import { LlamaDecoder } from '../src/model/llama.js';
 import { loadConfig } from '../src/model/registry.js';
@@ -50,6 +51,35 @@ function raw(ck: Checkpoint, name: string): Uint8Array {
   const out = new Uint8Array(ck.info(name).byteLength);
   ck.readInto(name, out);
   return out;
+}
+
+/**
+ * One row at a time (the GEMV): each output row within the i16-activation bound of the exact
+ * product, sx / 2 * sum|w| + 1e-5 with sx = max|x| / 32767 (the linear fixtures have one group
+ * scale per 128 inputs; the bound with the row's max covers every group's).
+ */
+function checkGemvRows(
+  be: WasmBackend,
+  W: LinearWeight,
+  bias: ParamVector,
+  xm: Matrix,
+  y: Matrix,
+  x: Float32Array,
+  exact: Float32Array,
+  want: Float32Array,
+  K: number,
+  N: number,
+): void {
+  for (let r = 0; r < x.length / K; r++) {
+    be.matmul(y.view(r, 1), xm.view(r, 1), W, bias);
+    const sx = x.subarray(r * K, (r + 1) * K).reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
+    const bound = (i: number) => {
+      let sw = 0;
+      for (let k = 0; k < K; k++) sw += Math.abs(exact[(i % N) * K + k]);
+      return (sx / 2) * sw + 1e-5;
+    };
+    assertClose(be.read(y.view(r, 1)), want.subarray(r * N, (r + 1) * N), bound, `GEMV output, row ${r} (exact weights)`);
+  }
 }
 
 const argmaxRows = (a: Float32Array, rows: number, V: number) =>
@@ -116,17 +146,7 @@ describe('AWQ W4A16: AutoAWQ GEMM checkpoints', () => {
     be.write(xm, x);
     be.matmul(y, xm, W, bias);
     assertClose(be.read(y), readTensorF32(g, 'y'), absRel(1e-5, 0), 'GEMM output (fp16-dequantized weights, as AutoAWQ)');
-    for (let r = 0; r < 5; r++) {
-      be.matmul(y.view(r, 1), xm.view(r, 1), W, bias);
-      const xr = x.subarray(r * K, (r + 1) * K);
-      const sx = xr.reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
-      const bound = (i: number) => {
-        let sw = 0;
-        for (let k = 0; k < K; k++) sw += Math.abs(exact[(i % N) * K + k]);
-        return (sx / 2) * sw + 1e-5;
-      };
-      assertClose(be.read(y.view(r, 1)), yExact.subarray(r * N, (r + 1) * N), bound, `GEMV output, row ${r} (exact weights)`);
-    }
+    checkGemvRows(be, W, bias, xm, y, x, exact, yExact, K, N);
     ck.close();
     g.close();
   });
@@ -279,17 +299,7 @@ describe('AWQ W4A16: TinyChat v2 (llm-awq) linears', () => {
     // Prefill: TinyChat's fp16 FMA weights (weight_dequant_f16), f32 math.
     const want = ref.matmul(x, 5, K, readTensorF32(g, 'weight_dequant_f16'), N, readTensorF32(ck, 'bias'));
     assertClose(be.read(ym), want.y, absRel(1e-5, 0), 'GEMM output (fp16 weights, as TinyChat)');
-    for (let r = 0; r < 5; r++) {
-      be.matmul(ym.view(r, 1), xm.view(r, 1), W, bias);
-      const xr = x.subarray(r * K, (r + 1) * K);
-      const sx = xr.reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
-      const bound = (i: number) => {
-        let sw = 0;
-        for (let k = 0; k < K; k++) sw += Math.abs(exact[(i % N) * K + k]);
-        return (sx / 2) * sw + 1e-5;
-      };
-      assertClose(be.read(ym.view(r, 1)), y.subarray(r * N, (r + 1) * N), bound, `GEMV output, row ${r} (exact weights)`);
-    }
+    checkGemvRows(be, W, bias, xm, ym, x, exact, y, K, N);
     ck.close();
     g.close();
   });

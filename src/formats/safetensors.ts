@@ -119,26 +119,74 @@ export interface WeightFile extends TensorSource {
 }
 
 /**
+ * A weight file read through an open descriptor, its tensors pointing at byte ranges in it (a
+ * safetensors file, or a `.pt` archive whose entries are stored). `error` makes the file kind's
+ * errors, naming the file and the tensor.
+ */
+export class OpenWeightFile implements WeightFile {
+  private fd: number | null;
+
+  protected constructor(
+    /** The path the file was opened with. */
+    readonly path: string,
+    fd: number,
+    /** All tensors, in file order. */
+    readonly tensors: Map<string, TensorInfo>,
+    private readonly error: (file: string, message: string, tensor?: string) => Error,
+  ) {
+    this.fd = fd;
+  }
+
+  /** Whether the file holds a tensor called `name`. */
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  /** Description of tensor `name`; throws an error naming the file and tensor if absent. */
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (t === undefined) throw this.error(this.path, 'no such tensor in this file', name);
+    return t;
+  }
+
+  /**
+   * Reads the tensor's raw bytes (storage dtype, little-endian, no conversion) into `dest`, which must be
+   * exactly `byteLength` bytes long. `dest` may be a view on a `WebAssembly.Memory` or `SharedArrayBuffer`.
+   * Short reads are retried, and reads of 2 GiB or more are split into chunks.
+   */
+  readInto(name: string, dest: Uint8Array): void {
+    const t = this.info(name);
+    if (this.fd === null) throw this.error(this.path, 'file is closed', name);
+    if (dest.byteLength !== t.byteLength) {
+      throw this.error(this.path, `destination has ${dest.byteLength} bytes, expected ${t.byteLength} (${t.dtype} ${JSON.stringify(t.shape)})`, name);
+    }
+    readFully(this.fd, dest, 0, t.byteLength, t.fileOffset, (msg) => this.error(this.path, msg, name));
+  }
+
+  /** Closes the file descriptor. Later reads throw; closing twice is harmless. */
+  close(): void {
+    if (this.fd !== null) {
+      fs.closeSync(this.fd);
+      this.fd = null;
+    }
+  }
+}
+
+/**
  * One open safetensors file. {@link SafetensorsFile.open} reads and validates the whole header and keeps the
  * file descriptor open for {@link SafetensorsFile.readInto} until {@link SafetensorsFile.close}.
  */
-export class SafetensorsFile implements WeightFile {
-  /** The path the file was opened with. */
-  readonly path: string;
-  /** The `__metadata__` entries (empty when the header has none). */
-  readonly metadata: Record<string, string>;
-  /** All tensors, in header order. */
-  readonly tensors: Map<string, TensorInfo>;
-  /** Absolute byte offset of the data section (8 + header length). */
-  readonly dataOffset: number;
-  private fd: number | null;
-
-  private constructor(filePath: string, fd: number, dataOffset: number, metadata: Record<string, string>, tensors: Map<string, TensorInfo>) {
-    this.path = filePath;
-    this.fd = fd;
-    this.dataOffset = dataOffset;
-    this.metadata = metadata;
-    this.tensors = tensors;
+export class SafetensorsFile extends OpenWeightFile {
+  private constructor(
+    filePath: string,
+    fd: number,
+    /** Absolute byte offset of the data section (8 + header length). */
+    readonly dataOffset: number,
+    /** The `__metadata__` entries (empty when the header has none). */
+    readonly metadata: Record<string, string>,
+    tensors: Map<string, TensorInfo>,
+  ) {
+    super(filePath, fd, tensors, (file, message, tensor) => new SafetensorsError(file, message, tensor));
   }
 
   /** Opens `filePath`, parses and validates its header. Throws a {@link SafetensorsError} on any problem. */
@@ -155,40 +203,6 @@ export class SafetensorsFile implements WeightFile {
     } catch (e) {
       fs.closeSync(fd);
       throw e;
-    }
-  }
-
-  /** Whether the file holds a tensor called `name`. */
-  has(name: string): boolean {
-    return this.tensors.has(name);
-  }
-
-  /** Description of tensor `name`; throws a {@link SafetensorsError} naming the file and tensor if absent. */
-  info(name: string): TensorInfo {
-    const t = this.tensors.get(name);
-    if (t === undefined) throw new SafetensorsError(this.path, 'no such tensor in this file', name);
-    return t;
-  }
-
-  /**
-   * Reads the tensor's raw bytes (storage dtype, little-endian, no conversion) into `dest`, which must be
-   * exactly `byteLength` bytes long. `dest` may be a view on a `WebAssembly.Memory` or `SharedArrayBuffer`.
-   * Short reads are retried, and reads of 2 GiB or more are split into chunks.
-   */
-  readInto(name: string, dest: Uint8Array): void {
-    const t = this.info(name);
-    if (this.fd === null) throw new SafetensorsError(this.path, 'file is closed', name);
-    if (dest.byteLength !== t.byteLength) {
-      throw new SafetensorsError(this.path, `destination has ${dest.byteLength} bytes, expected ${t.byteLength} (${t.dtype} ${JSON.stringify(t.shape)})`, name);
-    }
-    readFully(this.fd, dest, 0, t.byteLength, t.fileOffset, (msg) => new SafetensorsError(this.path, msg, name));
-  }
-
-  /** Closes the file descriptor. Later reads throw; closing twice is harmless. */
-  close(): void {
-    if (this.fd !== null) {
-      fs.closeSync(this.fd);
-      this.fd = null;
     }
   }
 }

@@ -11,7 +11,7 @@
 // file read, as for safetensors.
 import fs from 'node:fs';
 import { openRegularFile } from '../base/files.js';
-import { DTYPE_SIZE, DType, SafetensorsError, TensorInfo, WeightFile, readFully } from './safetensors.js';
+import { DTYPE_SIZE, DType, OpenWeightFile, SafetensorsError, TensorInfo, readFully } from './safetensors.js';
 
 export class TorchPtError extends SafetensorsError {}
 
@@ -71,16 +71,9 @@ class TensorRef {
 type Value = null | boolean | number | bigint | string | Value[] | Tuple | Map<Value, Value> | Global | StorageRef | TensorRef | Mark;
 
 /** One open `.pt` file: its tensors and the open descriptor to read them through. */
-export class TorchPtFile implements WeightFile {
-  readonly metadata: Record<string, string> = {};
-  private fd: number | null;
-
-  private constructor(
-    readonly path: string,
-    fd: number,
-    readonly tensors: Map<string, TensorInfo>,
-  ) {
-    this.fd = fd;
+export class TorchPtFile extends OpenWeightFile {
+  private constructor(filePath: string, fd: number, tensors: Map<string, TensorInfo>) {
+    super(filePath, fd, tensors, (file, message, tensor) => new TorchPtError(file, message, tensor));
   }
 
   static open(filePath: string): TorchPtFile {
@@ -95,30 +88,6 @@ export class TorchPtFile implements WeightFile {
     } catch (e) {
       fs.closeSync(fd);
       throw e;
-    }
-  }
-
-  has(name: string): boolean {
-    return this.tensors.has(name);
-  }
-
-  info(name: string): TensorInfo {
-    const t = this.tensors.get(name);
-    if (t === undefined) throw new TorchPtError(this.path, 'no such tensor in this file', name);
-    return t;
-  }
-
-  readInto(name: string, dest: Uint8Array): void {
-    const t = this.info(name);
-    if (this.fd === null) throw new TorchPtError(this.path, 'file is closed', name);
-    if (dest.byteLength !== t.byteLength) throw new TorchPtError(this.path, `destination has ${dest.byteLength} bytes, expected ${t.byteLength}`, name);
-    readFully(this.fd, dest, 0, t.byteLength, t.fileOffset, (msg) => new TorchPtError(this.path, msg, name));
-  }
-
-  close(): void {
-    if (this.fd !== null) {
-      fs.closeSync(this.fd);
-      this.fd = null;
     }
   }
 }
