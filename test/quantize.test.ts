@@ -19,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { Checkpoint } from '../src/formats/checkpoint.js';
 import { TensorToWrite, readTensorF32, readTensorInt, writeSafetensors } from '../src/formats/safetensors.js';
 import { dequantizeInt4, packAwqGemm, quantizeInt4, roundF16 } from '../src/quantize/int4.js';
-import { checkpointTensors, decoderLinearGroups, quantizeModel } from '../src/quantize/quantize-model.js';
+import { CalibrationSample, awqFor, checkpointTensors, decoderLinearGroups, quantizeModel } from '../src/quantize/quantize-model.js';
+import { makeScene, renderScene, splitSeeds } from '../src/data/scenes.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { DEFAULT_MODEL_DIR } from '../src/default-model.js';
 import { Rng, assertClose, absRel, f16ToNumber, f32ToF16, fixture, tempDir } from './helpers.js';
@@ -175,17 +176,79 @@ describe('quantize: a whole model, written and reloaded', () => {
 
   it('the CLI writes a checkpoint inspect recognises; refuses an already quantized model and --out = --model', () => {
     const out = path.join(tempDir('sparsevila-q-'), 'cli');
-    const r = spawnSync(process.execPath, [cli, 'quantize', '--out', out, '--group-size', '64'], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [cli, 'quantize', '--method', 'rtn', '--out', out, '--group-size', '64'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /wrote .*: 24 decoder linears in 4 bits \(rtn, group 64\), 4 kept as stored/);
     const i = spawnSync(process.execPath, [cli, 'inspect', out], { encoding: 'utf8' });
     assert.equal(i.status, 0, i.stderr);
     assert.match(i.stdout, /linears: +awq-gemm, dense/);
-    const again = spawnSync(process.execPath, [cli, 'quantize', '--model', out, '--out', `${out}-2`], { encoding: 'utf8' });
+    const again = spawnSync(process.execPath, [cli, 'quantize', '--method', 'rtn', '--model', out, '--out', `${out}-2`], { encoding: 'utf8' });
     assert.equal(again.status, 1);
     assert.match(again.stderr, /"language_model\.model\.layers\.0\.self_attn\.q_proj" is already quantized/);
-    const same = spawnSync(process.execPath, [cli, 'quantize', '--model', out, '--out', out], { encoding: 'utf8' });
+    const same = spawnSync(process.execPath, [cli, 'quantize', '--method', 'rtn', '--model', out, '--out', out], { encoding: 'utf8' });
     assert.equal(same.status, 1);
     assert.match(same.stderr, /--out must be another folder than --model/);
+    const noCalib = spawnSync(process.execPath, [cli, 'quantize', '--model', DEFAULT_MODEL_DIR, '--out', `${out}-3`], { encoding: 'utf8' });
+    assert.equal(noCalib.status, 1);
+    assert.match(noCalib.stderr, /--method awq needs --calib FILE/);
+  });
+
+  // AWQ: folding the searched scales (before rounding, without clipping) must not change what the
+  // model computes: the norm's weight (or the previous linear's rows) divided by s, the linears'
+  // columns multiplied by it. Logits within 1e-4 of the model as stored.
+  it('AWQ scale folding preserves the model before rounding; awq writes a checkpoint that answers', async () => {
+    const calibration: CalibrationSample[] = [];
+    for (const seed of splitSeeds('train', 4)) {
+      const sc = makeScene(seed);
+      const png = await renderScene(sc);
+      calibration.push({ images: [png], prompt: sc.episode[0].question });
+    }
+    const { groups, ck } = await decoderLinearGroups(DEFAULT_MODEL_DIR);
+    const r = await awqFor(DEFAULT_MODEL_DIR, groups, 128, ck, { calibration, maxRows: 1024, threads: 2, clip: false });
+    assert.ok(
+      r.alphas.some((a) => a !== null && a > 0),
+      `the scale search chose alpha 0 everywhere: ${r.alphas.join(' ')}`,
+    );
+    const twin = path.join(tempDir('sparsevila-q-'), 'scaled');
+    fs.mkdirSync(twin);
+    for (const f of fs.readdirSync(DEFAULT_MODEL_DIR)) if (f !== 'model.safetensors') fs.copyFileSync(path.join(DEFAULT_MODEL_DIR, f), path.join(twin, f));
+    const overrides = new Map(r.tensors);
+    for (const [base, w] of r.weights) overrides.set(`${base}.weight`, w);
+    writeSafetensors(path.join(twin, 'model.safetensors'), checkpointTensors(ck, new Map(), overrides));
+    ck.close();
+    const a = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { threads: 2 }),
+      b = await VisionLanguageModel.load(twin, { threads: 2 });
+    models.push(a, b);
+    const ids = [1, 5, 9, 12, 20, 33, 41, 7, 3, 60, 2, 11];
+    const run = (m: VisionLanguageModel) => {
+      const d = m.decoder;
+      const x = m.backend.matrix(ids.length, d.hidden, d.place);
+      const cache = d.newCache();
+      try {
+        d.embed(x, ids);
+        return Float32Array.from(
+          d.forward(
+            x,
+            cache,
+            0,
+            ids.map((_, i) => i),
+            { logitRows: ids.map((_, i) => i) },
+          ),
+        );
+      } finally {
+        d.freeCache(cache);
+        m.backend.free(x);
+      }
+    };
+    assertClose(run(b), run(a), absRel(1e-4, 0), 'logits with the AWQ scales folded in (no rounding)');
+
+    const out = path.join(tempDir('sparsevila-q-'), 'awq');
+    const q = await quantizeModel(DEFAULT_MODEL_DIR, out, { method: 'awq', groupSize: 128, calibration, maxRows: 1024, threads: 2 });
+    assert.equal(q.linears, 24);
+    const m = await VisionLanguageModel.load(out, { threads: 2 });
+    models.push(m);
+    const img = path.join(fileURLToPath(new URL('../../samples/scenes', import.meta.url)), '3000000.png');
+    const res = await m.generate({ images: [img], prompt: 'Which is further up, the red square or the orange square?' }, { maxNewTokens: 6 });
+    assert.equal(res.text, 'red square');
   });
 });

@@ -209,12 +209,20 @@ function build(): Command {
   program
     .command('quantize')
     .description(
-      "write a 4-bit copy of a model: its language model's decoder linears quantized per group (round to nearest, AWQ's quantizer), in AutoAWQ's GEMM format (loads here, in transformers and in vLLM); the vision tower, projector, embeddings and lm_head stay as stored",
+      "write a 4-bit copy of a model: its language model's decoder linears quantized per group (AWQ: activation-aware scale and clip searches on calibration prompts, then AWQ's rounding; or rtn: the rounding alone), in AutoAWQ's GEMM format (loads here, in transformers and in vLLM); the vision tower, projector, embeddings and lm_head stay as stored",
     )
     .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
     .requiredOption('--out <dir>', 'folder to write the quantized model to')
-    .addOption(new Option('--method <name>', 'rtn: round to nearest per group').choices(['rtn']).default('rtn'))
+    .addOption(
+      new Option('--method <name>', 'awq: scale and clip searches, then rounding; rtn: round to nearest per group').choices(['awq', 'rtn']).default('awq'),
+    )
     .option('--group-size <n>', 'inputs per scale group (a multiple of 32 that divides every linear input size)', int(32), 128)
+    .option(
+      '--calib <file>',
+      'awq calibration prompts: an episodes.jsonl (images and questions, as `sparsevila scenes` writes) or one text prompt per line; default for the embedded model: scenes of the training split',
+    )
+    .option('--calib-samples <n>', 'awq: calibration prompts used at most', int(1), 64)
+    .option('--threads <n>', 'threads (default: all cores)', int(1))
     .action(quantizeCommand);
 
   program

@@ -34,6 +34,12 @@ export interface ForwardOptions {
    * (their K/V go to the next layers' cache slots slot0.. in that order, with their own positions).
    */
   keepRows?: (layer: number, q: Matrix, part: KVCache, layerInPart: number, slot0: number) => number[] | null;
+  /**
+   * Called with the input rows of each linear group of a layer (see LinearGroup: the index of the
+   * group within the layer, in linearGroups() order) just before its matmul (calibration for
+   * quantizers).
+   */
+  onLinearInput?: (layer: number, group: number, x: Matrix) => void;
   /** The cache slot a layer writes the first row to, given the call's slot0 (default: slot0). */
   layerSlot0?: (layer: number, slot0: number) => number;
 }

@@ -348,6 +348,7 @@ export class LlamaDecoder implements LanguageDecoder {
       st.layers.forEach((L, j) => {
         const layer = st.first + j;
         const s0 = opts.layerSlot0?.(layer, slot0) ?? slot0;
+        opts.onLinearInput?.(layer, 0, h);
         be.matmul(qkv, h, L.qkv, L.qkvBias);
         // q and k are adjacent columns: one rotation over heads + kvHeads heads.
         be.rope(qk, this.heads + this.kvHeads, D, pos, st.rope);
@@ -356,10 +357,13 @@ export class LlamaDecoder implements LanguageDecoder {
         be.attention(att, q, part, j, { heads: this.heads, qSlot0: s0, causal: true, scale, keys: keys ?? { count: s0 + S } });
         opts.onQueries?.(layer, q, part, j);
         const keep = opts.keepRows?.(layer, q, part, j, s0) ?? null;
+        opts.onLinearInput?.(layer, 1, att);
         be.matmul(o, att, L.o, L.oBias);
         be.addRmsNorm(h, xs, o, L.postNorm, c.rmsNormEps);
+        opts.onLinearInput?.(layer, 2, h);
         be.matmul(gu, h, L.gateUp, L.gateUpBias);
         be.gatedActivation(act, gu.view(0, S, 0, I), gu.view(0, S, I, I), this.act);
+        opts.onLinearInput?.(layer, 3, act);
         be.matmul(o, act, L.down, L.downBias);
         const next = st.layers[j + 1];
         if (next) be.addRmsNorm(h, xs, o, next.inputNorm, c.rmsNormEps);

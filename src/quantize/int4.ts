@@ -9,15 +9,27 @@
 //   q     = clamp(round(w / scale) + zero, 0, 15)          round: half to even (torch.round)
 //   w^    = (q - zero) * scale
 
-/** Rounds to the nearest fp16 value (ties to even); out of range becomes ±Infinity. */
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/**
+ * Rounds to the nearest fp16 value (ties to even); out of range becomes ±Infinity. The value is
+ * first rounded to f32, as a float16 operation computed in float32 is.
+ */
 export function roundF16(x: number): number {
-  if (!Number.isFinite(x) || x === 0) return x;
-  const a = Math.abs(x);
-  if (a >= 65520) return x > 0 ? Infinity : -Infinity;
-  // The quantum of fp16 at a's binade: 2^(e - 10) for normal values, 2^-24 below 2^-14.
-  const q = 2 ** (Math.max(binade(a), -14) - 10);
-  const r = roundHalfEven(a / q) * q;
-  return x < 0 ? -r : r;
+  f32[0] = x;
+  const b = u32[0];
+  const sign = b & 0x80000000,
+    mag = b & 0x7fffffff;
+  if (mag >= 0x7f800000) return f32[0]; // Inf, NaN
+  if (mag >= 0x477ff000) return sign ? -Infinity : Infinity; // >= 65520 rounds past 65504
+  if (mag < 0x38800000) {
+    // Below 2^-14: multiples of 2^-24 (f16 subnormals).
+    const r = roundHalfEven(Math.abs(f32[0]) * 2 ** 24) * 2 ** -24;
+    return sign ? -r : r;
+  }
+  u32[0] = (((mag + 0x0fff + ((mag >>> 13) & 1)) & 0xffffe000) | sign) >>> 0;
+  return f32[0];
 }
 
 /** e with 2^e <= a < 2^(e+1), for a > 0 (log2 corrected where it rounds across a power of two). */

@@ -16,16 +16,38 @@ import { readJsonFile } from '../base/files.js';
 import { readModelFiles, completeFiles } from '../engine/model-folder.js';
 import { loadWeights, openWeights } from '../engine/weights-of.js';
 import { QuantizedLinear, packAwqGemm, quantizeInt4 } from './int4.js';
+import { AwqResult, awqTransform } from './awq.js';
+import { VisionLanguageModel } from '../engine/vlm.js';
+import { ImageInput } from '../engine/options.js';
+import { embedPrompt } from '../model/embed-prompt.js';
+import { densePrefill } from '../sparsity/method.js';
 
 export class QuantizeError extends InputError {}
 
+/** One calibration prompt: images (paths, bytes or decoded) and a user turn. */
+export interface CalibrationSample {
+  images?: ImageInput[];
+  prompt: string;
+}
+
 export interface QuantizeOptions {
-  /** `rtn`: round to nearest per group (AWQ's quantizer without its scale and clip search). */
-  method: 'rtn';
+  /**
+   * `rtn`: round to nearest per group (AWQ's quantizer alone). `awq`: the scale and clip searches
+   * on calibration inputs first (see awq.ts), then the same rounding.
+   */
+  method: 'rtn' | 'awq';
+  /** awq: the prompts whose activations drive the searches. */
+  calibration?: CalibrationSample[];
+  /** awq: at most this many input rows per linear group are kept for the scale search (default 4096). */
+  maxRows?: number;
+  /** Threads of the backend the awq searches run on. */
+  threads?: number;
   /** Inputs per scale group (default 128). */
   groupSize?: number;
   /** After each group of linears: how many are done, of how many, and which layer. */
   onProgress?: (done: number, total: number, layer: number) => void;
+  /** awq: after each group's scale or clip search: how many are done, of how many, and the layer. */
+  onSearch?: (done: number, total: number, layer: number) => void;
   /** Called with warnings (e.g. the model is not made smaller much). */
   onWarning?: (message: string) => void;
 }
@@ -38,6 +60,8 @@ export interface QuantizeReport {
   groupSize: number;
   bytesIn: number;
   bytesOut: number;
+  /** awq: the α the scale search chose per linear group (null: not searched). */
+  alphas?: (number | null)[];
 }
 
 /** The decoder linears of a model folder, in groups by shared input (a check-mode load: nothing is read). */
@@ -61,7 +85,8 @@ export async function decoderLinearGroups(dir: string): Promise<{ groups: Linear
  */
 export async function quantizeModel(dir: string, out: string, opts: QuantizeOptions): Promise<QuantizeReport> {
   const G = opts.groupSize ?? 128;
-  if (opts.method !== 'rtn') throw new OptionError(`quantize: unknown method ${JSON.stringify(opts.method)} (expected rtn)`);
+  if (opts.method !== 'rtn' && opts.method !== 'awq') throw new OptionError(`quantize: unknown method ${JSON.stringify(opts.method)} (expected rtn or awq)`);
+  if (opts.method === 'awq' && !opts.calibration?.length) throw new OptionError('quantize: awq needs calibration prompts (--calib FILE)');
   if (!Number.isInteger(G) || G < 32 || G % 32 !== 0) throw new OptionError(`--group-size must be a multiple of 32, got ${G}`);
   if (path.resolve(out) === path.resolve(dir)) throw new OptionError('quantize: --out must be another folder than --model');
   const { groups, ck } = await decoderLinearGroups(dir);
@@ -91,18 +116,23 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
         `${kept.length} of ${all.length} decoder linears stay as stored: ${sizes.join(', ')} cannot be grouped by ${G} (inputs) and 8 (outputs)`,
       );
     }
+    let awq: AwqResult | null = null;
+    if (opts.method === 'awq') awq = await awqFor(dir, groups, G, ck, opts);
     const quantized = new Map<string, QuantizedLinear>();
     const total = all.length - kept.length;
     let done = 0;
     for (const g of groups) {
       for (const l of g.linears.filter(fits)) {
-        quantized.set(l.base, quantizeInt4(readTensorF32(ck, `${l.base}.weight`), l.out, l.in, G));
+        quantized.set(l.base, quantizeInt4(awq?.weights.get(l.base) ?? readTensorF32(ck, `${l.base}.weight`), l.out, l.in, G));
         opts.onProgress?.(++done, total, g.layer);
       }
     }
-    const tensors = checkpointTensors(ck, quantized);
+    // Tensors AWQ changed that stay float (norm weights, biases, an unquantized previous linear).
+    const overrides = new Map<string, Float32Array>(awq?.tensors);
+    for (const [base, w] of awq?.weights ?? []) if (!quantized.has(base)) overrides.set(`${base}.weight`, w);
+    const tensors = checkpointTensors(ck, quantized, overrides);
     fs.mkdirSync(out, { recursive: true });
-    writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt', quantized_by: 'sparsevila quantize (rtn)' });
+    writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt', quantized_by: `sparsevila quantize (${opts.method})` });
     copyFolder(
       dir,
       out,
@@ -118,16 +148,29 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
       groupSize: G,
       bytesIn: ck.names().reduce((a, n) => a + ck.info(n).byteLength, 0),
       bytesOut: tensors.reduce((a, t) => a + t.data.byteLength, 0),
+      alphas: awq?.alphas,
     };
   } finally {
     ck.close();
   }
 }
 
-/** The output checkpoint's tensors: each quantized linear's weight replaced by its AWQ GEMM tensors, the rest as stored. */
-export function checkpointTensors(ck: Checkpoint, quantized: ReadonlyMap<string, QuantizedLinear>): TensorToWrite[] {
+/**
+ * The output checkpoint's tensors: each quantized linear's weight replaced by its AWQ GEMM tensors,
+ * `overrides` (f32, e.g. norm weights AWQ folded scales into) in F32, the rest as stored.
+ */
+export function checkpointTensors(
+  ck: Checkpoint,
+  quantized: ReadonlyMap<string, QuantizedLinear>,
+  overrides?: ReadonlyMap<string, Float32Array>,
+): TensorToWrite[] {
   const out: TensorToWrite[] = [];
   for (const name of ck.names()) {
+    const f = overrides?.get(name);
+    if (f) {
+      out.push({ name, dtype: 'F32', shape: ck.info(name).shape, data: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) });
+      continue;
+    }
     const base = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : null;
     const q = base !== null ? quantized.get(base) : undefined;
     if (q) {
@@ -145,6 +188,84 @@ export function checkpointTensors(ck: Checkpoint, quantized: ReadonlyMap<string,
     out.push({ name, dtype: info.dtype, shape: info.shape, data });
   }
   return out;
+}
+
+/**
+ * AWQ's searches: the calibration prompts run once through the model as stored, capturing each
+ * linear group's inputs (at most maxRows per group, spread over the prompts), then awqTransform.
+ */
+export async function awqFor(
+  dir: string,
+  groups: LinearGroup[],
+  G: number,
+  ck: Checkpoint,
+  opts: Pick<QuantizeOptions, 'calibration' | 'maxRows' | 'threads' | 'onWarning' | 'onSearch'> & { clip?: boolean },
+): Promise<AwqResult> {
+  const samples = opts.calibration!;
+  const maxRows = opts.maxRows ?? 4096;
+  const perSample = Math.max(1, Math.ceil(maxRows / samples.length));
+  const model = await VisionLanguageModel.load(dir, { threads: opts.threads, onWarning: opts.onWarning });
+  try {
+    const d = model.decoder;
+    const perLayer = groups.filter((g) => g.layer === 0).length;
+    const rows: Float32Array[][] = groups.map(() => []);
+    const imageId = model.config.imageFacts?.tokenId;
+    for (const sample of samples) {
+      const req = { images: sample.images ?? [], prompt: sample.prompt };
+      const images = req.images.length ? await model.imageFeatures(req.images, densePrefill) : [];
+      try {
+        const ids = await model.promptIds(req, images);
+        const x = model.backend.matrix(ids.length, d.hidden, d.place);
+        const cache = d.newCache();
+        try {
+          if (imageId !== undefined && images.length)
+            embedPrompt(
+              d,
+              x,
+              ids,
+              imageId,
+              images.map((i) => i.features),
+            );
+          else d.embed(x, ids);
+          const stride = Math.max(1, Math.floor(ids.length / perSample));
+          d.forward(
+            x,
+            cache,
+            0,
+            ids.map((_, i) => i),
+            {
+              onLinearInput: (layer, gi, m) => {
+                const all = model.backend.read(m);
+                const K = m.cols;
+                for (let r = 0; r < m.rows; r += stride) rows[layer * perLayer + gi].push(all.slice(r * K, (r + 1) * K));
+              },
+            },
+          );
+        } finally {
+          d.freeCache(cache);
+          model.backend.free(x);
+        }
+      } finally {
+        for (const i of images) model.backend.free(i.features);
+      }
+    }
+    const inputs = rows.map((r) => {
+      const K = r[0]?.length ?? 0;
+      const out = new Float32Array(r.length * K);
+      r.forEach((v, i) => out.set(v, i * K));
+      return out;
+    });
+    return awqTransform(groups, inputs, {
+      groupSize: G,
+      read: (n) => readTensorF32(ck, n),
+      has: (n) => ck.has(n),
+      backend: model.backend,
+      onProgress: (done, total, layer) => opts.onSearch?.(done, total, layer),
+      clip: opts.clip,
+    });
+  } finally {
+    await model.close();
+  }
 }
 
 /** Copies the folder's other files and writes config.json with AutoAWQ's quantization_config. */
