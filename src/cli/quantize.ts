@@ -42,7 +42,7 @@ export async function readCalibration(file: string, max: number): Promise<Calibr
 }
 
 /** The default model's calibration: scenes of the training split with their questions (never the test split). */
-async function defaultCalibration(max: number): Promise<CalibrationSample[]> {
+export async function defaultCalibration(max: number): Promise<CalibrationSample[]> {
   const out: CalibrationSample[] = [];
   for (const seed of splitSeeds('train', Math.ceil(max / 2))) {
     const s = makeScene(seed);
