@@ -1,5 +1,6 @@
 // npm run bench:sparsity: dense against SparseVILA on a long visual context, on random-weight
-// language models of real shapes (bf16, 2 threads). Writes its section of docs/BENCHMARKS.md.
+// language models of real shapes (bf16, every baseline too; and 4-bit AWQ weights, dense and
+// SparseVILA; 2 threads). Writes its section of docs/BENCHMARKS.md.
 import { parseConfig } from '../src/model/registry.js';
 import { CausalLmConfig } from '../src/model/causal-lm/family.js';
 import { WasmBackend } from '../src/kernels/wasm-backend.js';
@@ -8,7 +9,7 @@ import { WeightLoader } from '../src/model/weights.js';
 import { DecodeMethod } from '../src/sparsity/decode.js';
 import { fastV, questDecode, sparseVilaDecode } from '../src/sparsity/method.js';
 import { keptCount } from '../src/sparsity/select.js';
-import { LlamaShape, RandomLlamaSource, SMOLVLM_TEXT_SHAPE, VILA_3B_LLM_SHAPE, llamaConfigJson } from './random-weights.js';
+import { LlamaShape, RandomAwqLlamaSource, RandomLlamaSource, SMOLVLM_TEXT_SHAPE, VILA_3B_LLM_SHAPE, llamaConfigJson } from './random-weights.js';
 import { machineDescription, markdownTable, writeSection } from './report.js';
 
 interface Case {
@@ -20,7 +21,12 @@ interface Case {
   visualWhat: string;
   /** llama.cpp's dense decode of this shape at this context (F16, 2 threads, measured elsewhere). */
   llamaCppDecode?: number;
+  /** The 4-bit runs' group size (one that divides every linear's inputs). */
+  groupSize: number;
 }
+
+/** bf16 runs every method; int4 (AWQ GEMM weights, W4A16) runs dense and SparseVILA. */
+type Weights = 'bf16' | 'int4';
 interface Method {
   name: string;
   /** Visual tokens that reach the language model, of n. */
@@ -41,6 +47,7 @@ const CASES: Case[] = [
     visualWhat: '64 frames x 64 tokens',
     llamaCppDecode: 44,
     shape: SMOLVLM_TEXT_SHAPE,
+    groupSize: 64,
   },
   {
     key: 'vila',
@@ -48,6 +55,7 @@ const CASES: Case[] = [
     visual: 1568,
     visualWhat: '8 frames x 196 tokens',
     shape: VILA_3B_LLM_SHAPE,
+    groupSize: 128,
   },
 ];
 // Baselines at SparseVILA's budgets: VisionZip keeps as many visual tokens as SparseVILA's prefill
@@ -70,6 +78,7 @@ const METHODS: Method[] = [
 
 interface Result {
   c: Case;
+  weights: Weights;
   m: Method;
   promptTokens: number;
   visualKept: number;
@@ -85,9 +94,10 @@ function rng(seed: number): () => number {
   return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
-async function benchCase(c: Case): Promise<Result[]> {
+async function benchCase(c: Case, weights: Weights): Promise<Result[]> {
   const be = await WasmBackend.create({ threads: THREADS });
-  const source = new RandomLlamaSource(c.shape, `<random ${c.key}>`);
+  const label = `<random ${c.key}>`;
+  const source = weights === 'int4' ? new RandomAwqLlamaSource(c.shape, label, c.groupSize) : new RandomLlamaSource(c.shape, label);
   const config = parseConfig(llamaConfigJson(c.shape), c.key).config as CausalLmConfig;
   if (config.modelType !== 'llama') throw new Error('expected a llama config');
   const decoder = await LlamaDecoder.load(new WeightLoader(be, source, c.key), config, {
@@ -121,7 +131,7 @@ async function benchCase(c: Case): Promise<Result[]> {
       be.free(y);
       decoder.freeCache(cache);
     }
-    for (const m of METHODS) {
+    for (const m of weights === 'int4' ? METHODS.slice(0, 2) : METHODS) {
       // Prompt: system text, the visual tokens that survive prefill pruning, the question. The
       // embeddings are random (speed does not depend on values); the vision encoder is not run.
       const V = m.visualKept(c.visual),
@@ -156,6 +166,7 @@ async function benchCase(c: Case): Promise<Result[]> {
         const kvBytesPerStep = rowsRead * config.numHiddenLayers * config.numKeyValueHeads * config.headDim * 4 * 2;
         const res: Result = {
           c,
+          weights,
           m,
           promptTokens: S,
           visualKept: V,
@@ -167,7 +178,7 @@ async function benchCase(c: Case): Promise<Result[]> {
         };
         results.push(res);
         console.log(
-          `  [${c.key}] ${m.name}: prompt ${S} tokens (${V} of ${c.visual} visual), prefill ${(prefillMs / 1000).toFixed(2)} s, ` +
+          `  [${c.key} ${weights}] ${m.name}: prompt ${S} tokens (${V} of ${c.visual} visual), prefill ${(prefillMs / 1000).toFixed(2)} s, ` +
             `decode ${res.decodeTokS.toFixed(1)} tok/s, KV read per step ${(kvBytesPerStep / 2 ** 20).toFixed(1)} MiB`,
         );
       } finally {
@@ -188,17 +199,22 @@ const only = process.env.SPARSEVILA_BENCH_MODELS?.split(',').map((s) => s.trim()
 const all: Result[] = [];
 for (const c of CASES) {
   if (only && !only.includes(c.key)) continue;
-  console.log(`${c.name}, ${c.visual} visual tokens (${c.visualWhat}), bf16 weights, ${THREADS} threads:`);
-  all.push(...(await benchCase(c)));
+  for (const weights of ['bf16', 'int4'] as const) {
+    console.log(
+      `${c.name}, ${c.visual} visual tokens (${c.visualWhat}), ${weights === 'int4' ? `int4 AWQ G${c.groupSize} (W4A16)` : 'bf16'} weights, ${THREADS} threads:`,
+    );
+    all.push(...(await benchCase(c, weights)));
+  }
 }
 const wallS = (performance.now() - started) / 1000;
 const f1 = (x: number) => x.toFixed(1);
 const rows = all.map((r) => {
-  const dense = all.find((q) => q.c === r.c && q.m === METHODS[0])!;
+  const dense = all.find((q) => q.c === r.c && q.weights === r.weights && q.m === METHODS[0])!;
   const e2e = r.prefillMs + r.decodeMs,
     e2eDense = dense.prefillMs + dense.decodeMs;
   return [
     r.c.name,
+    r.weights === 'int4' ? `int4 G${r.c.groupSize}` : 'bf16',
     r.m.name,
     `${r.promptTokens} (${r.visualKept} visual)`,
     r.m.name.startsWith('Quest')
@@ -215,14 +231,15 @@ const rows = all.map((r) => {
 });
 const header = [
   'model shape',
+  'weights',
   'method',
   'prompt tokens',
   'visual tokens per decode step (Quest: KV slots, layer average)',
   'prefill s',
   'decode tok/s',
-  'decode vs dense',
+  'decode vs dense (same weights)',
   `end-to-end s (prefill + ${NEW_TOKENS} tokens)`,
-  'end-to-end vs dense',
+  'end-to-end vs dense (same weights)',
   'KV MiB read per step',
   'llama.cpp dense decode tok/s *',
 ];
@@ -237,7 +254,7 @@ if (only) {
     '',
     `Machine: ${machineDescription()}. Run on ${new Date().toISOString().slice(0, 10)}; the whole benchmark took ${f1(wallS / 60)} min.`,
     '',
-    `The language model alone (random bf16 weights, f32 KV cache, ${THREADS} threads) with a long visual context: a prompt of ${SYSTEM_TOKENS} system tokens, ` +
+    `The language model alone (random weights: bf16 for every method, and 4-bit AWQ GEMM weights (W4A16; group 64 for SmolVLM, 128 for VILA) for dense and SparseVILA; f32 KV cache, ${THREADS} threads) with a long visual context: a prompt of ${SYSTEM_TOKENS} system tokens, ` +
       `the visual tokens that survive prefill pruning, and a ${QUESTION_TOKENS}-token question; then ${NEW_TOKENS} decode steps. ` +
       'The embeddings are random (speed does not depend on values) and the vision encoder is not run, so prefill pruning shows as the shorter prompt. ' +
       "SparseVILA's prefill time includes its decode retrieval scoring (every layer scores the visual tokens by the question's attention). " +
