@@ -174,6 +174,32 @@ describe('quantize: a whole model, written and reloaded', () => {
     assert.equal(ra.text, 'red square');
   });
 
+  it('a VILA folder (llm/, vision_tower/, mm_projector/) is written in its own layout, the config in llm/', async () => {
+    const out = path.join(tempDir('sparsevila-q-'), 'vila');
+    const warnings: string[] = [];
+    // vila-tiny's hidden size is 48: only down_proj (128 inputs) can be grouped.
+    const r = await quantizeModel(fixture('vila-tiny'), out, { method: 'rtn', groupSize: 32, onWarning: (m) => warnings.push(m) });
+    assert.equal(r.linears, 3);
+    assert.equal(r.keptLinears, 18);
+    for (const f of ['config.json', 'llm/model.safetensors', 'llm/tokenizer.json', 'vision_tower/model.safetensors', 'mm_projector/model.safetensors'])
+      assert.ok(fs.existsSync(path.join(out, f)), f);
+    const llm = Checkpoint.open(path.join(out, 'llm'));
+    assert.ok(llm.has('model.layers.0.mlp.down_proj.qweight') && !llm.has('model.layers.0.mlp.down_proj.weight'));
+    assert.ok(llm.has('model.layers.0.self_attn.q_proj.weight'));
+    llm.close();
+    const qc = (JSON.parse(fs.readFileSync(path.join(out, 'llm', 'config.json'), 'utf8')) as { quantization_config: { modules_to_not_convert: string[] } })
+      .quantization_config;
+    assert.equal(qc.modules_to_not_convert.length, 18);
+    assert.ok(qc.modules_to_not_convert.includes('model.layers.0.self_attn.q_proj'));
+    const q = await VisionLanguageModel.load(out, { threads: 1 }),
+      o = await VisionLanguageModel.load(fixture('vila-tiny'), { threads: 1 });
+    models.push(q, o);
+    const req = { images: [path.join(fixture('vila-tiny'), 'image.png')], prompt: 'What is this?' };
+    const a = await q.generate(req, { maxNewTokens: 5 }),
+      b = await o.generate(req, { maxNewTokens: 5 });
+    assert.deepEqual(a.ids, b.ids);
+  });
+
   it('the CLI writes a checkpoint inspect recognises; refuses an already quantized model and --out = --model', () => {
     const out = path.join(tempDir('sparsevila-q-'), 'cli');
     const r = spawnSync(process.execPath, [cli, 'quantize', '--method', 'rtn', '--out', out, '--group-size', '64'], { encoding: 'utf8' });

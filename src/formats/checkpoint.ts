@@ -197,6 +197,12 @@ export class Checkpoint implements TensorSource {
     this.fileOf.get(name)!.readInto(this.stored.get(name) ?? name, dest);
   }
 
+  /** Where tensor `name` is stored: its file, and its name there (without a part's prefix). */
+  location(name: string): { file: WeightFile; stored: string } {
+    this.info(name);
+    return { file: this.fileOf.get(name)!, stored: this.stored.get(name) ?? name };
+  }
+
   /** Closes every shard. */
   close(): void {
     for (const f of this.files) f.close();

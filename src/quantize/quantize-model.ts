@@ -91,10 +91,6 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
   if (path.resolve(out) === path.resolve(dir)) throw new OptionError('quantize: --out must be another folder than --model');
   const { groups, ck } = await decoderLinearGroups(dir);
   try {
-    if (ck.files.length !== 1 || ck.files[0].path !== path.join(dir, 'model.safetensors'))
-      throw new QuantizeError(
-        `${dir}: quantize writes single-file checkpoints (model.safetensors); this folder's weights are in ${ck.files.map((f) => f.path).join(', ')}`,
-      );
     const all = groups.flatMap((g) => g.linears);
     for (const l of all) {
       if (!ck.has(`${l.base}.weight`))
@@ -131,8 +127,27 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
     const overrides = new Map<string, Float32Array>(awq?.tensors);
     for (const [base, w] of awq?.weights ?? []) if (!quantized.has(base)) overrides.set(`${base}.weight`, w);
     const tensors = checkpointTensors(ck, quantized, overrides);
-    fs.mkdirSync(out, { recursive: true });
-    writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt', quantized_by: `sparsevila quantize (${opts.method})` });
+    // One model.safetensors per folder that held weights (VILA: llm/, vision_tower/,
+    // mm_projector/), with the names stored there; shards are merged.
+    const byFolder = new Map<string, TensorToWrite[]>();
+    for (const t of tensors) {
+      const source =
+        t.name.endsWith('.qweight') || t.name.endsWith('.qzeros') || t.name.endsWith('.scales')
+          ? t.name.replace(/\.(qweight|qzeros|scales)$/, '.weight')
+          : t.name;
+      const at = ck.location(source);
+      const rel = path.relative(dir, path.dirname(at.file.path));
+      const prefix = source.slice(0, source.length - at.stored.length);
+      const list = byFolder.get(rel) ?? [];
+      list.push({ ...t, name: t.name.slice(prefix.length) });
+      byFolder.set(rel, list);
+    }
+    for (const [rel, list] of byFolder) {
+      fs.mkdirSync(path.join(out, rel), { recursive: true });
+      writeSafetensors(path.join(out, rel, 'model.safetensors'), list, { format: 'pt', quantized_by: `sparsevila quantize (${opts.method})` });
+    }
+    // The quantization config goes with the quantized tensors' folder (VILA: llm/config.json).
+    const quantFolder = path.relative(dir, path.dirname(ck.location(`${[...quantized.keys()][0]}.weight`).file.path));
     copyFolder(
       dir,
       out,
@@ -140,6 +155,7 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
       G,
       [...quantized.keys()],
       kept.map((l) => l.base),
+      quantFolder,
     );
     return {
       out,
@@ -268,28 +284,49 @@ export async function awqFor(
   }
 }
 
-/** Copies the folder's other files and writes config.json with AutoAWQ's quantization_config. */
-function copyFolder(dir: string, out: string, ck: Checkpoint, G: number, quantized: string[], keptLinears: string[]): void {
-  for (const f of fs.readdirSync(dir)) {
-    const src = path.join(dir, f);
-    if (f === 'config.json' || f.endsWith('.safetensors') || f === 'model.safetensors.index.json' || !fs.statSync(src).isFile()) continue;
-    fs.copyFileSync(src, path.join(out, f));
-  }
-  const config = readJsonFile(path.join(dir, 'config.json'), { what: 'config' }) as Record<string, unknown>;
-  // Linear modules outside the decoder that stay as they are (transformers must not convert them).
-  const decoderModules = new Set(quantized.map((b) => b.split('.')[0]));
+/**
+ * Copies the folder's other files (every subfolder too, weights aside) and adds AutoAWQ's
+ * quantization_config to the config.json of `quantFolder` (the folder of the quantized tensors,
+ * or the top one when it has no config.json).
+ */
+function copyFolder(dir: string, out: string, ck: Checkpoint, G: number, quantized: string[], keptLinears: string[], quantFolder: string): void {
+  const copy = (rel: string) => {
+    for (const f of fs.readdirSync(path.join(dir, rel))) {
+      const src = path.join(dir, rel, f);
+      const st = fs.statSync(src);
+      if (st.isDirectory()) {
+        fs.mkdirSync(path.join(out, rel, f), { recursive: true });
+        copy(path.join(rel, f));
+      } else if (st.isFile() && !f.endsWith('.safetensors') && !f.endsWith('.safetensors.index.json')) fs.copyFileSync(src, path.join(out, rel, f));
+    }
+  };
+  copy('');
+  const configDir = fs.existsSync(path.join(dir, quantFolder, 'config.json')) ? quantFolder : '';
+  const configPath = path.join(dir, configDir, 'config.json');
+  const config = readJsonFile(configPath, { what: 'config' }) as Record<string, unknown>;
+  // Linear modules outside the decoder that stay as they are (transformers must not convert them),
+  // named as in that folder's checkpoint.
+  const strip = (name: string) => {
+    const at = ck.location(name);
+    return name.slice(name.length - at.stored.length);
+  };
+  const inFolder = (name: string) => path.relative(dir, path.dirname(ck.location(name).file.path)) === configDir;
+  const decoderModules = new Set(quantized.map((b) => strip(`${b}.weight`).split('.')[0]));
   const keep = new Set<string>();
   for (const n of ck.names()) {
-    const top = n.split('.')[0];
-    if (n.endsWith('.weight') && ck.info(n).shape.length === 2 && !decoderModules.has(top) && top !== 'lm_head') keep.add(top);
+    if (!inFolder(n)) continue;
+    const own = strip(n);
+    const top = own.split('.')[0];
+    if (own.endsWith('.weight') && ck.info(n).shape.length === 2 && !decoderModules.has(top) && top !== 'lm_head') keep.add(top);
   }
+  const keptOwn = keptLinears.map((b) => strip(`${b}.weight`).replace(/\.weight$/, ''));
   config.quantization_config = {
     quant_method: 'awq',
     version: 'gemm',
     bits: 4,
     group_size: G,
     zero_point: true,
-    modules_to_not_convert: keep.size || keptLinears.length ? [...[...keep].sort(), ...keptLinears] : null,
+    modules_to_not_convert: keep.size || keptOwn.length ? [...[...keep].sort(), ...keptOwn] : null,
   };
-  fs.writeFileSync(path.join(out, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  fs.writeFileSync(path.join(out, configDir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
 }
