@@ -27,6 +27,21 @@ import { Rng, assertClose, absRel, f16ToNumber, f32ToF16, fixture, tempDir } fro
 
 const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
+/** The logits of every row of a prefill of `rows` (token ids) from an empty cache. */
+function logits(m: VisionLanguageModel, rows: number[]): Float32Array {
+  const d = m.decoder;
+  const x = m.backend.matrix(rows.length, d.hidden, d.place);
+  const cache = d.newCache();
+  try {
+    d.embed(x, rows);
+    const all = rows.map((_, i) => i);
+    return Float32Array.from(d.forward(x, cache, 0, all, { logitRows: all }));
+  } finally {
+    d.freeCache(cache);
+    m.backend.free(x);
+  }
+}
+
 describe('quantize: the 4-bit quantizer and AutoAWQ GEMM packing', () => {
   it('rounds to fp16 as torch does (ties to even, subnormals, overflow)', () => {
     const rng = new Rng(7);
@@ -144,26 +159,6 @@ describe('quantize: a whole model, written and reloaded', () => {
       b = await VisionLanguageModel.load(twin, { threads: 2 });
     models.push(a, b);
     const ids = [1, 5, 9, 12, 20, 33, 41, 7, 3, 60, 2, 11];
-    const logits = (m: VisionLanguageModel, rows: number[]) => {
-      const d = m.decoder;
-      const x = m.backend.matrix(rows.length, d.hidden, d.place);
-      const cache = d.newCache();
-      try {
-        d.embed(x, rows);
-        return Float32Array.from(
-          d.forward(
-            x,
-            cache,
-            0,
-            rows.map((_, i) => i),
-            { logitRows: rows.map((_, i) => i) },
-          ),
-        );
-      } finally {
-        d.freeCache(cache);
-        m.backend.free(x);
-      }
-    };
     assert.deepEqual(logits(a, ids), logits(b, ids), 'prefill logits (int4 GEMM vs its dequantized f32 twin)');
     assertClose(logits(a, [ids[0]]), logits(b, [ids[0]]), absRel(1e-3, 0), 'one-row logits (int4 GEMV, i16 activations)');
     const img = path.join(fileURLToPath(new URL('../../samples/scenes', import.meta.url)), '3000000.png');
@@ -246,27 +241,7 @@ describe('quantize: a whole model, written and reloaded', () => {
       b = await VisionLanguageModel.load(twin, { threads: 2 });
     models.push(a, b);
     const ids = [1, 5, 9, 12, 20, 33, 41, 7, 3, 60, 2, 11];
-    const run = (m: VisionLanguageModel) => {
-      const d = m.decoder;
-      const x = m.backend.matrix(ids.length, d.hidden, d.place);
-      const cache = d.newCache();
-      try {
-        d.embed(x, ids);
-        return Float32Array.from(
-          d.forward(
-            x,
-            cache,
-            0,
-            ids.map((_, i) => i),
-            { logitRows: ids.map((_, i) => i) },
-          ),
-        );
-      } finally {
-        d.freeCache(cache);
-        m.backend.free(x);
-      }
-    };
-    assertClose(run(b), run(a), absRel(1e-4, 0), 'logits with the AWQ scales folded in (no rounding)');
+    assertClose(logits(b, ids), logits(a, ids), absRel(1e-4, 0), 'logits with the AWQ scales folded in (no rounding)');
 
     const out = path.join(tempDir('sparsevila-q-'), 'awq');
     const q = await quantizeModel(DEFAULT_MODEL_DIR, out, { method: 'awq', groupSize: 128, calibration, maxRows: 1024, threads: 2 });
