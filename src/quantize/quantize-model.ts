@@ -290,6 +290,8 @@ export async function awqFor(
  * or the top one when it has no config.json).
  */
 function copyFolder(dir: string, out: string, ck: Checkpoint, G: number, quantized: string[], keptLinears: string[], quantFolder: string): void {
+  // The weights are rewritten: their files (safetensors shards, a .pt state dict) are not copied.
+  const weightFiles = new Set(ck.files.map((f) => path.resolve(f.path)));
   const copy = (rel: string) => {
     for (const f of fs.readdirSync(path.join(dir, rel))) {
       const src = path.join(dir, rel, f);
@@ -297,7 +299,8 @@ function copyFolder(dir: string, out: string, ck: Checkpoint, G: number, quantiz
       if (st.isDirectory()) {
         fs.mkdirSync(path.join(out, rel, f), { recursive: true });
         copy(path.join(rel, f));
-      } else if (st.isFile() && !f.endsWith('.safetensors') && !f.endsWith('.safetensors.index.json')) fs.copyFileSync(src, path.join(out, rel, f));
+      } else if (st.isFile() && !weightFiles.has(path.resolve(src)) && !f.endsWith('.safetensors') && !f.endsWith('.safetensors.index.json'))
+        fs.copyFileSync(src, path.join(out, rel, f));
     }
   };
   copy('');
