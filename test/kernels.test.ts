@@ -31,7 +31,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { int4Bytes, q16Bytes } from '../src/kernels/backend.js';
-import type { Activation, IntVector, KVCache, LinearCompute, LinearWeight, Matrix, WeightDType } from '../src/kernels/backend.js';
+import type { Activation, Int4Options, Int4Parts, IntVector, KVCache, LinearCompute, LinearWeight, Matrix, WeightDType } from '../src/kernels/backend.js';
 import { BackendError, WasmBackend } from '../src/kernels/wasm-backend.js';
 import { Arena } from '../src/runtime/arena.js';
 import { loadKernelModule, relaxedSimdSupported } from '../src/runtime/kernel-module.js';
@@ -129,6 +129,23 @@ class Scope {
     const v = this.keep(this.be.ints(data.length));
     this.be.writeInts(v, data);
     return v;
+  }
+  /** A 4-bit weight from canonical parts (see Int4Parts). */
+  int4(N: number, K: number, G: number, p: Int4Parts, opts: Int4Options = {}): LinearWeight {
+    return this.keep(
+      this.be.linearInt4(
+        N,
+        K,
+        G,
+        (d) => {
+          d.q.set(p.q);
+          d.scales.set(p.scales);
+          d.offsets.set(p.offsets);
+        },
+        0,
+        opts,
+      ),
+    );
   }
   linear(N: number, K: number, dtype: WeightDType, w: StoredWeights, compute: LinearCompute = 'stored'): LinearWeight {
     return this.keep(this.be.linear(N, K, dtype, (dest) => dest.set(w.bytes), 0, compute));
@@ -610,20 +627,7 @@ describe('matmul', () => {
         const B = bias ? s.keep(be.params(bias)) : undefined;
         const want = ref.matmul(x, M, K, w, N, bias);
         for (const activations of M === 1 ? (['i16', 'i8'] as const) : (['i16'] as const)) {
-          const W = s.keep(
-            be.linearInt4(
-              N,
-              K,
-              G,
-              (d) => {
-                d.q.set(q);
-                d.scales.set(scales);
-                d.offsets.set(offsets);
-              },
-              0,
-              { activations },
-            ),
-          );
+          const W = s.int4(N, K, G, { q, scales, offsets }, { activations });
           assert.equal(W.dtype, 'int4');
           assert.equal(W.activations, activations);
           assert.equal(W.byteLength, int4Bytes(N, K, G));
@@ -667,20 +671,7 @@ describe('matmul', () => {
           const gi = Math.floor(i / K) * groups + Math.floor((i % K) / G);
           w[i] = round(Math.fround(((q[i >> 1] >> ((i & 1) * 4)) & 15) * scales[gi] + offsets[gi]));
         }
-        const W = s.keep(
-          be.linearInt4(
-            N,
-            K,
-            G,
-            (d) => {
-              d.q.set(q);
-              d.scales.set(scales);
-              d.offsets.set(offsets);
-            },
-            0,
-            { dequantRounding: rounding },
-          ),
-        );
+        const W = s.int4(N, K, G, { q, scales, offsets }, { dequantRounding: rounding });
         assert.equal(W.dequantRounding, rounding);
         const x = rng.f32(M * K);
         const want = ref.matmul(x, M, K, w, N);

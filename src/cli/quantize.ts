@@ -1,9 +1,8 @@
 // `sparsevila quantize`: a model folder to a 4-bit AutoAWQ GEMM checkpoint (see quantize/).
-import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { modelDir } from '../default-model.js';
-import { ensureOutputDir } from '../base/files.js';
+import { ensureOutputDir, readTextFile } from '../base/files.js';
 import { OptionError } from '../base/errors.js';
 import { CalibrationSample, quantizeModel } from '../quantize/quantize-model.js';
 import { readEpisodes } from '../eval/harness.js';
@@ -32,8 +31,7 @@ export async function readCalibration(file: string, max: number): Promise<Calibr
     }
     return out.slice(0, max);
   }
-  const lines = fs
-    .readFileSync(file, 'utf8')
+  const lines = readTextFile(file, { what: 'calibration prompts', maxBytes: 64 * 2 ** 20 })!
     .split(/\r?\n/)
     .map((l) => l.trim())
     .filter((l) => l.length > 0);

@@ -71,7 +71,8 @@ export function awqTransform(groups: LinearGroup[], inputs: GroupInputs, o: AwqO
       const best = searchScale(
         X,
         K,
-        g.linears.map((l) => ({ w: o.read(`${l.base}.weight`), out: l.out })),
+        // Every search runs before any scale is applied: the cached weights are still as stored.
+        g.linears.map((l) => ({ w: get(l.base), out: l.out })),
         G,
         o.backend,
       );

@@ -131,15 +131,11 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
     // mm_projector/), with the names stored there; shards are merged.
     const byFolder = new Map<string, TensorToWrite[]>();
     for (const t of tensors) {
-      const source =
-        t.name.endsWith('.qweight') || t.name.endsWith('.qzeros') || t.name.endsWith('.scales')
-          ? t.name.replace(/\.(qweight|qzeros|scales)$/, '.weight')
-          : t.name;
-      const at = ck.location(source);
+      const at = ck.location(t.from);
       const rel = path.relative(dir, path.dirname(at.file.path));
-      const prefix = source.slice(0, source.length - at.stored.length);
+      const prefix = t.from.slice(0, t.from.length - at.stored.length);
       const list = byFolder.get(rel) ?? [];
-      list.push({ ...t, name: t.name.slice(prefix.length) });
+      list.push({ name: t.name.slice(prefix.length), dtype: t.dtype, shape: t.shape, data: t.data });
       byFolder.set(rel, list);
     }
     for (const [rel, list] of byFolder) {
@@ -172,19 +168,20 @@ export async function quantizeModel(dir: string, out: string, opts: QuantizeOpti
 }
 
 /**
- * The output checkpoint's tensors: each quantized linear's weight replaced by its AWQ GEMM tensors,
+ * The output checkpoint's tensors, each with the checkpoint tensor it comes `from`: each quantized
+ * linear's weight replaced by its AWQ GEMM tensors,
  * `overrides` (f32, e.g. norm weights AWQ folded scales into) in F32, the rest as stored.
  */
 export function checkpointTensors(
   ck: Checkpoint,
   quantized: ReadonlyMap<string, QuantizedLinear>,
   overrides?: ReadonlyMap<string, Float32Array>,
-): TensorToWrite[] {
-  const out: TensorToWrite[] = [];
+): (TensorToWrite & { from: string })[] {
+  const out: (TensorToWrite & { from: string })[] = [];
   for (const name of ck.names()) {
     const f = overrides?.get(name);
     if (f) {
-      out.push({ name, dtype: 'F32', shape: ck.info(name).shape, data: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) });
+      out.push({ name, from: name, dtype: 'F32', shape: ck.info(name).shape, data: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) });
       continue;
     }
     const base = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : null;
@@ -192,16 +189,16 @@ export function checkpointTensors(
     if (q) {
       const p = packAwqGemm(q);
       out.push(
-        { name: `${base}.qweight`, dtype: 'I32', shape: [q.K, q.N / 8], data: p.qweight },
-        { name: `${base}.qzeros`, dtype: 'I32', shape: [q.K / q.G, q.N / 8], data: p.qzeros },
-        { name: `${base}.scales`, dtype: 'F16', shape: [q.K / q.G, q.N], data: p.scales },
+        { name: `${base}.qweight`, from: name, dtype: 'I32', shape: [q.K, q.N / 8], data: p.qweight },
+        { name: `${base}.qzeros`, from: name, dtype: 'I32', shape: [q.K / q.G, q.N / 8], data: p.qzeros },
+        { name: `${base}.scales`, from: name, dtype: 'F16', shape: [q.K / q.G, q.N], data: p.scales },
       );
       continue;
     }
     const info = ck.info(name);
     const data = new Uint8Array(info.byteLength);
     ck.readInto(name, data);
-    out.push({ name, dtype: info.dtype, shape: info.shape, data });
+    out.push({ name, from: name, dtype: info.dtype, shape: info.shape, data });
   }
   return out;
 }
