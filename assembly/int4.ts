@@ -7,10 +7,10 @@
 // row's 32 values in k order. Scales and offsets: [quads][K/G][s0 s1 s2 s3 m0 m1 m2 m3] f32.
 // Rows past N are zero (q, s and m).
 //
-// Decode (GEMV): the activation row is quantized once per call to i16 (x = sx * xq, |xq| <= 32767)
-// with its per-group sums; each quad streams its weight bytes once, multiplies with
-// `i32x4.dot_i16x8_s`, and per group adds s * sx * sum(q xq) + m * sum_g(x). A group's integer sum
-// is at most 2 * 15 * 32767 per lane and pair step, G/8 pair steps per lane: exact up to G = 8192.
+// Decode (GEMV): the activation row is quantized once per call to 15-bit integers (x = sx * xq,
+// |xq| <= 16383, as two i8 planes) with its per-group sums; each quad streams its weight bytes
+// once, multiplies with the relaxed i8 dot product, and per group adds s * sx * sum(q xq) +
+// m * sum_g(x). A group's integer sum is at most G * 15 * 16383: exact in i32 up to G = 8192.
 // Prefill (GEMM): each 8-row panel's K block is dequantized to f32 into L1 scratch, then the f32
 // micro-kernel of matmul.ts runs over it.
 
@@ -57,12 +57,14 @@ export function pack_q4(tid: i32, begin: i32, end: i32, q: usize, s: usize, m: u
 }
 
 /**
- * Quantizes one activation row x[K] for the GEMVs, per group of G inputs: bits 16 → xq i16 [K]
- * (|xq| <= 32767, for gemv_q4), bits 8 → xq i8 [K] (|xq| <= 127, for gemv_q4a8); x ~ xs[g] * xq.
- * Also the exact f32 sums of x over each group at xg. Units: groups.
+ * Quantizes one activation row x[K] for the GEMVs, per group of G inputs; x ~ xs[g] * xq.
+ * bits 15 (gemv_q4): |xq| <= 16383, written as two i8 planes at xq: high bytes xh = xq >> 7
+ * ([-128, 127], at xq) and low 7 bits xl = xq & 127 ([0, 127], at xq + K), xq = 128 xh + xl.
+ * bits 8 (gemv_q4a8): |xq| <= 127, one i8 plane. Also the exact f32 sums of x over each group at
+ * xg. Units: groups.
  */
 export function quant_x_q4(tid: i32, begin: i32, end: i32, x: usize, K: i32, G: i32, xq: usize, xs: usize, xg: usize, bits: i32): void {
-  const qmax: f32 = bits == 8 ? 127 : 32767;
+  const qmax: f32 = bits == 8 ? 127 : 16383;
   for (let g = begin; g < end; g++) {
     const k0 = g * G;
     let vmax = f32x4.splat(0);
@@ -86,49 +88,73 @@ export function quant_x_q4(tid: i32, begin: i32, end: i32, x: usize, K: i32, G: 
       if (bits == 8) {
         v128.store(xq + <usize>k, i8x16.narrow_i16x8_s(lo, hi));
       } else {
-        v128.store(xq + <usize>k * 2, lo);
-        v128.store(xq + <usize>k * 2, hi, 16);
+        const m = i16x8.splat(127);
+        v128.store(xq + <usize>k, i8x16.narrow_i16x8_s(i16x8.shr_s(lo, 7), i16x8.shr_s(hi, 7)));
+        v128.store(xq + <usize>K + <usize>k, i8x16.narrow_i16x8_s(v128.and(lo, m), v128.and(hi, m)));
       }
     }
   }
 }
 
-// One row's 32 weights of a chunk against the chunk's activations (4 x i16x8), into acc.
-// @ts-ignore: decorator
-@inline function rowDot(w: v128, x0: v128, x1: v128, x2: v128, x3: v128, acc: v128): v128 {
-  const lo = v128.and(w, i8x16.splat(15)), hi = i8x16.shr_u(w, 4);
-  const d0 = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(lo), x0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), x1));
-  const d1 = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), x2), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(hi), x3));
-  return i32x4.add(acc, i32x4.add(d0, d1));
-}
-
 /**
- * y[N] = W x (+ bias) for one row, x given quantized by quant_x_q4 (xq, xs, xg). Units: quads.
+ * y[N] = W x (+ bias) for one row, x given quantized by quant_x_q4 (bits 15: planes xh, xl at xq).
+ * Each group of a quad is two passes of two rows (pairDot); the quad's four rows' sums then take
+ * the group's scales and offsets. Units: quads.
  */
 export function gemv_q4(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, xg: usize, w: usize, sm: usize, bias: usize, y: usize, K: i32, N: i32, G: i32): void {
   const chunks = K >> 5;
   const groups = K / G;
   const perGroup = G >> 5;
   for (let i = begin; i < end; i++) {
-    let wp = w + <usize>i * <usize>chunks * 64;
+    const wq = w + <usize>i * <usize>chunks * 64;
     let sp = sm + <usize>i * <usize>groups * 32;
-    let xp = xq;
     let yacc = f32x4.splat(0);
     for (let g = 0; g < groups; g++) {
-      let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-      for (let c = 0; c < perGroup; c++) {
-        const x0 = v128.load(xp), x1 = v128.load(xp, 16), x2 = v128.load(xp, 32), x3 = v128.load(xp, 48);
-        a0 = rowDot(v128.load(wp), x0, x1, x2, x3, a0);
-        a1 = rowDot(v128.load(wp, 16), x0, x1, x2, x3, a1);
-        a2 = rowDot(v128.load(wp, 32), x0, x1, x2, x3, a2);
-        a3 = rowDot(v128.load(wp, 48), x0, x1, x2, x3, a3);
-        wp += 64; xp += 64;
-      }
-      yacc = groupEnd(a0, a1, a2, a3, sp, xs + <usize>g * 4, xg + <usize>g * 4, yacc);
+      const wg = wq + <usize>(g * perGroup) * 64, xg0 = xq + <usize>(g * G);
+      const p01 = pairDot(wg, xg0, K, perGroup), p23 = pairDot(wg + 32, xg0, K, perGroup);
+      const t = f32x4.convert_i32x4_s(i32x4.add(i32x4.shuffle(p01, p23, 0, 2, 4, 6), i32x4.shuffle(p01, p23, 1, 3, 5, 7)));
+      yacc = fma(v128.load(sp, 16), v128.load32_splat(xg + <usize>g * 4), fma(f32x4.mul(v128.load(sp), v128.load32_splat(xs + <usize>g * 4)), t, yacc));
       sp += 32;
     }
     storeQuad(y, bias, i * 4, N, yacc);
   }
+}
+
+// Two rows of one group (their 16-byte parts at wp0 and wp0 + 16 of each 64-byte chunk) against
+// the activation planes at xp0 (high) and xp0 + K (low). Per chunk and row, four relaxed i8 dot
+// products (nibbles as the 7-bit operand) summed in i16: a pair is at most 2 * 15 * 128 = 3840,
+// two per chunk, four chunks per flush: at most 30720. A flush widens into i32 (128 * high +
+// low). Returns [row 0 lanes 0+1, row 0 lanes 2+3, row 1 lanes 0+1, row 1 lanes 2+3].
+// (Two rows at a time: four need more registers than V8 allocates without spilling.)
+// @ts-ignore: decorator
+@inline function pairDot(wp0: usize, xp0: usize, K: i32, perGroup: i32): v128 {
+  const mask = i8x16.splat(15);
+  let wp = wp0, xp = xp0;
+  let a0 = i32x4.splat(0), a1 = i32x4.splat(0);
+  for (let c0 = 0; c0 < perGroup; c0 += 4) {
+    let h0 = i16x8.splat(0), h1 = i16x8.splat(0), l0 = i16x8.splat(0), l1 = i16x8.splat(0);
+    const cEnd = min(perGroup, c0 + 4);
+    for (let c = c0; c < cEnd; c++) {
+      const ha = v128.load(xp), hb = v128.load(xp, 16);
+      const la = v128.load(xp + <usize>K), lb = v128.load(xp + <usize>K, 16);
+      let u = v128.load(wp), lo = v128.and(u, mask), hi = v128.and(i16x8.shr_u(u, 4), mask);
+      h0 = i16x8.add(h0, i16x8.add(dot8(ha, lo), dot8(hb, hi)));
+      l0 = i16x8.add(l0, i16x8.add(dot8(la, lo), dot8(lb, hi)));
+      u = v128.load(wp, 16); lo = v128.and(u, mask); hi = v128.and(i16x8.shr_u(u, 4), mask);
+      h1 = i16x8.add(h1, i16x8.add(dot8(ha, lo), dot8(hb, hi)));
+      l1 = i16x8.add(l1, i16x8.add(dot8(la, lo), dot8(lb, hi)));
+      wp += 64; xp += 32;
+    }
+    a0 = i32x4.add(a0, widen2(h0, l0));
+    a1 = i32x4.add(a1, widen2(h1, l1));
+  }
+  return i32x4.add(i32x4.shuffle(a0, a1, 0, 2, 4, 6), i32x4.shuffle(a0, a1, 1, 3, 5, 7));
+}
+
+// The i32 pair sums of 128 * h + l (i16 lanes).
+// @ts-ignore: decorator
+@inline function widen2(h: v128, l: v128): v128 {
+  return i32x4.add(i32x4.dot_i16x8_s(h, i16x8.splat(128)), i32x4.extadd_pairwise_i16x8_s(l));
 }
 
 // The end of a group of a quad: the rows' integer sums [sum a0, sum a1, sum a2, sum a3], scaled
@@ -209,7 +235,27 @@ export function gemv_q4a8(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, 
   }
 }
 
+// Four bytes b = b0..b0+3 of a quad's chunk (u lane t: byte b0 + t of rows 0-3, row r in byte r),
+// dequantized and rounded: low nibbles (k = b) to base[b][4 rows], high (k = b + 16) to base[b + 16].
+// @ts-ignore: decorator
+@inline function dequantBytes(u: v128, sv: v128, mv: v128, base: usize, rounding: i32): void {
+  const e0 = i16x8.extend_low_i8x16_u(u), e1 = i16x8.extend_high_i8x16_u(u);
+  dequantLane(i32x4.extend_low_i16x8_u(e0), sv, mv, base, rounding);
+  dequantLane(i32x4.extend_high_i16x8_u(e0), sv, mv, base + 32, rounding);
+  dequantLane(i32x4.extend_low_i16x8_u(e1), sv, mv, base + 64, rounding);
+  dequantLane(i32x4.extend_high_i16x8_u(e1), sv, mv, base + 96, rounding);
+}
+
+// @ts-ignore: decorator
+@inline function dequantLane(v: v128, sv: v128, mv: v128, at: usize, rounding: i32): void {
+  const lo = f32x4.convert_i32x4_s(v128.and(v, i32x4.splat(15)));
+  const hi = f32x4.convert_i32x4_s(i32x4.shr_u(v, 4));
+  v128.store(at, roundTo(fma(lo, sv, mv), rounding));
+  v128.store(at + 16 * 32, roundTo(fma(hi, sv, mv), rounding));
+}
+
 // Rounds f32 lanes to the nearest (ties to even) f16 (rounding 1) or bf16 (2) value; 0 leaves them.
+// Rounding 3: f16 for values known to be 0 or normal in f16 (no subnormal path).
 // The reference kernels dequantize in the scales' dtype, one rounding (AWQ GEMM: (q - z) * s in
 // fp16; TinyChat: an fp16 FMA), so prefill rounds the same way. Weights are far from overflow; f16
 // subnormals (|w| < 2^-14) round to multiples of 2^-24 as f16 does.
@@ -222,6 +268,7 @@ export function gemv_q4a8(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, 
   }
   const odd = v128.and(i32x4.shr_u(v, 13), i32x4.splat(1));
   const normal = v128.and(i32x4.add(v, i32x4.add(i32x4.splat(0x0FFF), odd)), i32x4.splat(0xFFFFE000));
+  if (rounding == 3) return normal;
   // Below 2^-14: adding and subtracting 0.5 (ulp 2^-24) rounds to the f16 subnormal quantum.
   const half = v128.or(v128.and(v, i32x4.splat(0x80000000)), f32x4.splat(0.5));
   const sub = f32x4.sub(f32x4.add(v, half), half);
@@ -231,7 +278,8 @@ export function gemv_q4a8(tid: i32, begin: i32, end: i32, xq: usize, xs: usize, 
 /**
  * C[M][N] (row stride ldc) = A W^T (+ bias), A packed by `pack_a4`. Units: panels of 8 rows of W
  * (two quads). `scratch`: the per-thread scratch base (one dequantized K block per thread).
- * `rounding`: the dequantized weights are rounded to 0 f32 (exact), 1 f16, 2 bf16 (see roundTo).
+ * `rounding`: the dequantized weights are rounded to 0 f32 (exact), 1 f16, 2 bf16, 3 f16 without
+ * subnormals (see roundTo).
  */
 export function gemm_q4(tid: i32, begin: i32, end: i32, ap: usize, M: i32, K: i32, w: usize, sm: usize, N: i32, c: usize, ldc: i32, bias: usize, scratch: usize, G: i32, rounding: i32): void {
   const slices = (M + 3) >> 2;
@@ -258,15 +306,18 @@ export function gemm_q4(tid: i32, begin: i32, end: i32, ap: usize, M: i32, K: i3
             const g = (cc << 5) / G;
             const sv = v128.load(sq + <usize>g * 32), mv = v128.load(sq + <usize>g * 32, 16);
             const base = panel + <usize>((cc << 5) - kb) * 32 + <usize>h * 16;
-            for (let b = 0; b < 16; b++) {
-              // Byte b of the 4 rows' chunks: low nibbles are k = 32cc + b, high k + 16.
-              const o = wq + <usize>cc * 64 + <usize>b;
-              const v = i32x4(load<u8>(o), load<u8>(o, 16), load<u8>(o, 32), load<u8>(o, 48));
-              const lo = f32x4.convert_i32x4_u(v128.and(v, i32x4.splat(15)));
-              const hi = f32x4.convert_i32x4_u(i32x4.shr_u(v, 4));
-              v128.store(base + <usize>b * 32, roundTo(fma(lo, sv, mv), rounding));
-              v128.store(base + <usize>(b + 16) * 32, roundTo(fma(hi, sv, mv), rounding));
-            }
+            // Transpose the 4 rows' 16-byte chunks: u_j lane t = the rows' bytes b = 4j + t
+            // (row r in byte r), then widen each byte b to an i32x4 over the rows.
+            const o = wq + <usize>cc * 64;
+            const r0 = v128.load(o), r1 = v128.load(o, 16), r2 = v128.load(o, 32), r3 = v128.load(o, 48);
+            const t01l = i8x16.shuffle(r0, r1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            const t01h = i8x16.shuffle(r0, r1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            const t23l = i8x16.shuffle(r2, r3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            const t23h = i8x16.shuffle(r2, r3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            dequantBytes(i16x8.shuffle(t01l, t23l, 0, 8, 1, 9, 2, 10, 3, 11), sv, mv, base, rounding);
+            dequantBytes(i16x8.shuffle(t01l, t23l, 4, 12, 5, 13, 6, 14, 7, 15), sv, mv, base + 4 * 32, rounding);
+            dequantBytes(i16x8.shuffle(t01h, t23h, 0, 8, 1, 9, 2, 10, 3, 11), sv, mv, base + 8 * 32, rounding);
+            dequantBytes(i16x8.shuffle(t01h, t23h, 4, 12, 5, 13, 6, 14, 7, 15), sv, mv, base + 12 * 32, rounding);
           }
         }
         for (let s = mb; s < mbEnd; s++) microTileF32(ap + (<usize>s * <usize>K + <usize>kb) * 16, panel, kl, c, ldc, M, N, s, p, first, bias);

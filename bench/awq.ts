@@ -147,7 +147,7 @@ if (only) {
     '',
     "The decoders of SmolVLM-256M and VILA1.5-3B with random weights of their exact shapes, as bench:model measures them (prefill from a fresh cache; decode with the cache's first slots filled), " +
       'in bf16 and as AutoAWQ GEMM checkpoints (every decoder linear 4-bit, group 64 for SmolVLM, whose hidden size 576 is not a multiple of 128, and 128 for VILA; embeddings and lm_head bf16), ' +
-      'loaded through the awq-gemm weight format. W4A16: decode quantizes activations to i16 per group (the default); W4A8: to i8 (opt-in, `--int4-activations i8`). ' +
+      'loaded through the awq-gemm weight format. W4A16: decode quantizes activations to 15-bit integers per group, held as two i8 planes for the relaxed i8 dot product (the default); W4A8: to i8 (opt-in, `--int4-activations i8`). ' +
       'Prefill dequantizes 8-row panels to f32 and runs the f32 GEMM. Weight bytes per decode step: all decoder linears as held on the backend (int4: half a byte per weight plus an f32 scale and offset per group) and the bf16 lm_head; ' +
       'the stream rate is those bytes over the time of a whole step (attention and the rest included), a lower bound of the GEMVs’ own rate.',
     '',

@@ -6,12 +6,12 @@
 //   fixture's f32 `weight_dequant_exact` (every value is exact in f32).
 // - a linear layer's output. Prefill (many rows) dequantizes as AutoAWQ does, rounding each weight
 //   once to fp16, then f32 math: within 1e-5 of `y` (computed over AutoAWQ's fp16 weights). Decode
-//   (one row) multiplies the exact weights in integers, the activations quantized to i16: within
-//   sx/2 * sum|w| + 1e-5 of `y_exact`, sx = max|x| / 32767.
+//   (one row) multiplies the exact weights in integers, the activations quantized to 15 bits:
+//   within sx/2 * sum|w| + 1e-5 of `y_exact`, sx = max|x| / 16383.
 // - the tiny AWQ Llama (goldens: a float64 forward over AutoAWQ's fp16-dequantized weights):
 //   prefill hidden states within 1e-4 and logits within 1e-3 (the issue's bound; measured 7e-6);
-//   one token at a time (decode kernels: exact weights, i16 activations) logits within 1e-2
-//   (measured 2.6e-3: the fp16 rounding of the weights, up to 2^-11 relative, is what differs);
+//   one token at a time (decode kernels: exact weights, 15-bit activations) logits within 1e-2
+//   (measured 3.2e-3: the fp16 rounding of the weights, up to 2^-11 relative, is what differs);
 //   greedy tokens identical at every position either way.
 // - W4A8 (opt-in: activations quantized to i8 per group of 128 in decode): logits within 1 of the
 //   goldens (measured 0.41; logits span +-8.4, std 2.07), greedy tokens identical.
@@ -54,8 +54,8 @@ function raw(ck: Checkpoint, name: string): Uint8Array {
 }
 
 /**
- * One row at a time (the GEMV): each output row within the i16-activation bound of the exact
- * product, sx / 2 * sum|w| + 1e-5 with sx = max|x| / 32767 (the linear fixtures have one group
+ * One row at a time (the GEMV): each output row within the 15-bit-activation bound of the exact
+ * product, sx / 2 * sum|w| + 1e-5 with sx = max|x| / 16383 (the linear fixtures have one group
  * scale per 128 inputs; the bound with the row's max covers every group's).
  */
 function checkGemvRows(
@@ -72,7 +72,7 @@ function checkGemvRows(
 ): void {
   for (let r = 0; r < x.length / K; r++) {
     be.matmul(y.view(r, 1), xm.view(r, 1), W, bias);
-    const sx = x.subarray(r * K, (r + 1) * K).reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 32767;
+    const sx = x.subarray(r * K, (r + 1) * K).reduce((a, v) => Math.max(a, Math.abs(v)), 0) / 16383;
     const bound = (i: number) => {
       let sw = 0;
       for (let k = 0; k < K; k++) sw += Math.abs(exact[(i % N) * K + k]);

@@ -592,7 +592,7 @@ describe('matmul', () => {
 
   // int4 (AWQ): w = q * s + m with f16 scales and m = -z * s, so every dequantized weight is exact
   // in f32. GEMM (M > 1) dequantizes to f32 and runs the f32 micro-kernel: the f32 matmul
-  // tolerance. GEMV (M = 1) quantizes x to i16 (|x - sx xq| <= sx / 2, sx = max|x| / 32767):
+  // tolerance. GEMV (M = 1) quantizes x to 15 bits (|x - sx xq| <= sx / 2, sx = max|x| / 16383):
   // |error| <= sx/2 * sum_k |w_k| + the f32 tolerance (per group sums add one rounding each).
   eachConfig('int4 weights: GEMV and GEMM, group sizes 32 / 64 / 128, odd N, K over several blocks, bias', (be) =>
     scoped(be, (s) => {
@@ -635,8 +635,8 @@ describe('matmul', () => {
           be.matmul(y, s.matrix(M, K, x), W, B);
           let tol = matmulTol(want.absSum, K);
           if (M === 1) {
-            // Per group g: |x - sx_g xq| <= sx_g / 2, sx_g = max_g |x| / (32767 or 127).
-            const qmax = activations === 'i8' ? 127 : 32767;
+            // Per group g: |x - sx_g xq| <= sx_g / 2, sx_g = max_g |x| / (16383 or 127).
+            const qmax = activations === 'i8' ? 127 : 16383;
             const sx = Array.from({ length: groups }, (_, g) => x.subarray(g * G, (g + 1) * G).reduce((a, v) => Math.max(a, Math.abs(v)), 0) / qmax);
             const f32tol = tol;
             tol = (i) => {
@@ -652,19 +652,27 @@ describe('matmul', () => {
   );
 
   // Prefill rounds each dequantized weight as the reference kernels do (to the scales' dtype);
-  // scales down to 1e-7 put weights in f16's subnormal range. Then the f32 matmul tolerance.
+  // scales down to 1e-7 put weights in f16's subnormal range. Without such scales (and with
+  // offsets -z * s, AutoAWQ's), the backend takes the f16 rounding without the subnormal path.
+  // Then the f32 matmul tolerance (rounding skipped would miss it by far).
   eachConfig('int4 weights: GEMM rounds dequantized weights to f16 / bf16 when asked (subnormals too)', (be) =>
     scoped(be, (s) => {
-      for (const rounding of ['f16', 'bf16'] as const) {
+      for (const [rounding, subnormals] of [
+        ['f16', true],
+        ['f16', false],
+        ['bf16', true],
+      ] as const) {
         const M = 7,
           K = 256,
           N = 13,
           G = 64,
           groups = K / G;
-        const rng = new Rng(seed('int4-round', rounding));
+        const rng = new Rng(seed('int4-round', rounding, subnormals));
         const q = new Uint8Array((N * K) / 2).map(() => rng.int(256));
-        const scales = new Float32Array(N * groups).map((_, i) => f16ToNumber(f32ToF16(i % 3 === 0 ? rng.uniform(1e-7, 3e-6) : rng.uniform(0.001, 0.03))));
-        const offsets = scales.map((sc) => Math.fround(-rng.int(16) * sc * 1.0001));
+        const scales = new Float32Array(N * groups).map((_, i) =>
+          f16ToNumber(f32ToF16(subnormals && i % 3 === 0 ? rng.uniform(1e-7, 3e-6) : rng.uniform(0.001, 0.03))),
+        );
+        const offsets = scales.map((sc) => Math.fround(-rng.int(16) * sc * (subnormals ? 1.0001 : 1)));
         const round = (v: number) => (rounding === 'f16' ? f16ToNumber(f32ToF16(v)) : bf16ToNumber(f32ToBf16(v)));
         const w = new Float64Array(N * K);
         for (let i = 0; i < N * K; i++) {
@@ -677,7 +685,7 @@ describe('matmul', () => {
         const want = ref.matmul(x, M, K, w, N);
         const y = s.matrix(M, N);
         be.matmul(y, s.matrix(M, K, x), W);
-        check('matmul int4', `${rounding} rounding ${M}x${K}x${N}`, be.read(y), want.y, matmulTol(want.absSum, K), N);
+        check('matmul int4', `${rounding} rounding${subnormals ? ' (subnormals)' : ''} ${M}x${K}x${N}`, be.read(y), want.y, matmulTol(want.absSum, K), N);
       }
     }),
   );

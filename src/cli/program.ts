@@ -78,7 +78,7 @@ function withOptions(c: Command, o: { sampling: boolean }): Command {
     .addOption(
       new Option(
         '--int4-activations <type>',
-        '4-bit (AWQ) checkpoints: decode quantizes activations per group to i16 (W4A16) or i8 (W4A8: faster decode, ~1e-2 error)',
+        '4-bit (AWQ) checkpoints: decode quantizes activations per group to 15-bit integers (i16: W4A16) or i8 (W4A8: faster decode, ~1e-2 error)',
       )
         .choices(['i16', 'i8'])
         .default('i16'),

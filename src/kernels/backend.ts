@@ -82,7 +82,7 @@ export interface Int4Options {
   dequantRounding?: 'f16' | 'bf16' | 'none';
   /**
    * One-row products (decode) quantize the activation row per group of groupSize inputs: `i16`
-   * (default, W4A16: relative error ~1e-5) or `i8` (W4A8: about twice the speed where the kernel
+   * (default, W4A16: 15-bit integers, relative error ~3e-5) or `i8` (W4A8: about twice the speed where the kernel
    * is compute-bound, error ~1e-2 like llama.cpp's Q8 activations; opt-in).
    */
   activations?: 'i16' | 'i8';

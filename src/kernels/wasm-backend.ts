@@ -32,6 +32,28 @@ const DTYPE_CODE: Record<WeightDType, number> = { f32: 0, f16: 1, bf16: 2 };
 const ACT_CODE: Record<Activation, number> = { gelu: 0, gelu_pytorch_tanh: 1, quick_gelu: 2, silu: 3, identity: 4 };
 const MAX_HEAD_DIM = 256;
 const ROUNDING_CODE = { none: 0, f16: 1, bf16: 2 } as const;
+/** gemm_q4's f16 rounding without the subnormal path, for weights none of which needs it. */
+const F16_NORMAL_ONLY = 3;
+
+/**
+ * Whether every dequantized weight q * s + m (q in 0..15) of these groups is 0 or at least 2^-13
+ * in magnitude, so that rounding it to f16 never meets a subnormal. |q * s + m| is smallest at
+ * the integer q nearest -m / s; q * s + m is exact in doubles (f32 operands). A weight that is 0
+ * only counts when q * s is exact in f32 as well (then the kernel's sum is 0 too, fused or not).
+ */
+function f16NormalOnly(scales: Float32Array, offsets: Float32Array): boolean {
+  const min = 2 ** -13;
+  for (let i = 0; i < scales.length; i++) {
+    const s = scales[i],
+      m = offsets[i];
+    const q0 = s === 0 ? 0 : Math.min(15, Math.max(0, Math.floor(-m / s)));
+    for (let q = q0; q <= Math.min(15, q0 + 1); q++) {
+      const v = Math.abs(q * s + m);
+      if (v === 0 ? Math.fround(q * s) !== q * s : v < min) return false;
+    }
+  }
+  return true;
+}
 
 export class BackendError extends Error {}
 
@@ -75,6 +97,8 @@ class WLinear implements LinearWeight {
     readonly groupSize?: number,
     readonly dequantRounding?: 'f16' | 'bf16' | 'none',
     readonly activations?: 'i16' | 'i8',
+    /** int4: the GEMM's rounding code (ROUNDING_CODE, or F16_NORMAL_ONLY). */
+    readonly roundingCode = 0,
   ) {}
 }
 class WEmbedding implements EmbeddingTable {
@@ -403,6 +427,7 @@ export class WasmBackend implements KernelBackend {
     const qBytes = (outFeatures * inFeatures) / 2,
       sBytes = outFeatures * groups * 4;
     const staging = a.alloc(qBytes + 2 * sBytes);
+    let roundingCode: number = ROUNDING_CODE[dequantRounding];
     try {
       const sPtr = staging + qBytes; // qBytes is a multiple of 16 (inFeatures of 32)
       fill({
@@ -410,6 +435,9 @@ export class WasmBackend implements KernelBackend {
         scales: new Float32Array(a.f32.buffer, sPtr, outFeatures * groups),
         offsets: new Float32Array(a.f32.buffer, sPtr + sBytes, outFeatures * groups),
       });
+      const scales = new Float32Array(a.f32.buffer, sPtr, outFeatures * groups),
+        offsets = new Float32Array(a.f32.buffer, sPtr + sBytes, outFeatures * groups);
+      if (dequantRounding === 'f16' && f16NormalOnly(scales, offsets)) roundingCode = F16_NORMAL_ONLY;
       this.pool.run(a, 'pack_q4', quads, this.grain(quads), [staging, sPtr, sPtr + sBytes, ptr, smPtr, outFeatures, inFeatures, groupSize]);
     } catch (e) {
       a.release(staging);
@@ -417,7 +445,7 @@ export class WasmBackend implements KernelBackend {
       throw e;
     }
     a.release(staging);
-    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize, dequantRounding, activations);
+    return new WLinear(a, ptr, outFeatures, inFeatures, 'int4', bytes, 'stored', smPtr, groupSize, dequantRounding, activations, roundingCode);
   }
 
   embedding(rows: number, dim: number, dtype: WeightDType, fill: (dest: Uint8Array) => void, place = 0): EmbeddingTable {
@@ -511,7 +539,7 @@ export class WasmBackend implements KernelBackend {
         const xq = this.workspace(arena, 'int4x', K * 2 + groups * 8);
         const xs = xq + K * 2,
           xg = xs + groups * 4;
-        this.pool.run(arena, 'quant_x_q4', groups, groups, [a.ptr, K, G, xq, xs, xg, a8 ? 8 : 16]);
+        this.pool.run(arena, 'quant_x_q4', groups, groups, [a.ptr, K, G, xq, xs, xg, a8 ? 8 : 15]);
         const quads = Math.ceil(N / 4);
         this.pool.run(arena, a8 ? 'gemv_q4a8' : 'gemv_q4', quads, this.grain(quads, 8), [xq, xs, xg, W.ptr, W.scalePtr, b ? b.ptr : 0, o.ptr, K, N, G]);
         return;
@@ -531,7 +559,7 @@ export class WasmBackend implements KernelBackend {
         b ? b.ptr : 0,
         this.scratch.get(arena)!,
         G,
-        ROUNDING_CODE[W.dequantRounding ?? 'none'],
+        W.roundingCode,
       ]);
       return;
     }
