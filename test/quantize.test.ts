@@ -8,7 +8,7 @@
 // - round trip on the default model: the written checkpoint holds exactly the tensors computed in
 //   memory; reloaded, its prefill logits are bit-identical to those of the same model with the
 //   dequantized weights stored densely in f32 (the int4 GEMM computes with exactly those weights),
-//   a decode step within 1e-3 (activations in i16; measured 2e-4), and generation picks the same
+//   a decode step within 1e-3 (15-bit activations; measured 2e-4), and generation picks the same
 //   tokens.
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,8 +18,10 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Checkpoint } from '../src/formats/checkpoint.js';
 import { TensorToWrite, readTensorF32, readTensorInt, writeSafetensors } from '../src/formats/safetensors.js';
-import { dequantizeInt4, packAwqGemm, quantizeInt4, roundF16 } from '../src/quantize/int4.js';
+import { dequantizeInt4, fakeQuantizeInt4, packAwqGemm, quantizeInt4, roundF16 } from '../src/quantize/int4.js';
 import { CalibrationSample, awqFor, checkpointTensors, decoderLinearGroups, quantizeModel } from '../src/quantize/quantize-model.js';
+import { clipSearch } from '../src/quantize/awq.js';
+import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { makeScene, renderScene, splitSeeds } from '../src/data/scenes.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { DEFAULT_MODEL_DIR } from '../src/default-model.js';
@@ -98,6 +100,80 @@ describe('quantize: the 4-bit quantizer and AutoAWQ GEMM packing', () => {
   });
 });
 
+// AWQ's clip search computes each candidate's error as a quadratic form of the group's Gram
+// matrix on the backend (f32). Reference: the direct error sum_t (x_t · (q(clamp(w)) - w))^2 in
+// doubles for every shrink. The shrink chosen for each row and group must be the reference's best,
+// or within 1e-4 (relative) of its error: a near tie that f32 sums may order either way.
+describe('quantize: AWQ clip search', () => {
+  it("picks each row and group's best shrink, as the direct search in doubles does", async () => {
+    const be = await WasmBackend.create({ threads: 2 });
+    try {
+      for (const [N, K, G, T] of [
+        [24, 256, 64, 96],
+        [10, 384, 128, 200],
+      ]) {
+        const rng = new Rng(N * 7919 + K * 31 + G);
+        const w = rng.f32(N * K).map((v, i) => (i % 53 === 0 ? v * 0.6 : v * 0.05)); // outliers: clipping pays
+        const X = rng.f32(T * K).map((v, i) => ((i % K) % 7 === 0 ? v * 4 : v));
+        const clipped = Float32Array.from(w);
+        clipSearch(clipped, N, K, G, X, be);
+        let shrunk = 0;
+        for (let n = 0; n < N; n++)
+          for (let g0 = 0; g0 < K; g0 += G) {
+            const wg = w.subarray(n * K + g0, n * K + g0 + G);
+            const maxAbs = wg.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+            const errOf = (mv: number) => {
+              const q = dequantizeInt4(
+                quantizeInt4(
+                  wg.map((v) => Math.min(mv, Math.max(-mv, v))),
+                  1,
+                  G,
+                  G,
+                ),
+              );
+              let e = 0;
+              for (let t = 0; t < T; t++) {
+                let a = 0;
+                for (let i = 0; i < G; i++) a += X[t * K + g0 + i] * (q[i] - wg[i]);
+                e += a * a;
+              }
+              return e;
+            };
+            const errs = Array.from({ length: 10 }, (_, r) => errOf(maxAbs * (1 - r / 20)));
+            const best = Math.min(...errs);
+            const got = clipped.subarray(n * K + g0, n * K + g0 + G).reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+            const r = Math.round((1 - got / maxAbs) * 20);
+            assert.ok(Math.abs(got - maxAbs * (1 - r / 20)) <= maxAbs * 1e-6, `row ${n} group ${g0 / G}: max ${got} is no shrink of ${maxAbs}`);
+            assert.ok(errs[r] <= best * (1 + 1e-4), `row ${n} group ${g0 / G}: shrink ${r}/20 errs ${errs[r]}, best ${best} at ${errs.indexOf(best)}/20`);
+            if (r > 0) shrunk++;
+          }
+        assert.ok(shrunk > 0 && shrunk < (N * K) / G, `${shrunk} of ${(N * K) / G} groups shrunk: the data should make some, not all, pay`);
+      }
+    } finally {
+      await be.close();
+    }
+  });
+});
+
+describe('quantize: fake quantization for the searches', () => {
+  it('fakeQuantizeInt4 is dequantizeInt4(quantizeInt4(w)) bit for bit (outliers, ties, subnormal scales)', () => {
+    const rng = new Rng(23);
+    const N = 40,
+      K = 256,
+      G = 64;
+    // Outliers, tiny groups (subnormal fp16 scales) and values on exact steps (ties after / scale).
+    const w = rng
+      .f32(N * K)
+      .map((v, i) => (i % 97 === 0 ? v * 8 : Math.floor(i / K) % 5 === 0 ? v * 1e-4 : Math.floor(i / K) % 7 === 0 ? Math.round(v * 30) / 60 : v * 0.05));
+    const want = dequantizeInt4(quantizeInt4(w, N, K, G));
+    const got = fakeQuantizeInt4(w, N, K, G);
+    for (let i = 0; i < N * K; i++) assert.ok(Object.is(got[i], want[i]), `w[${i}] = ${w[i]}: ${got[i]}, expected ${want[i]}`);
+    const inPlace = Float32Array.from(w);
+    fakeQuantizeInt4(inPlace, N, K, G, inPlace);
+    assert.deepEqual(inPlace, want);
+  });
+});
+
 describe('quantize: a whole model, written and reloaded', () => {
   const models: VisionLanguageModel[] = [];
   after(async () => {
@@ -160,7 +236,7 @@ describe('quantize: a whole model, written and reloaded', () => {
     models.push(a, b);
     const ids = [1, 5, 9, 12, 20, 33, 41, 7, 3, 60, 2, 11];
     assert.deepEqual(logits(a, ids), logits(b, ids), 'prefill logits (int4 GEMM vs its dequantized f32 twin)');
-    assertClose(logits(a, [ids[0]]), logits(b, [ids[0]]), absRel(1e-3, 0), 'one-row logits (int4 GEMV, i16 activations)');
+    assertClose(logits(a, [ids[0]]), logits(b, [ids[0]]), absRel(1e-3, 0), 'one-row logits (int4 GEMV, 15-bit activations)');
     const img = path.join(fileURLToPath(new URL('../../samples/scenes', import.meta.url)), '3000000.png');
     const req = { images: [img], prompt: 'Which is further up, the red square or the orange square?' };
     const ra = await a.generate(req, { maxNewTokens: 6 }),

@@ -9,15 +9,16 @@
 //   2. clip search, on the scaled weights: per output row and group of G, the largest magnitude
 //      shrunk by 0–45% in steps of 5% (as AutoAWQ: max_shrink 0.5, 20-step grid), keeping the one
 //      whose quantized group best reproduces that group's partial outputs on up to 512 sampled
-//      tokens; q_proj and k_proj are not clipped (their errors are amplified by the softmax).
+//      tokens (squared errors as quadratic forms of the groups' Gram matrices, on the backend); q_proj
+//      and k_proj are not clipped (their errors are amplified by the softmax).
 // The calibration inputs of every group are captured in one pass of the unquantized model
 // (scaling preserves every output before rounding, so later layers' inputs do not depend on
 // earlier layers' scales). The search's objective is the group's linear outputs (llm-awq's and
 // AutoAWQ's is the enclosing module's output: attention for q/k/v, the MLP for gate/up), which is
 // what is known here without running attention per candidate.
-import { KernelBackend, Matrix } from '../kernels/backend.js';
+import { KernelBackend, LinearWeight, Matrix } from '../kernels/backend.js';
 import { LinearGroup } from '../model/decoder.js';
-import { dequantizeInt4, quantizeInt4 } from './int4.js';
+import { fakeQuantizeInt4, groupScale, groupZero, quantStep, roundF16 } from './int4.js';
 
 /** Calibration input rows of each linear group (in linearGroups order): [rows][in] f32. */
 export type GroupInputs = Float32Array[];
@@ -116,7 +117,7 @@ export function awqTransform(groups: LinearGroup[], inputs: GroupInputs, o: AwqO
     if (s) for (let r = 0; r < X.length / K; r++) for (let k = 0; k < K; k++) X[r * K + k] /= s[k];
     for (const l of g.linears) {
       if (/(^|\.)(q_proj|k_proj)$/.test(l.base) || l.in % G !== 0 || l.out % 8 !== 0) continue;
-      clipSearch(get(l.base), l.out, l.in, G, X);
+      clipSearch(get(l.base), l.out, l.in, G, X, o.backend);
     }
     o.onProgress?.(groups.length + gi + 1, groups.length * 2, g.layer);
   });
@@ -180,7 +181,7 @@ function searchScale(
       linears.forEach((l, li) => {
         const ws = new Float32Array(l.w.length);
         for (let n = 0; n < l.out; n++) for (let k = 0; k < K; k++) ws[n * K + k] = l.w[n * K + k] * s[k];
-        const wq = dequantizeInt4(quantizeInt4(ws, l.out, K, G));
+        const wq = fakeQuantizeInt4(ws, l.out, K, G, ws);
         for (let n = 0; n < l.out; n++) for (let k = 0; k < K; k++) wq[n * K + k] /= s[k];
         const y = product(be, X, wq, l.out, K);
         const y0 = want[li];
@@ -196,43 +197,100 @@ function searchScale(
   }
 }
 
-/** Clamps each row's groups of w (in place) to the shrink of their max that quantizes best on X. */
-function clipSearch(w: Float32Array, N: number, K: number, G: number, X: Float32Array): void {
-  const T = X.length / K;
-  const wg = new Float32Array(G),
-    cur = new Float32Array(G);
-  const org = new Float64Array(T);
-  for (let n = 0; n < N; n++) {
-    for (let g0 = 0; g0 < K; g0 += G) {
-      const off = n * K + g0;
-      let maxAbs = 0;
-      for (let i = 0; i < G; i++) {
-        wg[i] = w[off + i];
-        maxAbs = Math.max(maxAbs, Math.abs(wg[i]));
-      }
-      for (let t = 0; t < T; t++) {
-        let a = 0;
-        for (let i = 0; i < G; i++) a += X[t * K + g0 + i] * wg[i];
-        org[t] = a;
-      }
-      let bestErr = Infinity,
-        bestMax = maxAbs;
-      for (let r = 0; r < GRID / 2; r++) {
-        const mv = maxAbs * (1 - r / GRID);
-        for (let i = 0; i < G; i++) cur[i] = Math.min(mv, Math.max(-mv, wg[i]));
-        const q = dequantizeInt4(quantizeInt4(cur, 1, G, G));
-        let err = 0;
-        for (let t = 0; t < T; t++) {
-          let a = 0;
-          for (let i = 0; i < G; i++) a += X[t * K + g0 + i] * q[i];
-          err += (a - org[t]) ** 2;
+/**
+ * Clamps each row's groups of w (in place) to the shrink of their max that quantizes best on X:
+ * per row n and group g, AutoAWQ's error sum_t (x_t,g · (q(clamp(w_n,g)) - w_n,g))^2, computed as
+ * dᵀ C_g d with the group's Gram matrix C_g = X_gᵀ X_g, on the backend: per shrink, one product
+ * of the differences D_g [N][G] by C_g per group (N·K·G multiply-adds instead of N·K·T).
+ */
+export function clipSearch(w: Float32Array, N: number, K: number, G: number, X: Float32Array, be: KernelBackend): void {
+  const T = X.length / K,
+    groups = K / G;
+  const grams: LinearWeight[] = [];
+  const D = be.matrix(N, G),
+    Y = be.matrix(N, G);
+  try {
+    // C_g = X_gᵀ X_g: the product of X_gᵀ [G][T] by itself (as a linear weight, rows · rows).
+    const xt = new Float32Array(G * T);
+    const XT = be.matrix(G, T),
+      C = be.matrix(G, G);
+    try {
+      for (let g = 0; g < groups; g++) {
+        for (let i = 0; i < G; i++) for (let t = 0; t < T; t++) xt[i * T + t] = X[t * K + g * G + i];
+        be.write(XT, xt);
+        const W = be.linear(G, T, 'f32', (d) => d.set(new Uint8Array(xt.buffer, xt.byteOffset, xt.byteLength)));
+        try {
+          be.matmul(C, XT, W);
+        } finally {
+          be.free(W);
         }
-        if (err < bestErr) {
-          bestErr = err;
-          bestMax = mv;
-        }
+        const c = be.read(C);
+        grams.push(be.linear(G, G, 'f32', (d) => d.set(new Uint8Array(c.buffer, c.byteOffset, c.byteLength))));
       }
-      for (let i = 0; i < G; i++) w[off + i] = Math.min(bestMax, Math.max(-bestMax, wg[i]));
+    } finally {
+      be.free(XT);
+      be.free(C);
     }
+    // The reference rounds the clamped weights to fp16 before quantizing; rounding is monotonic,
+    // so that is the fp16 weights clamped to the fp16 bound. Per group: max |w| and the fp16 range.
+    const h = new Float32Array(N * K);
+    for (let i = 0; i < N * K; i++) h[i] = roundF16(w[i]);
+    const maxAbs = new Float32Array(N * groups),
+      hMax = new Float32Array(N * groups),
+      hMin = new Float32Array(N * groups);
+    for (let n = 0; n < N; n++)
+      for (let g = 0; g < groups; g++) {
+        let m = 0,
+          hx = -Infinity,
+          hn = Infinity;
+        for (let i = n * K + g * G, e = i + G; i < e; i++) {
+          m = Math.max(m, Math.abs(w[i]));
+          hx = Math.max(hx, h[i]);
+          hn = Math.min(hn, h[i]);
+        }
+        maxAbs[n * groups + g] = m;
+        hMax[n * groups + g] = hx;
+        hMin[n * groups + g] = hn;
+      }
+    const bestErr = new Float64Array(N * groups).fill(Infinity);
+    const bestMax = Float32Array.from(maxAbs);
+    const d = new Float32Array(N * G),
+      lut = new Float32Array(16);
+    for (let r = 0; r < GRID / 2; r++) {
+      for (let g = 0; g < groups; g++) {
+        // D_g = q(clamp(w)) - w, the group quantized (fake) as quantizeInt4 and dequantizeInt4 do.
+        for (let n = 0; n < N; n++) {
+          const j = n * groups + g;
+          const c = roundF16(maxAbs[j] * (1 - r / GRID));
+          const mx = Math.min(c, Math.max(-c, hMax[j])),
+            mn = Math.min(c, Math.max(-c, hMin[j]));
+          const scale = groupScale(mx, mn),
+            zero = groupZero(mn, scale);
+          for (let q = 0; q < 16; q++) lut[q] = roundF16((q - zero) * scale);
+          for (let i = 0, k = n * K + g * G; i < G; i++, k++) d[n * G + i] = lut[quantStep(Math.min(c, Math.max(-c, h[k])), scale, zero)] - w[k];
+        }
+        be.write(D, d);
+        be.matmul(Y, D, grams[g]);
+        const y = be.read(Y);
+        for (let n = 0; n < N; n++) {
+          let err = 0;
+          for (let i = n * G, e = i + G; i < e; i++) err += y[i] * d[i];
+          const j = n * groups + g;
+          if (err < bestErr[j]) {
+            bestErr[j] = err;
+            bestMax[j] = maxAbs[j] * (1 - r / GRID);
+          }
+        }
+      }
+    }
+    for (let n = 0; n < N; n++)
+      for (let g = 0; g < groups; g++) {
+        const mv = bestMax[n * groups + g];
+        for (let i = n * K + g * G, e = i + G; i < e; i++) w[i] = Math.min(mv, Math.max(-mv, w[i]));
+      }
+  } finally {
+    for (const c of grams) be.free(c);
+    be.free(D);
+    be.free(Y);
   }
 }

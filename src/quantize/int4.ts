@@ -40,8 +40,9 @@ function binade(a: number): number {
 
 /** Round half to even (torch.round). */
 export function roundHalfEven(v: number): number {
-  const r = Math.round(v);
-  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  const r = Math.round(v); // halves round up
+  if (r - v !== 0.5) return r;
+  return Math.abs(r) < 2 ** 31 ? (r & 1 ? r - 1 : r) : r % 2 !== 0 ? r - 1 : r;
 }
 
 /** One linear quantized: q[n][k] (0..15), zero[n][g] (0..15), scale[n][g] (fp16 values). */
@@ -78,25 +79,74 @@ export function quantizeInt4(w: Float32Array, N: number, K: number, G: number): 
         if (v > mx) mx = v;
         if (v < mn) mn = v;
       }
-      const scale = roundF16(Math.max(roundF16(mx - mn), F16_1E5) / 15);
-      const zero = Math.min(15, Math.max(0, -roundHalfEven(roundF16(mn / scale))));
+      const scale = groupScale(mx, mn);
+      const zero = groupZero(mn, scale);
       scales[n * groups + g] = scale;
       zeros[n * groups + g] = zero;
-      for (let i = 0; i < G; i++) q[off + i] = Math.min(15, Math.max(0, roundHalfEven(roundF16(h[i] / scale)) + zero));
+      for (let i = 0; i < G; i++) q[off + i] = quantStep(h[i], scale, zero);
     }
   }
   return { N, K, G, q, zeros, scales };
+}
+
+/**
+ * dequantizeInt4(quantizeInt4(w, N, K, G)) in one pass without the integers (the searches' "fake"
+ * quantization), into out.
+ */
+export function fakeQuantizeInt4(w: Float32Array, N: number, K: number, G: number, out = new Float32Array(N * K)): Float32Array {
+  if (K % G !== 0) throw new RangeError(`${K} inputs are not a multiple of the group size ${G}`);
+  const lut = new Float32Array(16);
+  for (let off = 0; off < N * K; off += G) {
+    let mx = -Infinity,
+      mn = Infinity;
+    for (let i = off; i < off + G; i++) {
+      const v = roundF16(w[i]);
+      out[i] = v;
+      if (v > mx) mx = v;
+      if (v < mn) mn = v;
+    }
+    const scale = groupScale(mx, mn),
+      zero = groupZero(mn, scale);
+    for (let q = 0; q < 16; q++) lut[q] = roundF16((q - zero) * scale);
+    for (let i = off; i < off + G; i++) out[i] = lut[quantStep(out[i], scale, zero)];
+  }
+  return out;
+}
+
+/** A group's fp16 scale from its largest and smallest (fp16) values. */
+export function groupScale(mx: number, mn: number): number {
+  return roundF16(Math.max(roundF16(mx - mn), F16_1E5) / 15);
+}
+
+/** A group's zero point (0..15) from its smallest (fp16) value and its scale. */
+export function groupZero(mn: number, scale: number): number {
+  return Math.min(15, Math.max(0, -roundHalfEven(roundF16(mn / scale))));
+}
+
+/** q (0..15) of an fp16 value h in a group of this scale and zero point. */
+export function quantStep(h: number, scale: number, zero: number): number {
+  return Math.min(15, Math.max(0, roundStep(h / scale) + zero));
+}
+
+/**
+ * roundHalfEven(roundF16(v)) for the |v| <= 2^15 of w / scale: the fp16 rounding (an ulp of at
+ * most 2^-6 below 32, 2^5 at most) only matters within half an ulp of a tie, or above 2^10.
+ */
+function roundStep(v: number): number {
+  const d = Math.abs(v - Math.floor(v) - 0.5);
+  return d > 2 ** -5 && Math.abs(v) < 32 ? Math.round(v) : roundHalfEven(roundF16(v));
 }
 
 /** The dequantized weight (q - zero) * scale rounded to fp16, as AutoAWQ's dequantize_gemm gives it. */
 export function dequantizeInt4(t: QuantizedLinear): Float32Array {
   const groups = t.K / t.G;
   const out = new Float32Array(t.N * t.K);
-  for (let n = 0; n < t.N; n++)
-    for (let k = 0; k < t.K; k++) {
-      const gi = n * groups + Math.floor(k / t.G);
-      out[n * t.K + k] = roundF16((t.q[n * t.K + k] - t.zeros[gi]) * t.scales[gi]);
-    }
+  const lut = new Float32Array(16); // the group's 16 possible values
+  for (let gi = 0; gi < t.N * groups; gi++) {
+    for (let q = 0; q < 16; q++) lut[q] = roundF16((q - t.zeros[gi]) * t.scales[gi]);
+    const off = Math.floor(gi / groups) * t.K + (gi % groups) * t.G;
+    for (let i = off; i < off + t.G; i++) out[i] = lut[t.q[i]];
+  }
   return out;
 }
 
