@@ -84,7 +84,7 @@ for (const spec of [SMOLVLM, VILA]) {
   for (const variant of VARIANTS) {
     console.log(`${spec.name}, ${variant}, 2 threads:`);
     const source = variant === 'bf16' ? new RandomLlamaSource(spec.shape, spec.label) : new RandomAwqLlamaSource(spec.shape, spec.label, spec.groupSize);
-    const r = await benchModel(spec, 2, source, { int4Activations: variant === 'W4A8' ? 'i8' : 'i16' });
+    const r = await benchModel(spec, 2, source, { int4Activations: variant === 'W4A8' ? 'i8' : 'i16' }, { profileSteps: Math.max(4, spec.decodeSteps / 2) });
     results.push({ spec, variant, r });
   }
 }
@@ -130,9 +130,39 @@ const rows = results.map(({ spec, variant, r }) => {
     met,
   ];
 });
+// Where a decode step's time goes (context 256): the decoder's linears and their own weight
+// stream rate, the lm_head, attention, and everything else.
+const profileHeader = ['model shape', 'weights', 'decoder linears ms (GB/s)', 'lm_head ms', 'attention ms', 'everything else ms', 'step ms (profiled)'];
+const profileRows = results
+  .filter((x) => x.r.profile)
+  .map(({ spec, variant, r }) => {
+    const p = r.profile!;
+    const sum = (pred: (part: string) => boolean) => p.filter((x) => pred(x.part)).reduce((a, x) => a + x.ms, 0);
+    const linears = sum((x) => x.startsWith('decoder linears')),
+      head = sum((x) => x.startsWith('lm_head')),
+      attn = sum((x) => x === 'attention'),
+      total = sum(() => true);
+    const linearBytes = streamedBytes(spec.shape, variant, spec.groupSize) - spec.shape.vocab_size * spec.shape.hidden_size * 2;
+    const top = p
+      .filter((x) => !x.part.startsWith('decoder linears') && !x.part.startsWith('lm_head') && x.part !== 'attention')
+      .slice(0, 3)
+      .map((x) => `${x.part} ${x.ms.toFixed(1)}`)
+      .join(', ');
+    return [
+      spec.name,
+      variant === 'bf16' ? 'bf16' : `int4 ${variant}`,
+      `${f1(linears)} (${f1(linearBytes / linears / 1e6)})`,
+      f1(head),
+      f1(attn),
+      `${f1(total - linears - head - attn)} (${top})`,
+      f1(total),
+    ];
+  });
 const failures = results.filter((x) => x.r.error).map((x) => `- ${x.spec.name} ${x.variant}: FAILED: ${x.r.error}`);
 console.log('');
 console.log(markdownTable(header, rows));
+console.log('');
+console.log(markdownTable(profileHeader, profileRows));
 for (const f of failures) console.log(f);
 console.log(`wall time ${f1(wallS)} s`);
 
@@ -154,6 +184,13 @@ if (only) {
     markdownTable(header, rows),
     '',
     "\\* llama.cpp's Q4_0 figures are not from this run: measured elsewhere on the same kind of machine (2 threads), as the issue quotes them.",
+    '',
+    '### Where a decode step goes (context 256)',
+    '',
+    'The same decoders, a few more decode steps with every backend call timed (the outermost calls; the rest is JavaScript between them). ' +
+      'Decoder linears: every decoder GEMV, with its own weight stream rate (the decoder-linear bytes over their time).',
+    '',
+    markdownTable(profileHeader, profileRows),
     ...(failures.length ? ['', ...failures] : []),
   ].join('\n');
   console.log(`wrote ${writeSection('awq', body)}`);

@@ -43,6 +43,8 @@ export interface RunResult {
   loadS: number;
   prefill: { tokens: number; ms: number; tokS: number }[];
   decode: { ctx: number; msPerToken: number; tokS: number; bestMs: number }[];
+  /** Where a decode step's time goes at the first context (ms per step by part), when asked. */
+  profile?: { part: string; ms: number }[];
   /** Peak resident set of the process so far (bytes). */
   maxRss: number;
   /** Largest wasm bytes in use / committed seen during the run, and the number of memories. */
@@ -77,6 +79,7 @@ export async function benchModel(
   threads: number,
   source: RandomLlamaSource = new RandomLlamaSource(spec.shape, spec.label),
   loader: WeightLoaderOptions = {},
+  opts: { profileSteps?: number } = {},
 ): Promise<RunResult> {
   const be = await WasmBackend.create({ threads, simd });
   level = be.simdLevel;
@@ -199,6 +202,23 @@ export async function benchModel(
         const total = performance.now() - t;
         checkFinite(logits, `${spec.label} decode at ${ctx}`);
         sample();
+        if (opts.profileSteps && ctx === CONTEXTS[0]) {
+          const vocab = config.vocabSize;
+          result.profile = profileCalls(
+            be,
+            (name, args) => {
+              if (name !== 'matmul') return name;
+              const w = args[2] as { dtype: string; outFeatures: number };
+              return w.outFeatures === vocab ? `lm_head (${w.dtype})` : `decoder linears (${w.dtype})`;
+            },
+            () => {
+              for (let i = 0; i < opts.profileSteps!; i++) {
+                step(ctx + spec.decodeSteps);
+                decoder.truncateCache(cache, ctx + spec.decodeSteps);
+              }
+            },
+          ).map((p) => ({ part: p.part, ms: p.ms / opts.profileSteps! }));
+        }
         const d = { ctx, msPerToken: total / spec.decodeSteps, tokS: (spec.decodeSteps * 1000) / total, bestMs: Math.min(...steps) };
         result.decode.push(d);
         log(
@@ -219,4 +239,41 @@ export async function benchModel(
     await be.close();
   }
   return result;
+}
+
+/**
+ * Runs `fn` with every public method of the backend timed (outermost calls only), grouped by
+ * `part(name, args)`; the time outside them is "the rest (JS)". Totals in ms, largest first.
+ */
+function profileCalls(be: WasmBackend, part: (name: string, args: unknown[]) => string, fn: () => void): { part: string; ms: number }[] {
+  const times = new Map<string, number>();
+  const target = be as unknown as Record<string, unknown>;
+  const patched: string[] = [];
+  let depth = 0;
+  for (const name of Object.getOwnPropertyNames(Object.getPrototypeOf(be))) {
+    const f = target[name];
+    if (name === 'constructor' || typeof f !== 'function') continue;
+    patched.push(name);
+    target[name] = function (this: unknown, ...args: unknown[]) {
+      if (depth > 0) return (f as (...a: unknown[]) => unknown).apply(this, args);
+      depth++;
+      const t = performance.now();
+      try {
+        return (f as (...a: unknown[]) => unknown).apply(this, args);
+      } finally {
+        depth--;
+        const key = part(name, args);
+        times.set(key, (times.get(key) ?? 0) + performance.now() - t);
+      }
+    };
+  }
+  const t0 = performance.now();
+  try {
+    fn();
+  } finally {
+    for (const name of patched) delete target[name];
+  }
+  const total = performance.now() - t0;
+  const inCalls = [...times.values()].reduce((a, b) => a + b, 0);
+  return [...times.entries(), ['the rest (JS)', total - inCalls] as [string, number]].map(([p, ms]) => ({ part: p, ms })).sort((a, b) => b.ms - a.ms);
 }
