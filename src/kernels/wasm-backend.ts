@@ -430,13 +430,9 @@ export class WasmBackend implements KernelBackend {
     let roundingCode: number = ROUNDING_CODE[dequantRounding];
     try {
       const sPtr = staging + qBytes; // qBytes is a multiple of 16 (inFeatures of 32)
-      fill({
-        q: a.u8At(staging, qBytes),
-        scales: new Float32Array(a.f32.buffer, sPtr, outFeatures * groups),
-        offsets: new Float32Array(a.f32.buffer, sPtr + sBytes, outFeatures * groups),
-      });
       const scales = new Float32Array(a.f32.buffer, sPtr, outFeatures * groups),
         offsets = new Float32Array(a.f32.buffer, sPtr + sBytes, outFeatures * groups);
+      fill({ q: a.u8At(staging, qBytes), scales, offsets });
       if (dequantRounding === 'f16' && f16NormalOnly(scales, offsets)) roundingCode = F16_NORMAL_ONLY;
       this.pool.run(a, 'pack_q4', quads, this.grain(quads), [staging, sPtr, sPtr + sBytes, ptr, smPtr, outFeatures, inFeatures, groupSize]);
     } catch (e) {
