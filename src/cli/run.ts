@@ -8,8 +8,7 @@ import { checkInputFile, checkOutputFile } from '../base/files.js';
 import { ImageLimits } from '../io/image-types.js';
 import { EXIT_INTERRUPTED, Interrupts } from './interrupt.js';
 import { setExitCode } from './exit.js';
-import { PrefillReducer, fastV, pruMergePrefill, pyramidDrop, questDecode, visionZipPrefill, sparseVilaPrefill } from '../sparsity/method.js';
-import { DecodeMethod } from '../sparsity/decode.js';
+import { ChosenMethod, MethodChoice, MethodKnob, MethodName, checkMethodForModel, chooseMethod } from '../sparsity/choice.js';
 import { modelDir } from '../default-model.js';
 
 export interface RunOptions extends LoadFlags {
@@ -66,34 +65,16 @@ export function checkPaths(input: { files: string[]; video: boolean }, heatmap: 
   if (heatmap !== undefined) checkOutputFile(heatmap, '--heatmap');
 }
 
+/** A method knob as its flag: prefillSparsity -> --prefill-sparsity. */
+export const flagName = (k: MethodKnob | 'method'): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+
 /** Checks the method flags against the loaded model (what they can only be checked with). */
 export function checkMethodFlags(o: MethodFlags, model: VisionLanguageModel): void {
-  const L = model.decoder.layers;
-  if (o.method === 'fastv' && o.fastvK !== undefined && o.fastvK > L - 1) {
-    throw new OptionError(
-      `--fastv-k ${o.fastvK}: visual tokens are dropped after layer K, and this model's language model has ${L} layers, so K must be in 1..${L - 1}`,
-    );
-  }
-  if (o.method === 'fastv' && o.fastvK === undefined && L < 3) {
-    throw new OptionError(`--method fastv: the default K = 2 needs at least 3 layers, and this model's language model has ${L}: give --fastv-k 1`);
-  }
+  checkMethodForModel(o, model.decoder.layers, flagName);
 }
 
 /** The flags of --method and its hyperparameters. */
-export interface MethodFlags {
-  method?: MethodName;
-  prefillSparsity?: number;
-  decodeSparsity?: number;
-  visualBudget?: number;
-  fastvK?: number;
-  fastvR?: number;
-  pdropLambda?: number;
-  salienceLayer?: number;
-}
-
-/** SparseVILA's defaults (the paper's): images prefill 0.6, decode 0.75; video 0.75, 0.9. */
-export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
-export const SPARSEVILA_VIDEO_DEFAULTS = { prefill: 0.75, decode: 0.9 };
+export type MethodFlags = MethodChoice;
 
 /** The visual inputs of a run: --image files, or --frames (a video as image files in time order). */
 export function visualInputs(o: { image?: string[]; frames?: string[] }): { files: string[]; video: boolean } {
@@ -101,50 +82,9 @@ export function visualInputs(o: { image?: string[]; frames?: string[] }): { file
   return o.frames?.length ? { files: o.frames, video: true } : { files: o.image ?? [], video: false };
 }
 
-export type MethodName = 'dense' | 'sparsevila' | 'fastv' | 'pdrop' | 'visionzip' | 'prumerge' | 'quest';
-export const METHODS: MethodName[] = ['dense', 'sparsevila', 'fastv', 'pdrop', 'visionzip', 'prumerge', 'quest'];
-
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
-export function methodOf(
-  o: MethodFlags,
-  video = false,
-): { prefill: number; decode: number; reducer?: PrefillReducer; decodeMethod?: DecodeMethod; label: string } {
-  const m = o.method ?? 'dense';
-  if (m !== 'sparsevila' && (o.prefillSparsity !== undefined || o.decodeSparsity !== undefined)) {
-    throw new OptionError('--prefill-sparsity and --decode-sparsity need --method sparsevila');
-  }
-  if (o.visualBudget !== undefined && m !== 'visionzip' && m !== 'prumerge' && m !== 'quest')
-    throw new OptionError('--visual-budget needs --method visionzip, prumerge or quest');
-  if ((o.fastvK !== undefined || o.fastvR !== undefined) && m !== 'fastv') throw new OptionError('--fastv-k and --fastv-r need --method fastv');
-  if (o.pdropLambda !== undefined && m !== 'pdrop') throw new OptionError('--pdrop-lambda needs --method pdrop');
-  if (o.salienceLayer !== undefined && m !== 'sparsevila') throw new OptionError('--salience-layer needs --method sparsevila');
-  if (m === 'visionzip' && o.visualBudget !== undefined && o.visualBudget < 2)
-    throw new OptionError('--visual-budget: visionzip keeps dominant and contextual tokens, so at least 2');
-  if (m === 'fastv') {
-    const k = o.fastvK ?? 2,
-      r = o.fastvR ?? 0.5;
-    return { prefill: 0, decode: 0, decodeMethod: fastV(k, r), label: `fastv (K ${k}, R ${r})` };
-  }
-  if (m === 'pdrop') return { prefill: 0, decode: 0, decodeMethod: pyramidDrop(o.pdropLambda ?? 0.5), label: `pdrop (lambda ${o.pdropLambda ?? 0.5})` };
-  if (m === 'quest')
-    return { prefill: 0, decode: 0, decodeMethod: questDecode({ budget: o.visualBudget ?? 256 }), label: `quest (budget ${o.visualBudget ?? 256})` };
-  if (m === 'dense') return { prefill: 0, decode: 0, label: 'dense' };
-  if (m === 'visionzip') return { prefill: 0, decode: 0, reducer: visionZipPrefill(o.visualBudget ?? 64), label: `visionzip (budget ${o.visualBudget ?? 64})` };
-  if (m === 'prumerge')
-    return {
-      prefill: 0,
-      decode: 0,
-      reducer: pruMergePrefill(o.visualBudget),
-      label: o.visualBudget === undefined ? 'prumerge (IQR outliers)' : `prumerge (budget ${o.visualBudget})`,
-    };
-  const defaults = video ? SPARSEVILA_VIDEO_DEFAULTS : SPARSEVILA_IMAGE_DEFAULTS;
-  const prefill = o.prefillSparsity ?? defaults.prefill;
-  return {
-    prefill,
-    decode: o.decodeSparsity ?? defaults.decode,
-    reducer: o.salienceLayer === undefined ? undefined : sparseVilaPrefill(prefill, { salienceLayer: o.salienceLayer }),
-    label: `${video ? 'sparsevila (video defaults)' : 'sparsevila'}${o.salienceLayer === undefined ? '' : ` (salience layer ${o.salienceLayer})`}`,
-  };
+export function methodOf(o: MethodFlags, video = false): ChosenMethod {
+  return chooseMethod(o, flagName, video);
 }
 
 export async function runCommand(o: RunOptions): Promise<void> {
