@@ -1283,6 +1283,51 @@ describe('KV cache', () => {
       verify(40, 'after truncation to 0');
     }),
   );
+  eachConfig('kvCopy: a branch holds the prefix, and writing either leaves the other as it was', (be) =>
+    scoped(be, (s) => {
+      const rng = new Rng(seed('kvcopy'));
+      const kvHeads = 2,
+        D = 12,
+        B = 16;
+      const src = s.keep(be.kvCache(2, kvHeads, D, { blockSize: B }));
+      const shadows = [new Shadow(kvHeads, D), new Shadow(kvHeads, D)];
+      for (let l = 0; l < 2; l++) writeKV(s, src, l, shadows[l], 0, 75, rng);
+      const dst = s.keep(be.kvCache(2, kvHeads, D, { blockSize: B }));
+      for (let l = 0; l < 2; l++) writeKV(s, dst, l, new Shadow(kvHeads, D), 0, 90, rng); // replaced by the copy
+      const used = be.memoryUsage()[0].usedBytes;
+      be.kvCopy(dst, src, 37); // ends inside a block
+      assert.equal(dst.length, 37);
+      assert.equal(
+        used - be.memoryUsage()[0].usedBytes,
+        2 * (Math.ceil(90 / B) - Math.ceil(37 / B)) * 2 * kvHeads * B * D * 4,
+        'the copy holds whole blocks of 37 slots',
+      );
+      const copied = shadows.map((sh) => {
+        const c = new Shadow(kvHeads, D);
+        for (let slot = 0; slot < 37; slot++) {
+          c.kRows.set(slot, sh.kRows.get(slot)!);
+          c.vRows.set(slot, sh.vRows.get(slot)!);
+        }
+        return c;
+      });
+      // The branch continues with its own rows; the source keeps its slots 37..74.
+      for (let l = 0; l < 2; l++) writeKV(s, dst, l, copied[l], 37, 20, rng);
+      for (let l = 0; l < 2; l++) {
+        for (const [cache, sh, len] of [
+          [src, shadows[l], 75],
+          [dst, copied[l], 57],
+        ] as const) {
+          for (let slot = 0; slot < len; slot++) assertSameF32(readV(s, cache, l, slot), sh.vRows.get(slot)!, `V of layer ${l} slot ${slot}`);
+          const q = rng.f32(2 * 2 * kvHeads * D);
+          const r = runAttention(s, cache, l, sh, q, 2, { heads: 2 * kvHeads, qSlot0: len - 2, causal: true, count: len });
+          check('attention', `layer ${l} over ${len} slots`, r.got, r.want, (i) => r.tol[i]);
+        }
+      }
+      assert.throws(() => be.kvCopy(dst, src, 76), /kvCopy: length 76 outside \[0, 75\]/);
+      const other = s.keep(be.kvCache(2, kvHeads, D + 4, { blockSize: B }));
+      assert.throws(() => be.kvCopy(other, src, 10), /kvCopy: caches of/);
+    }),
+  );
 });
 
 describe('attention', () => {

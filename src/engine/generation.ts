@@ -9,13 +9,24 @@ import { yieldToEventLoop } from '../runtime/platform.js';
 import { Sampler } from './sampling.js';
 import { GenerationError } from './request.js';
 import { FinishReason, GenerateOptions, GenerationResult, decodeMethodOf } from './options.js';
-import { ImageRows, ModelCore, peakMemory } from './core.js';
+import { ModelCore, peakMemory } from './core.js';
+import { PromptImage } from '../model/family.js';
+
+/** An image of a turn: its rows for the prompt, which may be gone when its tokens are all cached. */
+export interface TurnImage extends PromptImage {
+  /** [rows][text hidden]; needed only when some of its tokens lie at or after the turn's slot0. */
+  features: Matrix | null;
+  /** Per row, the unit it stands for (-1: a row the family adds). */
+  units: number[];
+  /** Rows the image gives without pruning. */
+  denseRows: number;
+}
 
 /** A turn: the cache holds ids[0, slot0); the turn prefills ids[slot0, S) and decodes. */
 export interface TurnArgs {
   ids: number[];
-  /** The images' rows for the image tokens of `ids`, in order. */
-  images: ImageRows[];
+  /** The images of `ids`' image tokens, in order. */
+  images: TurnImage[];
   cache: DecoderCache;
   slot0: number;
   opts: GenerateOptions;
@@ -39,7 +50,6 @@ export interface TurnArgs {
  */
 export async function runTurn(m: ModelCore, a: TurnArgs): Promise<GenerationResult> {
   const { ids, images, cache, slot0, opts } = a;
-  const features = images.map((i) => i.features);
   const S = ids.length;
   m.checkPromptLength(S);
   if (slot0 < 0 || slot0 >= S || cache.length !== slot0)
@@ -48,10 +58,11 @@ export async function runTurn(m: ModelCore, a: TurnArgs): Promise<GenerationResu
   if (opts.signal?.aborted) return m.abortedResult(a.t0);
   // The answer has at most what the context window leaves after the prompt.
   const maxNew = Math.min(opts.maxNewTokens ?? 256, m.contextWindow - S);
-  const x = m.ws.matrix('prompt', S, m.decoder.hidden);
+  // Only the new rows are embedded: the images' rows from the first image token at or after slot0.
+  const x = m.ws.matrix('prompt', S - slot0, m.decoder.hidden);
   const imageId = m.config.imageFacts?.tokenId;
-  if (imageId !== undefined) embedPrompt(m.decoder, x, ids, imageId, features);
-  else m.decoder.embed(x, ids);
+  if (imageId !== undefined) embedPrompt(m.decoder, x, ids.slice(slot0), imageId, imageRowsFrom(images, ids, slot0, imageId));
+  else m.decoder.embed(x, ids.slice(slot0));
   const method = decodeMethodOf(opts);
   let selector: DecodeSelector | null = null;
   try {
@@ -64,26 +75,43 @@ export async function runTurn(m: ModelCore, a: TurnArgs): Promise<GenerationResu
         `this session's cache was pruned inside the first question's prefill (FastV / PyramidDrop): every later question must use such a method too (got ${method?.name ?? 'dense'})`,
       );
     }
-    const imageTokens = features.reduce((n, f) => n + f.rows, 0);
-    const r = await decodeLoop(m, x.view(slot0, S - slot0), ids, slot0, cache, opts, maxNew, a.t0, a.t1, imageTokens, a.visualIn, selector);
+    const imageTokens = images.reduce((n, f) => n + f.rows, 0);
+    const r = await decodeLoop(m, x, ids, slot0, cache, opts, maxNew, a.t0, a.t1, imageTokens, a.visualIn, selector);
     r.stats.imageCached = a.imageCached;
     r.stats.historyTurnsDropped = a.historyTurnsDropped ?? 0;
     if (selector?.layout) a.onLayout?.(selector.layout);
     const kept = selector?.keptVisual;
     if (kept) m.lastRetrieved = kept.map((k) => k.slice());
-    if (features.length) r.visual = { kept: images.map((i) => i.units.slice()), retrieved: kept ? retrievedUnits(visual, kept, images) : null };
+    if (images.length) r.visual = { kept: images.map((i) => i.units.slice()), retrieved: kept ? retrievedUnits(visual, kept, images) : null };
     return r;
   } finally {
     selector?.free();
   }
 }
 
+/** The image rows for the image tokens of ids[slot0, S): each image's rows after those whose tokens lie before slot0. */
+function imageRowsFrom(images: TurnImage[], ids: number[], slot0: number, imageId: number): Matrix[] {
+  let skip = 0;
+  for (let i = 0; i < slot0; i++) if (ids[i] === imageId) skip++;
+  const out: Matrix[] = [];
+  for (const im of images) {
+    if (skip >= im.rows) {
+      skip -= im.rows;
+      continue;
+    }
+    if (!im.features) throw new RangeError(`internal: an image with tokens after slot ${slot0} has no rows`);
+    out.push(skip > 0 ? im.features.view(skip, im.rows - skip) : im.features);
+    skip = 0;
+  }
+  return out;
+}
+
 /** Per image and layer, the units a decode selection attends to (union over KV heads; rows the family adds are left out). */
-function retrievedUnits(visualSlots: number[], kept: Int32Array[], images: ImageRows[]): number[][][] {
+function retrievedUnits(visualSlots: number[], kept: Int32Array[], images: TurnImage[]): number[][][] {
   const where = new Map<number, [number, number]>(); // slot -> (image, row of its features)
   let v = 0;
   images.forEach((im, i) => {
-    for (let j = 0; j < im.features.rows; j++) where.set(visualSlots[v++], [i, j]);
+    for (let j = 0; j < im.rows; j++) where.set(visualSlots[v++], [i, j]);
   });
   return images.map((im, i) =>
     kept.map((slots) => {

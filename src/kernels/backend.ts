@@ -270,6 +270,11 @@ export interface KernelBackend {
   kvWrite(cache: KVCache, layer: number, k: Matrix, v: Matrix, slot0: number): void;
   /** Drops slots past `length` (their blocks are returned). */
   kvTruncate(cache: KVCache, length: number): void;
+  /**
+   * Makes `dst` hold a copy of `src`'s slots [0, length) and nothing else (a new branch of a cached
+   * prefix: writing one leaves the other as it was). Same shape and place.
+   */
+  kvCopy(dst: KVCache, src: KVCache, length: number): void;
   attention(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: AttentionOptions): void;
   /**
    * Query-aware key scores (SparseVILA's decode retrieval): out [kvHeads][keys.length], out[g][j]

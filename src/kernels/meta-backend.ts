@@ -131,6 +131,9 @@ export class MetaBackend implements KernelBackend {
   }
   kvReserve(): void {}
   kvTruncate(): void {}
+  kvCopy(): void {
+    this.compute('kvCopy');
+  }
 
   private compute(op: string): never {
     throw new MetaBackendError(`${op}: the meta backend describes shapes and holds no data; it cannot compute`);

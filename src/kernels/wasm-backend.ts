@@ -726,6 +726,27 @@ export class WasmBackend implements KernelBackend {
     c.length = length;
   }
 
+  kvCopy(dst: KVCache, src: KVCache, length: number): void {
+    const d = asCache(dst),
+      c = asCache(src);
+    sameArena('kvCopy', d.arena, c.arena);
+    if (d === c) throw new BackendError('kvCopy: the source and destination are the same cache');
+    if (d.layers !== c.layers || d.kvHeads !== c.kvHeads || d.headDim !== c.headDim || d.blockSize !== c.blockSize)
+      throw new BackendError(
+        `kvCopy: caches of ${d.layers}x${d.kvHeads}x${d.headDim} (blocks of ${d.blockSize}) and ${c.layers}x${c.kvHeads}x${c.headDim} (blocks of ${c.blockSize})`,
+      );
+    if (!Number.isInteger(length) || length < 0 || length > c.length) throw new BackendError(`kvCopy: length ${length} outside [0, ${c.length}]`);
+    this.kvTruncate(d, 0);
+    this.kvReserve(d, length);
+    const a = d.arena,
+      bytes = d.blockBytes,
+      blocks = Math.ceil(length / d.blockSize);
+    // Whole blocks: slots past `length` in the last one are never read (the length bounds every read).
+    for (let l = 0; l < d.layers; l++) {
+      for (let b = 0; b < blocks; b++) a.u8.copyWithin(d.blocks[l][b], c.blocks[l][b], c.blocks[l][b] + bytes);
+    }
+  }
+
   attention(out: Matrix, q: Matrix, cache: KVCache, layer: number, opts: AttentionOptions): void {
     const o = asMatrix(out),
       qm = asMatrix(q),

@@ -10,6 +10,12 @@ export class DecoderCache {
   get length(): number {
     return this.parts[0].length;
   }
+  /** Bytes its K and V blocks take (whole blocks, every layer). */
+  get bytes(): number {
+    let b = 0;
+    for (const p of this.parts) b += Math.ceil(p.length / p.blockSize) * p.blockSize * p.layers * p.kvHeads * p.headDim * 4 * 2;
+    return b;
+  }
 }
 
 export interface ForwardOptions {
@@ -91,6 +97,8 @@ export interface LanguageDecoder {
   newCache(): DecoderCache;
   /** Drops cache slots past `length`. */
   truncateCache(cache: DecoderCache, length: number): void;
+  /** A new cache holding a copy of `cache`'s slots [0, length) (a branch: writing one leaves the other as it was). */
+  copyCache(cache: DecoderCache, length: number): DecoderCache;
   freeCache(cache: DecoderCache): void;
   /** Token embeddings of `ids` into out [ids.length][hidden]. */
   embed(out: Matrix, ids: readonly number[]): void;

@@ -276,6 +276,17 @@ export class LlamaDecoder implements LanguageDecoder {
     for (const part of cache.parts) this.backend.kvTruncate(part, length);
   }
 
+  copyCache(cache: DecoderCache, length: number): DecoderCache {
+    const copy = this.newCache();
+    try {
+      cache.parts.forEach((part, i) => this.backend.kvCopy(copy.parts[i], part, length));
+    } catch (e) {
+      this.freeCache(copy);
+      throw e;
+    }
+    return copy;
+  }
+
   freeCache(cache: DecoderCache): void {
     for (const part of cache.parts) this.backend.free(part);
   }
