@@ -5,6 +5,8 @@ export { VisionLanguageModel, GenerationError } from './engine/vlm.js';
 export type { LoadOptions, GenerateRequest, GenerateOptions, GenerationResult, GenerationStats, FinishReason, ImageInput } from './engine/vlm.js';
 export { Session } from './engine/session.js';
 export type { SessionOptions } from './engine/session.js';
+export { PrefixCache } from './engine/prefix-cache.js';
+export type { PrefixCacheOptions, PrefixCacheStats, ConversationRequest, CachedImageInput, CacheUse, CachedGenerationResult } from './engine/prefix-cache.js';
 export { inspectModel } from './engine/inspect.js';
 export type { Inspection } from './engine/inspect.js';
 
@@ -66,6 +68,8 @@ export { prunedImageFeatures } from './sparsity/prefill.js';
 export { DecodeRetrieval } from './sparsity/retrieval.js';
 export { keptCount, topKInOrder } from './sparsity/select.js';
 export { densePrefill, sparseVilaPrefill, sparseVilaDecode, visionZipPrefill, pruMergePrefill, questDecode, fastV, pyramidDrop } from './sparsity/method.js';
+export { METHODS, chooseMethod, SPARSEVILA_IMAGE_DEFAULTS, SPARSEVILA_VIDEO_DEFAULTS } from './sparsity/choice.js';
+export type { MethodName, MethodChoice, ChosenMethod } from './sparsity/choice.js';
 export { LayerDrop, PrunedCacheContinuation, fastVStages, pyramidDropStages } from './sparsity/layerdrop.js';
 export type { DropStage } from './sparsity/layerdrop.js';
 export type { PrefillReducer, ReducedImage } from './sparsity/method.js';

@@ -1,0 +1,485 @@
+// Conversations across stateless requests (an OpenAI-style server resends the whole conversation,
+// images included, every turn): images are keyed by a hash of their decoded pixels (or a client's
+// id for them), their rows and the KV caches of earlier requests are kept under a memory budget,
+// and a request reuses the longest cached prefix of its prompt, images included. Only the new part
+// is prefilled; SparseVILA's decode retrieval scores the new question as in a session.
+import { DecoderCache } from '../model/decoder.js';
+import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
+import { ImageError, RgbImage, decodeImage, resize } from '../io/image.js';
+import { pixels } from '../io/image-types.js';
+import { PrefillReducer } from '../sparsity/method.js';
+import { GenerateOptions, GenerationResult, ImageInput, decodeMethodOf, prefillReducerOf } from './options.js';
+import { ImageRows, ModelCore } from './core.js';
+import { runTurn } from './generation.js';
+import { GenerationError, checkGenerateOptions, checkMessages } from './request.js';
+
+/** An image of a request: its data, a client's id for it, or both. */
+export interface CachedImageInput {
+  /** A file path, encoded bytes or decoded pixels. Without it, `uuid` must name an image the cache holds. */
+  data?: ImageInput;
+  /**
+   * The client's id for this image. With data, later requests may send the id alone; without,
+   * the image is the one last sent with this id (refused when the cache no longer holds it).
+   */
+  uuid?: string;
+}
+
+export interface ConversationRequest {
+  /** The conversation; each `{ type: 'image' }` part stands for the next image of `images`. */
+  messages: ChatMessage[];
+  images: CachedImageInput[];
+  /**
+   * `chat` (default): the whole conversation. `independent`: the leading system messages and the
+   * last user message's text, with every image of the conversation before it (earlier turns are
+   * not seen; as a session's independent mode).
+   */
+  mode?: 'chat' | 'independent';
+  /** A pixel budget: larger images are first scaled down (aspect kept, bicubic) to at most this many pixels. */
+  maxPixels?: number;
+}
+
+/** How a request used the cache. */
+export interface CacheUse {
+  /** Prompt tokens whose K/V came from the cache (not prefilled again). */
+  cachedTokens: number;
+  /** Images whose rows came from the cache (not encoded again), and images encoded. */
+  imagesCached: number;
+  imagesEncoded: number;
+  /** `extend`: an earlier conversation's cache continued; `branch`: a copy of its prefix; `new`: nothing reused. */
+  reuse: 'extend' | 'branch' | 'new';
+  /** Cached conversations and images evicted (least recently used) to stay within the budget after this request. */
+  evictions: number;
+}
+
+export interface CachedGenerationResult extends GenerationResult {
+  cache: CacheUse;
+}
+
+export interface PrefixCacheOptions {
+  /** Bytes of K/V caches and image rows kept between requests; least recently used go first. Default 1 GiB. */
+  budgetBytes?: number;
+  /** Client image ids remembered (least recently used go first). Default 4096. */
+  maxUuids?: number;
+}
+
+/** The cache's state and counters since it was made. */
+export interface PrefixCacheStats {
+  /** Cached conversations and images (idle or in use), and the bytes they hold. */
+  entries: number;
+  images: number;
+  bytes: number;
+  /** Bytes of the K/V caches requests are running on now (in the budget once they finish). */
+  activeBytes: number;
+  budgetBytes: number;
+  /** Requests that reused a cached prefix, and those that did not. */
+  prefixHits: number;
+  prefixMisses: number;
+  imageHits: number;
+  imagesEncoded: number;
+  evictions: number;
+  cachedTokens: number;
+  prefilledTokens: number;
+  /** Requests aborted or failed, whose K/V was freed. */
+  released: number;
+}
+
+interface Entry {
+  cache: DecoderCache;
+  /** The tokens whose K/V the cache holds, in slot order (while busy: the prefix the running request keeps). */
+  ids: number[];
+  /** The image keys of its image tokens, in order. */
+  imageKeys: string[];
+  /** Slots where a turn may start without changing what a decode method scores: 0, each image's end, each turn's end. */
+  cuts: number[];
+  busy: boolean;
+  tick: number;
+}
+
+interface ImageItem {
+  key: string;
+  rows: ImageRows;
+  pins: number;
+  tick: number;
+}
+
+/** The tail of an entry that a request may cut off instead of branching (tokens). */
+const TRUNCATE_TAIL = 32;
+
+/** SHA-256 of an image's size and pixels, in hex (WebCrypto: Node and browsers). */
+async function pixelHash(img: RgbImage): Promise<string> {
+  const head = new Uint8Array(new Uint32Array([img.width, img.height]).buffer);
+  const buf = new Uint8Array(8 + img.data.length);
+  buf.set(head, 0);
+  buf.set(img.data, 8);
+  const digest = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', buf));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** The size an image of w×h takes under a pixel budget (aspect kept, each side at least 1). */
+export function sizeWithin(w: number, h: number, maxPixels: number): { width: number; height: number } {
+  if (w * h <= maxPixels) return { width: w, height: h };
+  const s = Math.sqrt(maxPixels / (w * h));
+  let width = Math.max(1, Math.floor(w * s)),
+    height = Math.max(1, Math.floor(h * s));
+  while (width * height > maxPixels) {
+    if (width >= height) width--;
+    else height--;
+  }
+  return { width, height };
+}
+
+/** The messages a request renders: the conversation (chat), or its images and last question (independent). */
+function messagesOf(req: ConversationRequest): ChatMessage[] {
+  if ((req.mode ?? 'chat') === 'chat') return req.messages;
+  const lastUser = [...req.messages].reverse().find((m) => m.role === 'user');
+  if (!lastUser) throw new GenerationError('independent mode answers the last user message, and the messages have none');
+  const images: ChatContentPart[] = [];
+  for (const m of req.messages) if (typeof m.content !== 'string') for (const p of m.content) if (p.type === 'image') images.push(p);
+  const text: ChatContentPart[] =
+    typeof lastUser.content === 'string' ? [{ type: 'text', text: lastUser.content }] : lastUser.content.filter((p) => p.type === 'text');
+  const systems: ChatMessage[] = [];
+  for (const m of req.messages) {
+    if (m.role !== 'system') break;
+    systems.push(m);
+  }
+  return [...systems, { role: 'user', content: [...images, ...text] }];
+}
+
+export class PrefixCache {
+  readonly budgetBytes: number;
+  private readonly maxUuids: number;
+  private readonly entries = new Set<Entry>();
+  private readonly images = new Map<string, ImageItem>();
+  /** Images being encoded: one encode per key however many requests ask (each waiter pinned when it lands). */
+  private readonly encoding = new Map<string, { done: Promise<ImageItem>; waiters: number }>();
+  /** Client id (and pixel budget) -> the pixel key of the image last sent with it. */
+  private readonly uuids = new Map<string, string>();
+  /** Caches of running requests that are not (yet) entries. */
+  private readonly active = new Set<DecoderCache>();
+  private ticks = 0;
+  private closed = false;
+  private readonly counters = {
+    prefixHits: 0,
+    prefixMisses: 0,
+    imageHits: 0,
+    imagesEncoded: 0,
+    evictions: 0,
+    cachedTokens: 0,
+    prefilledTokens: 0,
+    released: 0,
+  };
+
+  constructor(
+    readonly model: ModelCore,
+    opts: PrefixCacheOptions = {},
+  ) {
+    const budget = opts.budgetBytes ?? 2 ** 30;
+    if (typeof budget !== 'number' || !Number.isFinite(budget) || budget < 0)
+      throw new GenerationError(`budgetBytes must be a number >= 0, got ${String(budget)}`);
+    this.budgetBytes = budget;
+    this.maxUuids = opts.maxUuids ?? 4096;
+  }
+
+  stats(): PrefixCacheStats {
+    let bytes = 0,
+      activeBytes = 0;
+    for (const e of this.entries) {
+      if (e.busy) activeBytes += e.cache.bytes;
+      else bytes += e.cache.bytes;
+    }
+    for (const c of this.active) activeBytes += c.bytes;
+    for (const im of this.images.values()) bytes += im.rows.features.rows * im.rows.features.ld * 4;
+    return { entries: this.entries.size, images: this.images.size, bytes, activeBytes, budgetBytes: this.budgetBytes, ...this.counters };
+  }
+
+  /**
+   * Answers the last turn of a conversation, reusing the longest prefix of its prompt that an
+   * earlier request left cached (its images' tokens only where they are the same images, by
+   * pixels, prefill method and budget). opts as for generate().
+   */
+  async generate(req: ConversationRequest, opts: GenerateOptions = {}): Promise<CachedGenerationResult> {
+    if (this.closed) throw new GenerationError('the prefix cache is closed');
+    const m = this.model,
+      t0 = performance.now();
+    checkGenerateOptions(opts);
+    const reducer = prefillReducerOf(opts);
+    const method = decodeMethodOf(opts);
+    const mode = req.mode ?? 'chat';
+    if (mode !== 'chat' && mode !== 'independent') throw new GenerationError(`mode ${String(mode)} is not chat or independent`);
+    if (!Array.isArray(req.images)) throw new GenerationError(`images must be an array, got ${typeof req.images}`);
+    if (req.maxPixels !== undefined && !(Number.isInteger(req.maxPixels) && req.maxPixels >= 1))
+      throw new GenerationError(`maxPixels must be a whole number >= 1, got ${String(req.maxPixels)}`);
+    checkMessages(req.messages);
+    const messages = messagesOf(req);
+    // The conversation renders before any image is decoded (the template's checks, the image count).
+    const probe = { images: req.images.map(() => ''), messages };
+    m.promptText(probe);
+    const none: CacheUse = { cachedTokens: 0, imagesCached: 0, imagesEncoded: 0, reuse: 'new', evictions: 0 };
+    if (opts.signal?.aborted) return { ...m.abortedResult(t0), cache: none };
+    const items: ImageItem[] = [];
+    let imagesCached = 0;
+    try {
+      for (const [i, im] of req.images.entries()) {
+        const { item, cached } = await this.image(im, i, reducer, req.maxPixels);
+        items.push(item); // pinned
+        if (cached) imagesCached++;
+      }
+      if (opts.signal?.aborted) return { ...m.abortedResult(t0), cache: { ...none, imagesCached, imagesEncoded: items.length - imagesCached } };
+      const rows = items.map((it) => it.rows);
+      const ids = m.idsFor({ images: probe.images, messages }, rows);
+      m.checkPromptLength(ids.length);
+      const keys = items.map((it) => it.key);
+      const ends = this.imageEnds(ids, rows);
+      const starts = ends.map((e, j) => e - rows[j].rows);
+      // The longest cached prefix (never the whole prompt: the last row gives the logits). With a
+      // decode method that scores the turn's rows, the turn starts at a cut (an image's end, a
+      // turn's end), so that it scores the question as a fresh session would. Methods that prune
+      // the cache for good (FastV, PyramidDrop) run on a cache of their own.
+      let best: Entry | null = null,
+        common = 0;
+      if (!method?.prunesCache) {
+        for (const e of this.entries) {
+          let c = this.match(e, ids, keys, starts);
+          if (method) c = e.cuts.filter((x) => x <= c).pop() ?? 0;
+          if (c > common || (c === common && c > 0 && best?.busy && !e.busy)) {
+            best = e;
+            common = c;
+          }
+        }
+      }
+      let entry: Entry, reuse: CacheUse['reuse'];
+      if (best && common > 0 && !best.busy && best.ids.length - common <= TRUNCATE_TAIL) {
+        entry = best;
+        reuse = 'extend';
+        m.decoder.truncateCache(entry.cache, common);
+      } else if (best && common > 0) {
+        entry = { cache: m.decoder.copyCache(best.cache, common), ids: [], imageKeys: [], cuts: [], busy: false, tick: 0 };
+        reuse = 'branch';
+      } else {
+        entry = { cache: m.decoder.newCache(), ids: [], imageKeys: [], cuts: [], busy: false, tick: 0 };
+        reuse = 'new';
+        common = 0;
+      }
+      const owned = reuse !== 'extend';
+      entry.busy = true;
+      entry.ids = ids.slice(0, common);
+      entry.cuts = (best?.cuts ?? []).filter((x) => x <= common);
+      entry.imageKeys = keys;
+      if (owned) this.active.add(entry.cache);
+      const t1 = performance.now();
+      let r: GenerationResult;
+      try {
+        r = await runTurn(m, {
+          ids,
+          images: rows,
+          cache: entry.cache,
+          slot0: common,
+          opts: { ...opts, prefillSparsity: undefined, prefill: undefined },
+          t0,
+          t1,
+          visualIn: rows.reduce((a, f) => a + f.denseRows, 0),
+          imageCached: items.length > 0 && imagesCached === items.length,
+        });
+      } catch (e) {
+        this.release(entry, owned, common);
+        throw e;
+      }
+      if (r.finishReason === 'abort') {
+        this.release(entry, owned, common);
+      } else {
+        if (owned) this.active.delete(entry.cache);
+        entry.ids = [...ids, ...r.ids].slice(0, entry.cache.length);
+        entry.cuts = [...new Set([0, ...entry.cuts, ...ends.filter((x) => x > common), entry.cache.length])].sort((a, b) => a - b);
+        entry.busy = false;
+        entry.tick = ++this.ticks;
+        if (method?.prunesCache) m.decoder.freeCache(entry.cache);
+        else this.entries.add(entry);
+      }
+      this.counters.cachedTokens += common;
+      this.counters.prefilledTokens += r.stats.prefilledTokens;
+      if (common > 0) this.counters.prefixHits++;
+      else this.counters.prefixMisses++;
+      const imagesEncoded = items.length - imagesCached;
+      for (const it of items) {
+        it.tick = ++this.ticks;
+        it.pins--;
+      }
+      items.length = 0;
+      const evictions = this.evict();
+      return { ...r, cache: { cachedTokens: common, imagesCached, imagesEncoded, reuse, evictions } };
+    } finally {
+      for (const it of items) it.pins--;
+      this.evict();
+    }
+  }
+
+  /** After an abort or a failure: an entry taken over keeps its cached prefix; a cache made for the request is freed. */
+  private release(entry: Entry, owned: boolean, common: number): void {
+    this.counters.released++;
+    if (owned) {
+      this.active.delete(entry.cache);
+      this.model.decoder.freeCache(entry.cache);
+      return;
+    }
+    this.model.decoder.truncateCache(entry.cache, common);
+    entry.ids = entry.ids.slice(0, common);
+    entry.busy = false;
+  }
+
+  /** Slots after each image's last token in ids (images in order). */
+  private imageEnds(ids: number[], rows: ImageRows[]): number[] {
+    const id = this.model.config.imageFacts?.tokenId;
+    const ends: number[] = [];
+    if (id === undefined) return ends;
+    let j = 0,
+      seen = 0;
+    for (let i = 0; i < ids.length && j < rows.length; i++) {
+      if (ids[i] !== id) continue;
+      if (++seen === rows[j].rows) {
+        ends.push(i + 1);
+        j++;
+        seen = 0;
+      }
+    }
+    return ends;
+  }
+
+  /** The prefix of ids an entry holds: same tokens, and its images the same images up to there. */
+  private match(e: Entry, ids: number[], keys: string[], starts: number[]): number {
+    const n = Math.min(e.ids.length, ids.length - 1);
+    let c = 0;
+    while (c < n && e.ids[c] === ids[c]) c++;
+    for (let j = 0; j < starts.length && starts[j] < c; j++) {
+      if (e.imageKeys[j] !== keys[j]) return starts[j];
+    }
+    return c;
+  }
+
+  /** An image's rows, from the cache or encoded; pinned until the request ends. */
+  private async image(im: CachedImageInput, i: number, reducer: PrefillReducer, maxPixels: number | undefined): Promise<{ item: ImageItem; cached: boolean }> {
+    const label = `image ${i + 1}`;
+    if (!im || typeof im !== 'object') throw new GenerationError(`${label}: expected { data, uuid }`);
+    if (im.uuid !== undefined && (typeof im.uuid !== 'string' || im.uuid.length === 0 || im.uuid.length > 256))
+      throw new GenerationError(`${label}: uuid must be a non-empty string of at most 256 characters`);
+    const uuidKey = im.uuid === undefined ? undefined : `${im.uuid}\u0000${maxPixels ?? ''}`;
+    let pixelKey: string;
+    let rgb: RgbImage | null = null;
+    if (im.data === undefined) {
+      if (uuidKey === undefined) throw new GenerationError(`${label}: give the image data or the uuid of an image sent before`);
+      const known = this.uuids.get(uuidKey);
+      if (known === undefined) throw new GenerationError(`${label}: no image with uuid ${JSON.stringify(im.uuid)} is cached: send the image again`);
+      pixelKey = known;
+    } else {
+      rgb = await this.decode(im.data, label, maxPixels);
+      pixelKey = await pixelHash(rgb);
+    }
+    if (uuidKey !== undefined) {
+      this.uuids.delete(uuidKey);
+      this.uuids.set(uuidKey, pixelKey);
+      while (this.uuids.size > this.maxUuids) this.uuids.delete(this.uuids.keys().next().value!);
+    }
+    const key = `${pixelKey}\u0000${reducer.name}`;
+    const have = this.images.get(key);
+    if (have) {
+      have.pins++;
+      have.tick = ++this.ticks;
+      this.counters.imageHits++;
+      return { item: have, cached: true };
+    }
+    if (!rgb)
+      throw new GenerationError(`${label}: the image with uuid ${JSON.stringify(im.uuid)} is no longer cached with this prefill method: send the image again`);
+    let pending = this.encoding.get(key);
+    const mine = !pending;
+    if (!pending) {
+      const source = rgb;
+      const rec: { done: Promise<ImageItem>; waiters: number } = {
+        waiters: 0,
+        done: this.model.imageFeatures([source], reducer).then(
+          ([rows]) => {
+            this.encoding.delete(key);
+            const item: ImageItem = { key, rows, pins: rec.waiters, tick: ++this.ticks };
+            this.images.set(key, item);
+            return item;
+          },
+          (e: unknown) => {
+            this.encoding.delete(key);
+            throw e;
+          },
+        ),
+      };
+      pending = rec;
+      this.encoding.set(key, rec);
+    }
+    pending.waiters++;
+    const item = await pending.done;
+    if (mine) this.counters.imagesEncoded++;
+    else this.counters.imageHits++;
+    return { item, cached: !mine };
+  }
+
+  private async decode(data: ImageInput, label: string, maxPixels: number | undefined): Promise<RgbImage> {
+    let rgb: RgbImage;
+    if (typeof data === 'string' || data instanceof Uint8Array) {
+      rgb = await decodeImage(data, typeof data === 'string' ? undefined : label, this.model.imageLimits);
+    } else if (data && typeof data === 'object' && data.data instanceof Uint8Array) {
+      rgb = data;
+      if (rgb.width * rgb.height > this.model.imageLimits.maxPixels)
+        throw new ImageError(
+          `${label}: ${rgb.width}×${rgb.height} is more than the ${pixels(this.model.imageLimits.maxPixels)} allowed (the image limit maxPixels)`,
+        );
+    } else {
+      throw new GenerationError(`${label}: image data must be a file path, encoded bytes or an RgbImage`);
+    }
+    if (maxPixels !== undefined && rgb.width * rgb.height > maxPixels) {
+      const { width, height } = sizeWithin(rgb.width, rgb.height, maxPixels);
+      rgb = resize(rgb, width, height, 'bicubic');
+    }
+    return rgb;
+  }
+
+  /**
+   * Evicts the least recently used idle conversations and unpinned images until the cache is
+   * within its budget (images still referenced by a kept conversation's tokens may go: they are
+   * encoded again only if a request needs their rows). Returns how many went.
+   */
+  private evict(): number {
+    let n = 0;
+    for (;;) {
+      const s = this.stats();
+      if (s.bytes <= this.budgetBytes) return n;
+      let victim: Entry | ImageItem | null = null;
+      for (const e of this.entries) if (!e.busy && (!victim || e.tick < victim.tick)) victim = e;
+      for (const im of this.images.values()) if (im.pins === 0 && (!victim || im.tick < victim.tick)) victim = im;
+      if (!victim) return n;
+      if ('cache' in victim) {
+        this.entries.delete(victim);
+        this.model.decoder.freeCache(victim.cache);
+      } else {
+        this.images.delete(victim.key);
+        this.model.backend.free(victim.rows.features);
+      }
+      n++;
+      this.counters.evictions++;
+    }
+  }
+
+  /** Frees every idle conversation and image (requests running keep theirs until they end). */
+  clear(): void {
+    for (const e of [...this.entries]) {
+      if (e.busy) continue;
+      this.entries.delete(e);
+      this.model.decoder.freeCache(e.cache);
+    }
+    for (const im of [...this.images.values()]) {
+      if (im.pins > 0) continue;
+      this.images.delete(im.key);
+      this.model.backend.free(im.rows.features);
+    }
+  }
+
+  /** Frees what is idle and refuses new requests. */
+  close(): void {
+    this.closed = true;
+    this.clear();
+  }
+}
