@@ -22,6 +22,7 @@ import { embedPrompt } from '../src/model/embed-prompt.js';
 import { VisionTransformer, SalienceRequest } from '../src/model/vit.js';
 import { GenerationError, VisionLanguageModel } from '../src/engine/vlm.js';
 import { ImageError } from '../src/io/image.js';
+import { Sampler } from '../src/engine/sampling.js';
 import { editJson, fixture, modelVariant, tempDir } from './helpers.js';
 
 const TOL = 1e-4;
@@ -270,6 +271,17 @@ describe('model parity with the transformers goldens', () => {
     assert.deepEqual(a.ids, b.ids);
     assert.notDeepEqual(a.ids, c.ids);
     g.close();
+  });
+
+  it('a logit bias moves greedy and sampled choices; bad ones are refused', () => {
+    const logits = () => new Float32Array([0, 3, 1, 2]);
+    assert.equal(new Sampler().sample(logits()), 1);
+    assert.equal(new Sampler({ logitBias: { 1: -100 } }).sample(logits()), 3);
+    assert.equal(new Sampler({ logitBias: { 0: 5, 9: 100 } }).sample(logits()), 0, 'ids past the vocabulary are ignored');
+    const s = new Sampler({ temperature: 1, seed: 3, logitBias: { 1: -100, 3: -100, 2: -100 } });
+    for (let i = 0; i < 20; i++) assert.equal(s.sample(logits()), 0);
+    assert.throws(() => new Sampler({ logitBias: { x: 1 } as unknown as Record<number, number> }), /logitBias: "x" is not a token id/);
+    assert.throws(() => new Sampler({ logitBias: { 1: Number.NaN } }), /logitBias\[1\] must be a finite number/);
   });
 
   describe('clear errors', () => {

@@ -65,7 +65,7 @@ describe('prefix cache', () => {
           history.push(messages[messages.length - 1], assistant(got.text));
         }
         const st = pc.stats();
-        assert.deepEqual([st.entries, st.images, st.activeBytes, st.imagesEncoded], [1, 1, 0, 1]);
+        assert.deepEqual([st.entries, st.images, st.activeBytes, st.imagesEncoded, st.imagesDecoded], [1, 1, 0, 1, 1], 'the resent bytes were decoded once');
       } finally {
         session.close();
         pc.close();

@@ -14,6 +14,7 @@ import { runCommand } from './run.js';
 import { METHODS } from '../sparsity/choice.js';
 import { chatCommand } from './chat.js';
 import { evalCommand } from './eval.js';
+import { serveCommand } from './serve.js';
 import { writeSplit } from '../data/scenes.js';
 import { takeExitCode } from './exit.js';
 
@@ -194,6 +195,33 @@ function build(): Command {
       .option('--json', 'print one JSON object (the report and every question) instead of the table'),
     { sampling: false },
   ).action(evalCommand);
+
+  withOptions(
+    program
+      .command('serve')
+      .description(
+        "an OpenAI-compatible server: POST /v1/chat/completions (streaming or not; images as data URLs, file URLs under --allowed-media-root, http(s) with --allow-remote-media), GET /v1/models, /health, /metrics. Each image's K/V is kept across requests: a resent conversation prefills only its new turn. Requests may choose their sparsity ({ sparsevila: { method, prefill_sparsity, decode_sparsity, mode } }). SIGTERM or Ctrl-C shuts down gracefully",
+      )
+      .option('--model <dir>', 'model folder (Hugging Face layout); default: the embedded scenes model')
+      .option('--model-id <id>', "the id clients give as `model` (default: the model folder's name)")
+      .option('--host <addr>', 'address to listen on (loopback by default; another address needs care: see --api-key)', '127.0.0.1')
+      .option('--port <n>', 'port (0: any free one)', int(0), 8080)
+      .option('--api-key <key>', 'require Authorization: Bearer <key> on every route but /health (or set SPARSEVILA_API_KEY)')
+      .option('--allowed-media-root <dir>', 'file:// image URLs may name files under this folder (symlinks and .. resolved first); default: none')
+      .option('--allow-remote-media', 'fetch http(s) image URLs (off by default)')
+      .option('--cache-memory <MiB>', 'K/V and image rows kept between requests, least recently used evicted first', int(0), 1024)
+      .option('--parallel <n>', 'requests generating at once (their decode steps interleave)', int(1), 2)
+      .option('--max-queue <n>', 'requests waiting beyond those; more get 429 with Retry-After', int(0), 64)
+      .option('--max-body-bytes <n>', 'largest request body (data-URL images included)', int(1024), 64 * 2 ** 20)
+      .option('--max-images <n>', 'most images in one request', int(1), 16)
+      .option('--max-tokens <n>', 'max_tokens of a request that gives none', int(1), 256)
+      .addOption(new Option('--method <name>', 'the sparsity method of requests that name none').choices(METHODS).default('dense'))
+      .option('--prefill-sparsity <p>', 'sparsevila default: prefill sparsity (default 0.6)', fraction)
+      .option('--decode-sparsity <d>', 'sparsevila default: decode sparsity (default 0.75)', fraction)
+      .option('--visual-budget <n>', 'visionzip / prumerge / quest default budget', int(1))
+      .option('--threads <n>', 'threads (default: all cores; more is capped to the cores)', int(1)),
+    { sampling: false },
+  ).action(serveCommand);
 
   program
     .command('scenes')

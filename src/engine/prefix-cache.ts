@@ -75,6 +75,8 @@ export interface PrefixCacheStats {
   prefixHits: number;
   prefixMisses: number;
   imageHits: number;
+  /** Images decoded from their bytes (a resent image is known by its bytes' hash and not decoded again). */
+  imagesDecoded: number;
   imagesEncoded: number;
   evictions: number;
   cachedTokens: number;
@@ -105,14 +107,26 @@ interface ImageItem {
 /** The tail of an entry that a request may cut off instead of branching (tokens). */
 const TRUNCATE_TAIL = 32;
 
-/** SHA-256 of an image's size and pixels, in hex (WebCrypto: Node and browsers). */
-async function pixelHash(img: RgbImage): Promise<string> {
-  const head = new Uint8Array(new Uint32Array([img.width, img.height]).buffer);
-  const buf = new Uint8Array(8 + img.data.length);
-  buf.set(head, 0);
-  buf.set(img.data, 8);
-  const digest = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', buf));
+/** SHA-256 in hex (WebCrypto: Node and browsers). */
+async function sha256(data: Uint8Array): Promise<string> {
+  const own = (data.buffer instanceof ArrayBuffer ? data : data.slice()) as Uint8Array<ArrayBuffer>; // not a shared buffer
+  const digest = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', own));
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** SHA-256 of an image's size and pixels. */
+function pixelHash(img: RgbImage): Promise<string> {
+  const buf = new Uint8Array(8 + img.data.length);
+  buf.set(new Uint8Array(new Uint32Array([img.width, img.height]).buffer), 0);
+  buf.set(img.data, 8);
+  return sha256(buf);
+}
+
+/** Sets a key of a bounded map as the most recent, dropping the oldest beyond `max`. */
+function remember(map: Map<string, string>, key: string, value: string, max: number): void {
+  map.delete(key);
+  map.set(key, value);
+  while (map.size > max) map.delete(map.keys().next().value!);
 }
 
 /** The size an image of w×h takes under a pixel budget (aspect kept, each side at least 1). */
@@ -154,6 +168,11 @@ export class PrefixCache {
   private readonly encoding = new Map<string, { done: Promise<ImageItem>; waiters: number }>();
   /** Client id (and pixel budget) -> the pixel key of the image last sent with it. */
   private readonly uuids = new Map<string, string>();
+  /**
+   * SHA-256 of encoded bytes (and pixel budget) -> the pixel key they decode to: a resent image
+   * (the same bytes every turn) is not decoded again to find its key.
+   */
+  private readonly encoded = new Map<string, string>();
   /** Caches of running requests that are not (yet) entries. */
   private readonly active = new Set<DecoderCache>();
   private ticks = 0;
@@ -162,6 +181,7 @@ export class PrefixCache {
     prefixHits: 0,
     prefixMisses: 0,
     imageHits: 0,
+    imagesDecoded: 0,
     imagesEncoded: 0,
     evictions: 0,
     cachedTokens: 0,
@@ -369,15 +389,20 @@ export class PrefixCache {
       const known = this.uuids.get(uuidKey);
       if (known === undefined) throw new GenerationError(`${label}: no image with uuid ${JSON.stringify(im.uuid)} is cached: send the image again`);
       pixelKey = known;
+    } else if (im.data instanceof Uint8Array) {
+      if (im.data.length > this.model.imageLimits.maxBytes) rgb = await this.decode(im.data, label, maxPixels); // refused there
+      const bytesKey = `${await sha256(im.data)}\u0000${maxPixels ?? ''}`;
+      const known = this.encoded.get(bytesKey);
+      if (known === undefined) {
+        rgb = await this.decode(im.data, label, maxPixels);
+        pixelKey = await pixelHash(rgb);
+      } else pixelKey = known;
+      remember(this.encoded, bytesKey, pixelKey, this.maxUuids);
     } else {
       rgb = await this.decode(im.data, label, maxPixels);
       pixelKey = await pixelHash(rgb);
     }
-    if (uuidKey !== undefined) {
-      this.uuids.delete(uuidKey);
-      this.uuids.set(uuidKey, pixelKey);
-      while (this.uuids.size > this.maxUuids) this.uuids.delete(this.uuids.keys().next().value!);
-    }
+    if (uuidKey !== undefined) remember(this.uuids, uuidKey, pixelKey, this.maxUuids);
     const key = `${pixelKey}\u0000${reducer.name}`;
     const have = this.images.get(key);
     if (have) {
@@ -386,6 +411,7 @@ export class PrefixCache {
       this.counters.imageHits++;
       return { item: have, cached: true };
     }
+    if (!rgb && im.data !== undefined) rgb = await this.decode(im.data, label, maxPixels);
     if (!rgb)
       throw new GenerationError(`${label}: the image with uuid ${JSON.stringify(im.uuid)} is no longer cached with this prefill method: send the image again`);
     let pending = this.encoding.get(key);
@@ -418,6 +444,7 @@ export class PrefixCache {
   }
 
   private async decode(data: ImageInput, label: string, maxPixels: number | undefined): Promise<RgbImage> {
+    this.counters.imagesDecoded++;
     let rgb: RgbImage;
     if (typeof data === 'string' || data instanceof Uint8Array) {
       rgb = await decodeImage(data, typeof data === 'string' ? undefined : label, this.model.imageLimits);

@@ -11,6 +11,8 @@ export interface SamplingOptions {
   topP?: number;
   /** Seed of the sampler's random generator (default 0). */
   seed?: number;
+  /** Added to the logits of these token ids before sampling (greedy too); -100 all but bans a token, as OpenAI's logit_bias. */
+  logitBias?: Record<number, number>;
 }
 
 /** A small, fast, seedable generator (mulberry32); uniform floats in [0, 1). */
@@ -36,6 +38,7 @@ export function argmax(logits: Float32Array): number {
 
 export class Sampler {
   private readonly rng: Rng;
+  private readonly bias: (readonly [number, number])[] = [];
   readonly temperature: number;
   readonly topK: number;
   readonly topP: number;
@@ -52,9 +55,19 @@ export class Sampler {
     this.topK = k;
     this.topP = p;
     this.rng = new Rng(opts.seed ?? 0);
+    if (opts.logitBias !== undefined) {
+      if (typeof opts.logitBias !== 'object' || opts.logitBias === null) throw new OptionError('logitBias must be an object of token id -> bias');
+      this.bias = Object.entries(opts.logitBias).map(([k, v]) => {
+        const id = Number(k);
+        if (!Number.isInteger(id) || id < 0) throw new OptionError(`logitBias: ${JSON.stringify(k)} is not a token id`);
+        if (typeof v !== 'number' || !Number.isFinite(v)) throw new OptionError(`logitBias[${k}] must be a finite number, got ${String(v)}`);
+        return [id, v] as const;
+      });
+    }
   }
-
+  /** Picks the next token (the logits get the logit bias added, in place). */
   sample(logits: Float32Array): number {
+    for (const [id, b] of this.bias) if (id < logits.length) logits[id] += b;
     if (this.temperature === 0) return argmax(logits);
     const n = logits.length;
     // Candidates: the top k (or all), sorted by logit, descending.
