@@ -4,10 +4,9 @@
 // random-weights.ts): prefill and decode tok/s, the weight bytes a decode step streams and at what
 // rate, peak wasm memory; llama.cpp's Q4_0 figures beside (measured elsewhere on this kind of
 // machine). Writes its section of docs/BENCHMARKS.md.
-import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { LlamaShape, RandomAwqLlamaSource, RandomLlamaSource, SMOLVLM_TEXT_SHAPE, VILA_3B_LLM_SHAPE } from './random-weights.js';
 import { ModelSpec, RunResult, benchModel, level } from './decoder-run.js';
-import { machineDescription, markdownTable, writeSection } from './report.js';
+import { machineDescription, markdownTable, probeMachine, writeSection } from './report.js';
 
 interface AwqSpec extends ModelSpec {
   groupSize: number;
@@ -68,14 +67,7 @@ function streamedBytes(shape: LlamaShape, variant: Variant, G: number): number {
 
 const started = performance.now();
 const only = process.env.SPARSEVILA_BENCH_MODELS?.split(',').map((s) => s.trim());
-const probes = await (async () => {
-  const be = await WasmBackend.create({ threads: 2 });
-  try {
-    return { readGBs: be.probeReadBandwidth(), peakGflops: be.probePeakFlops() };
-  } finally {
-    await be.close();
-  }
-})();
+const probes = await probeMachine();
 console.log(`machine limits (2 threads): read ${probes.readGBs.toFixed(1)} GB/s, peak ${probes.peakGflops.toFixed(0)} GFLOPS`);
 
 const results: { spec: AwqSpec; variant: Variant; r: RunResult }[] = [];

@@ -3,6 +3,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { WasmBackend } from '../src/kernels/wasm-backend.js';
 
 export function machineDescription(extra: string[] = []): string {
   const cpu = os.cpus()[0]?.model?.trim() ?? 'unknown CPU';
@@ -53,4 +54,14 @@ export function writeSection(name: string, body: string): string {
   else doc = `${doc.trimEnd()}\n\n${block}\n`;
   writeFileSync(file, doc);
   return file;
+}
+
+/** The machine's limits at 2 threads, measured now: read bandwidth (GB/s) and SIMD peak (GFLOPS). */
+export async function probeMachine(): Promise<{ readGBs: number; peakGflops: number }> {
+  const be = await WasmBackend.create({ threads: 2 });
+  try {
+    return { readGBs: be.probeReadBandwidth(), peakGflops: be.probePeakFlops() };
+  } finally {
+    await be.close();
+  }
 }

@@ -60,6 +60,19 @@ const pct = (xs: number[], p: number): number => {
   return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0;
 };
 
+/** A user turn as a client sends it: the image and the question first, the question alone in later turns. */
+export function userTurn(first: boolean, imageUrl: string, question: string): ChatCompletionMessageParam {
+  return {
+    role: 'user',
+    content: first
+      ? [
+          { type: 'image_url', image_url: { url: imageUrl } },
+          { type: 'text', text: question },
+        ]
+      : question,
+  };
+}
+
 export async function runLoad(o: LoadOptions): Promise<LoadReport> {
   const client = new OpenAI({ baseURL: o.baseURL, apiKey: o.apiKey ?? 'none', maxRetries: 0, timeout: 120_000 });
   const images = new Map<number, string>();
@@ -85,19 +98,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadReport> {
       if (i >= o.requests) return;
       const episode = makeScene(seed).episode;
       const q = episode[turn];
-      const messages: ChatCompletionMessageParam[] = [
-        ...history,
-        {
-          role: 'user',
-          content:
-            turn === 0
-              ? [
-                  { type: 'image_url', image_url: { url: images.get(seed)! } },
-                  { type: 'text', text: q.question },
-                ]
-              : q.question,
-        },
-      ];
+      const messages: ChatCompletionMessageParam[] = [...history, userTurn(turn === 0, images.get(seed)!, q.question)];
       const cancel = o.cancelEvery > 0 && i % o.cancelEvery === o.cancelEvery - 1;
       const stream = cancel || i % 3 === 0;
       const r0 = performance.now();

@@ -11,10 +11,9 @@ import type { ChatCompletionMessageParam } from 'openai/resources/chat/completio
 import { DEFAULT_MODEL_DIR } from '../src/default-model.js';
 import { makeScene } from '../src/data/scenes.js';
 import { VisionLanguageModel } from '../src/engine/vlm.js';
-import { WasmBackend } from '../src/kernels/wasm-backend.js';
 import { SparsevilaServer } from '../src/serve/server.js';
-import { machineDescription, markdownTable, writeSection } from './report.js';
-import { runLoad, scrape } from './serve-load.js';
+import { machineDescription, markdownTable, probeMachine, writeSection } from './report.js';
+import { runLoad, scrape, userTurn } from './serve-load.js';
 
 const samples = fileURLToPath(new URL('../../samples/scenes', import.meta.url));
 const seeds = readFileSync(path.join(samples, 'episodes.jsonl'), 'utf8')
@@ -26,14 +25,7 @@ const f1 = (x: number) => x.toFixed(1);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const started = performance.now();
-const probes = await (async () => {
-  const be = await WasmBackend.create({ threads: 2 });
-  try {
-    return { readGBs: be.probeReadBandwidth(), peakGflops: be.probePeakFlops() };
-  } finally {
-    await be.close();
-  }
-})();
+const probes = await probeMachine();
 console.log(`machine limits (2 threads): read ${probes.readGBs.toFixed(1)} GB/s, peak ${probes.peakGflops.toFixed(0)} GFLOPS`);
 
 const model = await VisionLanguageModel.load(DEFAULT_MODEL_DIR, { threads: 2 });
@@ -58,19 +50,7 @@ async function episodes(cacheBytes: number, sparsevila: Record<string, unknown> 
       const image = `data:image/png;base64,${readFileSync(path.join(samples, `${seed}.png`)).toString('base64')}`;
       let messages: ChatCompletionMessageParam[] = [];
       for (const [t, q] of makeScene(seed).episode.entries()) {
-        messages = [
-          ...messages,
-          {
-            role: 'user',
-            content:
-              t === 0
-                ? [
-                    { type: 'image_url', image_url: { url: image } },
-                    { type: 'text', text: q.question },
-                  ]
-                : q.question,
-          },
-        ];
+        messages = [...messages, userTurn(t === 0, image, q.question)];
         const t0 = performance.now();
         const s = await client.chat.completions.create({
           model: MODEL,
@@ -133,6 +113,47 @@ for (const [label, sv] of [
   ]);
 }
 
+// Batching headroom: one decoder forward over M new rows at a 280-slot context against M forwards
+// of one row (what M interleaved requests cost now, without batching).
+const batchRows: (string | number)[][] = [];
+{
+  const d = model.decoder,
+    be = model.backend;
+  const cache = d.newCache();
+  const ids = Array.from({ length: 300 }, (_, i) => 5 + (i % 60));
+  const x = be.matrix(280, d.hidden);
+  d.embed(x, ids.slice(0, 280));
+  d.forward(
+    x,
+    cache,
+    0,
+    ids.slice(0, 280).map((_, i) => i),
+  );
+  for (const M of [1, 2, 4, 8]) {
+    const y = be.matrix(M, d.hidden);
+    const t: number[] = [];
+    for (let r = 0; r < 300; r++) {
+      d.truncateCache(cache, 280);
+      d.embed(y, ids.slice(0, M));
+      const t0 = performance.now();
+      d.forward(
+        y,
+        cache,
+        280,
+        Array.from({ length: M }, (_, i) => 280 + i),
+      );
+      t.push(performance.now() - t0);
+    }
+    be.free(y);
+    batchRows.push([M, median(t).toFixed(3), (median(t) / M).toFixed(3)]);
+  }
+  const one = Number(batchRows[0][1]);
+  for (const r of batchRows) r.push(`${f1((one * Number(r[0])) / Number(r[1]))}×`);
+  d.freeCache(cache);
+  be.free(x);
+  console.log(markdownTable(['rows per forward', 'ms per forward', 'ms per row', 'vs one row per forward'], batchRows));
+}
+
 // The load test: its own server, default settings but 2 running at once.
 const server = new SparsevilaServer(model, { modelId: MODEL, allowedMediaRoot: null, allowRemoteMedia: false, parallel: 2, maxQueue: 64 });
 const url = await server.listen('127.0.0.1', 0);
@@ -188,6 +209,13 @@ const body = [
     ],
     rows,
   ),
+  '',
+  '### Batching headroom',
+  '',
+  'Several requests decoding at once now interleave their steps, one row per forward pass. One forward over M new rows at a 280-slot context (the GEMM path) against one row (the GEMV path), on the default model: ' +
+    'what batching M sequences into one pass could save at most on this machine (their attention would still read each sequence’s own cache).',
+  '',
+  markdownTable(['rows per forward', 'ms per forward', 'ms per row', 'vs one row per forward'], batchRows),
   '',
   '### Load test',
   '',

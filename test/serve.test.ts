@@ -17,7 +17,7 @@ import { VisionLanguageModel } from '../src/engine/vlm.js';
 import { normaliseAnswer } from '../src/eval/harness.js';
 import { SparsevilaServer, ServeOptions } from '../src/serve/server.js';
 import { mediaRoot } from '../src/serve/media.js';
-import { runLoad, scrape } from '../bench/serve-load.js';
+import { runLoad, scrape, userTurn } from '../bench/serve-load.js';
 import { Rng, tempDir } from './helpers.js';
 
 const samples = fileURLToPath(new URL('../../samples/scenes', import.meta.url));
@@ -53,7 +53,7 @@ describe('sparsevila serve', () => {
     await model.close();
   });
 
-  const ask = (seed: number, question: string, extra: Record<string, unknown> = {}) =>
+  const ask = (url: string, question: string, extra: Record<string, unknown> = {}) =>
     client.chat.completions.create({
       model: MODEL,
       temperature: 0,
@@ -62,7 +62,7 @@ describe('sparsevila serve', () => {
         {
           role: 'user',
           content: [
-            { type: 'image_url', image_url: { url: dataUrl(seed) } },
+            { type: 'image_url', image_url: { url } },
             { type: 'text', text: question },
           ],
         },
@@ -72,7 +72,7 @@ describe('sparsevila serve', () => {
 
   it('answers about an image, as JSON and as a stream with usage', async () => {
     const q = makeScene(3000002).episode[1];
-    const r = await ask(3000002, q.question);
+    const r = await ask(dataUrl(3000002), q.question);
     assert.equal(normaliseAnswer(r.choices[0].message.content ?? ''), normaliseAnswer(q.answer));
     assert.deepEqual([r.object, r.model, r.choices[0].finish_reason, r.choices[0].message.role], ['chat.completion', MODEL, 'stop', 'assistant']);
     const u = r.usage as OpenAI.CompletionUsage & { sparsevila: { visual_tokens_in: number; visual_tokens_kept: number; method: string } };
@@ -120,19 +120,7 @@ describe('sparsevila serve', () => {
     let messages: ChatCompletionMessageParam[] = [];
     let before = await scrape(base);
     for (const [t, q] of episode.entries()) {
-      messages = [
-        ...messages,
-        {
-          role: 'user',
-          content:
-            t === 0
-              ? [
-                  { type: 'image_url', image_url: { url: dataUrl(seed) } },
-                  { type: 'text', text: q.question },
-                ]
-              : q.question,
-        },
-      ];
+      messages = [...messages, userTurn(t === 0, dataUrl(seed), q.question)];
       const r = await client.chat.completions.create({ model: MODEL, temperature: 0, max_tokens: 8, messages });
       const text = r.choices[0].message.content ?? '';
       assert.equal(normaliseAnswer(text), normaliseAnswer(q.answer), `turn ${t + 1}: ${q.question}`);
@@ -156,10 +144,10 @@ describe('sparsevila serve', () => {
   it('sparsity fields change the visual token counts, and a uuid stands for an image sent before', async () => {
     const q = makeScene(3000005).episode[0].question;
     type U = { sparsevila: { visual_tokens_kept: number; visual_tokens_retrieved: number; method: string; cache: { images_cached: number } } };
-    const dense = (await ask(3000005, q)).usage as unknown as U;
-    const sv = (await ask(3000005, q, { sparsevila: { method: 'sparsevila', prefill_sparsity: 0.5, decode_sparsity: 0.5 } })).usage as unknown as U;
-    const paper = (await ask(3000005, q, { sparsevila: { method: 'sparsevila' } })).usage as unknown as U;
-    const vz = (await ask(3000005, q, { sparsevila: { method: 'visionzip', visual_budget: 32 } })).usage as unknown as U;
+    const dense = (await ask(dataUrl(3000005), q)).usage as unknown as U;
+    const sv = (await ask(dataUrl(3000005), q, { sparsevila: { method: 'sparsevila', prefill_sparsity: 0.5, decode_sparsity: 0.5 } })).usage as unknown as U;
+    const paper = (await ask(dataUrl(3000005), q, { sparsevila: { method: 'sparsevila' } })).usage as unknown as U;
+    const vz = (await ask(dataUrl(3000005), q, { sparsevila: { method: 'visionzip', visual_budget: 32 } })).usage as unknown as U;
     assert.deepEqual([dense.sparsevila.visual_tokens_kept, dense.sparsevila.visual_tokens_retrieved], [256, 256]);
     assert.deepEqual([sv.sparsevila.visual_tokens_kept, sv.sparsevila.visual_tokens_retrieved], [128, 64]);
     assert.deepEqual(
@@ -333,20 +321,7 @@ describe('sparsevila serve', () => {
       if (param !== null) assert.equal(body.error.param, param, what);
     }
     // Nothing outside the root was read, and the server still answers.
-    const ok = await client.chat.completions.create({
-      model: MODEL,
-      temperature: 0,
-      max_tokens: 8,
-      messages: [
-        {
-          role: 'user',
-          content: [
-            { type: 'image_url', image_url: { url: pathToFileURL(path.join(root, 'scene.png')).href } },
-            { type: 'text', text: makeScene(3000000).episode[1].question },
-          ],
-        },
-      ],
-    });
+    const ok = await ask(pathToFileURL(path.join(root, 'scene.png')).href, makeScene(3000000).episode[1].question);
     assert.equal(normaliseAnswer(ok.choices[0].message.content ?? ''), normaliseAnswer(makeScene(3000000).episode[1].answer));
     assert.equal((await fetch(`${base}/health`)).status, 200);
     const err = await client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'hi' }] }).catch((e: unknown) => e);
@@ -495,7 +470,7 @@ describe('sparsevila serve', () => {
     }
     assert.ok((statuses.get(200) ?? 0) > 10 && statuses.size > 3, JSON.stringify([...statuses]));
     assert.equal((await fetch(`${base}/health`)).status, 200);
-    const ok = await ask(3000000, makeScene(3000000).episode[2].question);
+    const ok = await ask(dataUrl(3000000), makeScene(3000000).episode[2].question);
     assert.equal(normaliseAnswer(ok.choices[0].message.content ?? ''), normaliseAnswer(makeScene(3000000).episode[2].answer));
   });
 

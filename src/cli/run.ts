@@ -8,7 +8,7 @@ import { checkInputFile, checkOutputFile } from '../base/files.js';
 import { ImageLimits } from '../io/image-types.js';
 import { EXIT_INTERRUPTED, Interrupts } from './interrupt.js';
 import { setExitCode } from './exit.js';
-import { ChosenMethod, MethodChoice, MethodKnob, MethodName, checkMethodForModel, chooseMethod } from '../sparsity/choice.js';
+import { ChosenMethod, MethodChoice, MethodKnob, MethodName, checkMethodForModel, chooseMethod, methodStages } from '../sparsity/choice.js';
 import { modelDir } from '../default-model.js';
 
 export interface RunOptions extends LoadFlags {
@@ -131,10 +131,7 @@ export async function runCommand(o: RunOptions): Promise<void> {
         topK: o.topK,
         topP: o.topP,
         seed: o.seed,
-        prefillSparsity: sparsity.reducer ? undefined : sparsity.prefill,
-        decodeSparsity: sparsity.decodeMethod ? undefined : sparsity.decode,
-        prefill: sparsity.reducer,
-        decode: sparsity.decodeMethod,
+        ...methodStages(sparsity),
         onToken: o.json
           ? undefined
           : (text) => {

@@ -6,7 +6,7 @@ import { ServerResponse } from 'node:http';
 import { fastify, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { VisionLanguageModel, GenerateOptions } from '../engine/vlm.js';
 import { CachedGenerationResult, CachedImageInput, PrefixCache } from '../engine/prefix-cache.js';
-import { ChosenMethod, MethodChoice, checkMethodForModel, chooseMethod } from '../sparsity/choice.js';
+import { ChosenMethod, MethodChoice, checkMethodForModel, chooseMethod, methodStages } from '../sparsity/choice.js';
 import { ApiError, apiErrorOf } from './errors.js';
 import { ChatRequest, fieldName, parseChatRequest } from './chat-request.js';
 import { MediaOptions, fetchMedia } from './media.js';
@@ -262,10 +262,7 @@ export class SparsevilaServer {
           seed: r.seed ?? (r.temperature > 0 ? Math.floor(Math.random() * 2 ** 31) : 0),
           stop: r.stop,
           logitBias: r.logitBias,
-          prefillSparsity: method.reducer ? undefined : method.prefill,
-          decodeSparsity: method.decodeMethod ? undefined : method.decode,
-          prefill: method.reducer,
-          decode: method.decodeMethod,
+          ...methodStages(method),
           signal: ac.signal,
           onToken: (text) => {
             ttft ??= performance.now() - t0;

@@ -31,6 +31,16 @@ export interface ChosenMethod {
   label: string;
 }
 
+/** A chosen method as generate()'s options: SparseVILA's sparsities, or the method's own stages. */
+export function methodStages(m: ChosenMethod): { prefillSparsity?: number; decodeSparsity?: number; prefill?: PrefillReducer; decode?: DecodeMethod } {
+  return {
+    prefillSparsity: m.reducer ? undefined : m.prefill,
+    decodeSparsity: m.decodeMethod ? undefined : m.decode,
+    prefill: m.reducer,
+    decode: m.decodeMethod,
+  };
+}
+
 /** SparseVILA's defaults (the paper's): images prefill 0.6, decode 0.75; video 0.75, 0.9. */
 export const SPARSEVILA_IMAGE_DEFAULTS = { prefill: 0.6, decode: 0.75 };
 export const SPARSEVILA_VIDEO_DEFAULTS = { prefill: 0.75, decode: 0.9 };
