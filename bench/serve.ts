@@ -220,7 +220,7 @@ const body = [
   '### Load test',
   '',
   'Sixteen clients share 200 requests on one server (`--parallel 2`, queue 64): each holds multi-turn conversations about the 8 sample scenes (resending the history), a third streamed, every 20th streamed with EOS banned (`logit_bias`) and cancelled after its first token. ' +
-    'Latency: request to last byte, answered requests. Memory from `/metrics`; the cache keeps what its budget allows by design, so the kernels’ memory is compared with the cache’s bytes and after clearing it.',
+    'Latency: request to last byte, answered requests. Memory from `/metrics`; the cache keeps what its budget allows by design, so the kernels’ memory is compared with the cache’s bytes and after clearing it. The process RSS keeps its high-water mark: a WebAssembly memory grows and never shrinks, so the kernels reuse its freed blocks.',
   '',
   markdownTable(['', ''], loadRows),
 ].join('\n');
