@@ -8,7 +8,7 @@ import { checkInputFile, checkOutputFile } from '../base/files.js';
 import { ImageLimits } from '../io/image-types.js';
 import { EXIT_INTERRUPTED, Interrupts } from './interrupt.js';
 import { setExitCode } from './exit.js';
-import { ChosenMethod, MethodChoice, MethodKnob, MethodName, checkMethodForModel, chooseMethod, methodStages } from '../sparsity/choice.js';
+import { ChosenMethod, MethodChoice, MethodName, checkMethodForModel, chooseMethod, knobFlag, methodStages } from '../sparsity/choice.js';
 import { modelDir } from '../default-model.js';
 
 export interface RunOptions extends LoadFlags {
@@ -65,12 +65,9 @@ export function checkPaths(input: { files: string[]; video: boolean }, heatmap: 
   if (heatmap !== undefined) checkOutputFile(heatmap, '--heatmap');
 }
 
-/** A method knob as its flag: prefillSparsity -> --prefill-sparsity. */
-export const flagName = (k: MethodKnob | 'method'): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-
 /** Checks the method flags against the loaded model (what they can only be checked with). */
 export function checkMethodFlags(o: MethodFlags, model: VisionLanguageModel): void {
-  checkMethodForModel(o, model.decoder.layers, flagName);
+  checkMethodForModel(o, model.decoder.layers, knobFlag);
 }
 
 /** The flags of --method and its hyperparameters. */
@@ -84,7 +81,7 @@ export function visualInputs(o: { image?: string[]; frames?: string[] }): { file
 
 /** What --method and its flags ask for: the generate options of the method, and how to report it. */
 export function methodOf(o: MethodFlags, video = false): ChosenMethod {
-  return chooseMethod(o, flagName, video);
+  return chooseMethod(o, knobFlag, video);
 }
 
 export async function runCommand(o: RunOptions): Promise<void> {

@@ -6,6 +6,7 @@ import { OptionError } from '../base/errors.js';
 import { SparsevilaServer } from '../serve/server.js';
 import { mediaRoot } from '../serve/media.js';
 import { modelDir } from '../default-model.js';
+import { methodChoiceOf } from '../sparsity/choice.js';
 import { LoadFlags, MethodFlags, checkMethodFlags, loadOptionsOf, methodOf } from './run.js';
 
 export interface ServeCliOptions extends LoadFlags, MethodFlags {
@@ -22,8 +23,6 @@ export interface ServeCliOptions extends LoadFlags, MethodFlags {
   maxBodyBytes: number;
   maxImages: number;
   maxTokens: number;
-  /** Resolves when listening (tests); default: print the address. */
-  onListening?: (url: string, server: SparsevilaServer) => void;
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -49,22 +48,12 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
       maxBodyBytes: o.maxBodyBytes,
       maxImages: o.maxImages,
       defaultMaxTokens: o.maxTokens,
-      method: {
-        method: o.method,
-        prefillSparsity: o.prefillSparsity,
-        decodeSparsity: o.decodeSparsity,
-        visualBudget: o.visualBudget,
-        fastvK: o.fastvK,
-        fastvR: o.fastvR,
-        pdropLambda: o.pdropLambda,
-        salienceLayer: o.salienceLayer,
-      },
+      method: methodChoiceOf(o),
     });
     const url = await server.listen(o.host, o.port);
     if (!LOOPBACK.has(o.host) && apiKey === undefined)
       console.error(`sparsevila: warning: listening on ${o.host} without --api-key: anyone who can reach this address can use the model`);
-    if (o.onListening) o.onListening(url, server);
-    else console.error(`sparsevila: serving ${server.opts.modelId} at ${url}/v1 (POST /v1/chat/completions, GET /v1/models, /health, /metrics)`);
+    console.error(`sparsevila: serving ${server.opts.modelId} at ${url}/v1 (POST /v1/chat/completions, GET /v1/models, /health, /metrics)`);
     const s = server;
     await new Promise<void>((resolve) => {
       const stop = () => {

@@ -195,22 +195,27 @@ export class ModelCore {
     return ids;
   }
 
+  /**
+   * Decodes an image input (a path or encoded bytes; decoded pixels pass as they are) within the
+   * model's image limits, checked before decoding. `name` labels bytes in errors.
+   */
+  async decodeInput(image: ImageInput, name?: string): Promise<RgbImage> {
+    if (typeof image === 'string' || image instanceof Uint8Array) return decodeImage(image, name, this.imageLimits);
+    if (image && typeof image === 'object' && 'data' in image) {
+      if (image.width * image.height > this.imageLimits.maxPixels) {
+        throw new ImageError(
+          `${name === undefined ? '' : `${name}: `}an RgbImage of ${image.width}×${image.height} is more than the ${pixels(this.imageLimits.maxPixels)} allowed (the image limit maxPixels)`,
+        );
+      }
+      return image;
+    }
+    throw new GenerationError(`an image must be a file path, encoded bytes (Uint8Array) or an RgbImage, got ${image === null ? 'null' : typeof image}`);
+  }
+
   /** Decodes and preprocesses an image as the checkpoint's image processor does (its tiles). */
   async preprocess(image: ImageInput): Promise<ProcessedImage> {
     if (!this.imageProcessor) throw this.noImages();
-    let rgb: RgbImage;
-    if (typeof image === 'string' || image instanceof Uint8Array) {
-      rgb = await decodeImage(image, undefined, this.imageLimits);
-    } else if (image && typeof image === 'object' && 'data' in image) {
-      rgb = image;
-      if (rgb.width * rgb.height > this.imageLimits.maxPixels) {
-        throw new ImageError(
-          `an RgbImage of ${rgb.width}×${rgb.height} is more than the ${pixels(this.imageLimits.maxPixels)} allowed (the image limit maxPixels)`,
-        );
-      }
-    } else {
-      throw new GenerationError(`an image must be a file path, encoded bytes (Uint8Array) or an RgbImage, got ${image === null ? 'null' : typeof image}`);
-    }
+    const rgb = await this.decodeInput(image);
     try {
       return this.imageProcessor.process(rgb, this.imageLimits.maxPixels);
     } catch (e) {
@@ -292,10 +297,15 @@ export class ModelCore {
   }
 }
 
-/** Peak resident memory of the process (Node), or the backend's memory elsewhere. */
-export function peakMemory(backend: KernelBackend): number {
-  if (typeof process !== 'undefined' && typeof process.resourceUsage === 'function') return process.resourceUsage().maxRSS * 1024;
+/** Bytes allocated on a backend, over its memory places. */
+export function allocatedBytes(backend: KernelBackend): number {
   let b = 0;
   for (let p = 0; p < backend.places; p++) b += backend.placeUsage(p);
   return b;
+}
+
+/** Peak resident memory of the process (Node), or the backend's memory elsewhere. */
+export function peakMemory(backend: KernelBackend): number {
+  if (typeof process !== 'undefined' && typeof process.resourceUsage === 'function') return process.resourceUsage().maxRSS * 1024;
+  return allocatedBytes(backend);
 }

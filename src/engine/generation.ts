@@ -9,18 +9,10 @@ import { yieldToEventLoop } from '../runtime/platform.js';
 import { Sampler } from './sampling.js';
 import { GenerationError } from './request.js';
 import { FinishReason, GenerateOptions, GenerationResult, decodeMethodOf } from './options.js';
-import { ModelCore, peakMemory } from './core.js';
-import { PromptImage } from '../model/family.js';
+import { ImageRows, ModelCore, peakMemory } from './core.js';
 
-/** An image of a turn: its rows for the prompt, which may be gone when its tokens are all cached. */
-export interface TurnImage extends PromptImage {
-  /** [rows][text hidden]; needed only when some of its tokens lie at or after the turn's slot0. */
-  features: Matrix | null;
-  /** Per row, the unit it stands for (-1: a row the family adds). */
-  units: number[];
-  /** Rows the image gives without pruning. */
-  denseRows: number;
-}
+/** An image of a turn: its rows may be gone (null) when all its tokens are in the cache before slot0. */
+export type TurnImage = Omit<ImageRows, 'features'> & { features: Matrix | null };
 
 /** A turn: the cache holds ids[0, slot0); the turn prefills ids[slot0, S) and decodes. */
 export interface TurnArgs {

@@ -5,8 +5,7 @@
 // is prefilled; SparseVILA's decode retrieval scores the new question as in a session.
 import { DecoderCache } from '../model/decoder.js';
 import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
-import { ImageError, RgbImage, decodeImage, resize } from '../io/image.js';
-import { pixels } from '../io/image-types.js';
+import { RgbImage, resize } from '../io/image.js';
 import { PrefillReducer } from '../sparsity/method.js';
 import { GenerateOptions, GenerationResult, ImageInput, decodeMethodOf, prefillReducerOf } from './options.js';
 import { ImageRows, ModelCore } from './core.js';
@@ -93,6 +92,7 @@ interface Entry {
   imageKeys: string[];
   /** Slots where a turn may start without changing what a decode method scores: 0, each image's end, each turn's end. */
   cuts: number[];
+  /** A request is running on it (it is not evicted; its K/V past `ids` is the request's). */
   busy: boolean;
   tick: number;
 }
@@ -104,6 +104,8 @@ interface ImageItem {
   tick: number;
 }
 
+const imageBytes = (im: ImageItem): number => im.rows.features.rows * im.rows.features.ld * 4;
+
 /** The tail of an entry that a request may cut off instead of branching (tokens). */
 const TRUNCATE_TAIL = 32;
 
@@ -114,12 +116,9 @@ async function sha256(data: Uint8Array): Promise<string> {
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** SHA-256 of an image's size and pixels. */
-function pixelHash(img: RgbImage): Promise<string> {
-  const buf = new Uint8Array(8 + img.data.length);
-  buf.set(new Uint8Array(new Uint32Array([img.width, img.height]).buffer), 0);
-  buf.set(img.data, 8);
-  return sha256(buf);
+/** An image's key: its size and the SHA-256 of its pixels. */
+async function pixelKey(img: RgbImage): Promise<string> {
+  return `${img.width}x${img.height}:${await sha256(img.data)}`;
 }
 
 /** Sets a key of a bounded map as the most recent, dropping the oldest beyond `max`. */
@@ -173,8 +172,6 @@ export class PrefixCache {
    * (the same bytes every turn) is not decoded again to find its key.
    */
   private readonly encoded = new Map<string, string>();
-  /** Caches of running requests that are not (yet) entries. */
-  private readonly active = new Set<DecoderCache>();
   private ticks = 0;
   private closed = false;
   private readonly counters = {
@@ -201,15 +198,17 @@ export class PrefixCache {
   }
 
   stats(): PrefixCacheStats {
-    let bytes = 0,
-      activeBytes = 0;
-    for (const e of this.entries) {
-      if (e.busy) activeBytes += e.cache.bytes;
-      else bytes += e.cache.bytes;
-    }
-    for (const c of this.active) activeBytes += c.bytes;
-    for (const im of this.images.values()) bytes += im.rows.features.rows * im.rows.features.ld * 4;
-    return { entries: this.entries.size, images: this.images.size, bytes, activeBytes, budgetBytes: this.budgetBytes, ...this.counters };
+    let activeBytes = 0;
+    for (const e of this.entries) if (e.busy) activeBytes += e.cache.bytes;
+    return { entries: this.entries.size, images: this.images.size, bytes: this.idleBytes(), activeBytes, budgetBytes: this.budgetBytes, ...this.counters };
+  }
+
+  /** Bytes of what requests are not running on: idle conversations and image rows. */
+  private idleBytes(): number {
+    let bytes = 0;
+    for (const e of this.entries) if (!e.busy) bytes += e.cache.bytes;
+    for (const im of this.images.values()) bytes += imageBytes(im);
+    return bytes;
   }
 
   /**
@@ -232,8 +231,7 @@ export class PrefixCache {
     checkMessages(req.messages);
     const messages = messagesOf(req);
     // The conversation renders before any image is decoded (the template's checks, the image count).
-    const probe = { images: req.images.map(() => ''), messages };
-    m.promptText(probe);
+    const text = m.promptText({ images: req.images.map(() => ''), messages });
     const none: CacheUse = { cachedTokens: 0, imagesCached: 0, imagesEncoded: 0, reuse: 'new', evictions: 0 };
     if (opts.signal?.aborted) return { ...m.abortedResult(t0), cache: none };
     const items: ImageItem[] = [];
@@ -246,7 +244,7 @@ export class PrefixCache {
       }
       if (opts.signal?.aborted) return { ...m.abortedResult(t0), cache: { ...none, imagesCached, imagesEncoded: items.length - imagesCached } };
       const rows = items.map((it) => it.rows);
-      const ids = m.idsFor({ images: probe.images, messages }, rows);
+      const ids = m.idsOfText(text, rows);
       m.checkPromptLength(ids.length);
       const keys = items.map((it) => it.key);
       const ends = this.imageEnds(ids, rows);
@@ -285,7 +283,7 @@ export class PrefixCache {
       entry.ids = ids.slice(0, common);
       entry.cuts = (best?.cuts ?? []).filter((x) => x <= common);
       entry.imageKeys = keys;
-      if (owned) this.active.add(entry.cache);
+      this.entries.add(entry);
       const t1 = performance.now();
       let r: GenerationResult;
       try {
@@ -307,13 +305,11 @@ export class PrefixCache {
       if (r.finishReason === 'abort') {
         this.release(entry, owned, common);
       } else {
-        if (owned) this.active.delete(entry.cache);
         entry.ids = [...ids, ...r.ids].slice(0, entry.cache.length);
         entry.cuts = [...new Set([0, ...entry.cuts, ...ends.filter((x) => x > common), entry.cache.length])].sort((a, b) => a - b);
         entry.busy = false;
         entry.tick = ++this.ticks;
-        if (method?.prunesCache) m.decoder.freeCache(entry.cache);
-        else this.entries.add(entry);
+        if (method?.prunesCache) this.drop(entry);
       }
       this.counters.cachedTokens += common;
       this.counters.prefilledTokens += r.stats.prefilledTokens;
@@ -336,14 +332,20 @@ export class PrefixCache {
   /** After an abort or a failure: an entry taken over keeps its cached prefix; a cache made for the request is freed. */
   private release(entry: Entry, owned: boolean, common: number): void {
     this.counters.released++;
-    if (owned) {
-      this.active.delete(entry.cache);
-      this.model.decoder.freeCache(entry.cache);
-      return;
-    }
-    this.model.decoder.truncateCache(entry.cache, common);
-    entry.ids = entry.ids.slice(0, common);
     entry.busy = false;
+    if (owned) this.drop(entry);
+    else this.model.decoder.truncateCache(entry.cache, common); // entry.ids is that prefix already
+  }
+
+  /** Frees a conversation or an image. */
+  private drop(victim: Entry | ImageItem): void {
+    if ('cache' in victim) {
+      this.entries.delete(victim);
+      this.model.decoder.freeCache(victim.cache);
+    } else {
+      this.images.delete(victim.key);
+      this.model.backend.free(victim.rows.features);
+    }
   }
 
   /** Slots after each image's last token in ids (images in order). */
@@ -382,28 +384,27 @@ export class PrefixCache {
     if (im.uuid !== undefined && (typeof im.uuid !== 'string' || im.uuid.length === 0 || im.uuid.length > 256))
       throw new GenerationError(`${label}: uuid must be a non-empty string of at most 256 characters`);
     const uuidKey = im.uuid === undefined ? undefined : `${im.uuid}\u0000${maxPixels ?? ''}`;
-    let pixelKey: string;
+    let key0: string;
     let rgb: RgbImage | null = null;
     if (im.data === undefined) {
       if (uuidKey === undefined) throw new GenerationError(`${label}: give the image data or the uuid of an image sent before`);
       const known = this.uuids.get(uuidKey);
       if (known === undefined) throw new GenerationError(`${label}: no image with uuid ${JSON.stringify(im.uuid)} is cached: send the image again`);
-      pixelKey = known;
+      key0 = known;
     } else if (im.data instanceof Uint8Array) {
-      if (im.data.length > this.model.imageLimits.maxBytes) rgb = await this.decode(im.data, label, maxPixels); // refused there
       const bytesKey = `${await sha256(im.data)}\u0000${maxPixels ?? ''}`;
       const known = this.encoded.get(bytesKey);
       if (known === undefined) {
         rgb = await this.decode(im.data, label, maxPixels);
-        pixelKey = await pixelHash(rgb);
-      } else pixelKey = known;
-      remember(this.encoded, bytesKey, pixelKey, this.maxUuids);
+        key0 = await pixelKey(rgb);
+      } else key0 = known;
+      remember(this.encoded, bytesKey, key0, this.maxUuids);
     } else {
       rgb = await this.decode(im.data, label, maxPixels);
-      pixelKey = await pixelHash(rgb);
+      key0 = await pixelKey(rgb);
     }
-    if (uuidKey !== undefined) remember(this.uuids, uuidKey, pixelKey, this.maxUuids);
-    const key = `${pixelKey}\u0000${reducer.name}`;
+    if (uuidKey !== undefined) remember(this.uuids, uuidKey, key0, this.maxUuids);
+    const key = `${key0}\u0000${reducer.name}`;
     const have = this.images.get(key);
     if (have) {
       have.pins++;
@@ -443,25 +444,13 @@ export class PrefixCache {
     return { item, cached: !mine };
   }
 
+  /** Decodes an image (the model's limits) and scales it within the request's pixel budget. */
   private async decode(data: ImageInput, label: string, maxPixels: number | undefined): Promise<RgbImage> {
     this.counters.imagesDecoded++;
-    let rgb: RgbImage;
-    if (typeof data === 'string' || data instanceof Uint8Array) {
-      rgb = await decodeImage(data, typeof data === 'string' ? undefined : label, this.model.imageLimits);
-    } else if (data && typeof data === 'object' && data.data instanceof Uint8Array) {
-      rgb = data;
-      if (rgb.width * rgb.height > this.model.imageLimits.maxPixels)
-        throw new ImageError(
-          `${label}: ${rgb.width}×${rgb.height} is more than the ${pixels(this.model.imageLimits.maxPixels)} allowed (the image limit maxPixels)`,
-        );
-    } else {
-      throw new GenerationError(`${label}: image data must be a file path, encoded bytes or an RgbImage`);
-    }
-    if (maxPixels !== undefined && rgb.width * rgb.height > maxPixels) {
-      const { width, height } = sizeWithin(rgb.width, rgb.height, maxPixels);
-      rgb = resize(rgb, width, height, 'bicubic');
-    }
-    return rgb;
+    const rgb = await this.model.decodeInput(data, typeof data === 'string' ? undefined : label);
+    if (maxPixels === undefined || rgb.width * rgb.height <= maxPixels) return rgb;
+    const { width, height } = sizeWithin(rgb.width, rgb.height, maxPixels);
+    return resize(rgb, width, height, 'bicubic');
   }
 
   /**
@@ -471,37 +460,22 @@ export class PrefixCache {
    */
   private evict(): number {
     let n = 0;
-    for (;;) {
-      const s = this.stats();
-      if (s.bytes <= this.budgetBytes) return n;
+    for (let bytes = this.idleBytes(); bytes > this.budgetBytes; n++) {
       let victim: Entry | ImageItem | null = null;
       for (const e of this.entries) if (!e.busy && (!victim || e.tick < victim.tick)) victim = e;
       for (const im of this.images.values()) if (im.pins === 0 && (!victim || im.tick < victim.tick)) victim = im;
-      if (!victim) return n;
-      if ('cache' in victim) {
-        this.entries.delete(victim);
-        this.model.decoder.freeCache(victim.cache);
-      } else {
-        this.images.delete(victim.key);
-        this.model.backend.free(victim.rows.features);
-      }
-      n++;
+      if (!victim) break;
+      bytes -= 'cache' in victim ? victim.cache.bytes : imageBytes(victim);
+      this.drop(victim);
       this.counters.evictions++;
     }
+    return n;
   }
 
   /** Frees every idle conversation and image (requests running keep theirs until they end). */
   clear(): void {
-    for (const e of [...this.entries]) {
-      if (e.busy) continue;
-      this.entries.delete(e);
-      this.model.decoder.freeCache(e.cache);
-    }
-    for (const im of [...this.images.values()]) {
-      if (im.pins > 0) continue;
-      this.images.delete(im.key);
-      this.model.backend.free(im.rows.features);
-    }
+    for (const e of [...this.entries]) if (!e.busy) this.drop(e);
+    for (const im of [...this.images.values()]) if (im.pins === 0) this.drop(im);
   }
 
   /** Frees what is idle and refuses new requests. */

@@ -2,6 +2,8 @@
 // 400 naming the field), into the engine's conversation, sampling and sparsity options.
 import { ChatContentPart, ChatMessage } from '../io/chat-template.js';
 import { MethodChoice, MethodKnob, MethodName, METHODS } from '../sparsity/choice.js';
+import { describe } from '../engine/request.js';
+import { isObject } from '../formats/config.js';
 import { ApiError } from './errors.js';
 
 /** An image part: where its bytes are and the client's id for it. */
@@ -35,17 +37,6 @@ export interface ChatRequest {
 }
 
 const bad = (param: string, message: string, code = 'invalid_value'): ApiError => new ApiError(400, `${param}: ${message}`, param, code);
-
-function describe(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'an array';
-  if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v)}`;
-  return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v)}`;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function num(body: Record<string, unknown>, key: string, lo: number, hi: number, param = key): number | undefined {
   const v = body[key];

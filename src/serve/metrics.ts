@@ -9,13 +9,19 @@ interface Metric {
 
 export class Metrics {
   private readonly metrics = new Map<string, Metric>();
+  private readonly scrapeHooks: (() => void)[] = [];
 
-  counter(name: string, help: string): void {
-    this.metrics.set(name, { help, type: 'counter', values: new Map() });
+  /** A counter this registry counts (inc), or one kept elsewhere and read when scraped. */
+  counter(name: string, help: string, read?: () => number): void {
+    this.metrics.set(name, { help, type: 'counter', values: read ?? new Map() });
   }
   /** A gauge read when scraped. */
   gauge(name: string, help: string, read: () => number): void {
     this.metrics.set(name, { help, type: 'gauge', values: read });
+  }
+  /** Runs before each scrape's reads (to take one snapshot that several metrics read). */
+  onScrape(hook: () => void): void {
+    this.scrapeHooks.push(hook);
   }
 
   /** Adds to a counter, optionally with labels ({ status: '200' }). */
@@ -28,17 +34,8 @@ export class Metrics {
     m.values.set(key, (m.values.get(key) ?? 0) + by);
   }
 
-  /** A counter's value (the sum over its labels). */
-  value(name: string): number {
-    const m = this.metrics.get(name);
-    if (!m) throw new RangeError(`internal: no metric ${name}`);
-    if (typeof m.values === 'function') return m.values();
-    let s = 0;
-    for (const v of m.values.values()) s += v;
-    return s;
-  }
-
   render(): string {
+    for (const h of this.scrapeHooks) h();
     const out: string[] = [];
     for (const [name, m] of this.metrics) {
       out.push(`# HELP ${name} ${m.help}`, `# TYPE ${name} ${m.type}`);

@@ -6,7 +6,8 @@ import { ServerResponse } from 'node:http';
 import { fastify, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { VisionLanguageModel, GenerateOptions } from '../engine/vlm.js';
 import { CachedGenerationResult, CachedImageInput, PrefixCache } from '../engine/prefix-cache.js';
-import { ChosenMethod, MethodChoice, checkMethodForModel, chooseMethod, methodStages } from '../sparsity/choice.js';
+import { allocatedBytes } from '../engine/core.js';
+import { ChosenMethod, MethodChoice, checkMethodForModel, chooseMethod, knobFlag, methodChoiceOf, methodStages } from '../sparsity/choice.js';
 import { ApiError, apiErrorOf } from './errors.js';
 import { ChatRequest, fieldName, parseChatRequest } from './chat-request.js';
 import { MediaOptions, fetchMedia } from './media.js';
@@ -97,40 +98,44 @@ export class SparsevilaServer {
     this.media = { allowedMediaRoot: opts.allowedMediaRoot, allowRemoteMedia: opts.allowRemoteMedia, maxImageBytes: model.imageLimits.maxBytes };
     this.log = opts.log ?? ((m) => console.error(m));
     // The server's default method is checked now, as a flag.
-    chooseMethod(opts.method ?? {}, (k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+    chooseMethod(opts.method ?? {}, knobFlag);
     this.defineMetrics();
     this.app = fastify({ bodyLimit: opts.maxBodyBytes ?? 64 * 2 ** 20, logger: false, forceCloseConnections: 'idle', return503OnClosing: true });
     this.routes();
   }
 
   private defineMetrics(): void {
-    const m = this.metrics,
-      c = () => this.cache.stats();
+    const m = this.metrics;
+    // One snapshot of the cache's counters per scrape.
+    let stats = this.cache.stats();
+    m.onScrape(() => {
+      stats = this.cache.stats();
+    });
     m.counter('sparsevila_requests_total', 'Chat completion requests answered, by HTTP status.');
     m.counter('sparsevila_requests_cancelled_total', 'Requests whose client went away before the answer was complete.');
     m.counter('sparsevila_prompt_tokens_total', 'Prompt tokens of answered requests.');
     m.counter('sparsevila_completion_tokens_total', 'Tokens generated.');
-    m.gauge('sparsevila_cached_tokens_total', 'Prompt tokens whose K/V came from the prefix cache.', () => c().cachedTokens);
-    m.gauge('sparsevila_prefilled_tokens_total', 'Prompt tokens prefilled.', () => c().prefilledTokens);
-    m.gauge('sparsevila_prefix_cache_hits_total', 'Requests that reused a cached prefix.', () => c().prefixHits);
-    m.gauge('sparsevila_prefix_cache_misses_total', 'Requests that reused no cached prefix.', () => c().prefixMisses);
-    m.gauge('sparsevila_image_cache_hits_total', 'Images whose rows came from the cache.', () => c().imageHits);
-    m.gauge('sparsevila_images_decoded_total', 'Images decoded from their bytes (a resent image is known by the hash of its bytes).', () => c().imagesDecoded);
-    m.gauge('sparsevila_images_encoded_total', 'Images encoded by the vision tower.', () => c().imagesEncoded);
-    m.gauge('sparsevila_cache_evictions_total', 'Cached conversations and images evicted to stay within the budget.', () => c().evictions);
-    m.gauge('sparsevila_kv_released_total', 'Requests aborted or failed whose K/V was freed.', () => c().released);
-    m.gauge('sparsevila_cache_bytes', 'Bytes of K/V and image rows kept between requests.', () => c().bytes);
+    m.counter('sparsevila_cached_tokens_total', 'Prompt tokens whose K/V came from the prefix cache.', () => stats.cachedTokens);
+    m.counter('sparsevila_prefilled_tokens_total', 'Prompt tokens prefilled.', () => stats.prefilledTokens);
+    m.counter('sparsevila_prefix_cache_hits_total', 'Requests that reused a cached prefix.', () => stats.prefixHits);
+    m.counter('sparsevila_prefix_cache_misses_total', 'Requests that reused no cached prefix.', () => stats.prefixMisses);
+    m.counter('sparsevila_image_cache_hits_total', 'Images whose rows came from the cache.', () => stats.imageHits);
+    m.counter(
+      'sparsevila_images_decoded_total',
+      'Images decoded from their bytes (a resent image is known by the hash of its bytes).',
+      () => stats.imagesDecoded,
+    );
+    m.counter('sparsevila_images_encoded_total', 'Images encoded by the vision tower.', () => stats.imagesEncoded);
+    m.counter('sparsevila_cache_evictions_total', 'Cached conversations and images evicted to stay within the budget.', () => stats.evictions);
+    m.counter('sparsevila_kv_released_total', 'Requests aborted or failed whose K/V was freed.', () => stats.released);
+    m.gauge('sparsevila_cache_bytes', 'Bytes of K/V and image rows kept between requests.', () => stats.bytes);
     m.gauge('sparsevila_cache_budget_bytes', 'The budget of the prefix cache.', () => this.cache.budgetBytes);
-    m.gauge('sparsevila_cache_entries', 'Cached conversations.', () => c().entries);
-    m.gauge('sparsevila_cache_images', 'Cached images.', () => c().images);
-    m.gauge('sparsevila_kv_active_bytes', 'Bytes of K/V held by running requests.', () => c().activeBytes);
+    m.gauge('sparsevila_cache_entries', 'Cached conversations.', () => stats.entries);
+    m.gauge('sparsevila_cache_images', 'Cached images.', () => stats.images);
+    m.gauge('sparsevila_kv_active_bytes', 'Bytes of K/V held by running requests.', () => stats.activeBytes);
     m.gauge('sparsevila_queue_depth', 'Requests waiting for a turn.', () => this.scheduler.queueDepth);
     m.gauge('sparsevila_requests_running', 'Requests generating now.', () => this.scheduler.active);
-    m.gauge('sparsevila_wasm_used_bytes', "Bytes allocated in the kernels' WebAssembly memories.", () => {
-      let b = 0;
-      for (let p = 0; p < this.model.backend.places; p++) b += this.model.backend.placeUsage(p);
-      return b;
-    });
+    m.gauge('sparsevila_wasm_used_bytes', "Bytes allocated in the kernels' WebAssembly memories.", () => allocatedBytes(this.model.backend));
     m.gauge('process_resident_memory_bytes', 'Resident memory of the process.', () => process.memoryUsage.rss());
     m.gauge('nodejs_heap_used_bytes', 'JavaScript heap in use.', () => process.memoryUsage().heapUsed);
   }
@@ -199,7 +204,7 @@ export class SparsevilaServer {
 
   /** The method a request asks for: its own fields over the server's default (a method named by the request takes only its own knobs). */
   private methodOf(r: ChatRequest): ChosenMethod {
-    const given = Object.fromEntries(Object.entries(r.method).filter(([, v]) => v !== undefined)) as MethodChoice;
+    const given = methodChoiceOf(r.method);
     const choice: MethodChoice = given.method ? given : { ...(this.opts.method ?? {}), ...given };
     const chosen = chooseMethod(choice, fieldName);
     checkMethodForModel(choice, this.model.decoder.layers, fieldName);

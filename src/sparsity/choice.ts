@@ -20,7 +20,7 @@ export interface MethodChoice {
 }
 
 export type MethodKnob = Exclude<keyof MethodChoice, 'method'>;
-const KNOBS: MethodKnob[] = ['prefillSparsity', 'decodeSparsity', 'visualBudget', 'fastvK', 'fastvR', 'pdropLambda', 'salienceLayer'];
+export const KNOBS: MethodKnob[] = ['prefillSparsity', 'decodeSparsity', 'visualBudget', 'fastvK', 'fastvR', 'pdropLambda', 'salienceLayer'];
 
 /** What a choice asks for: SparseVILA's two sparsities (0 for the others), or a method's stages, and how to report it. */
 export interface ChosenMethod {
@@ -29,6 +29,17 @@ export interface ChosenMethod {
   reducer?: PrefillReducer;
   decodeMethod?: DecodeMethod;
   label: string;
+}
+
+/** A method knob as a command-line flag: prefillSparsity -> --prefill-sparsity. */
+export const knobFlag = (k: MethodKnob | 'method'): string => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+
+/** The method and the knobs given in an object of options (a command's flags, a request's fields), the rest left out. */
+export function methodChoiceOf(o: MethodChoice): MethodChoice {
+  const out: MethodChoice = {};
+  if (o.method !== undefined) out.method = o.method;
+  for (const k of KNOBS) if (o[k] !== undefined) out[k] = o[k];
+  return out;
 }
 
 /** A chosen method as generate()'s options: SparseVILA's sparsities, or the method's own stages. */
